@@ -1,0 +1,3 @@
+from sncli.cli import main
+
+main()

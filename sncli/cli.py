@@ -1,0 +1,260 @@
+"""The ``sncli`` command line: parse options, call the library, render. No numerics here."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from sncli import __version__
+from sncli.analysis import SortKey
+from sncli.errors import EXIT_ERROR, SncliError
+from sncli.render import OutputFormat
+from sncli.spectral import Method
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="sncli",
+    help=(
+        "Spectral analysis of saved neural-network checkpoints: the largest singular value σ of "
+        "every layer, the product Lipschitz bound, and spectral normalization of the weights.\n\n"
+        "Reads safetensors (single, sharded with an index json, or a folder) and PyTorch "
+        "state dicts (.pt/.pth/.bin/.ckpt, always with weights_only=True)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEBUG_ENV = "SNCLI_DEBUG"
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"sncli: error: {message}\n")
+
+
+def handle_errors(command: F) -> F:
+    """Turn expected errors into one line on stderr and an exit code; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SncliError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            _error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _error("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            text = str(exc).strip().splitlines()
+            detail = text[0] if text else ""
+            _error(
+                f"unexpected {type(exc).__name__}: {detail} "
+                f"(set {DEBUG_ENV}=1 for a traceback; please report it)"
+            )
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Spectral analysis of checkpoints."""
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        sys.stderr.write(f"sncli: {message}\n")
+
+
+CheckpointArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CKPT",
+        help="Checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt), an *.index.json of a "
+        "sharded checkpoint, or a folder holding one.",
+        show_default=False,
+    ),
+]
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter",
+        "-f",
+        metavar="REGEX",
+        help="Only tensors whose key matches REGEX (searched, repeatable: any match counts).",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", "-x", metavar="REGEX", help="Drop tensors matching REGEX (repeatable)."),
+]
+TransposedOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--transposed",
+        metavar="REGEX",
+        help="Mark conv weights matching REGEX as ConvTranspose: their matrix is formed along "
+        "dim 1 (in, out·k…), as torch's spectral_norm does. Shapes cannot tell them apart; in "
+        "spectral-norm checkpoints the stored u vector decides.",
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Key of the state dict inside a wrapped PyTorch file (e.g. state_dict, ema, "
+        "model_ema). Default: the first of state_dict, model, module, model_ema, "
+        "state_dict_ema, ema, net that holds tensors.",
+    ),
+]
+SkipObjectsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-objects",
+        help="Read PyTorch files whose pickle references Python objects outside torch's "
+        "weights-only allowlist (e.g. Lightning hyper_parameters) by loading those objects as "
+        "inert placeholders. Still weights_only=True: nothing from the file is imported or run.",
+    ),
+]
+IterationsOpt = Annotated[
+    int,
+    typer.Option("--iters", min=1, help="Maximum iterations for iterative methods."),
+]
+TolOpt = Annotated[
+    float,
+    typer.Option(
+        "--tol", min=0.0, help="Stop iterating when σ changes by less than this (relative)."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No notes or progress bar on stderr.")
+]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli inspect sample_models/mlp.safetensors\n\n"
+    "  sncli inspect model.safetensors.index.json --method power --top 10\n\n"
+    "  sncli inspect ckpt.pt --format json --filter 'layers\\.1[0-9]\\.' > sigmas.json\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
+)
+@handle_errors
+def inspect(
+    checkpoint: CheckpointArg,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="exact: float64 LAPACK (ground truth). power: power iteration (Miyato et al. "
+            "2018); gives estimates that are lower bounds on σ.",
+            case_sensitive=False,
+        ),
+    ] = Method.EXACT,
+    iters: IterationsOpt = 1000,
+    tol: TolOpt = 1e-6,
+    seed: SeedOpt = 0,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
+    ] = OutputFormat.TABLE,
+    include: FilterOpt = None,
+    exclude: ExcludeOpt = None,
+    sort: Annotated[
+        SortKey | None,
+        typer.Option(
+            "--sort",
+            help="name: natural key order (the default); sigma: largest first; "
+            "size: largest matrix first.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the sort order.")] = False,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Show only the first N layers (by σ unless --sort)."),
+    ] = None,
+    transposed: TransposedOpt = None,
+    key: KeyOpt = None,
+    skip_objects: SkipObjectsOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Report the largest singular value σ of every layer's weight matrix."""
+    from sncli.analysis import MethodOptions, sort_layers, spectral_norms
+    from sncli.checkpoint import open_checkpoint
+    from sncli.render import (
+        inspect_to_csv,
+        inspect_to_dict,
+        print_inspect_table,
+        progress_bar,
+        stdout_console,
+        write_json,
+    )
+    _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
+
+    with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
+        for note in ckpt.notes:
+            _note(note, quiet)
+        with progress_bar(not quiet) as progress:
+            report = spectral_norms(
+                ckpt,
+                options=MethodOptions(method, iters, tol, seed),
+                include=include or (),
+                exclude=exclude or (),
+                transposed=transposed or (),
+                progress=progress,
+            )
+    layers = report.layers
+    if sort is not None or top is not None:
+        layers = sort_layers(layers, sort or SortKey.SIGMA, reverse=reverse)
+    elif reverse:
+        layers = layers[::-1]
+    if top is not None:
+        layers = layers[:top]
+    if output_format is OutputFormat.JSON:
+        write_json(inspect_to_dict(report, layers))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(inspect_to_csv(layers))
+    else:
+        print_inspect_table(report, layers, stdout_console())
+
+
+def _check_regexes(patterns: list[str]) -> None:
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise typer.BadParameter(f"invalid regex {pattern!r}: {exc}") from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="sncli")

@@ -1,0 +1,44 @@
+"""The project's exception hierarchy and the exit code each error maps to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_BOUND_EXCEEDED = 3
+EXIT_NO_LAYERS = 4
+
+
+class SncliError(Exception):
+    """An expected failure with a one-line message for the user."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class CheckpointError(SncliError):
+    """The file is missing, unreadable, malformed or not a checkpoint."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle needs globals outside PyTorch's weights-only allowlist."""
+
+
+class NoLayersMatchedError(SncliError):
+    """Filters or the checkpoint's contents left nothing to analyse."""
+
+    exit_code = EXIT_NO_LAYERS
+
+
+class NumericalError(SncliError):
+    """A weight cannot give a meaningful number (NaN, Inf, zero where it matters)."""
+
+
+class WriteError(SncliError):
+    """Writing an output failed; the original files are untouched."""

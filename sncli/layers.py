@@ -1,0 +1,239 @@
+"""Decide which tensors are layers, what kind, and which matrix stands for each.
+
+A state dict records names and shapes, not modules, so classification is by shape and name:
+2-D weights are linear maps, 3-5-D weights are convolutions, embeddings are recognised by name,
+1-D tensors are biases or normalisation parameters. Tensors saved by PyTorch's two spectral-norm
+APIs are grouped into one layer with their stored power-iteration vectors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, natural_key
+
+
+class LayerKind(str, Enum):
+    LINEAR = "linear"
+    CONV1D = "conv1d"
+    CONV2D = "conv2d"
+    CONV3D = "conv3d"
+    EMBEDDING = "embedding"
+
+    @property
+    def is_conv(self) -> bool:
+        return self in (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)
+
+
+class SpectralNormStyle(str, Enum):
+    LEGACY = "legacy"  # torch.nn.utils.spectral_norm: weight_orig, weight_u, weight_v
+    PARAMETRIZATION = "parametrization"  # torch.nn.utils.parametrizations.spectral_norm
+
+
+EMBEDDING_NAME = re.compile(
+    r"(^|[._])(embed\w*|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|"
+    r"token_type_embeddings|shared|emb)([._]|$)",
+    re.IGNORECASE,
+)
+NORM_NAME = re.compile(r"(norm|ln_?\w*|bn\d*|batchnorm|layernorm|rmsnorm)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SpectralNormInfo:
+    """Tensors PyTorch's spectral_norm saved next to the raw weight."""
+
+    style: SpectralNormStyle
+    u_key: str
+    v_key: str | None
+    #: The weight the model really uses, when the checkpoint stores it (legacy version 0).
+    effective_key: str | None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One weight to analyse.
+
+    ``name`` is the key of the raw weight in the file. ``reshape_dim`` is the dimension moved to
+    the front before flattening to a matrix (0 normally, 1 for transposed convolutions), which is
+    what ``torch.nn.utils.spectral_norm`` does.
+    """
+
+    name: str
+    short_name: str
+    kind: LayerKind
+    shape: tuple[int, ...]
+    dtype: str
+    reshape_dim: int = 0
+    spectral_norm: SpectralNormInfo | None = None
+    transposed: bool = False
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        rows = self.shape[self.reshape_dim]
+        total = 1
+        for d in self.shape:
+            total *= d
+        return rows, (total // rows if rows else 0)
+
+    @property
+    def matrix_description(self) -> str:
+        """How the weight became a matrix, so a reshape norm is never taken for an operator norm."""
+        if not self.kind.is_conv:
+            return "weight"
+        if self.reshape_dim == 1:
+            return "reshape(in, out*k) [transposed conv]"
+        return "reshape(out, in*k)"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A tensor not analysed, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Classification:
+    layers: list[Layer]
+    skipped: list[Skipped]
+
+
+def _sn_groups(names: set[str]) -> dict[str, SpectralNormInfo]:
+    """Map raw-weight keys of spectrally normalized layers to their u/v keys."""
+    groups: dict[str, SpectralNormInfo] = {}
+    for name in names:
+        if name.endswith("_orig"):
+            base = name[: -len("_orig")]
+            if base + "_u" in names:
+                v_key = base + "_v" if base + "_v" in names else None
+                effective = base if base in names and v_key is None else None
+                groups[name] = SpectralNormInfo(
+                    SpectralNormStyle.LEGACY, base + "_u", v_key, effective
+                )
+        match = re.fullmatch(r"(.*parametrizations\.[^.]+)\.original(\d*)", name)
+        if match:
+            stem = match.group(1)
+            for index in range(4):
+                u_key, v_key = f"{stem}.{index}._u", f"{stem}.{index}._v"
+                if u_key in names and v_key in names:
+                    groups[name] = SpectralNormInfo(
+                        SpectralNormStyle.PARAMETRIZATION, u_key, v_key, None
+                    )
+                    break
+    return groups
+
+
+def _kind_for(info: TensorInfo, short: str) -> LayerKind | None:
+    ndim = len(info.shape)
+    if ndim == 2:
+        return LayerKind.EMBEDDING if EMBEDDING_NAME.search(short) else LayerKind.LINEAR
+    if ndim in (3, 4, 5):
+        return (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)[ndim - 3]
+    return None
+
+
+def _skip_reason(info: TensorInfo, short: str) -> str:
+    ndim = len(info.shape)
+    leaf = short.rsplit(".", 1)[-1]
+    if ndim == 0:
+        return "scalar"
+    if leaf in ("running_mean", "running_var"):
+        return "batch-norm statistic"
+    if ndim == 1:
+        if leaf == "bias" or leaf.endswith("_bias"):
+            return "bias"
+        if NORM_NAME.search(short) or leaf == "weight":
+            return "norm scale (1-D)"
+        return "1-D tensor"
+    return f"{ndim}-D tensor"
+
+
+def classify(
+    checkpoint: Checkpoint,
+    *,
+    transposed: Iterable[str] = (),
+) -> Classification:
+    """Sort a checkpoint's tensors into layers to analyse and skipped tensors with reasons.
+
+    ``transposed`` holds regexes naming ConvTranspose weights: their matrix is formed along dim 1,
+    as PyTorch's spectral_norm does; shapes alone cannot tell them from ordinary convolutions.
+    In spectral-norm checkpoints the stored u vector's length settles the question.
+    """
+    patterns = [re.compile(p) for p in transposed]
+    names = set(checkpoint.tensors)
+    sn = _sn_groups(names)
+    sn_aux = {k for g in sn.values() for k in (g.u_key, g.v_key, g.effective_key) if k}
+    layers: list[Layer] = []
+    skipped: list[Skipped] = []
+    for name, info in checkpoint.tensors.items():
+        short = checkpoint.short_name(name)
+        if name in checkpoint.aliases:
+            skipped.append(Skipped(name, f"shares storage with {checkpoint.aliases[name]}"))
+            continue
+        if name in sn_aux:
+            owner, group = next(
+                (o, g) for o, g in sn.items() if name in (g.u_key, g.v_key, g.effective_key)
+            )
+            role = {group.u_key: "power-iteration vector u", group.v_key: "power-iteration vector v"}
+            what = role.get(name, "stored normalized weight")
+            skipped.append(Skipped(name, f"spectral-norm {what} of {owner}"))
+            continue
+        if info.dtype.startswith(("int", "uint", "bool")):
+            skipped.append(Skipped(name, f"integer/bool tensor ({info.dtype})"))
+            continue
+        if info.dtype.startswith("complex"):
+            skipped.append(Skipped(name, f"complex tensor ({info.dtype}) not supported"))
+            continue
+        if info.dtype not in FLOAT_DTYPES:
+            skipped.append(Skipped(name, f"dtype {info.dtype} not supported"))
+            continue
+        kind = _kind_for(info, short)
+        if kind is None:
+            skipped.append(Skipped(name, _skip_reason(info, short)))
+            continue
+        if info.numel == 0:
+            skipped.append(Skipped(name, "empty tensor"))
+            continue
+        reshape_dim = 0
+        is_transposed = kind.is_conv and any(p.search(name) for p in patterns)
+        group = sn.get(name)
+        if group is not None and kind.is_conv:
+            u_len = checkpoint.tensors[group.u_key].numel
+            if u_len == info.shape[1] and u_len != info.shape[0]:
+                is_transposed = True
+        if is_transposed:
+            reshape_dim = 1
+        layers.append(
+            Layer(
+                name=name,
+                short_name=short,
+                kind=kind,
+                shape=info.shape,
+                dtype=info.dtype,
+                reshape_dim=reshape_dim,
+                spectral_norm=group,
+                transposed=is_transposed,
+            )
+        )
+    for key in checkpoint.non_tensor_keys:
+        skipped.append(Skipped(key, "not a tensor"))
+    skipped.sort(key=lambda s: natural_key(s.name))
+    return Classification(layers=layers, skipped=skipped)
+
+
+def select(
+    layers: list[Layer], include: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> list[Layer]:
+    """Keep layers whose key matches any ``include`` regex (all if none) and no ``exclude``."""
+    inc = [re.compile(p) for p in include]
+    exc = [re.compile(p) for p in exclude]
+    return [
+        layer
+        for layer in layers
+        if (not inc or any(p.search(layer.name) for p in inc))
+        and not any(p.search(layer.name) for p in exc)
+    ]

@@ -1,0 +1,276 @@
+"""Turn reports into tables (Rich), JSON and CSV. The only module that imports rich."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sncli.analysis import InspectReport, LayerSigma
+from sncli.layers import LayerKind
+from sncli.spectral import BoundKind, Method
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, stderr=True)
+
+
+def fmt_sigma(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "--"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.6g}"
+    return f"{value:.4e}"
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
+    """The JSON object for one layer (a stable contract; see README)."""
+    item: dict[str, Any] = {
+        "name": layer.name,
+        "short_name": layer.short_name,
+        "kind": layer.kind.value,
+        "shape": list(layer.shape),
+        "dtype": layer.dtype,
+        "matrix": layer.matrix,
+        "matrix_shape": list(layer.matrix_shape),
+        "sigma": layer.sigma,
+        "bound": layer.bound.value,
+        "method": layer.method.value,
+    }
+    if layer.iterations is not None:
+        item["iterations"] = layer.iterations
+        item["converged"] = layer.converged
+    if layer.spectral_norm is not None:
+        sn = layer.spectral_norm
+        item["spectral_norm"] = {
+            "style": sn.style.value,
+            "sigma_stored_estimate": _finite_or_none(sn.sigma_stored_estimate),
+            "sigma_effective": _finite_or_none(sn.sigma_effective),
+            "note": sn.note or None,
+        }
+    return item
+
+
+def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str, Any]:
+    largest = max(layers, key=lambda layer: layer.sigma, default=None)
+    return {
+        "checkpoint": report.checkpoint,
+        "format": report.format,
+        "method": report.method.value,
+        "layers": [layer_to_dict(layer) for layer in layers],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+        "summary": {
+            "analysed": len(layers),
+            "skipped": len(report.skipped),
+            "largest": None
+            if largest is None
+            else {"name": largest.name, "sigma": largest.sigma},
+        },
+    }
+
+
+CSV_COLUMNS = (
+    "name",
+    "kind",
+    "shape",
+    "dtype",
+    "matrix",
+    "sigma",
+    "bound",
+    "method",
+    "iterations",
+    "converged",
+    "sn_style",
+    "sigma_stored_estimate",
+    "sigma_effective",
+)
+
+
+def inspect_to_csv(layers: list[LayerSigma]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for layer in layers:
+        sn = layer.spectral_norm
+        writer.writerow(
+            [
+                layer.name,
+                layer.kind.value,
+                "x".join(str(d) for d in layer.shape),
+                layer.dtype,
+                layer.matrix,
+                repr(layer.sigma),
+                layer.bound.value,
+                layer.method.value,
+                "" if layer.iterations is None else layer.iterations,
+                "" if layer.converged is None else str(layer.converged).lower(),
+                "" if sn is None else sn.style.value,
+                "" if sn is None or sn.sigma_stored_estimate is None else repr(
+                    sn.sigma_stored_estimate
+                ),
+                "" if sn is None or sn.sigma_effective is None else repr(sn.sigma_effective),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_json(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def method_caption(method: Method, layers: list[LayerSigma]) -> str:
+    if method is Method.EXACT:
+        return "σ: exact (float64 LAPACK, two-sided to rounding)."
+    unconverged = sum(1 for layer in layers if layer.converged is False)
+    text = "σ: power-iteration estimates, each a lower bound on the true σ."
+    if unconverged:
+        text += f" {unconverged} did not converge; raise --iters or use --method exact."
+    return text
+
+
+def skipped_summary(report: InspectReport) -> str:
+    if not report.skipped:
+        return "0 skipped"
+    counts = Counter(_reason_group(s.reason) for s in report.skipped)
+    parts = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+    return f"{len(report.skipped)} skipped ({parts})"
+
+
+def _reason_group(reason: str) -> str:
+    if reason.startswith("spectral-norm"):
+        return "spectral-norm buffers"
+    if reason.startswith("shares storage"):
+        return "tied"
+    if reason.startswith("non-finite"):
+        return "NON-FINITE"
+    return reason.split(" (")[0]
+
+
+def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console: Console) -> None:
+    has_sn = any(layer.spectral_norm is not None for layer in layers)
+    has_iters = any(layer.iterations is not None for layer in layers)
+    sigma_header = "σ_max" if report.method is Method.EXACT else "σ_max ≥"
+    table = Table(title=f"Spectral norms: {escape(report.checkpoint)}", title_justify="left")
+    table.add_column("layer", overflow="fold", no_wrap=False)
+    table.add_column("kind")
+    table.add_column("shape", justify="right")
+    table.add_column("dtype")
+    table.add_column("matrix", justify="right")
+    table.add_column(sigma_header, justify="right", style="bold")
+    if has_iters:
+        table.add_column("iters", justify="right")
+    if has_sn:
+        table.add_column("σ̂ stored (uᵀWv)", justify="right")
+        table.add_column("σ used (W/σ̂)", justify="right")
+    for layer in layers:
+        matrix = fmt_shape(layer.matrix_shape)
+        if layer.kind.is_conv:
+            matrix += " (reshape, T)" if layer.transposed else " (reshape)"
+        row = [
+            escape(layer.short_name),
+            layer.kind.value + ("*" if layer.kind is LayerKind.EMBEDDING else ""),
+            fmt_shape(layer.shape),
+            layer.dtype,
+            matrix,
+            fmt_sigma(layer.sigma),
+        ]
+        if has_iters:
+            mark = "" if layer.converged in (True, None) else " (not converged)"
+            row.append(("" if layer.iterations is None else str(layer.iterations)) + mark)
+        if has_sn:
+            sn = layer.spectral_norm
+            row += [
+                "" if sn is None else fmt_sigma(sn.sigma_stored_estimate),
+                "" if sn is None else fmt_sigma(sn.sigma_effective),
+            ]
+        table.add_row(*row)
+    console.print(table)
+    largest = max(layers, key=lambda layer: layer.sigma, default=None)
+    footer = f"{len(layers)} layers analysed · {skipped_summary(report)}"
+    if largest is not None:
+        footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({largest.short_name})"
+    console.print(escape(footer))
+    console.print(method_caption(report.method, layers), style="dim")
+    if any(layer.kind.is_conv for layer in layers):
+        console.print(
+            "Conv σ is that of the reshaped kernel matrix, which is what torch's spectral_norm "
+            "normalizes; it is not the convolution's operator norm (see `sncli lipschitz`). "
+            "(T) = transposed conv, reshaped along dim 1.",
+            style="dim",
+        )
+    if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
+        console.print(
+            "* embedding: recognised by its name; its input is discrete (token ids), so its σ "
+            "is informational.",
+            style="dim",
+        )
+    if has_sn:
+        console.print(
+            "Spectral-norm layers: σ_max is the raw weight's; the model uses W/σ̂ with σ̂ from the "
+            "stored u, v; σ̂ ≤ σ, so the used weight's σ is ≥ 1.",
+            style="dim",
+        )
+    if any(s.reason.startswith("non-finite") for s in report.skipped):
+        bad = [s.name for s in report.skipped if s.reason.startswith("non-finite")]
+        console.print(f"[bold red]Non-finite weights[/] in: {', '.join(bad)}")
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressFn | None]:
+    """A transient progress bar on stderr; yields None when disabled or not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[layer]}"),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None, layer="")
+
+        def update(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, layer=name)
+
+        yield update
