@@ -384,7 +384,9 @@ def load_torch_file(path: Path, *, skip_objects: bool = False) -> Any:
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"damaged or unreadable PyTorch file: {_describe(exc)}", path) from exc
+        raise CheckpointError(
+            f"damaged or unreadable PyTorch file: {_describe(exc)}", path
+        ) from exc
 
 
 def _unsafe_globals(path: Path) -> list[str]:

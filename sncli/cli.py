@@ -111,7 +111,9 @@ FilterOpt = Annotated[
 ]
 ExcludeOpt = Annotated[
     list[str] | None,
-    typer.Option("--exclude", "-x", metavar="REGEX", help="Drop tensors matching REGEX (repeatable)."),
+    typer.Option(
+        "--exclude", "-x", metavar="REGEX", help="Drop tensors matching REGEX (repeatable)."
+    ),
 ]
 TransposedOpt = Annotated[
     list[str] | None,
@@ -216,6 +218,7 @@ def inspect(
         stdout_console,
         write_json,
     )
+
     _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
 
     with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:

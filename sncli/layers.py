@@ -178,7 +178,10 @@ def classify(
             owner, group = next(
                 (o, g) for o, g in sn.items() if name in (g.u_key, g.v_key, g.effective_key)
             )
-            role = {group.u_key: "power-iteration vector u", group.v_key: "power-iteration vector v"}
+            role = {
+                group.u_key: "power-iteration vector u",
+                group.v_key: "power-iteration vector v",
+            }
             what = role.get(name, "stored normalized weight")
             skipped.append(Skipped(name, f"spectral-norm {what} of {owner}"))
             continue

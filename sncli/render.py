@@ -19,7 +19,7 @@ from rich.table import Table
 
 from sncli.analysis import InspectReport, LayerSigma
 from sncli.layers import LayerKind
-from sncli.spectral import BoundKind, Method
+from sncli.spectral import Method
 
 
 class OutputFormat(str, Enum):
@@ -95,9 +95,7 @@ def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str
         "summary": {
             "analysed": len(layers),
             "skipped": len(report.skipped),
-            "largest": None
-            if largest is None
-            else {"name": largest.name, "sigma": largest.sigma},
+            "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
         },
     }
 
@@ -138,9 +136,9 @@ def inspect_to_csv(layers: list[LayerSigma]) -> str:
                 "" if layer.iterations is None else layer.iterations,
                 "" if layer.converged is None else str(layer.converged).lower(),
                 "" if sn is None else sn.style.value,
-                "" if sn is None or sn.sigma_stored_estimate is None else repr(
-                    sn.sigma_stored_estimate
-                ),
+                ""
+                if sn is None or sn.sigma_stored_estimate is None
+                else repr(sn.sigma_stored_estimate),
                 "" if sn is None or sn.sigma_effective is None else repr(sn.sigma_effective),
             ]
         )
