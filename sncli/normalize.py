@@ -1,0 +1,736 @@
+"""Spectral normalization of checkpoints: W ← target · W / σ(W), written safely.
+
+The plan (which layers, σ before, scale factor) is computed first and written nowhere. Writing
+streams one tensor at a time: every tensor that is not normalized is copied byte for byte, key
+order and safetensors ``__metadata__`` are kept (plus one ``sncli`` provenance entry). Scaled
+weights are cast back to their stored dtype and measured again with float64 LAPACK; rounding to
+bf16/fp16 can push σ above the target, so such weights are shaved by a few ulps until σ ≤ target.
+The written files are re-opened and verified before they replace anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sncli import __version__
+from sncli.checkpoint import (
+    SAFETENSORS_DTYPES,
+    Checkpoint,
+    natural_key,
+    open_checkpoint,
+    read_safetensors_header,
+    sniff_format,
+)
+from sncli.errors import NumericalError, SncliError, WriteError
+from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
+from sncli.spectral import (
+    DEFAULT_POWER_ITERS,
+    DEFAULT_POWER_TOL,
+    DEFAULT_SEED,
+    Method,
+    as_matrix,
+    exact_sigma,
+    largest_singular_value,
+)
+from sncli.writer import PendingFile, copy_range, safetensors_header_bytes, staged_write
+
+if TYPE_CHECKING:
+    import torch
+
+ProgressCallback = Callable[[int, int, str], None]
+
+#: Relative accuracy of the float64 LAPACK measurement used to check σ ≤ target.
+MEASUREMENT_TOLERANCE = 1e-12
+_MAX_SHAVES = 24
+#: Unit roundoff of each stored dtype: how far one rounding can move a value (relative).
+_UNIT_ROUNDOFF = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+    "float8_e4m3fn": 2.0**-4,
+    "float8_e4m3fnuz": 2.0**-4,
+    "float8_e5m2": 2.0**-3,
+    "float8_e5m2fnuz": 2.0**-3,
+}
+_TORCH_TO_SAFETENSORS = {name: code for code, (_, name) in SAFETENSORS_DTYPES.items()}
+
+
+class NormalizeMode(str, Enum):
+    SCALE = "scale"  # every selected layer to exactly the target
+    CLIP = "clip"  # only layers above the target are scaled down
+
+
+class Action(str, Enum):
+    SCALE = "scale"
+    KEEP = "keep"  # clip mode, already at or below target: untouched byte for byte
+    SKIP = "skip"  # zero or non-finite weight: never divided, left untouched
+
+
+@dataclass(frozen=True)
+class NormalizeOptions:
+    target: float = 1.0
+    mode: NormalizeMode = NormalizeMode.SCALE
+    method: Method = Method.EXACT
+    iters: int = DEFAULT_POWER_ITERS
+    tol: float = DEFAULT_POWER_TOL
+    seed: int = DEFAULT_SEED
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    transposed: tuple[str, ...] = ()
+    embeddings: bool = False
+    norms: bool = False
+    bake: bool = False
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What will happen to one selected tensor."""
+
+    name: str
+    short_name: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    reshape_dim: int
+    sigma_before: float | None
+    scale: float
+    action: Action
+    reason: str = ""
+    output_name: str = ""
+    spectral_norm: SpectralNormStyle | None = None
+    #: For spectral-norm layers: keys that accompany the weight (u, v, stored weight).
+    companions: tuple[str, ...] = ()
+    u_key: str | None = None
+    v_key: str | None = None
+    sigma_stored_estimate: float | None = None
+
+    @property
+    def expected_after(self) -> float | None:
+        return None if self.sigma_before is None else self.sigma_before * self.scale
+
+
+@dataclass(frozen=True)
+class NormalizePlan:
+    checkpoint: str
+    options: NormalizeOptions
+    layers: list[LayerPlan]
+    skipped: list[Skipped]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[LayerPlan]:
+        """Layers whose tensors are rewritten: scaled ones, and with --bake every baked one."""
+        return [
+            p
+            for p in self.layers
+            if p.action is Action.SCALE
+            or (self.options.bake and p.spectral_norm is not None and p.action is Action.KEEP)
+        ]
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """A written layer: σ measured again on the stored values (float64 LAPACK)."""
+
+    name: str
+    output_name: str
+    dtype: str
+    sigma_before: float | None
+    sigma_after: float
+    scale: float
+    shaves: int
+
+
+@dataclass(frozen=True)
+class NormalizeResult:
+    plan: NormalizePlan
+    outputs: list[Path]
+    layers: list[LayerOutcome]
+    warnings: list[str]
+    verified: bool
+
+    @property
+    def worst_sigma(self) -> float | None:
+        return max((o.sigma_after for o in self.layers), default=None)
+
+
+def _effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
+    """The weight a spectral-norm model really uses, W/σ̂, and σ̂ (legacy v0: stored weight)."""
+    import torch
+
+    raw = checkpoint.load(layer.name)
+    info = layer.spectral_norm
+    if info is None:
+        return raw, None
+    if info.v_key is None:
+        if info.effective_key is None:
+            raise NumericalError("spectral-norm layer without a stored v vector cannot be baked")
+        return checkpoint.load(info.effective_key), None
+    matrix = as_matrix(raw, layer.reshape_dim).to(torch.float64)
+    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
+    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
+    estimate = float(torch.dot(u, matrix @ v))
+    if not math.isfinite(estimate) or estimate == 0.0:
+        raise NumericalError("stored σ̂ = uᵀWv is zero or not finite; the model's weight is NaN")
+    return (raw.to(torch.float64) / estimate).to(raw.dtype), estimate
+
+
+def _baked_name(name: str) -> str:
+    if name.endswith("_orig"):
+        return name[: -len("_orig")]
+    match = re.fullmatch(r"(.*)parametrizations\.([^.]+)\.original\d*", name)
+    return f"{match.group(1)}{match.group(2)}" if match else name
+
+
+def plan_normalization(
+    checkpoint: Checkpoint,
+    options: NormalizeOptions,
+    progress: ProgressCallback | None = None,
+) -> NormalizePlan:
+    """Measure σ of every selected layer and decide its scale factor. Writes nothing."""
+    import torch
+
+    if not (math.isfinite(options.target) and options.target > 0):
+        raise SncliError(f"--target must be a positive finite number, got {options.target}")
+    classification = classify(checkpoint, transposed=options.transposed)
+    kinds = {LayerKind.LINEAR, LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D}
+    if options.embeddings:
+        kinds.add(LayerKind.EMBEDDING)
+    layers = [
+        layer
+        for layer in select(classification.layers, options.include, options.exclude)
+        if layer.kind in kinds
+    ]
+    norm_scales: list[str] = []
+    if options.norms:
+        norm_scales = [
+            s.name
+            for s in classification.skipped
+            if s.reason.startswith("norm scale")
+            and select([_pseudo_layer(checkpoint, s.name)], options.include, options.exclude)
+        ]
+    skipped = [s for s in classification.skipped if s.name not in set(norm_scales)]
+    unselected = {layer.name for layer in classification.layers} - {layer.name for layer in layers}
+    skipped += [Skipped(name, "not selected") for name in sorted(unselected, key=natural_key)]
+    total = len(layers) + len(norm_scales)
+    if total == 0:
+        from sncli.errors import NoLayersMatchedError
+
+        raise NoLayersMatchedError("nothing to normalize: no layer matched", checkpoint.path)
+
+    plans: list[LayerPlan] = []
+    for index, layer in enumerate(layers):
+        if progress is not None:
+            progress(index, total, layer.short_name)
+        plans.append(_plan_layer(checkpoint, layer, options))
+    for offset, name in enumerate(norm_scales):
+        if progress is not None:
+            progress(len(layers) + offset, total, name)
+        gamma = checkpoint.load(name)
+        sigma = float(gamma.to(torch.float64).abs().max()) if gamma.numel() else 0.0
+        plans.append(_decide(name, checkpoint, "norm", tuple(gamma.shape), gamma, sigma, options))
+    if progress is not None:
+        progress(total, total, "")
+    plans.sort(key=lambda p: natural_key(p.name))
+    skipped.sort(key=lambda s: natural_key(s.name))
+    notes = list(checkpoint.notes)
+    if any(p.spectral_norm for p in plans) and not options.bake:
+        notes.append(
+            "spectral-norm layers: the raw weight is normalized and u, v are set to its exact "
+            "singular vectors, so the model's W/σ̂ has σ = 1; use --bake to write plain weights"
+        )
+    return NormalizePlan(str(checkpoint.path), options, plans, skipped, notes)
+
+
+def _pseudo_layer(checkpoint: Checkpoint, name: str) -> Layer:
+    info = checkpoint.tensors[name]
+    return Layer(name, checkpoint.short_name(name), LayerKind.LINEAR, info.shape, info.dtype)
+
+
+def _decide(
+    name: str,
+    checkpoint: Checkpoint,
+    kind: str,
+    shape: tuple[int, ...],
+    weight: torch.Tensor,
+    sigma: float,
+    options: NormalizeOptions,
+    **extra: Any,
+) -> LayerPlan:
+    import torch
+
+    base = {
+        "name": name,
+        "short_name": checkpoint.short_name(name),
+        "kind": kind,
+        "shape": shape,
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "reshape_dim": extra.pop("reshape_dim", 0),
+        "output_name": extra.pop("output_name", name),
+    }
+    base.update(extra)
+    if not bool(torch.isfinite(weight).all()):
+        return LayerPlan(
+            **base, sigma_before=None, scale=1.0, action=Action.SKIP, reason="non-finite values"
+        )
+    if sigma == 0.0:
+        return LayerPlan(
+            **base, sigma_before=0.0, scale=1.0, action=Action.SKIP, reason="zero weight (σ = 0)"
+        )
+    if options.mode is NormalizeMode.CLIP and sigma <= options.target:
+        return LayerPlan(
+            **base, sigma_before=sigma, scale=1.0, action=Action.KEEP, reason="σ ≤ target"
+        )
+    return LayerPlan(**base, sigma_before=sigma, scale=options.target / sigma, action=Action.SCALE)
+
+
+def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions) -> LayerPlan:
+    info = layer.spectral_norm
+    extra: dict[str, Any] = {"reshape_dim": layer.reshape_dim}
+    if info is not None:
+        extra["spectral_norm"] = info.style
+        extra["companions"] = tuple(k for k in (info.u_key, info.v_key, info.effective_key) if k)
+        extra["u_key"], extra["v_key"] = info.u_key, info.v_key
+    try:
+        if info is not None and options.bake:
+            weight, estimate = _effective_weight(checkpoint, layer)
+            extra["output_name"] = _baked_name(layer.name)
+            extra["sigma_stored_estimate"] = estimate
+        else:
+            weight = checkpoint.load(layer.name)
+    except NumericalError as exc:
+        return LayerPlan(
+            name=layer.name,
+            short_name=layer.short_name,
+            kind=layer.kind.value,
+            shape=layer.shape,
+            dtype=layer.dtype,
+            reshape_dim=layer.reshape_dim,
+            sigma_before=None,
+            scale=1.0,
+            action=Action.SKIP,
+            reason=exc.message,
+        )
+    matrix = as_matrix(weight, layer.reshape_dim)
+    try:
+        sigma = largest_singular_value(
+            matrix, options.method, iters=options.iters, tol=options.tol, seed=options.seed
+        ).sigma
+    except NumericalError:
+        sigma = math.nan
+    return _decide(
+        layer.name, checkpoint, layer.kind.value, layer.shape, weight, sigma, options, **extra
+    )
+
+
+def _measure(tensor: torch.Tensor, reshape_dim: int) -> float:
+    if tensor.dim() == 1:
+        return float(tensor.double().abs().max()) if tensor.numel() else 0.0
+    return exact_sigma(as_matrix(tensor, reshape_dim))
+
+
+def scaled_weight(
+    weight: torch.Tensor, plan: LayerPlan, target: float
+) -> tuple[torch.Tensor, float, int]:
+    """Scale in float64, cast to the stored dtype, shave until the stored σ ≤ target.
+
+    Returns (new tensor, σ measured on the stored values, number of shaving steps).
+    """
+    import torch
+
+    unit = _UNIT_ROUNDOFF.get(plan.dtype, 2.0**-8)
+    w64 = weight.to(torch.float64)
+    factor = plan.scale
+    for shaves in range(_MAX_SHAVES):
+        new = (w64 * factor).to(weight.dtype)
+        sigma = _measure(new, plan.reshape_dim)
+        if sigma <= target:
+            return new, sigma, shaves
+        factor *= (target / sigma) * (1.0 - min(unit * 2.0 ** (shaves - 3), 0.5))
+    raise NumericalError(
+        f"could not bring σ to {target} in {plan.dtype} (last {sigma:.9g}); "
+        "the dtype is too coarse for this target"
+    )
+
+
+def top_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit u, v with Wv = σu for σ = σ_max (float64, via the smaller Gram matrix)."""
+    import torch
+
+    w = matrix.to(torch.float64)
+    if w.shape[0] <= w.shape[1]:
+        _, vectors = torch.linalg.eigh(w @ w.T)
+        u = vectors[:, -1]
+        v = w.T @ u
+        v = v / torch.linalg.vector_norm(v)
+    else:
+        _, vectors = torch.linalg.eigh(w.T @ w)
+        v = vectors[:, -1]
+        u = w @ v
+        u = u / torch.linalg.vector_norm(u)
+    return u, v
+
+
+def _new_tensors(
+    checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions
+) -> tuple[dict[str, torch.Tensor], LayerOutcome]:
+    """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too)."""
+    if options.bake and plan.spectral_norm is not None:
+        weight, _ = _effective_weight(checkpoint, _layer_of(checkpoint, plan))
+    else:
+        weight = checkpoint.load(plan.name)
+    new, sigma_after, shaves = scaled_weight(weight, plan, options.target)
+    tensors = {plan.name: new}
+    if plan.spectral_norm is not None and not options.bake and plan.u_key:
+        u_old = checkpoint.load(plan.u_key)
+        u, v = top_singular_vectors(as_matrix(new, plan.reshape_dim))
+        tensors[plan.u_key] = u.to(u_old.dtype).reshape(u_old.shape)
+        if plan.v_key:
+            v_old = checkpoint.load(plan.v_key)
+            tensors[plan.v_key] = v.to(v_old.dtype).reshape(v_old.shape)
+    outcome = LayerOutcome(
+        plan.name, plan.output_name, plan.dtype, plan.sigma_before, sigma_after, plan.scale, shaves
+    )
+    return tensors, outcome
+
+
+def _layer_of(checkpoint: Checkpoint, plan: LayerPlan) -> Layer:
+    for layer in classify(checkpoint).layers:
+        if layer.name == plan.name:
+            return Layer(
+                layer.name,
+                layer.short_name,
+                layer.kind,
+                layer.shape,
+                layer.dtype,
+                plan.reshape_dim,
+                layer.spectral_norm,
+                layer.transposed,
+            )
+    raise KeyError(plan.name)
+
+
+@dataclass
+class _Edits:
+    """What changes in the output: replaced tensors, renamed keys, dropped keys."""
+
+    replaced: set[str]
+    renames: dict[str, str]
+    dropped: set[str]
+
+
+def _edits(plan: NormalizePlan) -> _Edits:
+    replaced: set[str] = set()
+    renames: dict[str, str] = {}
+    dropped: set[str] = set()
+    for layer in plan.changed:
+        replaced.add(layer.name)
+        if plan.options.bake and layer.spectral_norm is not None:
+            renames[layer.name] = layer.output_name
+            dropped.update(layer.companions)
+        elif layer.spectral_norm is not None:
+            replaced.update(k for k in (layer.u_key, layer.v_key) if k)
+    return _Edits(replaced, renames, dropped)
+
+
+def _provenance(plan: NormalizePlan) -> str:
+    options = plan.options
+    return json.dumps(
+        {
+            "tool": f"sncli {__version__}",
+            "operation": "spectral normalization",
+            "target": options.target,
+            "mode": options.mode.value,
+            "method": options.method.value,
+            "bake": options.bake,
+            "layers": [p.output_name for p in plan.changed],
+        },
+        separators=(",", ":"),
+    )
+
+
+def resolve_outputs(
+    checkpoint: Checkpoint, output: Path | None, *, in_place: bool, force: bool
+) -> dict[Path, Path]:
+    """Map each input file (and index) to the path it will be written to; refuse unsafe targets."""
+    sources = list(checkpoint.files)
+    if checkpoint.index_path is not None:
+        sources.append(checkpoint.index_path)
+    if in_place:
+        if output is not None:
+            raise SncliError("give either -o/--output or --in-place, not both")
+        return {s: s for s in sources}
+    if output is None:
+        raise SncliError("say where to write: -o/--output PATH, or --in-place to overwrite")
+    output = Path(output)
+    sharded = checkpoint.index_path is not None
+    if sharded:
+        if output.exists() and not output.is_dir():
+            raise SncliError("a sharded checkpoint needs an output folder", output)
+        folder = output
+        mapping = {s: folder / s.name for s in sources}
+    else:
+        target = output / sources[0].name if output.is_dir() else output
+        mapping = {sources[0]: target}
+    for source, target in mapping.items():
+        if target.exists() and source.resolve() == target.resolve():
+            raise SncliError(
+                "output is the input file; use --in-place to overwrite it deliberately", target
+            )
+        if target.exists() and not force:
+            raise SncliError("output exists; pass --force to replace it", target)
+    return mapping
+
+
+def normalize_checkpoint(
+    checkpoint: Checkpoint,
+    plan: NormalizePlan,
+    output: Path | None,
+    *,
+    in_place: bool = False,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> NormalizeResult:
+    """Write the normalized checkpoint (all files staged, verified, then renamed into place)."""
+    mapping = resolve_outputs(checkpoint, output, in_place=in_place, force=force)
+    targets = set(mapping.values())
+    if any(not t.parent.exists() for t in targets):
+        parent = next(t.parent for t in targets if not t.parent.exists())
+        if checkpoint.index_path is not None and not in_place:
+            parent.mkdir(parents=True, exist_ok=True)
+        else:
+            raise WriteError("output folder does not exist", parent)
+    edits = _edits(plan)
+    by_file: dict[Path, list[LayerPlan]] = {}
+    for layer in plan.changed:
+        by_file.setdefault(checkpoint.tensors[layer.name].file, []).append(layer)
+    warnings: list[str] = []
+    outcomes: list[LayerOutcome] = []
+    pending: list[PendingFile] = []
+    data_sizes: dict[Path, int] = {}
+    done = 0
+    try:
+        for source in checkpoint.files:
+            target = mapping[source]
+            layers = by_file.get(source, [])
+            touched = bool(layers) or any(
+                checkpoint.tensors[n].file == source for n in (*edits.dropped, *edits.renames)
+            )
+            if not touched:
+                data_sizes[source] = _data_bytes(checkpoint, source, None)
+                if source != target:
+                    pending.append(_copy_file(source, target))
+                continue
+            new: dict[str, torch.Tensor] = {}
+            for layer in layers:
+                if progress is not None:
+                    progress(done, len(plan.changed), layer.short_name)
+                tensors, outcome = _new_tensors(checkpoint, layer, plan.options)
+                new.update(tensors)
+                outcomes.append(outcome)
+                done += 1
+            if checkpoint.format == "safetensors":
+                staged = _write_safetensors(source, target, new, edits, plan)
+            else:
+                staged = _write_torch(checkpoint, source, target, new, edits, warnings)
+            pending.append(staged)
+            _verify_file(checkpoint, staged.temp, source, edits, outcomes, plan)
+            data_sizes[source] = _data_bytes(checkpoint, staged.temp, checkpoint.wrapper_key)
+        if checkpoint.index_path is not None:
+            index_target = mapping[checkpoint.index_path]
+            pending.append(_write_index(checkpoint, index_target, edits, sum(data_sizes.values())))
+        for staged in pending:
+            staged.commit()
+    except BaseException:
+        for staged in pending:
+            staged.discard()
+        raise
+    if progress is not None:
+        progress(len(plan.changed), len(plan.changed), "")
+    outputs = sorted({p.target for p in pending}, key=lambda p: natural_key(str(p)))
+    return NormalizeResult(plan, outputs, outcomes, warnings, verified=True)
+
+
+def _write_safetensors(
+    source: Path,
+    target: Path,
+    new: dict[str, torch.Tensor],
+    edits: _Edits,
+    plan: NormalizePlan,
+) -> PendingFile:
+    header = read_safetensors_header(source)
+    metadata = dict(header.metadata or {})
+    if new or edits.dropped:
+        metadata["sncli"] = _provenance(plan)
+    ordered = sorted(header.tensors.items(), key=lambda item: item[1][2][0])
+    entries: list[tuple[str, str, tuple[int, ...], int]] = []
+    for name, (code, shape, (begin, end)) in ordered:
+        if name in edits.dropped:
+            continue
+        if name in new:
+            tensor = new[name]
+            code = _TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
+            shape = tuple(tensor.shape)
+            length = tensor.numel() * tensor.element_size()
+        else:
+            length = end - begin
+        entries.append((edits.renames.get(name, name), code, shape, length))
+    keep_metadata = metadata if (header.metadata is not None or metadata) else None
+    header_bytes = safetensors_header_bytes(entries, keep_metadata)
+    with staged_write(target) as (handle, staged), source.open("rb") as original:
+        handle.write(header_bytes)
+        for name, (_, _, (begin, end)) in ordered:
+            if name in edits.dropped:
+                continue
+            if name in new:
+                handle.write(_tensor_bytes(new[name]))
+            else:
+                copy_range(original, header.data_start + begin, end - begin, handle)
+    return staged
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    import sys
+
+    import torch
+
+    if sys.byteorder != "little":
+        raise WriteError("writing safetensors needs a little-endian machine")
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def _write_torch(
+    checkpoint: Checkpoint,
+    source: Path,
+    target: Path,
+    new: dict[str, torch.Tensor],
+    edits: _Edits,
+    warnings: list[str],
+) -> PendingFile:
+    import torch
+
+    container = checkpoint.container(source)
+    key = checkpoint.wrapper_key
+    state = _state_within(container, key)
+    rebuilt = type(state)() if isinstance(state, dict) else {}
+    aliases = {alias: origin for alias, origin in checkpoint.aliases.items()}
+    for name, value in state.items():
+        if name in edits.dropped:
+            continue
+        origin = aliases.get(name, name)
+        replacement = new.get(origin)
+        rebuilt[edits.renames.get(name, name)] = value if replacement is None else replacement
+    if hasattr(state, "_metadata"):
+        rebuilt._metadata = state._metadata  # type: ignore[attr-defined]
+    output = _replace_within(container, key, rebuilt)
+    if key is not None and any(
+        k in container for k in ("optimizer_states", "optimizer", "optimizer_state_dict")
+    ):
+        warnings.append(
+            f"{target}: optimizer state was kept but no longer matches the rescaled weights"
+        )
+    legacy = sniff_format(source) == "torch-legacy"
+    with staged_write(target) as (handle, staged):
+        torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
+    return staged
+
+
+def _state_within(container: Any, key: str | None) -> Any:
+    node = container
+    for part in key.split("/") if key else []:
+        node = node[part]
+    return node
+
+
+def _replace_within(container: Any, key: str | None, state: Any) -> Any:
+    if key is None:
+        return state
+    parts = key.split("/")
+
+    def rebuild(node: Any, depth: int) -> Any:
+        copy = type(node)(node) if isinstance(node, dict) else dict(node)
+        copy[parts[depth]] = (
+            state if depth == len(parts) - 1 else rebuild(node[parts[depth]], depth + 1)
+        )
+        return copy
+
+    return rebuild(container, 0)
+
+
+def _copy_file(source: Path, target: Path) -> PendingFile:
+    with staged_write(target) as (handle, staged), source.open("rb") as original:
+        copy_range(original, 0, source.stat().st_size, handle)
+    return staged
+
+
+def _write_index(checkpoint: Checkpoint, target: Path, edits: _Edits, total: int) -> PendingFile:
+    """The index json with renamed/dropped keys and ``total_size`` recomputed."""
+    assert checkpoint.index_path is not None
+    data = json.loads(checkpoint.index_path.read_text(encoding="utf-8"))
+    weight_map: dict[str, str] = {}
+    for name, shard in data["weight_map"].items():
+        if name in edits.dropped:
+            continue
+        weight_map[edits.renames.get(name, name)] = shard
+    data["weight_map"] = weight_map
+    data.setdefault("metadata", {})
+    if isinstance(data["metadata"], dict):
+        data["metadata"]["total_size"] = total
+    with staged_write(target) as (handle, staged):
+        handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    return staged
+
+
+def _data_bytes(checkpoint: Checkpoint, path: Path, key: str | None) -> int:
+    """Bytes of tensor data in one file, as ``total_size`` in HF index files counts them."""
+    if checkpoint.format == "safetensors":
+        header = read_safetensors_header(path)
+        return sum(end - begin for _, _, (begin, end) in header.tensors.values())
+    with open_checkpoint(path, key=key) as opened:
+        total = 0
+        for name in opened.tensors:
+            if name in opened.aliases:
+                continue
+            tensor = opened.load(name)
+            total += tensor.numel() * tensor.element_size()
+        return total
+
+
+def _verify_file(
+    checkpoint: Checkpoint,
+    written: Path,
+    source: Path,
+    edits: _Edits,
+    outcomes: list[LayerOutcome],
+    plan: NormalizePlan,
+) -> None:
+    """Re-open a written file: same keys (after renames), shapes, dtypes; σ ≤ target."""
+    expected = {
+        edits.renames.get(name, name): (info.shape, info.dtype)
+        for name, info in checkpoint.tensors.items()
+        if info.file == source and name not in edits.dropped
+    }
+    with open_checkpoint(written, key=checkpoint.wrapper_key) as reopened:
+        found = {name: (info.shape, info.dtype) for name, info in reopened.tensors.items()}
+        if found != expected:
+            missing = sorted(set(expected) - set(found))[:3]
+            raise WriteError(f"verification failed: tensors differ from the input ({missing})")
+        limit = plan.options.target * (1 + MEASUREMENT_TOLERANCE)
+        for outcome in outcomes:
+            if outcome.output_name not in found:
+                continue
+            layer = next(p for p in plan.layers if p.name == outcome.name)
+            sigma = _measure(reopened.load(outcome.output_name), layer.reshape_dim)
+            if not sigma <= limit:
+                raise WriteError(
+                    f"verification failed: {outcome.output_name} has σ {sigma} > {limit}"
+                )

@@ -1,0 +1,174 @@
+"""Atomic, crash-safe file writes and a streaming safetensors writer.
+
+Every output is written to a temporary file in the target's own folder, flushed and fsynced,
+then moved over the target with ``os.replace``: a reader sees the old file or the new one, never
+a mix. A small watchdog process removes the temporary file if this process dies before the
+rename, even by SIGKILL, so a kill leaves no stray file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sncli.errors import WriteError
+
+TEMP_MARKER = ".sncli-tmp-"
+_CHUNK = 16 * 1024 * 1024
+
+_WATCHDOG = (
+    "import os,sys\n"
+    "data=sys.stdin.buffer.read()\n"
+    "if b'done' not in data:\n"
+    "    try: os.unlink(sys.argv[1])\n"
+    "    except OSError: pass\n"
+)
+
+
+def temp_path_for(target: Path) -> Path:
+    return target.with_name(f".{target.name}{TEMP_MARKER}{secrets.token_hex(4)}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class PendingFile:
+    """A fully written, fsynced temporary file waiting to replace its target."""
+
+    temp: Path
+    target: Path
+    _watchdog: subprocess.Popen[bytes] | None
+
+    def commit(self) -> None:
+        """Move the temporary file over the target (atomic) and make the rename durable."""
+        try:
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise WriteError(f"cannot replace file: {exc.strerror or exc}", self.target) from exc
+        _fsync_dir(self.target.parent)
+        self._release(done=True)
+
+    def discard(self) -> None:
+        try:
+            self.temp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+        self._release(done=True)
+
+    def _release(self, *, done: bool) -> None:
+        if self._watchdog is None:
+            return
+        try:
+            if self._watchdog.stdin is not None:
+                if done:
+                    self._watchdog.stdin.write(b"done")
+                self._watchdog.stdin.close()
+            self._watchdog.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self._watchdog = None
+
+
+def _start_watchdog(temp: Path) -> subprocess.Popen[bytes] | None:
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(temp)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+
+
+@contextmanager
+def staged_write(target: Path) -> Iterator[tuple[BinaryIO, PendingFile]]:
+    """Open a temporary file next to ``target`` for writing.
+
+    Yields the open binary file and a ``PendingFile``. On leaving the block the data is flushed
+    and fsynced; the caller then calls ``commit()`` (or ``discard()``). Any exception inside the
+    block removes the temporary file and is re-raised as ``WriteError`` for OS errors.
+    """
+    target = Path(target)
+    folder = target.parent
+    if not folder.is_dir():
+        raise WriteError("output folder does not exist", folder)
+    temp = temp_path_for(target)
+    try:
+        handle = open(temp, "xb")  # noqa: SIM115 - closed below on every path
+    except OSError as exc:
+        raise WriteError(f"cannot create a file here: {exc.strerror or exc}", folder) from exc
+    pending = PendingFile(temp, target, _start_watchdog(temp))
+    try:
+        yield handle, pending
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+    except OSError as exc:
+        handle.close()
+        pending.discard()
+        reason = exc.strerror or str(exc)
+        if exc.errno in (27, 28):  # EFBIG, ENOSPC
+            reason = f"{reason} (disk full or file-size limit)"
+        raise WriteError(f"write failed: {reason}; nothing was changed", target) from exc
+    except BaseException:
+        handle.close()
+        pending.discard()
+        raise
+
+
+def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> None:
+    source.seek(start)
+    remaining = length
+    while remaining > 0:
+        chunk = source.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise OSError(5, "source file ended early")
+        dest.write(chunk)
+        remaining -= len(chunk)
+
+
+def safetensors_header_bytes(
+    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None
+) -> bytes:
+    """Serialise a header: 8-byte length, compact JSON, space padding to an 8-byte boundary.
+
+    ``entries`` are (name, dtype code, shape, byte length) in the order data will be written.
+    """
+    header: dict[str, object] = {}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    offset = 0
+    for name, code, shape, length in entries:
+        header[name] = {
+            "dtype": code,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + length],
+        }
+        offset += length
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text
