@@ -127,11 +127,14 @@ def staged_write(target: Path) -> Iterator[tuple[BinaryIO, PendingFile]]:
         handle.flush()
         os.fsync(handle.fileno())
         handle.close()
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports failed writes as RuntimeError("write(): fd N failed with ...").
         handle.close()
         pending.discard()
-        reason = exc.strerror or str(exc)
-        if exc.errno in (27, 28):  # EFBIG, ENOSPC
+        if isinstance(exc, RuntimeError) and "failed with" not in str(exc):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).rsplit("failed with", 1)[-1].strip()
+        if getattr(exc, "errno", None) in (27, 28) or "too large" in reason or "space" in reason:
             reason = f"{reason} (disk full or file-size limit)"
         raise WriteError(f"write failed: {reason}; nothing was changed", target) from exc
     except BaseException:
