@@ -70,7 +70,7 @@ def safetensors_layout(path: Path) -> tuple[list[str], dict[str, str] | None, di
 
 def test_mlp_scale_to_target_rest_bit_identical(mlp_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "mlp.safetensors"
-    plan, result = run(mlp_path, out, target=0.5)
+    _, result = run(mlp_path, out, target=0.5)
     order_in, meta_in, raw_in = safetensors_layout(mlp_path)
     order_out, meta_out, raw_out = safetensors_layout(out)
     assert order_in == order_out
@@ -108,7 +108,7 @@ def test_clip_leaves_layers_below_target_byte_identical(mlp_path: Path, tmp_path
 
 def test_sharded_bf16_keeps_layout_and_index(transformer_index_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "tt"
-    plan, result = run(transformer_index_path, out)
+    run(transformer_index_path, out)
     src = transformer_index_path.parent
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
     index_in = json.loads(transformer_index_path.read_text())
@@ -184,7 +184,7 @@ def test_bake_preserves_the_models_function(
     """--bake with a target no layer exceeds writes exactly W/σ̂: same outputs, plain keys."""
     path: Path = request.getfixturevalue(fixture)
     out = tmp_path / "baked.pt"
-    plan, _ = run(path, out, bake=True, mode=NormalizeMode.CLIP, target=10.0)
+    run(path, out, bake=True, mode=NormalizeMode.CLIP, target=10.0)
     baked = torch.load(out, weights_only=True)
     assert not any(k.endswith(("_u", "_v", "_orig")) or "parametrizations" in k for k in baked)
     plain = _plain_discriminator()
@@ -326,7 +326,7 @@ def test_in_place_replaces_atomically_and_leaves_no_temp(mlp_path: Path, tmp_pat
     run(src, None, in_place=True)
     assert src.stat().st_ino != inode_before  # a new file was renamed over the old one
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
-    for name, tensor in load_file(str(src)).items():
+    for _name, tensor in load_file(str(src)).items():
         if tensor.dim() == 2:
             assert svd_sigma(tensor) <= 1 + MEASURE
 

@@ -45,6 +45,13 @@ def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if TEMP_MARKER in p.name]
 
 
+def size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
 def wait_for_no_temp(folder: Path, timeout: float = 5.0) -> list[Path]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,16 +86,10 @@ def test_sigkill_mid_write_leaves_original_or_new_and_no_temp(
     )
     deadline = time.monotonic() + 120
     killed_with_temp = False
+    thresholds = {"temp-appears": 0, "temp-grown": 2**24, "late": target.stat().st_size}
     while time.monotonic() < deadline and process.poll() is None:
         temps = temp_files(tmp_path)
-        if temps:
-            if when == "temp-appears" or (
-                when == "temp-grown" and temps[0].exists() and temps[0].stat().st_size > 2**24
-            ):
-                process.send_signal(signal.SIGKILL)
-                killed_with_temp = True
-                break
-        if when == "late" and temps and temps[0].stat().st_size >= target.stat().st_size:
+        if temps and size_of(temps[0]) >= thresholds[when]:
             process.send_signal(signal.SIGKILL)
             killed_with_temp = True
             break
