@@ -55,7 +55,7 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             _error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
