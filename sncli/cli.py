@@ -13,6 +13,7 @@ import typer
 from sncli import __version__
 from sncli.analysis import SortKey
 from sncli.errors import EXIT_ERROR, SncliError
+from sncli.lipschitz import ConvPolicy, Padding
 from sncli.normalize import NormalizeMode
 from sncli.render import OutputFormat
 from sncli.spectral import Method
@@ -247,6 +248,155 @@ def inspect(
         sys.stdout.write(inspect_to_csv(layers))
     else:
         print_inspect_table(report, layers, stdout_console())
+
+
+def _parse_size(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        size = tuple(int(part) for part in text.lower().replace("x", ",").split(",") if part)
+    except ValueError:
+        size = ()
+    if not size or any(d <= 0 for d in size):
+        raise typer.BadParameter(
+            f"{text!r} is not a size like 32 or 32x32", param_hint="--input-size"
+        )
+    return size
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli lipschitz sample_models/sngan_disc_parametrized.pt\n\n"
+    "  sncli lipschitz ckpt.pt --certified --fail-above 1e3   # CI gate\n\n"
+    "  sncli lipschitz gan.pt --padding circular --input-size 32x32\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 bound above --fail-above, 4 no layer matched."
+)
+@handle_errors
+def lipschitz(
+    checkpoint: CheckpointArg,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="σ of linear layers: exact (float64, certified up to rounding) or power "
+            "(a lower bound: the product is then an estimate).",
+            case_sensitive=False,
+        ),
+    ] = Method.EXACT,
+    certified: Annotated[
+        bool,
+        typer.Option(
+            "--certified",
+            help="Use proven upper bounds only (Cholesky certificate / Gram iteration), so the "
+            "printed bound is a proof, not an estimate.",
+        ),
+    ] = False,
+    conv: Annotated[
+        ConvPolicy,
+        typer.Option(
+            "--conv",
+            help="operator: the norm of each convolution as a map on images (a valid bound). "
+            "reshape: σ of the reshaped kernel (what torch's spectral_norm constrains), "
+            "not a bound.",
+            case_sensitive=False,
+        ),
+    ] = ConvPolicy.OPERATOR,
+    padding: Annotated[
+        Padding,
+        typer.Option(
+            "--padding",
+            help="Convolution padding. zeros: a certified bound valid at any input size. "
+            "circular: exact at --input-size.",
+            case_sensitive=False,
+        ),
+    ] = Padding.ZEROS,
+    input_size: Annotated[
+        str | None,
+        typer.Option("--input-size", metavar="HxW", help="Spatial input size, e.g. 32x32."),
+    ] = None,
+    stride: Annotated[
+        int, typer.Option("--stride", min=1, help="Conv stride for --padding circular.")
+    ] = 1,
+    grid: Annotated[
+        int,
+        typer.Option(
+            "--grid", min=4, help="FFT grid for the zero-padding bound (finer: tighter, slower)."
+        ),
+    ] = 32,
+    fail_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above",
+            metavar="X",
+            help="Exit with code 3 when the bound exceeds X (a CI gate).",
+        ),
+    ] = None,
+    iters: IterationsOpt = 1000,
+    tol: TolOpt = 1e-6,
+    seed: SeedOpt = 0,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
+    ] = OutputFormat.TABLE,
+    include: FilterOpt = None,
+    exclude: ExcludeOpt = None,
+    transposed: TransposedOpt = None,
+    key: KeyOpt = None,
+    skip_objects: SkipObjectsOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
+    import math
+
+    from sncli.checkpoint import open_checkpoint
+    from sncli.errors import EXIT_BOUND_EXCEEDED
+    from sncli.lipschitz import LipschitzOptions, lipschitz_report
+    from sncli.render import (
+        lipschitz_to_csv,
+        lipschitz_to_dict,
+        print_lipschitz_table,
+        progress_bar,
+        stdout_console,
+        write_json,
+    )
+
+    _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
+    size = _parse_size(input_size)
+    if padding is Padding.CIRCULAR and size is None:
+        raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
+    options = LipschitzOptions(
+        method=method,
+        iters=iters,
+        tol=tol,
+        seed=seed,
+        certified=certified,
+        conv=conv,
+        padding=padding,
+        input_size=size,
+        stride=stride,
+        grid=grid,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        transposed=tuple(transposed or ()),
+    )
+    with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
+        for note in ckpt.notes:
+            _note(note, quiet)
+        with progress_bar(not quiet) as progress:
+            report = lipschitz_report(ckpt, options, progress)
+    if output_format is OutputFormat.JSON:
+        write_json(lipschitz_to_dict(report))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(lipschitz_to_csv(report))
+    else:
+        print_lipschitz_table(report, stdout_console())
+    if fail_above is not None and report.log10_bound > math.log10(max(fail_above, 1e-300)):
+        _error(
+            f"{checkpoint}: Lipschitz bound 10^{report.log10_bound:.4f} exceeds --fail-above "
+            f"{fail_above:g}"
+        )
+        raise typer.Exit(EXIT_BOUND_EXCEEDED)
 
 
 @app.command(

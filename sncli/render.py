@@ -19,6 +19,7 @@ from rich.table import Table
 
 from sncli.analysis import InspectReport, LayerSigma
 from sncli.layers import LayerKind
+from sncli.lipschitz import LipschitzReport
 from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
 from sncli.spectral import Method
 
@@ -364,3 +365,131 @@ def print_normalize_table(
 def plan_short(output_name: str, name: str, short_name: str) -> str:
     prefix = name[: len(name) - len(short_name)]
     return output_name[len(prefix) :] if output_name.startswith(prefix) else output_name
+
+
+def _json_number(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
+    """JSON for ``lipschitz`` (a stable contract; see README)."""
+    shares = report.shares()
+    running = report.running_log10()
+    log = report.log10_bound
+    return {
+        "checkpoint": report.checkpoint,
+        "method": "certified" if report.options.certified else report.options.method.value,
+        "conv": report.options.conv.value,
+        "log10_bound": _json_number(log),
+        "bound": _json_number(report.bound),
+        "certified": report.certified,
+        "valid_architecture": report.valid_architecture,
+        "statement": report.statement(),
+        "assumptions": report.assumptions,
+        "caveats": report.caveats,
+        "layers": [
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "sigma": f.sigma,
+                "sigma_lower": _json_number(f.sigma_lower),
+                "sigma_upper": _json_number(f.sigma_upper),
+                "certified": f.certified,
+                "source": f.source,
+                "reshape_sigma": _json_number(f.reshape_sigma),
+                "log10_sigma": _json_number(f.log10),
+                "share": _json_number(share),
+                "running_log10": _json_number(run),
+                **({"note": f.note} if f.note else {}),
+            }
+            for f, share, run in zip(report.factors, shares, running, strict=True)
+        ],
+        "excluded": [{"name": s.name, "reason": s.reason} for s in report.excluded],
+    }
+
+
+LIPSCHITZ_CSV_COLUMNS = (
+    "name",
+    "kind",
+    "sigma",
+    "sigma_lower",
+    "sigma_upper",
+    "certified",
+    "reshape_sigma",
+    "share",
+    "running_log10",
+    "source",
+)
+
+
+def lipschitz_to_csv(report: LipschitzReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LIPSCHITZ_CSV_COLUMNS)
+    for f, share, run in zip(report.factors, report.shares(), report.running_log10(), strict=True):
+        writer.writerow(
+            [
+                f.name,
+                f.kind,
+                repr(f.sigma),
+                "" if f.sigma_lower is None else repr(f.sigma_lower),
+                "" if f.sigma_upper is None else repr(f.sigma_upper),
+                str(f.certified).lower(),
+                "" if f.reshape_sigma is None else repr(f.reshape_sigma),
+                "" if share is None else repr(share),
+                repr(run),
+                f.source,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def fmt_bound(log10: float) -> str:
+    if log10 == -math.inf:
+        return "0"
+    if abs(log10) < 5:
+        return fmt_sigma(10.0**log10)
+    mantissa = 10.0 ** (log10 - math.floor(log10))
+    return f"{mantissa:.4f}e{math.floor(log10):+d}"
+
+
+def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
+    has_reshape = any(f.reshape_sigma is not None for f in report.factors)
+    table = Table(title=f"Lipschitz bound: {escape(report.checkpoint)}", title_justify="left")
+    table.add_column("layer", overflow="fold")
+    table.add_column("kind")
+    if has_reshape:
+        table.add_column("σ reshape", justify="right")
+    table.add_column("σ factor", justify="right", style="bold")
+    table.add_column("interval [lower, upper]", justify="right")
+    table.add_column("cert.", justify="center")
+    table.add_column("share of log L", justify="right")
+    table.add_column("running product", justify="right")
+    for f, share, run in zip(report.factors, report.shares(), report.running_log10(), strict=True):
+        interval = f"[{fmt_sigma(f.sigma_lower)}, {fmt_sigma(f.sigma_upper)}]"
+        row = [escape(f.short_name), f.kind]
+        if has_reshape:
+            row.append(fmt_sigma(f.reshape_sigma) if f.reshape_sigma is not None else "")
+        row += [
+            fmt_sigma(f.sigma),
+            interval,
+            "✓" if f.certified else "✗",
+            "--" if share is None else f"{100 * share:.1f}%",
+            fmt_bound(run),
+        ]
+        table.add_row(*row)
+    console.print(table)
+    log = report.log10_bound
+    kind = "certified upper bound" if report.certified else "product of layer σ"
+    if not report.valid_architecture:
+        kind = "product of layer σ (diagnostic, NOT a bound)"
+    log_text = "-inf" if log == -math.inf else f"{log:.4f}"
+    console.print(f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — {escape(kind)}")
+    console.print(escape(report.statement()))
+    console.print("Assumptions: " + escape("; ".join(report.assumptions)) + ".", style="dim")
+    counts = Counter(s.reason.split(" (")[0].split(":")[0] for s in report.excluded)
+    if counts:
+        parts = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+        console.print(f"Excluded from the product: {escape(parts)}.", style="dim")

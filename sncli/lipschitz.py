@@ -1,0 +1,467 @@
+"""The product Lipschitz bound ∏ σ_l of a checkpoint's layers, and when it is one.
+
+For a feed-forward composition f = f_L ∘ … ∘ f_1 of linear/conv layers and 1-Lipschitz
+activations, Lip(f) ≤ ∏ Lip(f_l) in ℓ2. A state dict records names and shapes only, so the layers
+are taken in key order and the architecture is judged from names: attention (not globally
+Lipschitz, Kim et al. 2021) and residual connections (a block contributes 1 + L) make the product
+no bound at all, and the report says so. The product is accumulated in log10, since hundreds of
+factors overflow floating point.
+
+Per layer the factor is, by policy:
+* linear: σ of the weight (SN layers: of W/σ̂, the weight the model uses);
+* conv, ``--conv operator`` (default): the norm of the convolution as a map on images — exact for
+  circular padding at a given input size (Sedghi et al. 2019), else a certified upper bound on the
+  torus norm, valid for zero padding at any input size, stride and dilation;
+* conv, ``--conv reshape``: σ of the reshaped kernel, which is *not* a bound on the operator;
+* BatchNorm in eval mode: the diagonal map γ/√(var + ε), L = max |γ_c|/√(var_c + ε).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from sncli.checkpoint import Checkpoint, natural_key
+from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
+from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.spectral import (
+    DEFAULT_POWER_ITERS,
+    DEFAULT_POWER_TOL,
+    DEFAULT_SEED,
+    BoundKind,
+    Method,
+    as_matrix,
+    check_finite,
+    largest_singular_value,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+ProgressCallback = Callable[[int, int, str], None]
+
+#: Relative allowance for rounding in float64 LAPACK results counted as certified.
+EXACT_ROUNDING = 1e-12
+BATCHNORM_EPS = 1e-5
+
+ATTENTION_NAME = re.compile(
+    r"(^|[._])(q_proj|k_proj|v_proj|qkv|in_proj_weight|query|key|value|attn|attention|"
+    r"self_attn|cross_attn|c_attn|mha)([._]|$)",
+    re.IGNORECASE,
+)
+RESIDUAL_NAME = re.compile(
+    r"(^|[._])(residual|shortcut|skip|downsample|res_?block|resnet|identity)\w*([._]|$)",
+    re.IGNORECASE,
+)
+LAYERNORM_NAME = re.compile(r"(layer_?norm|rms_?norm|(^|[._])ln(_\w+|\d*)([._]|$)|norm\d*\.)")
+
+
+class ConvPolicy(str, Enum):
+    OPERATOR = "operator"
+    RESHAPE = "reshape"
+
+
+class Padding(str, Enum):
+    ZEROS = "zeros"
+    CIRCULAR = "circular"
+
+
+@dataclass(frozen=True)
+class LipschitzOptions:
+    method: Method = Method.EXACT
+    iters: int = DEFAULT_POWER_ITERS
+    tol: float = DEFAULT_POWER_TOL
+    seed: int = DEFAULT_SEED
+    certified: bool = False
+    conv: ConvPolicy = ConvPolicy.OPERATOR
+    padding: Padding = Padding.ZEROS
+    input_size: tuple[int, ...] | None = None
+    stride: int = 1
+    grid: int = 32
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    transposed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One layer's factor in the product, with what is known about it."""
+
+    name: str
+    short_name: str
+    kind: str
+    sigma: float
+    sigma_lower: float | None
+    sigma_upper: float | None
+    certified: bool
+    source: str
+    reshape_sigma: float | None = None
+    note: str = ""
+
+    @property
+    def log10(self) -> float:
+        return math.log10(self.sigma) if self.sigma > 0 else -math.inf
+
+
+@dataclass(frozen=True)
+class LipschitzReport:
+    checkpoint: str
+    options: LipschitzOptions
+    factors: list[Factor]
+    excluded: list[Skipped]
+    valid_architecture: bool
+    caveats: list[str]
+    assumptions: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def log10_bound(self) -> float:
+        return sum(f.log10 for f in self.factors)
+
+    @property
+    def bound(self) -> float:
+        """The product; ``inf`` when it overflows float64 (use ``log10_bound``)."""
+        log = self.log10_bound
+        if log == -math.inf:
+            return 0.0
+        return math.inf if log > 308 else 10.0**log
+
+    @property
+    def certified(self) -> bool:
+        """True only when every factor is a proven upper bound and the architecture fits."""
+        return self.valid_architecture and all(f.certified for f in self.factors)
+
+    def running_log10(self) -> list[float]:
+        total, out = 0.0, []
+        for factor in self.factors:
+            total += factor.log10
+            out.append(total)
+        return out
+
+    def shares(self) -> list[float | None]:
+        """Each factor's signed share of the log-bound: log10 σ_l / Σ |log10 σ_j|.
+
+        Positive shares push the bound up, negative ones down; their magnitudes add up to 1.
+        None where a zero layer makes the logarithms infinite.
+        """
+        total = sum(abs(f.log10) for f in self.factors)
+        if total == 0 or not math.isfinite(total):
+            return [None] * len(self.factors)
+        return [f.log10 / total for f in self.factors]
+
+    def statement(self) -> str:
+        """One plain sentence on what the number means and whether it holds."""
+        what = (
+            "For any two inputs x, y, ‖f(x) − f(y)‖ ≤ L·‖x − y‖ (ℓ2): L bounds how much the "
+            "network can stretch a change of its input"
+        )
+        if not self.valid_architecture:
+            return (
+                f"{what}. Here the product is NOT a valid bound: "
+                + "; ".join(self.caveats)
+                + ". The per-layer numbers are still shown (diagnostic only)."
+            )
+        if self.certified:
+            proof = "every factor is a proven upper bound, so this L is certified"
+        else:
+            fixes = []
+            if any(f.source.startswith("reshaped") for f in self.factors):
+                fixes.append("--conv operator")
+            if any(not f.certified and not f.source.startswith("reshaped") for f in self.factors):
+                fixes.append("--certified")
+            proof = (
+                "not every factor is a proven upper bound (see the certified column), so this L "
+                "is an estimate; use " + " and ".join(fixes) + " for a proof"
+            )
+        return (
+            f"{what}. The product holds if the network is the sequential composition of these "
+            f"layers in this order with 1-Lipschitz activations (ReLU, LeakyReLU, tanh…); {proof}."
+        )
+
+
+def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]:
+    """BatchNorm modules: prefix → (weight, running_var, bias-or-'') keys."""
+    groups: dict[str, tuple[str, str, str]] = {}
+    for name in checkpoint.tensors:
+        if name.endswith(".running_var"):
+            prefix = name[: -len(".running_var")]
+            weight = f"{prefix}.weight"
+            if weight in checkpoint.tensors and len(checkpoint.tensors[weight].shape) == 1:
+                bias = f"{prefix}.bias" if f"{prefix}.bias" in checkpoint.tensors else ""
+                groups[prefix] = (weight, name, bias)
+    return groups
+
+
+def _matrix_factor(
+    checkpoint: Checkpoint, layer: Layer, weight: torch.Tensor, options: LipschitzOptions
+) -> Factor:
+    matrix = as_matrix(weight, layer.reshape_dim)
+    check_finite(matrix)
+    if options.certified:
+        from sncli.bounds import sigma_interval
+
+        interval = sigma_interval(matrix, seed=options.seed)
+        return Factor(
+            layer.name,
+            layer.short_name,
+            layer.kind.value,
+            interval.upper,
+            interval.lower,
+            interval.upper,
+            True,
+            f"matrix σ upper bound ({interval.upper_method})",
+        )
+    estimate = largest_singular_value(
+        matrix, options.method, iters=options.iters, tol=options.tol, seed=options.seed
+    )
+    exact = estimate.bound is BoundKind.EXACT
+    upper = estimate.sigma * (1 + EXACT_ROUNDING) if exact else None
+    return Factor(
+        layer.name,
+        layer.short_name,
+        layer.kind.value,
+        upper if upper is not None else estimate.sigma,
+        estimate.sigma,
+        upper,
+        exact,
+        "matrix σ (exact)" if exact else f"matrix σ ({estimate.method.value}, lower bound)",
+    )
+
+
+def _conv_factor(
+    checkpoint: Checkpoint, layer: Layer, weight: torch.Tensor, options: LipschitzOptions
+) -> Factor:
+    check_finite(weight)
+    if options.conv is ConvPolicy.RESHAPE:
+        factor = _matrix_factor(checkpoint, layer, weight, options)
+        return Factor(
+            factor.name,
+            factor.short_name,
+            factor.kind,
+            factor.sigma,
+            factor.sigma_lower,
+            factor.sigma_upper,
+            False,
+            "reshaped kernel σ (not an operator-norm bound)",
+            reshape_sigma=factor.sigma,
+        )
+    from sncli.conv import conv_operator_norm, reshape_norms
+
+    r_out, r_in = reshape_norms(weight)
+    try:
+        norm = conv_operator_norm(
+            weight,
+            padding=options.padding.value,
+            input_size=options.input_size,
+            stride=options.stride,
+            transposed=layer.transposed,
+            grid=options.grid,
+        )
+    except ValueError as exc:
+        raise SncliError(f"{layer.name}: cannot bound this convolution: {exc}") from exc
+    certified = norm.exact or norm.upper is not None
+    reshape_sigma = r_in if layer.transposed else r_out
+    return Factor(
+        layer.name,
+        layer.short_name,
+        layer.kind.value,
+        norm.upper if norm.upper is not None else norm.value,
+        norm.lower,
+        norm.upper,
+        certified,
+        norm.description,
+        reshape_sigma=reshape_sigma,
+    )
+
+
+def _effective(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, str]:
+    """The weight the model uses: W/σ̂ for spectral-norm layers, the weight otherwise."""
+    import torch
+
+    weight = checkpoint.load(layer.name)
+    info = layer.spectral_norm
+    if info is None:
+        return weight, ""
+    if info.v_key is None:
+        if info.effective_key is not None:
+            return checkpoint.load(info.effective_key), "stored normalized weight"
+        raise NumericalError(f"{layer.name}: spectral-norm layer without a v vector")
+    matrix = as_matrix(weight, layer.reshape_dim).to(torch.float64)
+    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
+    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
+    estimate = float(torch.dot(u, matrix @ v))
+    if not math.isfinite(estimate) or estimate == 0.0:
+        raise NumericalError(
+            f"{layer.name}: stored σ̂ = uᵀWv is {estimate}: the model's weight is NaN"
+        )
+    return weight.to(torch.float64) / estimate, f"W/σ̂ with σ̂ = {estimate:.6g} from stored u, v"
+
+
+def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str, str]) -> Factor:
+    import torch
+
+    gamma = checkpoint.load(keys[0]).to(torch.float64)
+    var = checkpoint.load(keys[1]).to(torch.float64)
+    check_finite(gamma)
+    check_finite(var)
+    if bool((var < 0).any()):
+        raise NumericalError(f"{prefix}: negative running_var")
+    lipschitz = float((gamma.abs() / torch.sqrt(var + BATCHNORM_EPS)).max())
+    upper = lipschitz * (1 + EXACT_ROUNDING)
+    return Factor(
+        keys[0],
+        checkpoint.short_name(keys[0]),
+        "batchnorm",
+        upper,
+        lipschitz,
+        upper,
+        True,
+        f"BatchNorm (eval): max|γ|/√(var+ε), ε={BATCHNORM_EPS:g}",
+    )
+
+
+def architecture_caveats(names: Iterable[str]) -> list[str]:
+    """Reasons the product is not a Lipschitz bound for this architecture, judged by names."""
+    names = list(names)
+    caveats = []
+    attention = sorted({m.group(2) for n in names if (m := ATTENTION_NAME.search(n))})
+    if attention:
+        caveats.append(
+            "the names show attention ("
+            + ", ".join(attention[:4])
+            + "), and dot-product attention is not globally Lipschitz"
+        )
+    residual = sorted({m.group(2) for n in names if (m := RESIDUAL_NAME.search(n))})
+    if residual:
+        caveats.append(
+            "the names show residual/skip connections ("
+            + ", ".join(residual[:4])
+            + "); a residual block x + g(x) contributes 1 + Lip(g), not Lip(g)"
+        )
+    if any(LAYERNORM_NAME.search(n) for n in names):
+        caveats.append(
+            "LayerNorm/RMSNorm layers are present; their Lipschitz constant is about max|γ|/√ε "
+            "(vacuous), and they are not in the product"
+        )
+    return caveats
+
+
+def lipschitz_report(
+    checkpoint: Checkpoint,
+    options: LipschitzOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> LipschitzReport:
+    """The per-layer factors and their product, with validity caveats. Refuses NaN/Inf weights."""
+    options = options or LipschitzOptions()
+    classification = classify(checkpoint, transposed=options.transposed)
+    selected = select(classification.layers, options.include, options.exclude)
+    excluded = list(classification.skipped)
+    excluded += [
+        Skipped(layer.name, "embedding: its input is discrete, the chain starts after it")
+        for layer in selected
+        if layer.kind is LayerKind.EMBEDDING
+    ]
+    unselected = {layer.name for layer in classification.layers} - {
+        layer.name for layer in selected
+    }
+    excluded += [Skipped(n, "not selected") for n in unselected]
+    layers = [layer for layer in selected if layer.kind is not LayerKind.EMBEDDING]
+    batchnorms = {
+        prefix: keys
+        for prefix, keys in _batchnorm_groups(checkpoint).items()
+        if select([_named(keys[0])], options.include, options.exclude)
+    }
+    bn_keys = {k for keys in batchnorms.values() for k in keys if k}
+    bn_keys |= {f"{p}.running_mean" for p in batchnorms} | {
+        f"{p}.num_batches_tracked" for p in batchnorms
+    }
+    excluded = [s for s in excluded if s.name not in bn_keys or s.name.endswith("bias")]
+    excluded = [
+        Skipped(s.name, s.reason + (" (not a Lipschitz factor)" if s.reason == "bias" else ""))
+        for s in excluded
+    ]
+    if not layers and not batchnorms:
+        raise NoLayersMatchedError(
+            "nothing to bound: no linear or conv layer matched", checkpoint.path
+        )
+
+    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]] = [
+        (layer.name, layer, None) for layer in layers
+    ] + [(keys[0], None, keys) for keys in batchnorms.values()]
+    work.sort(key=lambda item: natural_key(item[0]))
+    factors: list[Factor] = []
+    bad: list[str] = []
+    for index, (name, layer, bn) in enumerate(work):
+        if progress is not None:
+            progress(index, len(work), checkpoint.short_name(name))
+        try:
+            if bn is not None:
+                factors.append(_batchnorm_factor(checkpoint, name, bn))
+                continue
+            assert layer is not None
+            weight, note = _effective(checkpoint, layer)
+            if layer.kind.is_conv:
+                factor = _conv_factor(checkpoint, layer, weight, options)
+            else:
+                factor = _matrix_factor(checkpoint, layer, weight, options)
+            if note:
+                factor = Factor(**{**factor.__dict__, "note": note})
+            factors.append(factor)
+        except NumericalError as exc:
+            bad.append(f"{name} ({exc.message})")
+    if progress is not None:
+        progress(len(work), len(work), "")
+    if bad:
+        raise NumericalError(
+            "no meaningful bound: non-finite weights in "
+            + ", ".join(bad[:3])
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
+            checkpoint.path,
+        )
+    caveats = architecture_caveats(checkpoint.tensors)
+    assumptions = [
+        "layers compose sequentially in key order",
+        "activations are 1-Lipschitz (ReLU, LeakyReLU, tanh, …)",
+    ]
+    if any(f.kind.startswith("conv") for f in factors):
+        if options.conv is ConvPolicy.RESHAPE:
+            assumptions.append(
+                "conv factors are reshaped-kernel σ, which can be below the true operator norm: "
+                "the product is then not a bound (use --conv operator)"
+            )
+        elif options.padding is Padding.CIRCULAR and options.input_size:
+            assumptions.append(
+                f"convolutions use circular padding on {options.input_size} inputs, stride "
+                f"{options.stride}"
+            )
+        else:
+            assumptions.append(
+                "conv factors bound zero- or circular-padded convolutions at any input size, "
+                "stride and dilation (groups treated as 1, which only loosens the bound); not "
+                "reflect/replicate padding"
+            )
+    if batchnorms:
+        assumptions.append(f"BatchNorm in eval mode with ε = {BATCHNORM_EPS:g}")
+    if any(s.reason.startswith("embedding") for s in excluded):
+        assumptions.append("the chain starts after the embedding (its input is discrete)")
+    if any(f.sigma == 0 for f in factors):
+        assumptions.append("a zero layer makes the network constant: the bound is 0")
+    excluded.sort(key=lambda s: natural_key(s.name))
+    return LipschitzReport(
+        checkpoint=str(checkpoint.path),
+        options=options,
+        factors=factors,
+        excluded=excluded,
+        valid_architecture=not caveats,
+        caveats=caveats,
+        assumptions=assumptions,
+        notes=list(checkpoint.notes),
+    )
+
+
+def _named(name: str) -> Layer:
+    return Layer(name, name, LayerKind.LINEAR, (1, 1), "float32")
