@@ -489,7 +489,7 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
     console.print(f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — {escape(kind)}")
     console.print(escape(report.statement()))
     console.print("Assumptions: " + escape("; ".join(report.assumptions)) + ".", style="dim")
-    counts = Counter(s.reason.split(" (")[0].split(":")[0] for s in report.excluded)
+    counts = Counter(_reason_group(s.reason.split(":")[0]) for s in report.excluded)
     if counts:
         parts = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
         console.print(f"Excluded from the product: {escape(parts)}.", style="dim")
