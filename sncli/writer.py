@@ -128,19 +128,33 @@ def staged_write(target: Path) -> Iterator[tuple[BinaryIO, PendingFile]]:
         os.fsync(handle.fileno())
         handle.close()
     except (OSError, RuntimeError) as exc:
-        # torch.save reports failed writes as RuntimeError("write(): fd N failed with ...").
+        # torch.save reports failed writes as RuntimeError, sometimes without the OS reason.
+        written = handle.tell() if not handle.closed else 0
         handle.close()
         pending.discard()
-        if isinstance(exc, RuntimeError) and "failed with" not in str(exc):
-            raise
-        reason = getattr(exc, "strerror", None) or str(exc).rsplit("failed with", 1)[-1].strip()
-        if getattr(exc, "errno", None) in (27, 28) or "too large" in reason or "space" in reason:
-            reason = f"{reason} (disk full or file-size limit)"
+        reason = getattr(exc, "strerror", None) or _describe_write_failure(exc, folder, written)
         raise WriteError(f"write failed: {reason}; nothing was changed", target) from exc
     except BaseException:
         handle.close()
         pending.discard()
         raise
+
+
+def _describe_write_failure(exc: BaseException, folder: Path, written: int) -> str:
+    """Name the likely cause when a library hides the OS error (disk full, size limit)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and written >= soft - 4096:
+        return f"file-size limit reached ({soft} bytes)"
+    try:
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < 1024 * 1024:
+            return "disk full"
+    except OSError:
+        pass
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> None:

@@ -104,9 +104,15 @@ def test_sigkill_mid_write_leaves_original_or_new_and_no_temp(
         assert sha256(target) == original
 
 
-def test_full_disk_rlimit_fsize_leaves_original(big_checkpoint: Path, tmp_path: Path) -> None:
-    target = tmp_path / "model.safetensors"
-    target.write_bytes(big_checkpoint.read_bytes())
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_full_disk_rlimit_fsize_leaves_original(
+    big_checkpoint: Path, tmp_path: Path, suffix: str
+) -> None:
+    target = tmp_path / f"model{suffix}"
+    if suffix == ".pt":
+        torch.save(load_file(str(big_checkpoint)), target)
+    else:
+        target.write_bytes(big_checkpoint.read_bytes())
     original = sha256(target)
     limit = target.stat().st_size // 3
 
