@@ -172,9 +172,9 @@ def test_read_only_folder_in_place(mlp_path: Path, tmp_path: Path) -> None:
 def test_staged_write_discards_on_exception(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), staged_write(target) as (handle, _):
+    with pytest.raises(ValueError), staged_write(target) as (handle, _):
         handle.write(b"new partial")
-        raise RuntimeError("boom")
+        raise ValueError("boom")
     assert target.read_bytes() == b"old"
     assert wait_for_no_temp(tmp_path) == []
 
