@@ -3,17 +3,18 @@
 A state dict records names and shapes, not modules, so classification is by shape and name:
 2-D weights are linear maps, 3-5-D weights are convolutions, embeddings are recognised by name,
 1-D tensors are biases or normalisation parameters. Tensors saved by PyTorch's two spectral-norm
-APIs are grouped into one layer with their stored power-iteration vectors.
+APIs are grouped into one layer with their stored power-iteration vectors; weight norm's g and v
+become one layer whose weight ``Checkpoint.load`` composes (W = g·v/‖v‖).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from enum import Enum
 
-from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, natural_key
+from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, WeightNormPair, natural_key
 
 
 class LayerKind(str, Enum):
@@ -56,7 +57,10 @@ class SpectralNormInfo:
 class Layer:
     """One weight to analyse.
 
-    ``name`` is the key of the raw weight in the file. ``reshape_dim`` is the dimension moved to
+    ``name`` is the key of the raw weight in the file, except for weight-norm layers
+    (``weight_norm`` set): there it names the weight ``Checkpoint.load`` composes from the
+    stored g and v (``conv.weight`` or ``conv.parametrizations.weight``). Either way
+    ``checkpoint.load(layer.name)`` gives the weight. ``reshape_dim`` is the dimension moved to
     the front before flattening to a matrix (0 normally, 1 for transposed convolutions), which is
     what ``torch.nn.utils.spectral_norm`` does.
     """
@@ -69,6 +73,7 @@ class Layer:
     reshape_dim: int = 0
     spectral_norm: SpectralNormInfo | None = None
     transposed: bool = False
+    weight_norm: WeightNormPair | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -102,9 +107,16 @@ class Classification:
     skipped: list[Skipped]
 
 
-def _sn_groups(names: set[str]) -> dict[str, SpectralNormInfo]:
-    """Map raw-weight keys of spectrally normalized layers to their u/v keys."""
+def _sn_groups(names: set[str], derived: Set[str] = frozenset()) -> dict[str, SpectralNormInfo]:
+    """Map raw-weight keys of spectrally normalized layers to their u/v keys.
+
+    Legacy ``spectral_norm`` stores ``<name>_orig``/``_u``/``_v``; the parametrization stores
+    ``parametrizations.<name>.original`` and ``parametrizations.<name>.<i>._u``/``._v``, where
+    ``i`` is spectral norm's place in the chain. After weight norm (``original0``/``original1``)
+    the raw weight is the composed name in ``derived`` (``...parametrizations.<name>``).
+    """
     groups: dict[str, SpectralNormInfo] = {}
+    stems: set[str] = set()
     for name in names:
         if name.endswith("_orig"):
             base = name[: -len("_orig")]
@@ -114,16 +126,23 @@ def _sn_groups(names: set[str]) -> dict[str, SpectralNormInfo]:
                 groups[name] = SpectralNormInfo(
                     SpectralNormStyle.LEGACY, base + "_u", v_key, effective
                 )
-        match = re.fullmatch(r"(.*parametrizations\.[^.]+)\.original(\d*)", name)
+        match = re.fullmatch(r"(.*parametrizations\.[^.]+)\.(?:original\d*|\d+\._u)", name)
         if match:
-            stem = match.group(1)
-            for index in range(4):
-                u_key, v_key = f"{stem}.{index}._u", f"{stem}.{index}._v"
-                if u_key in names and v_key in names:
-                    groups[name] = SpectralNormInfo(
-                        SpectralNormStyle.PARAMETRIZATION, u_key, v_key, None
-                    )
-                    break
+            stems.add(match.group(1))
+    for stem in stems:
+        if stem + ".original" in names:
+            raw = stem + ".original"
+        elif stem in derived:
+            raw = stem
+        else:
+            continue
+        for index in range(8):
+            u_key, v_key = f"{stem}.{index}._u", f"{stem}.{index}._v"
+            if u_key in names and v_key in names:
+                groups[raw] = SpectralNormInfo(
+                    SpectralNormStyle.PARAMETRIZATION, u_key, v_key, None
+                )
+                break
     return groups
 
 
@@ -165,51 +184,56 @@ def classify(
     """
     patterns = [re.compile(p) for p in transposed]
     names = set(checkpoint.tensors)
-    sn = _sn_groups(names)
-    sn_aux = {k for g in sn.values() for k in (g.u_key, g.v_key, g.effective_key) if k}
+    weight_norms = {
+        composed: pair
+        for composed, pair in checkpoint.derived.items()
+        if pair.g_key in names and pair.v_key in names
+    }
+    sn = _sn_groups(names, set(weight_norms))
+    roles: dict[str, str] = {}
+    for owner, group in sn.items():
+        roles[group.u_key] = f"spectral-norm power-iteration vector u of {owner}"
+        if group.v_key:
+            roles[group.v_key] = f"spectral-norm power-iteration vector v of {owner}"
+        if group.effective_key:
+            roles[group.effective_key] = f"spectral-norm stored normalized weight of {owner}"
+    by_v = {pair.v_key: composed for composed, pair in weight_norms.items()}
+    for composed, pair in weight_norms.items():
+        roles[pair.g_key] = f"weight-norm magnitude g (of {composed})"
     layers: list[Layer] = []
     skipped: list[Skipped] = []
-    for name, info in checkpoint.tensors.items():
+    for key, info in checkpoint.tensors.items():
+        if key in checkpoint.aliases:
+            skipped.append(Skipped(key, f"shares storage with {checkpoint.aliases[key]}"))
+            continue
+        if key in roles:
+            skipped.append(Skipped(key, roles[key]))
+            continue
+        if key in checkpoint.unsupported:
+            skipped.append(Skipped(key, checkpoint.unsupported[key]))
+            continue
+        reason = _dtype_problem(info.dtype)
+        if reason is not None:
+            skipped.append(Skipped(key, reason))
+            continue
+        name = by_v.get(key, key)
+        if name != key and checkpoint.tensors[weight_norms[name].g_key].dtype not in FLOAT_DTYPES:
+            skipped.append(Skipped(key, "weight-norm g is not a float tensor"))
+            continue
         short = checkpoint.short_name(name)
-        if name in checkpoint.aliases:
-            skipped.append(Skipped(name, f"shares storage with {checkpoint.aliases[name]}"))
-            continue
-        if name in sn_aux:
-            owner, group = next(
-                (o, g) for o, g in sn.items() if name in (g.u_key, g.v_key, g.effective_key)
-            )
-            role = {
-                group.u_key: "power-iteration vector u",
-                group.v_key: "power-iteration vector v",
-            }
-            what = role.get(name, "stored normalized weight")
-            skipped.append(Skipped(name, f"spectral-norm {what} of {owner}"))
-            continue
-        if info.dtype.startswith(("int", "uint", "bool")):
-            skipped.append(Skipped(name, f"integer/bool tensor ({info.dtype})"))
-            continue
-        if info.dtype.startswith("complex"):
-            skipped.append(Skipped(name, f"complex tensor ({info.dtype}) not supported"))
-            continue
-        if info.dtype not in FLOAT_DTYPES:
-            skipped.append(Skipped(name, f"dtype {info.dtype} not supported"))
-            continue
         kind = _kind_for(info, short)
         if kind is None:
-            skipped.append(Skipped(name, _skip_reason(info, short)))
+            skipped.append(Skipped(key, _skip_reason(info, short)))
             continue
         if info.numel == 0:
-            skipped.append(Skipped(name, "empty tensor"))
+            skipped.append(Skipped(key, "empty tensor"))
             continue
-        reshape_dim = 0
         is_transposed = kind.is_conv and any(p.search(name) for p in patterns)
         group = sn.get(name)
         if group is not None and kind.is_conv:
             u_len = checkpoint.tensors[group.u_key].numel
             if u_len == info.shape[1] and u_len != info.shape[0]:
                 is_transposed = True
-        if is_transposed:
-            reshape_dim = 1
         layers.append(
             Layer(
                 name=name,
@@ -217,15 +241,26 @@ def classify(
                 kind=kind,
                 shape=info.shape,
                 dtype=info.dtype,
-                reshape_dim=reshape_dim,
+                reshape_dim=1 if is_transposed else 0,
                 spectral_norm=group,
                 transposed=is_transposed,
+                weight_norm=weight_norms.get(name),
             )
         )
     for key in checkpoint.non_tensor_keys:
         skipped.append(Skipped(key, "not a tensor"))
     skipped.sort(key=lambda s: natural_key(s.name))
     return Classification(layers=layers, skipped=skipped)
+
+
+def _dtype_problem(dtype: str) -> str | None:
+    if dtype.startswith(("int", "uint", "bool")):
+        return f"integer/bool tensor ({dtype})"
+    if dtype.startswith("complex"):
+        return f"complex tensor ({dtype}) not supported"
+    if dtype not in FLOAT_DTYPES:
+        return f"dtype {dtype} not supported"
+    return None
 
 
 def select(
