@@ -556,3 +556,25 @@ def test_cli_lightning_error_is_one_line(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "sncli: using the state dict under key 'state_dict'" in ok.stderr
     assert "model.0.weight" in ok.stdout
+
+
+def test_cli_key_override_and_note(tmp_path: Path) -> None:
+    path = tmp_path / "timm.pth"
+    torch.save({"state_dict": state_of(mlp(0)), "state_dict_ema": state_of(mlp(1))}, path)
+    default = run_cli(str(path), "--format", "json")
+    assert default.returncode == 0, default.stderr
+    assert (
+        "sncli: using the state dict under key 'state_dict' (also present: state_dict_ema; "
+        "pick with --key)" in default.stderr
+    )
+    chosen = run_cli(str(path), "--format", "json", "--key", "state_dict_ema")
+    assert chosen.returncode == 0, chosen.stderr
+    assert "sncli: using the state dict under key 'state_dict_ema'" in chosen.stderr
+    sigmas = [json.loads(r.stdout)["layers"][0]["sigma"] for r in (default, chosen)]
+    expected = [float(torch.linalg.svdvals(mlp(s)[0].weight.double())[0]) for s in (0, 1)]
+    assert sigmas == pytest.approx(expected, rel=1e-9)
+    missing = run_cli(str(path), "--key", "ema")
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [
+        f"sncli: error: {path}: has no key 'ema' (top-level keys: state_dict, state_dict_ema)"
+    ]

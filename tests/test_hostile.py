@@ -340,7 +340,7 @@ def _fuzz_open(path: Path) -> None:
 
 
 FUZZ_SETTINGS = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
@@ -433,6 +433,46 @@ def test_fuzz_valid_headers_open(tmp_path: Path, shape: list[int], dtype: str) -
     path.write_bytes(safetensors_bytes(header, bytes(nbytes)))
     with open_checkpoint(path) as ckpt:
         assert list(ckpt.load("t").shape) == shape
+
+
+@pytest.fixture(scope="module")
+def torch_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("torch_fuzz")
+    state = {"a.weight": torch.randn(8, 8), "ids": torch.arange(5), "meta": {"epoch": 1}}
+    blobs = {}
+    for kind, zipped in (("zip", True), ("legacy", False)):
+        torch.save(state, folder / kind, _use_new_zipfile_serialization=zipped)
+        blobs[kind] = (folder / kind).read_bytes()
+    return blobs
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(
+    kind=st.sampled_from(["zip", "legacy"]),
+    flips=st.lists(st.tuples(st.integers(0, 2**20), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 2**20)),
+)
+def test_fuzz_mutated_torch_files(
+    tmp_path: Path,
+    torch_files: dict[str, bytes],
+    kind: str,
+    flips: list[tuple[int, int]],
+    cut: int | None,
+) -> None:
+    """Damaged zip and legacy .pt files: only sncli's errors escape (or the file still loads)."""
+    blob = bytearray(torch_files[kind])
+    for position, mask in flips:
+        blob[position % len(blob)] ^= mask
+    if cut is not None:
+        blob = blob[: cut % len(blob)]
+    path = tmp_path / "fuzz.pt"
+    path.write_bytes(bytes(blob))
+    _fuzz_open(path)
 
 
 # --------------------------------------------------------------------------- resource limits
