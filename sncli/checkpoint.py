@@ -1106,8 +1106,9 @@ def open_checkpoint(
     path = Path(path)
     try:
         exists = path.exists()
-    except OSError as exc:  # e.g. a name too long for the file system
-        raise CheckpointError(f"cannot access: {exc.strerror or exc}", path) from exc
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CheckpointError(f"cannot access: {clean_text(detail)}", path) from exc
     if not exists:
         raise CheckpointError("no such file or directory", path)
     if not os.access(path, os.R_OK):

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sncli.checkpoint import open_checkpoint, read_safetensors_header
-from sncli.errors import EXIT_ERROR, SncliError, UnsafePickleError
+from sncli.errors import EXIT_ERROR, CheckpointError, SncliError, UnsafePickleError
 
 CLI = [sys.executable, "-m", "sncli", "inspect"]
 #: Wall-clock budget per CLI run (it includes importing torch; two runs share two cores).
@@ -242,6 +242,41 @@ def test_unsafe_globals_are_listed_statically(tmp_path: Path) -> None:
         # protocol 2 writes Python 2 names, which torch's unpickler sees as they are
         assert "builtins.exec" in found and "commands.Popen" in found
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- unreadable paths
+
+
+def test_permission_denied_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root reads anything, so the corpus case may be skipped; this checks the paths in-process."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(valid_safetensors())
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    with pytest.raises(CheckpointError, match="permission denied"):
+        open_checkpoint(path)
+    monkeypatch.undo()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(CheckpointError, match="cannot read file: Permission denied"):
+        open_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["a\0b.safetensors", "x" * 5000 + ".safetensors"])
+def test_impossible_paths(tmp_path: Path, name: str) -> None:
+    with pytest.raises(CheckpointError):
+        open_checkpoint(tmp_path / name)
+
+
+def test_devices_are_never_read(tmp_path: Path) -> None:
+    result = run_cli(Path("/dev/zero"), cwd=tmp_path, timeout=30)
+    assert result.returncode == EXIT_ERROR
+    assert result.stderr == (
+        "sncli: error: /dev/zero: not a regular file (a FIFO, device or socket); "
+        "only checkpoint files are read\n"
+    )
 
 
 # --------------------------------------------------------------------------- numerically hostile
