@@ -89,7 +89,8 @@ def main_options(
 
 
 def _note(message: str, quiet: bool) -> None:
-    if not quiet:
+    """A note on stderr; security warnings are shown even with --quiet."""
+    if not quiet or "Warning:" in message:
         sys.stderr.write(f"sncli: {message}\n")
 
 

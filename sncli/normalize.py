@@ -293,6 +293,19 @@ def _decide(
 
 
 def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions) -> LayerPlan:
+    if layer.weight_norm is not None:
+        return LayerPlan(
+            name=layer.name,
+            short_name=layer.short_name,
+            kind=layer.kind.value,
+            shape=layer.shape,
+            dtype=layer.dtype,
+            reshape_dim=layer.reshape_dim,
+            sigma_before=None,
+            scale=1.0,
+            action=Action.SKIP,
+            reason="weight-norm layer (W = g·v/‖v‖ is stored in parts): not supported yet",
+        )
     info = layer.spectral_norm
     extra: dict[str, Any] = {"reshape_dim": layer.reshape_dim}
     if info is not None:

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.analysis import InspectReport, LayerSigma
+from sncli.checkpoint import clean_text
 from sncli.layers import LayerKind
 from sncli.lipschitz import LipschitzReport
 from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
@@ -183,7 +184,8 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     has_sn = any(layer.spectral_norm is not None for layer in layers)
     has_iters = any(layer.iterations is not None for layer in layers)
     sigma_header = "σ_max" if report.method is Method.EXACT else "σ_max ≥"
-    table = Table(title=f"Spectral norms: {escape(report.checkpoint)}", title_justify="left")
+    title = f"Spectral norms: {escape(clean_text(report.checkpoint))}"
+    table = Table(title=title, title_justify="left")
     table.add_column("layer", overflow="fold", no_wrap=False)
     table.add_column("kind")
     table.add_column("shape", justify="right")
@@ -200,7 +202,7 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
         if layer.kind.is_conv:
             matrix += " (reshape, T)" if layer.transposed else " (reshape)"
         row = [
-            escape(layer.short_name),
+            escape(clean_text(layer.short_name)),
             layer.kind.value + ("*" if layer.kind is LayerKind.EMBEDDING else ""),
             fmt_shape(layer.shape),
             layer.dtype,
@@ -221,7 +223,7 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     largest = max(layers, key=lambda layer: layer.sigma, default=None)
     footer = f"{len(layers)} layers analysed · {skipped_summary(report)}"
     if largest is not None:
-        footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({largest.short_name})"
+        footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({clean_text(largest.short_name)})"
     console.print(escape(footer))
     console.print(method_caption(report.method, layers), style="dim")
     if any(layer.kind.is_conv for layer in layers):
@@ -240,7 +242,8 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     if has_sn:
         console.print(
             "Spectral-norm layers: σ_max is the raw weight's; the model uses W/σ̂ with σ̂ from the "
-            "stored u, v; σ̂ ≤ σ, so the used weight's σ is ≥ 1.",
+            "stored u, v; σ̂ ≤ σ, so the used weight's σ is ≥ 1 (up to the rounding of the stored "
+            "u, v, which are not exactly unit vectors).",
             style="dim",
         )
     if any(s.reason.startswith("non-finite") for s in report.skipped):
@@ -335,7 +338,7 @@ def print_normalize_table(
         if outcome and outcome.shaves:
             action += f", shaved ×{outcome.shaves}"
         table.add_row(
-            escape(name),
+            escape(clean_text(name)),
             layer.dtype,
             fmt_sigma(layer.sigma_before),
             escape(action),
@@ -469,7 +472,7 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
     table.add_column("running product", justify="right")
     for f, share, run in zip(report.factors, report.shares(), report.running_log10(), strict=True):
         interval = f"[{fmt_sigma(f.sigma_lower)}, {fmt_sigma(f.sigma_upper)}]"
-        row = [escape(f.short_name), f.kind]
+        row = [escape(clean_text(f.short_name)), f.kind]
         if has_reshape:
             row.append(fmt_sigma(f.reshape_sigma) if f.reshape_sigma is not None else "")
         row += [
