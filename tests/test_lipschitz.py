@@ -203,5 +203,5 @@ def test_circular_padding_exact_operator_norm(tmp_path: Path) -> None:
     eye = torch.eye(cin * n * n, dtype=torch.float64).reshape(-1, cin, n, n)
     out = F.conv2d(F.pad(eye, (1, 1, 1, 1), mode="circular"), kernel)
     truth = float(scipy.linalg.svdvals(out.reshape(out.shape[0], -1).numpy())[0])
-    assert report.factors[0].sigma == pytest.approx(truth, rel=1e-9)
+    assert report.factors[0].sigma == pytest.approx(truth, rel=1e-8)  # exact + rounding margin
     assert report.factors[0].sigma >= truth * (1 - 1e-12)
