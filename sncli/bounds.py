@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from sncli.spectral import check_finite
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 UNIT_ROUNDOFF = 2.0**-53
@@ -363,7 +364,7 @@ def _lanczos_scaled(w: torch.Tensor, iterations: int, seed: int, tol: float) -> 
         betas.append(beta)
         right[j + 1] = v / beta
         if j % 4 == 3:
-            value = _bidiagonal_top(alphas, betas)[0]
+            value = _bidiagonal_sigma(alphas, betas)
             if value - previous <= tol * value:
                 break
             previous = value
@@ -374,20 +375,32 @@ def _lanczos_scaled(w: torch.Tensor, iterations: int, seed: int, tol: float) -> 
     return certified_ratio(w, x), len(alphas)
 
 
+def _bidiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
+    """The k×k or k×(k+1) upper bidiagonal with ``alphas`` on the diagonal, ``betas`` above."""
+    import numpy as np
+
+    k = len(alphas)
+    b = np.zeros((k, k + (len(betas) == k)))
+    b[np.arange(k), np.arange(k)] = alphas
+    b[np.arange(len(betas)), np.arange(1, len(betas) + 1)] = betas
+    return b
+
+
+def _bidiagonal_sigma(alphas: list[float], betas: list[float]) -> float:
+    import numpy as np
+
+    return float(np.linalg.svd(_bidiagonal(alphas, betas), compute_uv=False)[0])
+
+
 def _bidiagonal_top(alphas: list[float], betas: list[float]) -> tuple[float, torch.Tensor]:
-    """Top singular value and right singular vector of the k×k or k×(k+1) upper bidiagonal
-    with ``alphas`` on the diagonal and ``betas`` above it.
+    """Top singular value and right singular vector of :func:`_bidiagonal`.
 
     numpy's LAPACK call is ~10× faster than torch's for these tiny matrices.
     """
     import numpy as np
     import torch
 
-    k = len(alphas)
-    b = np.zeros((k, k + (len(betas) == k)))
-    b[np.arange(k), np.arange(k)] = alphas
-    b[np.arange(len(betas)), np.arange(1, len(betas) + 1)] = betas
-    _, s, vh = np.linalg.svd(b)
+    _, s, vh = np.linalg.svd(_bidiagonal(alphas, betas))
     return float(s[0]), torch.from_numpy(vh[0].copy())
 
 
