@@ -316,15 +316,15 @@ def lipschitz(
         str | None,
         typer.Option("--input-size", metavar="HxW", help="Spatial input size, e.g. 32x32."),
     ] = None,
-    stride: Annotated[
-        int, typer.Option("--stride", min=1, help="Conv stride for --padding circular.")
-    ] = 1,
     grid: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--grid", min=4, help="FFT grid for the zero-padding bound (finer: tighter, slower)."
+            "--grid",
+            min=4,
+            help="FFT grid for the zero-padding bound (finer: tighter, slower). Default: the "
+            "finest of 64/32/16 that keeps the cost moderate for the layer's size.",
         ),
-    ] = 32,
+    ] = None,
     fail_above: Annotated[
         float | None,
         typer.Option(
@@ -375,7 +375,6 @@ def lipschitz(
         conv=conv,
         padding=padding,
         input_size=size,
-        stride=stride,
         grid=grid,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),

@@ -80,8 +80,7 @@ class LipschitzOptions:
     conv: ConvPolicy = ConvPolicy.OPERATOR
     padding: Padding = Padding.ZEROS
     input_size: tuple[int, ...] | None = None
-    stride: int = 1
-    grid: int = 32
+    grid: int | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     transposed: tuple[str, ...] = ()
@@ -252,28 +251,34 @@ def _conv_factor(
     from sncli.conv import conv_operator_norm, reshape_norms
 
     r_out, r_in = reshape_norms(weight)
+    circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
         norm = conv_operator_norm(
             weight,
             padding=options.padding.value,
-            input_size=options.input_size,
-            stride=options.stride,
+            input_size=options.input_size if circular else None,
             transposed=layer.transposed,
             grid=options.grid,
         )
     except ValueError as exc:
         raise SncliError(f"{layer.name}: cannot bound this convolution: {exc}") from exc
-    certified = norm.exact or norm.upper is not None
+    upper = norm.upper if norm.upper is not None else norm.value
     reshape_sigma = r_in if layer.transposed else r_out
+    source = norm.description
+    if circular:
+        source = (
+            f"circular conv at {options.input_size}, stride 1 (exact there; an upper bound for "
+            "inputs whose size divides it and for any stride)"
+        )
     return Factor(
         layer.name,
         layer.short_name,
         layer.kind.value,
-        norm.upper if norm.upper is not None else norm.value,
-        norm.lower,
-        norm.upper,
-        certified,
-        norm.description,
+        upper,
+        None,
+        upper,
+        True,
+        source,
         reshape_sigma=reshape_sigma,
     )
 
@@ -435,8 +440,9 @@ def lipschitz_report(
             )
         elif options.padding is Padding.CIRCULAR and options.input_size:
             assumptions.append(
-                f"convolutions use circular padding on {options.input_size} inputs, stride "
-                f"{options.stride}"
+                f"convolutions use circular padding; each conv factor is its exact norm on "
+                f"{options.input_size} inputs at stride 1, an upper bound for layers whose input "
+                "size divides that and for any stride"
             )
         else:
             assumptions.append(
