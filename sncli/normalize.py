@@ -292,19 +292,25 @@ def _decide(
     return LayerPlan(**base, sigma_before=sigma, scale=options.target / sigma, action=Action.SCALE)
 
 
+def _skipped_plan(layer: Layer, reason: str) -> LayerPlan:
+    return LayerPlan(
+        name=layer.name,
+        short_name=layer.short_name,
+        kind=layer.kind.value,
+        shape=layer.shape,
+        dtype=layer.dtype,
+        reshape_dim=layer.reshape_dim,
+        sigma_before=None,
+        scale=1.0,
+        action=Action.SKIP,
+        reason=reason,
+    )
+
+
 def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions) -> LayerPlan:
     if layer.weight_norm is not None:
-        return LayerPlan(
-            name=layer.name,
-            short_name=layer.short_name,
-            kind=layer.kind.value,
-            shape=layer.shape,
-            dtype=layer.dtype,
-            reshape_dim=layer.reshape_dim,
-            sigma_before=None,
-            scale=1.0,
-            action=Action.SKIP,
-            reason="weight-norm layer (W = g·v/‖v‖ is stored in parts): not supported yet",
+        return _skipped_plan(
+            layer, "weight-norm layer (W = g·v/‖v‖ is stored in parts): not supported yet"
         )
     info = layer.spectral_norm
     extra: dict[str, Any] = {"reshape_dim": layer.reshape_dim}
@@ -320,18 +326,7 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
         else:
             weight = checkpoint.load(layer.name)
     except NumericalError as exc:
-        return LayerPlan(
-            name=layer.name,
-            short_name=layer.short_name,
-            kind=layer.kind.value,
-            shape=layer.shape,
-            dtype=layer.dtype,
-            reshape_dim=layer.reshape_dim,
-            sigma_before=None,
-            scale=1.0,
-            action=Action.SKIP,
-            reason=exc.message,
-        )
+        return _skipped_plan(layer, exc.message)
     matrix = as_matrix(weight, layer.reshape_dim)
     try:
         sigma = largest_singular_value(
