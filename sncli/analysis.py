@@ -1,29 +1,73 @@
-"""Per-layer spectral norms of a checkpoint: the library behind ``sncli inspect``."""
+"""Per-layer spectral norms of a checkpoint: the library behind ``sncli inspect``.
+
+Throughput (bench/README.md has the numbers): a reader thread streams tensors ahead of the
+compute — safetensors data with ``readinto`` into fresh buffers rather than through ``safe_open``:
+reading and converting every tensor of a 1.0 GB bf16 file through ``safe_open`` peaked at 1.25 GB
+RSS (the file's pages stay resident), through ``readinto`` at 0.32 GB — while ``workers`` threads
+compute σ.
+Each worker runs torch single-threaded, so threads × BLAS threads never exceed the cores
+(measurements.md: oversubscribed LAPACK ran 10–250× slower; torch's 2 OpenMP threads on the small
+GEMMs of block Lanczos ran 26× slower than 2 single-threaded workers under load). Tensors in
+flight are capped by a byte budget, so peak memory depends on the largest tensor, not on the
+number of layers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sncli.checkpoint import Checkpoint, natural_key
-from sncli.errors import NoLayersMatchedError, NumericalError
+from sncli.checkpoint import SAFETENSORS_DTYPES, Checkpoint, natural_key, read_safetensors_header
+from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_POWER_TOL,
     DEFAULT_SEED,
+    DEFAULT_TOL,
     BoundKind,
     Method,
     as_matrix,
     largest_singular_value,
+    matvec64,
+    resolve_device,
 )
 
 if TYPE_CHECKING:
     import torch
 
+__all__ = [
+    "DEFAULT_POWER_ITERS",
+    "DEFAULT_POWER_TOL",
+    "DEFAULT_SEED",
+    "DEFAULT_TOL",
+    "InspectReport",
+    "LayerSigma",
+    "MethodOptions",
+    "SortKey",
+    "SpectralNormReading",
+    "measure_layer",
+    "sort_layers",
+    "spectral_norms",
+]
+
 ProgressCallback = Callable[[int, int, str], None]
+
+#: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
+#: largest selected matrix's float32 size: the issue's memory target is 2× that + 500 MB.
+MEMORY_BUDGET_FP32_MULTIPLE = 2
+#: ... but never less than this, so small layers are always read ahead.
+MIN_MEMORY_BUDGET = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -42,7 +86,13 @@ class SpectralNormReading:
 
 @dataclass(frozen=True)
 class LayerSigma:
-    """σ of one layer's weight matrix."""
+    """σ of one layer's weight matrix.
+
+    ``bound`` says whether σ is two-sided (exact) or a lower bound; ``error_estimate`` is the
+    estimated relative error of iterative methods; ``certified``/``upper`` report a proven upper
+    side (dense LAPACK, or ``MethodOptions.certify``); ``algorithm`` is what actually ran;
+    ``warm_start`` is True when the stored spectral-norm v vector seeded the iteration.
+    """
 
     name: str
     short_name: str
@@ -58,11 +108,20 @@ class LayerSigma:
     converged: bool | None = None
     spectral_norm: SpectralNormReading | None = None
     transposed: bool = False
+    error_estimate: float | None = None
+    certified: bool = False
+    upper: float | None = None
+    algorithm: str = ""
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
 class InspectReport:
-    """Result of analysing a checkpoint: layers with σ, and everything skipped with a reason."""
+    """Result of analysing a checkpoint: layers with σ, and everything skipped with a reason.
+
+    ``device`` and ``workers`` record where and with how many threads σ was computed;
+    ``seconds`` is the wall time of the analysis (opening excluded).
+    """
 
     checkpoint: str
     format: str
@@ -70,6 +129,9 @@ class InspectReport:
     layers: list[LayerSigma]
     skipped: list[Skipped]
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    workers: int = 1
+    seconds: float | None = None
 
     @property
     def largest(self) -> LayerSigma | None:
@@ -78,16 +140,114 @@ class InspectReport:
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Settings shared by every σ computation in one run."""
+    """Settings shared by every σ computation in one run.
 
-    method: Method = Method.EXACT
+    ``tol``: the relative error target of ``auto``/``lanczos`` (default ``DEFAULT_TOL``) or the
+    relative change that stops ``power`` (default ``DEFAULT_POWER_TOL``); None picks the default.
+    ``device``: "cpu" or e.g. "cuda" (falls back to the CPU with a note when unavailable).
+    ``workers``: layers measured concurrently, each with single-threaded torch (None: one per
+    core, at most one per layer; 1 on a GPU). ``certify``: prove an upper bound
+    per layer (float64 Gram + Cholesky; slower). ``warm_start``: seed iterations with the u/v
+    vectors stored in spectral-norm checkpoints.
+    """
+
+    method: Method = Method.AUTO
     iters: int = DEFAULT_POWER_ITERS
-    tol: float = DEFAULT_POWER_TOL
+    tol: float | None = None
     seed: int = DEFAULT_SEED
+    device: str = "cpu"
+    workers: int | None = None
+    certify: bool = False
+    warm_start: bool = True
+
+
+@dataclass
+class _Loaded:
+    """A layer's tensors, read by the reader thread."""
+
+    index: int
+    layer: Layer
+    weight: torch.Tensor | None
+    u: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    effective: torch.Tensor | None = None
+    nbytes: int = 0
+    error: BaseException | None = None
+
+
+class _SafetensorsReader:
+    """Reads safetensors data with ``readinto`` into fresh buffers (no mmap; see module doc)."""
+
+    def __init__(self) -> None:
+        self._headers: dict[Path, Any] = {}
+        self._files: dict[Path, Any] = {}
+
+    def read(self, file: Path, key: str) -> torch.Tensor:
+        import torch
+
+        header = self._headers.get(file)
+        if header is None:
+            header = self._headers[file] = read_safetensors_header(file)
+            self._files[file] = file.open("rb", buffering=0)
+        code, shape, (begin, end) = header.tensors[key]
+        dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
+        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        handle = self._files[file]
+        handle.seek(header.data_start + begin)
+        view = memoryview(buffer.numpy())
+        done = 0
+        while done < len(view):
+            count = handle.readinto(view[done:])
+            if not count:
+                raise CheckpointError(f"file ended while reading tensor {key!r}", file)
+            done += count
+        return buffer.view(dtype).reshape(shape)
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+
+def _load_weight(checkpoint: Checkpoint, name: str, reader: _SafetensorsReader | None):
+    """One tensor, read without keeping mmap'd pages when the format allows it."""
+    info = checkpoint.tensors[name]
+    if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
+        return checkpoint.load(name)
+    try:
+        return reader.read(info.file, info.key)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # same contract as Checkpoint.load: unreadable data is an error
+        raise CheckpointError(f"cannot read tensor {name!r}: {exc}", info.file) from exc
+
+
+def _load_layer(
+    checkpoint: Checkpoint,
+    index: int,
+    layer: Layer,
+    reader: _SafetensorsReader | None,
+) -> _Loaded:
+    weight = _load_weight(checkpoint, layer.name, reader)
+    loaded = _Loaded(index, layer, weight, nbytes=weight.numel() * weight.element_size())
+    info = layer.spectral_norm
+    if info is not None:
+        loaded.u = checkpoint.load(info.u_key)
+        if info.v_key is not None:
+            loaded.v = checkpoint.load(info.v_key)
+        elif info.effective_key is not None:
+            loaded.effective = _load_weight(checkpoint, info.effective_key, reader)
+            loaded.nbytes *= 2
+    return loaded
 
 
 def _stored_estimate(
-    checkpoint: Checkpoint, layer: Layer, matrix: torch.Tensor, sigma: float
+    layer: Layer,
+    loaded: _Loaded,
+    matrix: torch.Tensor,
+    sigma: float,
+    options: MethodOptions,
+    device: str,
 ) -> SpectralNormReading | None:
     import torch
 
@@ -95,21 +255,22 @@ def _stored_estimate(
     if info is None:
         return None
     if info.v_key is None:
-        if info.effective_key is None:
+        if loaded.effective is None:
             return SpectralNormReading(info.style, None, None, "no stored v vector")
-        stored = checkpoint.load(info.effective_key)
-        eff = largest_singular_value(as_matrix(stored.double(), layer.reshape_dim))
+        eff = largest_singular_value(
+            as_matrix(loaded.effective, layer.reshape_dim), Method.EXACT, seed=options.seed
+        )
         estimate = sigma / eff.sigma if eff.sigma > 0 else None
         return SpectralNormReading(
             info.style, estimate, eff.sigma, "legacy version-0 layout: normalized weight stored"
         )
-    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
-    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
+    u = loaded.u.to(torch.float64).reshape(-1)
+    v = loaded.v.to(torch.float64).reshape(-1)
     if u.numel() != matrix.shape[0] or v.numel() != matrix.shape[1]:
         return SpectralNormReading(
             info.style, None, None, "stored u/v do not match the weight's shape"
         )
-    estimate = float(torch.dot(u, matrix.to(torch.float64) @ v))
+    estimate = float(torch.dot(u, matvec64(matrix, v).cpu()))
     if estimate == 0.0 or not torch.isfinite(torch.tensor(estimate)):
         return SpectralNormReading(
             info.style, estimate, None, "stored estimate is zero: PyTorch would produce NaN"
@@ -117,12 +278,21 @@ def _stored_estimate(
     return SpectralNormReading(info.style, estimate, sigma / estimate)
 
 
-def measure_layer(checkpoint: Checkpoint, layer: Layer, options: MethodOptions) -> LayerSigma:
-    """Load one layer's weight and compute its σ. Raises ``NumericalError`` on NaN/Inf."""
-    weight = checkpoint.load(layer.name)
-    matrix = as_matrix(weight, layer.reshape_dim)
+def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma:
+    layer = loaded.layer
+    matrix = as_matrix(loaded.weight, layer.reshape_dim)
+    start = None
+    if options.warm_start and loaded.v is not None and loaded.v.numel() == matrix.shape[1]:
+        start = loaded.v
     estimate = largest_singular_value(
-        matrix, options.method, iters=options.iters, tol=options.tol, seed=options.seed
+        matrix,
+        options.method,
+        iters=options.iters,
+        tol=options.tol,
+        seed=options.seed,
+        start=start,
+        device=device,
+        certify=options.certify,
     )
     return LayerSigma(
         name=layer.name,
@@ -137,9 +307,178 @@ def measure_layer(checkpoint: Checkpoint, layer: Layer, options: MethodOptions) 
         bound=estimate.bound,
         iterations=estimate.iterations,
         converged=estimate.converged,
-        spectral_norm=_stored_estimate(checkpoint, layer, matrix, estimate.sigma),
+        spectral_norm=_stored_estimate(layer, loaded, matrix, estimate.sigma, options, device),
         transposed=layer.transposed,
+        error_estimate=estimate.error_estimate,
+        certified=estimate.certified,
+        upper=estimate.upper,
+        algorithm=estimate.algorithm,
+        warm_start=start is not None and estimate.iterations is not None,
     )
+
+
+def measure_layer(checkpoint: Checkpoint, layer: Layer, options: MethodOptions) -> LayerSigma:
+    """Load one layer's weight and compute its σ. Raises ``NumericalError`` on NaN/Inf."""
+    device, _ = resolve_device(options.device)
+    return _measure(_load_layer(checkpoint, 0, layer, None), options, device)
+
+
+class _Budget:
+    """Bytes of tensors in flight; a request waits until it fits (or nothing else is held)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._condition = threading.Condition()
+
+    def acquire(self, amount: int, stop: threading.Event) -> bool:
+        with self._condition:
+            while self.used and self.used + amount > self.limit and not stop.is_set():
+                self._condition.wait(0.1)
+            self.used += amount
+            return not stop.is_set()
+
+    def release(self, amount: int) -> None:
+        with self._condition:
+            self.used -= amount
+            self._condition.notify_all()
+
+
+def _layer_bytes(checkpoint: Checkpoint, layer: Layer) -> int:
+    import math
+
+    bits = {"float64": 64, "float32": 32}.get(layer.dtype, 16)
+    if layer.dtype.startswith("float8"):
+        bits = 8
+    total = math.prod(layer.shape) * bits // 8
+    info = layer.spectral_norm
+    return total * 2 if info is not None and info.effective_key else total
+
+
+def _reader(
+    checkpoint: Checkpoint,
+    layers: list[Layer],
+    budget: _Budget,
+    out: queue.Queue[_Loaded | None],
+    stop: threading.Event,
+) -> None:
+    """Read layers in order into ``out`` (None at the end), within the byte budget."""
+    reader = _SafetensorsReader() if checkpoint.format == "safetensors" else None
+    try:
+        for index, layer in enumerate(layers):
+            size = _layer_bytes(checkpoint, layer)
+            if not budget.acquire(size, stop):
+                budget.release(size)
+                break
+            try:
+                loaded = _load_layer(checkpoint, index, layer, reader)
+            except BaseException as exc:  # handed to the main thread, which re-raises it
+                loaded = _Loaded(index, layer, None, error=exc)
+            loaded.nbytes = size
+            out.put(loaded)
+            if loaded.error is not None:
+                break
+    finally:
+        if reader is not None:
+            reader.close()
+        out.put(None)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (process-wide), restoring them afterwards."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def available_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_count(options: MethodOptions, layers: int, device: str) -> int:
+    if options.workers is not None:
+        return max(1, options.workers)
+    if device != "cpu":
+        return 1
+    return max(1, min(available_cores(), layers))
+
+
+def _run(
+    checkpoint: Checkpoint,
+    layers: list[Layer],
+    options: MethodOptions,
+    device: str,
+    workers: int,
+    progress: ProgressCallback | None,
+) -> list[LayerSigma | Skipped]:
+    """Measure every layer with a reader thread ahead of ``workers`` compute threads."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    largest = max((_layer_bytes(checkpoint, layer) for layer in layers), default=0)
+    widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
+    limit = max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest, MIN_MEMORY_BUDGET, largest)
+    budget = _Budget(limit)
+    stop = threading.Event()
+    loads: queue.Queue[_Loaded | None] = queue.Queue(maxsize=max(2, workers))
+    thread = threading.Thread(
+        target=_reader, args=(checkpoint, layers, budget, loads, stop), daemon=True
+    )
+    results: list[LayerSigma | Skipped] = []
+    pending: deque[tuple[_Loaded, Future[LayerSigma]]] = deque()
+
+    def task(loaded: _Loaded) -> LayerSigma:
+        try:
+            return _measure(loaded, options, device)
+        finally:
+            loaded.weight = loaded.effective = None
+            budget.release(loaded.nbytes)
+
+    def collect(loaded: _Loaded, future: Future[LayerSigma]) -> None:
+        try:
+            results.append(future.result())
+        except NumericalError as exc:
+            results.append(Skipped(loaded.layer.name, exc.message))
+        if progress is not None:
+            following = layers[len(results)].short_name if len(results) < len(layers) else ""
+            progress(len(results), len(layers), following)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sncli-sigma")
+    thread.start()
+    try:
+        if progress is not None:
+            progress(0, len(layers), layers[0].short_name)
+        while True:
+            loaded = loads.get()
+            if loaded is None:
+                break
+            if loaded.error is not None:
+                raise loaded.error
+            pending.append((loaded, pool.submit(task, loaded)))
+            while pending and (pending[0][1].done() or len(pending) > workers):
+                collect(*pending.popleft())
+        while pending:
+            collect(*pending.popleft())
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                loads.get_nowait()
+        thread.join(timeout=5)
+    return results
 
 
 def spectral_norms(
@@ -156,6 +495,7 @@ def spectral_norms(
 
     ``include``/``exclude`` are regexes searched in tensor keys. Layers with NaN/Inf weights are
     listed as skipped with the count of bad values rather than given a σ.
+    ``progress(done, total, next_name)`` is called from the calling thread.
     Raises ``NoLayersMatchedError`` when nothing is left to analyse.
     """
     options = options or MethodOptions()
@@ -173,25 +513,30 @@ def spectral_norms(
             + (f"{len(classification.skipped)} skipped tensors)" if classification.skipped else ")")
         )
         raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
-    results: list[LayerSigma] = []
-    skipped = list(classification.skipped)
-    for index, layer in enumerate(selected):
-        if progress is not None:
-            progress(index, len(selected), layer.short_name)
-        try:
-            results.append(measure_layer(checkpoint, layer, options))
-        except NumericalError as exc:
-            skipped.append(Skipped(layer.name, exc.message))
-    if progress is not None:
-        progress(len(selected), len(selected), "")
+    began = time.perf_counter()
+    device, device_note = resolve_device(options.device)
+    workers = _worker_count(options, len(selected), device)
+    # Single-threaded torch on the CPU, parallel across layers: the block operations are many
+    # small GEMMs, and 2 OpenMP threads on them ran 26× slower than 2 workers × 1 thread on a
+    # loaded 2-core machine (302M-parameter checkpoint, auto: 87 s against 3.3 s).
+    with _torch_threads(1 if device == "cpu" else None):
+        outcomes = _run(checkpoint, selected, options, device, workers, progress)
+    results = [item for item in outcomes if isinstance(item, LayerSigma)]
+    skipped = list(classification.skipped) + [s for s in outcomes if isinstance(s, Skipped)]
     skipped.sort(key=lambda s: natural_key(s.name))
+    notes = list(checkpoint.notes)
+    if device_note:
+        notes.append(device_note)
     return InspectReport(
         checkpoint=str(checkpoint.path),
         format=checkpoint.format,
         method=options.method,
         layers=results,
         skipped=skipped,
-        notes=list(checkpoint.notes),
+        notes=notes,
+        device=device,
+        workers=workers,
+        seconds=time.perf_counter() - began,
     )
 
 
