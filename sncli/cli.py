@@ -151,9 +151,13 @@ IterationsOpt = Annotated[
     typer.Option("--iters", min=1, help="Maximum iterations for iterative methods."),
 ]
 TolOpt = Annotated[
-    float,
+    float | None,
     typer.Option(
-        "--tol", min=0.0, help="Stop iterating when σ changes by less than this (relative)."
+        "--tol",
+        min=0.0,
+        help="auto/lanczos: the relative error to reach (default 1e-4). power: stop when σ "
+        "changes by less than this (default 1e-6; a stopping rule, not an error bound).",
+        show_default=False,
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
@@ -177,13 +181,16 @@ def inspect(
         typer.Option(
             "--method",
             "-m",
-            help="exact: float64 LAPACK (ground truth). power: power iteration (Miyato et al. "
-            "2018); gives estimates that are lower bounds on σ.",
+            help="auto: the cheapest method reaching --tol relative error per layer (block "
+            "Lanczos or dense). exact: σ to float64 accuracy (float64 block Lanczos, dense "
+            "fallback). dense: float64 LAPACK on the Gram matrix, the reference. lanczos: block "
+            "Lanczos at --tol. power: power iteration (Miyato et al. 2018). Iterative values are "
+            "lower bounds on σ.",
             case_sensitive=False,
         ),
-    ] = Method.EXACT,
+    ] = Method.AUTO,
     iters: IterationsOpt = 1000,
-    tol: TolOpt = 1e-6,
+    tol: TolOpt = None,
     seed: SeedOpt = 0,
     output_format: Annotated[
         OutputFormat,
@@ -206,6 +213,35 @@ def inspect(
         typer.Option("--top", min=1, help="Show only the first N layers (by σ unless --sort)."),
     ] = None,
     transposed: TransposedOpt = None,
+    certified: Annotated[
+        bool,
+        typer.Option(
+            "--certified",
+            help="Add a proven upper bound per layer (float64 Gram + Cholesky certificate).",
+        ),
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="cpu or cuda (falls back to the CPU with a note when no GPU is available).",
+        ),
+    ] = "cpu",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Layers measured at once, each single-threaded (default: one per core).",
+        ),
+    ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--warm-start/--no-warm-start",
+            help="Start iterations from the u/v vectors stored in spectral-norm checkpoints.",
+        ),
+    ] = True,
     key: KeyOpt = None,
     skip_objects: SkipObjectsOpt = False,
     quiet: QuietOpt = False,
@@ -230,12 +266,24 @@ def inspect(
         with progress_bar(not quiet) as progress:
             report = spectral_norms(
                 ckpt,
-                options=MethodOptions(method, iters, tol, seed),
+                options=MethodOptions(
+                    method=method,
+                    iters=iters,
+                    tol=tol,
+                    seed=seed,
+                    device=device,
+                    workers=workers,
+                    certify=certified,
+                    warm_start=warm_start,
+                ),
                 include=include or (),
                 exclude=exclude or (),
                 transposed=transposed or (),
                 progress=progress,
             )
+    for note in report.notes:
+        if note not in ckpt.notes:
+            _note(note, quiet)
     layers = report.layers
     if sort is not None or top is not None:
         layers = sort_layers(layers, sort or SortKey.SIGMA, reverse=reverse)
@@ -280,11 +328,12 @@ def lipschitz(
         typer.Option(
             "--method",
             "-m",
-            help="σ of linear layers: exact (float64, certified up to rounding) or power "
-            "(a lower bound: the product is then an estimate).",
+            help="σ of linear layers. dense (default): float64 LAPACK, certified up to "
+            "rounding. exact/auto/lanczos/power: faster iterative values, lower bounds or "
+            "unproven on the upper side, so the product becomes an estimate.",
             case_sensitive=False,
         ),
-    ] = Method.EXACT,
+    ] = Method.DENSE,
     certified: Annotated[
         bool,
         typer.Option(
@@ -334,7 +383,7 @@ def lipschitz(
         ),
     ] = None,
     iters: IterationsOpt = 1000,
-    tol: TolOpt = 1e-6,
+    tol: TolOpt = None,
     seed: SeedOpt = 0,
     output_format: Annotated[
         OutputFormat,
@@ -449,7 +498,7 @@ def normalize(
         ),
     ] = Method.EXACT,
     iters: IterationsOpt = 1000,
-    tol: TolOpt = 1e-6,
+    tol: TolOpt = None,
     seed: SeedOpt = 0,
     include: FilterOpt = None,
     exclude: ExcludeOpt = None,

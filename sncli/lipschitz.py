@@ -30,7 +30,6 @@ from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, select
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
-    DEFAULT_POWER_TOL,
     DEFAULT_SEED,
     BoundKind,
     Method,
@@ -72,9 +71,9 @@ class Padding(str, Enum):
 
 @dataclass(frozen=True)
 class LipschitzOptions:
-    method: Method = Method.EXACT
+    method: Method = Method.DENSE
     iters: int = DEFAULT_POWER_ITERS
-    tol: float = DEFAULT_POWER_TOL
+    tol: float | None = None
     seed: int = DEFAULT_SEED
     certified: bool = False
     conv: ConvPolicy = ConvPolicy.OPERATOR
@@ -217,17 +216,30 @@ def _matrix_factor(
     estimate = largest_singular_value(
         matrix, options.method, iters=options.iters, tol=options.tol, seed=options.seed
     )
-    exact = estimate.bound is BoundKind.EXACT
-    upper = estimate.sigma * (1 + EXACT_ROUNDING) if exact else None
+    upper = None
+    if estimate.certified:
+        upper = estimate.upper if estimate.upper is not None else estimate.sigma
+        upper *= 1 + EXACT_ROUNDING
+    lower = None
+    if estimate.bound is BoundKind.LOWER:
+        lower = estimate.sigma
+    elif estimate.certified:
+        lower = estimate.sigma * (1 - EXACT_ROUNDING)
+    if estimate.bound is BoundKind.LOWER:
+        source = f"matrix σ ({estimate.method.value}: a lower bound)"
+    elif estimate.certified:
+        source = f"matrix σ ({estimate.method.value}, certified)"
+    else:
+        source = f"matrix σ ({estimate.method.value}; upper side not proven)"
     return Factor(
         layer.name,
         layer.short_name,
         layer.kind.value,
         upper if upper is not None else estimate.sigma,
-        estimate.sigma,
+        lower,
         upper,
-        exact,
-        "matrix σ (exact)" if exact else f"matrix σ ({estimate.method.value}, lower bound)",
+        upper is not None,
+        source,
     )
 
 

@@ -32,7 +32,6 @@ from sncli.errors import NumericalError, SncliError, WriteError
 from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
-    DEFAULT_POWER_TOL,
     DEFAULT_SEED,
     Method,
     as_matrix,
@@ -80,7 +79,7 @@ class NormalizeOptions:
     mode: NormalizeMode = NormalizeMode.SCALE
     method: Method = Method.EXACT
     iters: int = DEFAULT_POWER_ITERS
-    tol: float = DEFAULT_POWER_TOL
+    tol: float | None = None
     seed: int = DEFAULT_SEED
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

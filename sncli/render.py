@@ -76,6 +76,13 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
     if layer.iterations is not None:
         item["iterations"] = layer.iterations
         item["converged"] = layer.converged
+    if layer.error_estimate is not None:
+        item["error_estimate"] = layer.error_estimate
+    item["certified"] = layer.certified
+    if layer.upper is not None:
+        item["sigma_upper"] = layer.upper
+    if layer.algorithm:
+        item["algorithm"] = layer.algorithm
     if layer.spectral_norm is not None:
         sn = layer.spectral_norm
         item["spectral_norm"] = {
@@ -153,12 +160,22 @@ def write_json(data: dict[str, Any]) -> None:
 
 
 def method_caption(method: Method, layers: list[LayerSigma]) -> str:
-    if method is Method.EXACT:
-        return "σ: exact (float64 LAPACK, two-sided to rounding)."
+    text = {
+        Method.DENSE: "σ: float64 LAPACK on the Gram matrix (two-sided to rounding, certified).",
+        Method.EXACT: "σ: float64 accuracy (block Lanczos to ~1e-12, dense fallback); the upper "
+        "side is not proven unless --certified.",
+        Method.AUTO: "σ: auto, each within the --tol relative error target (default 1e-4) by "
+        "its error estimate; values are lower bounds on the true σ.",
+        Method.LANCZOS: "σ: block Lanczos at --tol; values are lower bounds on the true σ.",
+        Method.POWER: "σ: power-iteration estimates, each a lower bound on the true σ; the "
+        "stopping rule is not an error bound.",
+    }[method]
     unconverged = sum(1 for layer in layers if layer.converged is False)
-    text = "σ: power-iteration estimates, each a lower bound on the true σ."
     if unconverged:
         text += f" {unconverged} did not converge; raise --iters or use --method exact."
+    certified = sum(1 for layer in layers if layer.certified)
+    if certified and method is not Method.DENSE:
+        text += f" {certified} layers carry a proven upper bound (sigma_upper in JSON)."
     return text
 
 
@@ -183,7 +200,8 @@ def _reason_group(reason: str) -> str:
 def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console: Console) -> None:
     has_sn = any(layer.spectral_norm is not None for layer in layers)
     has_iters = any(layer.iterations is not None for layer in layers)
-    sigma_header = "σ_max" if report.method is Method.EXACT else "σ_max ≥"
+    lower = report.method in (Method.AUTO, Method.LANCZOS, Method.POWER)
+    sigma_header = "σ_max ≥" if lower else "σ_max"
     title = f"Spectral norms: {escape(clean_text(report.checkpoint))}"
     table = Table(title=title, title_justify="left")
     table.add_column("layer", overflow="fold", no_wrap=False)

@@ -32,7 +32,7 @@ def svd_sigma(tensor: torch.Tensor) -> float:
 
 
 def test_inspect_json_contract_matches_float64_svd(mlp_path: Path) -> None:
-    code, out, _ = invoke("inspect", str(mlp_path), "--format", "json")
+    code, out, _ = invoke("inspect", str(mlp_path), "--format", "json", "--method", "exact")
     assert code == 0
     data = json.loads(out)
     assert data["checkpoint"] == str(mlp_path)
@@ -48,6 +48,20 @@ def test_inspect_json_contract_matches_float64_svd(mlp_path: Path) -> None:
     assert {s["name"] for s in data["skipped"]} == {"0.bias", "2.bias", "4.bias"}
     assert all(s["reason"] == "bias" for s in data["skipped"])
     assert "\x1b[" not in out
+
+
+def test_inspect_default_is_auto_within_its_tolerance(transformer_index_path: Path) -> None:
+    code, out, _ = invoke("inspect", str(transformer_index_path), "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["method"] == "auto"
+    folder = transformer_index_path.parent
+    tensors = {}
+    for shard in folder.glob("*.safetensors"):
+        tensors.update(load_file(str(shard)))
+    for layer in data["layers"]:
+        truth = svd_sigma(tensors[layer["name"]])
+        assert layer["sigma"] == pytest.approx(truth, rel=1e-4)
 
 
 def test_inspect_power_reports_iterations_and_lower_bound(mlp_path: Path) -> None:
