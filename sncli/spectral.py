@@ -2,48 +2,56 @@
 
 Which side each method errs on is what a user must know (algorithms.md §2): any value of the form
 ‖Wx‖ for a unit x is a *lower* bound; only a dense backward-stable method or a certificate bounds σ
-from above. Every method here reports that honestly in ``SigmaEstimate.bound`` and ``certified``.
+from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified``.
 
 * ``auto`` (the default of :class:`sncli.analysis.MethodOptions`): the cheapest route to a
-  requested relative *error* ``tol`` (not a stopping rule). Tiny matrices go dense; otherwise block
-  Lanczos in float32 (float64 when ``tol`` is below what float32 can resolve), stopped by a
-  residual/gap error estimate; if that does not converge, the dense method. Reports a lower bound
-  with its error estimate.
-* ``exact``: σ to float64 accuracy (≲1e-13 relative in practice, ≤1e-10 tested). Block Lanczos in
-  float64 until the estimated error is below 1e-13, falling back to ``dense`` if it does not get
-  there. Two-sided within rounding; ``certified`` is False because a Krylov method from a random
-  start could in principle miss the top singular direction (probability ~ the start block being
-  orthogonal to it); ``certify=True`` adds a Cholesky proof of the upper side (:mod:`sncli.bounds`).
-* ``lanczos``: block Lanczos at ``tol`` with no fallback; reports whether it converged.
+  requested relative *error* ``tol`` (default 1e-4; an error target, not a stopping rule). Smaller
+  side ≤ 128: dense. Otherwise block Lanczos in float32 (float64 when ``tol`` < 1e-6, below what
+  float32 products resolve), stopped by a residual/gap error estimate; dense if it does not
+  converge. Reports ‖Wx‖ in float64, a lower bound, with its error estimate.
+* ``exact``: σ to float64 accuracy. Smaller side ≤ 256: dense. Otherwise float64 block Lanczos
+  until the estimated relative error of σ² is below 1e-12 (σ: 5e-13; ≤5e-13 measured against
+  float64 SVD on the benchmark checkpoints, ≤1e-10 asserted in the tests), dense if it does not
+  get there. Two-sided within that tolerance, but ``certified`` is False: a Krylov method proves
+  only the lower side, and the upper side rests on the random start block not being orthogonal
+  to the top singular direction. ``certify=True`` adds a proven upper bound (Cholesky
+  certificate, :mod:`sncli.bounds`; costs a float64 Gram matrix).
+* ``lanczos``: float32 block Lanczos at ``tol`` with no fallback; reports whether it converged.
 * ``power``: power iteration (Miyato et al. 2018) stopped when σ changes by less than ``tol`` — a
-  stopping rule, not an error bound (measurements.md: 1e-4 change left a 1e-3 error).
+  stopping rule, not an error bound (measurements.md: 1e-4 change left a 1e-3 error; on a top
+  pair 0.1% apart it stopped 7.5e-3 short in the quick benchmark).
 * ``dense``: the largest eigenvalue of the smaller Gram matrix in float64 by LAPACK (``eigvalsh``),
-  after scaling by max|w|: backward stable, so two-sided within a few ulps times the dimension.
-  The reference; slowest on large matrices.
+  after scaling by a power of two: backward stable, so two-sided within a few ulps times the
+  dimension (``certified``). The reference; slowest on large matrices.
 
-**Why block Lanczos, chunked.** Measured on this 2-core AMD EPYC (Zen 4) with torch 2.13/MKL, one
-thread, 4096×1024 bf16 (bench/README.md has the whole-checkpoint numbers):
+**Why block Lanczos, streamed in chunks.** Measured on this 2-core AMD EPYC (Zen 4), torch
+2.13/MKL, one thread, 4096×1024 bf16 (bench/README.md has whole-checkpoint numbers):
 
-* fp64 eigvalsh of the Gram: 180 ms Gram + 100 ms eigvalsh; fp32 Gram alone 90 ms. LAPACK svdvals
-  fp32 320 ms. Any dense method is dominated by the n²m Gram or worse.
-* One application of WᵀW to a block of b vectors is memory/GEMV bound. Streaming W through a
-  256K-element buffer (converted to the working dtype, so it stays in L2) does both products per
-  chunk while it is in cache: 3.6 ms (fp32) / 6.1 ms (fp64) for b=8, versus 5.2 ms for a
-  pre-converted fp32 copy and 2×0.33 ms per single vector. Chunking also means no full-size
-  float32/float64 copy of W is ever made.
-* MKL's thin GEMMs are pathological in some layouts (W @ X with 2–8 columns: 7 ms; Wᵀ @ Y: 37 ms,
-  versus 1–2 ms for the same products with vectors as rows), so blocks are kept as rows.
-* Blocks (b=4) resolve near-degenerate top pairs: single-vector Lanczos with a residual-and-gap
-  stopping rule reported 2e-5 while the true error was 6e-4 on a pair 0.1% apart, because the
-  second member of the pair was not yet in the Krylov space (its "gap" was to the bulk).
-* Float64 Lanczos from a random start reached 1e-15 in 3–8 block steps on spiked/power-law
-  spectra and 14–19 on Gaussian (Marchenko–Pastur) ones; a float32 first stage did not pay for
-  itself (the float64 stage restarts and needs nearly as many steps).
+* Dense: float64 Gram 180 ms + eigvalsh 100 ms; the float32 Gram alone 90 ms (and 2e-7 relative
+  error); float32 LAPACK svdvals 320 ms. Anything that forms the n²m Gram costs more than a whole
+  Krylov run on realistic spectra (3–8 block steps of ~3–5 ms).
+* Applying WᵀW to a block of b row vectors streams W once: each 256K-element chunk is converted
+  (bf16 → float32/float64) into a reused buffer and used for both products while it is in cache.
+  b=4: 2.9 ms (float32) / 4.9 ms (float64), versus 5.2 ms (b=8) for a pre-converted float32 copy
+  read twice. No full-size float32/float64 copy of W is ever made.
+* MKL's thin GEMMs are pathological in column layout (W @ X with 2–8 columns: 7 ms; Wᵀ @ Y:
+  37 ms, versus 1–2 ms with the vectors as rows), so blocks are kept as rows.
+* Blocks resolve near-degenerate top pairs: single-vector Lanczos with a residual-and-gap rule
+  claimed 2e-5 while the true error was 6e-4 on a pair 0.1% apart — the pair's second member was
+  not yet in the Krylov space, so the "gap" was measured to the bulk.
+* A float32 first stage before float64 did not pay: the float64 stage restarts and needed 16–19
+  of the 41 steps a cold float64 run took on a Gaussian matrix, after 21 float32 steps.
+* Rejected: power iteration (no error control; 1109 steps on the 302M benchmark checkpoint
+  against 346 for float32 block Lanczos at a 1e-4 error); ARPACK ``svds(k=1)`` (2.8 s on a
+  checkpoint of the same shapes in measurements.md, slower than ``exact`` here, refuses 1×n, and
+  runs on scipy's own OpenBLAS threads, which oversubscribe beside torch's: a 2-thread 300×200
+  svdvals took 1.3 s instead of 3 ms under load); Gram iteration and float32 Gram + Lanczos (the
+  Gram dominates; algorithms.md §2).
 
 Kaniel–Paige–Saad: Lanczos converges like exp(−4k√γ), γ = (λ₁−λ_{b+1})/(λ_{b+1}−λₙ) for block
 size b (Golub & Van Loan, *Matrix Computations*, 4th ed., §10.3–10.4). The error estimate for the
-top Ritz value θ with residual ρ is min(ρ, ρ²/gap), gap = θ₁ − θ₂ − ρ₂ (Parlett, *The Symmetric
-Eigenvalue Problem*, §11.7), used only when the second Ritz pair is itself separated (gap > ρ₁).
+top Ritz value θ₁ with residual ρ₁ is min(ρ₁, ρ₁²/gap), gap = θ₁ − θ₂ − ρ₂ (Parlett, *The Symmetric
+Eigenvalue Problem*, §11.7), the quadratic form used only when gap > ρ₁.
 """
 
 from __future__ import annotations
@@ -86,9 +94,13 @@ EXACT_TOL = 1e-12
 #: Below this σ error target float32 rounding of WᵀW products (~1e-7 relative) gets in the way,
 #: so ``auto``/``lanczos`` work in float64.
 FLOAT32_TOL_FLOOR = 1e-6
-#: Block size of the block Lanczos method: 4 resolves a top cluster of up to 4 singular values
-#: (see module docstring); b=8 took more time per step for the same accuracy.
+#: Block size of float32 block Lanczos (``auto``/``lanczos``): 4 resolves a top cluster of up to
+#: 4 singular values before the loose stopping rule can be fooled (module docstring).
 BLOCK_SIZE = 4
+#: Block size of ``exact``'s float64 run: its 1e-12 residual target cannot be met by a Ritz vector
+#: that mixes cluster members, so a smaller block suffices and is cheaper per step. On the
+#: 302M-parameter benchmark checkpoint: b=2 1.47 s, b=3 1.57 s, b=4 1.87 s (same accuracy).
+EXACT_BLOCK_SIZE = 2
 #: Block steps always taken after a warm start (see ``_block_lanczos``).
 WARM_START_MIN_STEPS = 3
 #: Largest Krylov dimension before giving up (``exact``/``auto`` then go dense).
@@ -451,6 +463,7 @@ def _lanczos(
     seed: int,
     start: torch.Tensor | None,
     method: Method,
+    block: int | None = None,
 ) -> SigmaEstimate:
     import torch
 
@@ -472,6 +485,7 @@ def _lanczos(
         max_dim=min(max_dim, n),
         seed=seed,
         start=start,
+        block=block,
     )
     sigma = _sigma_of(matrix, ritz.vector, exponent)
     error = ritz.error / (2.0 * ritz.theta) if ritz.theta > 0 else 0.0
@@ -625,7 +639,15 @@ def largest_singular_value(
         estimate = _dense(matrix, method)
     elif method is Method.EXACT:
         estimate = _lanczos(
-            matrix, amax, EXACT_TOL / 2, "float64", MAX_KRYLOV_DIM, seed, start, method
+            matrix,
+            amax,
+            EXACT_TOL / 2,
+            "float64",
+            MAX_KRYLOV_DIM,
+            seed,
+            start,
+            method,
+            EXACT_BLOCK_SIZE,
         )
         if estimate.converged:
             estimate = _replace(estimate, bound=BoundKind.EXACT)

@@ -1,0 +1,396 @@
+"""Benchmark sncli's σ methods against the loops a user would write, in one run.
+
+    python bench/run.py            # ~3 min on 2 cores: 302M-parameter bf16 checkpoint + scaling
+    python bench/run.py --quick    # ~30 s smoke run on small checkpoints
+    python bench/run.py --large    # adds a 1B-parameter float32 (4 GB) checkpoint
+
+Checkpoints are generated (seeded, bench/synth.py) into a temporary folder that is deleted
+afterwards (``--keep`` keeps it). Every measurement runs in its own subprocess, so each reports
+its own wall time (from opening the file to the last σ; interpreter and ``import torch``
+excluded, listed separately) and its own peak RSS (VmHWM from /proc, which, unlike ru_maxrss,
+does not include the parent's memory at fork time). Relative errors are against the float64
+``scipy.linalg.svdvals`` loop of the same run. Results also go to ``bench/out/*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+SNCLI_METHODS = ("exact", "auto", "lanczos", "power")
+
+
+# --- child processes: one measurement each, one JSON line on stdout ------------------------
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM) in bytes."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _weights(path: str):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+            tensor = handle.get_tensor(name)
+            if tensor.dim() == 2:
+                yield name, tensor
+
+
+def child(kind: str, path: str, method: str | None) -> dict[str, object]:
+    """Run one measurement in this process."""
+    began = time.perf_counter()
+    import torch
+
+    imported = time.perf_counter()
+    baseline_rss = _peak_rss()
+    sigmas: dict[str, float] = {}
+    extra: dict[str, object] = {}
+    start = time.perf_counter()
+    if kind == "sncli":
+        import sncli
+        from sncli.analysis import MethodOptions
+
+        with sncli.open_checkpoint(path) as ckpt:
+            report = sncli.spectral_norms(ckpt, options=MethodOptions(method=method))
+        sigmas = {layer.name: layer.sigma for layer in report.layers}
+        steps = [layer.iterations for layer in report.layers if layer.iterations is not None]
+        extra = {
+            "workers": report.workers,
+            "iterations_total": sum(steps),
+            "iterations_max": max(steps, default=0),
+            "algorithms": sorted({layer.algorithm for layer in report.layers}),
+            "bounds": sorted({layer.bound.value for layer in report.layers}),
+        }
+    elif kind == "matrix_norm":
+        for name, tensor in _weights(path):
+            sigmas[name] = float(torch.linalg.matrix_norm(tensor.float(), ord=2))
+        extra = {"torch_threads": torch.get_num_threads()}
+    elif kind == "svdvals64":
+        import scipy.linalg
+
+        for name, tensor in _weights(path):
+            sigmas[name] = float(scipy.linalg.svdvals(tensor.double().numpy())[0])
+    elif kind in ("io", "io_cold"):
+        from sncli.analysis import _SafetensorsReader
+        from sncli.checkpoint import read_safetensors_header
+
+        if kind == "io_cold":  # drop this file's pages from the page cache (our file only)
+            with open(path, "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            start = time.perf_counter()
+        reader = _SafetensorsReader()
+        total = 0
+        for name in read_safetensors_header(Path(path)).tensors:
+            total += reader.read(Path(path), name).numel()
+        reader.close()
+        extra = {"elements": total}
+    else:
+        raise SystemExit(f"unknown child kind {kind!r}")
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "startup_seconds": imported - began,
+        "sigmas": sigmas,
+        "peak_rss": _peak_rss(),
+        "import_rss": baseline_rss,
+        **extra,
+    }
+
+
+# --- parent: generate, run children, tabulate ------------------------------------------------
+
+
+@dataclass
+class Result:
+    label: str
+    checkpoint: str
+    kind: str
+    method: str | None
+    seconds: float
+    runs: list[float]
+    peak_rss: int
+    import_rss: int
+    startup: float
+    load_before: float
+    sigmas: dict[str, float]
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def run_child(
+    label: str, kind: str, path: Path, method: str | None, repeat: int, env: dict[str, str]
+) -> Result:
+    runs: list[dict[str, object]] = []
+    load = os.getloadavg()[0]
+    for _ in range(repeat):
+        command = [sys.executable, str(Path(__file__)), "--child", kind, str(path)]
+        if method:
+            command += ["--method", method]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} failed:\n{done.stderr}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    times = sorted(float(r["seconds"]) for r in runs)
+    median = times[len(times) // 2]
+    first = runs[0]
+    extra = {k: v for k, v in first.items() if k not in Result.__dataclass_fields__}
+    extra.pop("startup_seconds", None)
+    return Result(
+        label=label,
+        checkpoint=path.name,
+        kind=kind,
+        method=method,
+        seconds=median,
+        runs=times,
+        peak_rss=max(int(r["peak_rss"]) for r in runs),
+        import_rss=int(first["import_rss"]),
+        startup=float(first["startup_seconds"]),
+        load_before=load,
+        sigmas=first["sigmas"],  # type: ignore[arg-type]
+        extra=extra,
+    )
+
+
+def max_error(result: Result, reference: dict[str, float]) -> tuple[float, str]:
+    """Largest |σ − σ_ref|/σ_ref over layers, and the layer where it occurs."""
+    worst, where = 0.0, ""
+    for name, ref in reference.items():
+        error = abs(result.sigmas[name] - ref) / ref if ref else abs(result.sigmas[name])
+        if error >= worst:
+            worst, where = error, name
+    return worst, where
+
+
+def fmt_mb(value: int) -> str:
+    return f"{value / 2**20:,.0f}"
+
+
+def fmt_err(value: float) -> str:
+    return "0" if value == 0 else f"{value:.1e}"
+
+
+def main_table(
+    results: list[Result], reference: dict[str, float], pair: str | None, largest_fp32: int
+) -> str:
+    by = {r.label: r for r in results}
+    norm = by.get("matrix_norm loop")
+    svd = by.get("float64 svdvals loop")
+    lines = [
+        "| method | time (s) | × vs matrix_norm loop | × vs fp64 svdvals loop | "
+        "max rel. error vs fp64 SVD | error on the 0.1% pair | peak RSS (MB) | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        ratio_norm = f"{norm.seconds / r.seconds:.1f}×" if norm and r.sigmas else ""
+        ratio_svd = f"{svd.seconds / r.seconds:.1f}×" if svd and r.sigmas else ""
+        if r.sigmas:
+            worst, _ = max_error(r, reference)
+            pair_error = abs(r.sigmas[pair] - reference[pair]) / reference[pair] if pair else None
+            errors = (fmt_err(worst), "" if pair_error is None else fmt_err(pair_error))
+        else:
+            errors = ("", "")
+        notes = []
+        if "workers" in r.extra:
+            notes.append(f"{r.extra['workers']} workers")
+            notes.append(
+                f"block steps Σ{r.extra['iterations_total']} max {r.extra['iterations_max']}"
+            )
+            notes.append("bound " + "/".join(r.extra["bounds"]))  # type: ignore[arg-type]
+        if "torch_threads" in r.extra:
+            notes.append(f"{r.extra['torch_threads']} torch threads")
+        if len(r.runs) > 1:
+            notes.append("median of " + ", ".join(f"{t:.2f}" for t in r.runs))
+        if r.load_before > 0.5:
+            notes.append(f"load {r.load_before:.1f}")
+        lines.append(
+            f"| {r.label} | {r.seconds:.2f} | {ratio_norm} | {ratio_svd} | {errors[0]} | "
+            f"{errors[1]} | {fmt_mb(r.peak_rss)} | {'; '.join(notes)} |"
+        )
+    target = 2 * largest_fp32 + 500 * 2**20
+    lines.append("")
+    lines.append(
+        f"Peak RSS includes Python + torch ({fmt_mb(results[0].import_rss)} MB after import). "
+        f"Memory target: 2 × largest fp32 tensor ({fmt_mb(largest_fp32)} MB) + 500 MB = "
+        f"{fmt_mb(target)} MB. Interpreter start + `import torch`: "
+        f"{results[0].startup:.2f} s per process, not included in the times."
+    )
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[tuple[str, int, int, int, dict[str, Result]]]) -> str:
+    lines = [
+        "| checkpoint | parameters | file (MB) | largest fp32 tensor (MB) | method | time (s) | "
+        "ns / parameter | peak RSS (MB) | RSS target (MB) |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, params, size, largest, results in rows:
+        for method, r in results.items():
+            lines.append(
+                f"| {name} | {params / 1e6:,.0f}M | {fmt_mb(size)} | {fmt_mb(largest)} | "
+                f"{method} | {r.seconds:.2f} | {r.seconds / params * 1e9:.1f} | "
+                f"{fmt_mb(r.peak_rss)} | {fmt_mb(2 * largest + 500 * 2**20)} |"
+            )
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, object]:
+    import torch
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # pragma: no cover
+        pass
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def generate(specs: list, folder: Path) -> dict[str, Path]:
+    import synth
+
+    paths = {}
+    for spec in specs:
+        path = folder / f"{spec.name()}.safetensors"
+        began = time.perf_counter()
+        synth.write(spec, path)
+        size = path.stat().st_size / 2**20
+        print(
+            f"  generated {path.name}: {spec.parameters / 1e6:.0f}M parameters, {size:,.0f} MB "
+            f"in {time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
+        paths[spec.name()] = path
+    return paths
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    import synth
+    import torch
+
+    began = time.perf_counter()
+    env = dict(os.environ)
+    if args.quick:
+        main = synth.Spec(512, 8)
+        hard = synth.Spec(512, 2, gaussian=True)
+        scaling = [synth.Spec(256, 4), synth.Spec(768, 4, dtype=torch.float32)]
+    else:
+        main = synth.Spec(1024, 24)  # 302M, like measurements.md
+        hard = synth.Spec(1024, 4, gaussian=True)
+        scaling = [synth.Spec(512, 4), synth.Spec(1024, 8, dtype=torch.float32)]
+    if args.large:
+        scaling.append(synth.Spec(4096, 5, dtype=torch.float32, layout="llama"))
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    info = environment()
+    print(f"# sncli benchmark ({info['cpu']}, {info['cores']} cores, torch {info['torch']})")
+    print(f"load average at start: {info['loadavg']}", flush=True)
+    try:
+        paths = generate([main, hard, *scaling], folder)
+        report: dict[str, object] = {"environment": info}
+
+        def largest_fp32(spec) -> int:
+            return max(m * n for _, (m, n), _ in spec.shapes()) * 4
+
+        for title, spec, methods in (
+            ("Main checkpoint", main, SNCLI_METHODS),
+            ("Hard case: every weight a bare Gaussian bulk", hard, ("exact", "auto")),
+        ):
+            path = paths[spec.name()]
+            print(f"\n## {title}: {path.name} ({spec.parameters / 1e6:.0f}M parameters)")
+            print("running ...", flush=True)
+            results = [
+                run_child("read every tensor once (warm)", "io", path, None, 3, env),
+                run_child("read every tensor once (cold)", "io_cold", path, None, 1, env),
+                run_child("float64 svdvals loop", "svdvals64", path, None, 1, env),
+                run_child("matrix_norm loop", "matrix_norm", path, None, 1, env),
+            ]
+            for method in methods:
+                repeat = args.repeat if method in ("exact", "auto") else 1
+                results.append(run_child(f"sncli {method}", "sncli", path, method, repeat, env))
+            reference = results[2].sigmas
+            pair = next((name for name, _, kind in spec.shapes() if kind == "pair"), None)
+            table = main_table(results, reference, pair, largest_fp32(spec))
+            print(table, flush=True)
+            report[title] = {"checkpoint": path.name, "table": table, "results": results}
+
+        print("\n## Scaling (sncli auto and exact; time from opening the file to the last σ)")
+        rows = []
+        for spec in [*scaling, main]:
+            path = paths[spec.name()]
+            results = {
+                method: run_child(f"sncli {method}", "sncli", path, method, 1, env)
+                for method in ("auto", "exact")
+            }
+            rows.append(
+                (path.name, spec.parameters, path.stat().st_size, largest_fp32(spec), results)
+            )
+        table = scaling_table(rows)
+        print(table)
+        report["scaling"] = {"table": table, "rows": rows}
+        report["total_seconds"] = time.perf_counter() - began
+        report["loadavg_end"] = os.getloadavg()
+        print(f"\ntotal {report['total_seconds']:.0f} s; load average at end: {os.getloadavg()}")
+        out = Path(args.json) if args.json else HERE / "out" / f"results-{int(time.time())}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, default=_jsonable, indent=1))
+        print(f"results: {out}")
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _jsonable(value: object) -> object:
+    if hasattr(value, "__dataclass_fields__"):
+        return dict(value.__dict__)
+    return str(value)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small checkpoints (~30 s)")
+    size.add_argument("--large", action="store_true", help="add a 1B-parameter fp32 checkpoint")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of sncli exact/auto (median)")
+    parser.add_argument("--workdir", help="generate checkpoints here and keep them")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--json", help="where to write the results (default bench/out/)")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    if arguments.child:
+        print(json.dumps(child(arguments.child[0], arguments.child[1], arguments.method)))
+    else:
+        benchmark(arguments)
