@@ -165,7 +165,8 @@ def method_caption(method: Method, layers: list[LayerSigma]) -> str:
         Method.EXACT: "σ: float64 accuracy (block Lanczos to ~1e-12, dense fallback); the upper "
         "side is not proven unless --certified.",
         Method.AUTO: "σ: auto, each within the --tol relative error target (default 1e-4) by "
-        "its error estimate; values are lower bounds on the true σ.",
+        "its error estimate; iterative values are lower bounds on the true σ, small layers are "
+        "computed exactly (dense).",
         Method.LANCZOS: "σ: block Lanczos at --tol; values are lower bounds on the true σ.",
         Method.POWER: "σ: power-iteration estimates, each a lower bound on the true σ; the "
         "stopping rule is not an error bound.",
