@@ -509,8 +509,13 @@ def spectral_norms(
         reason = (
             f"none of its {found} layers matched the filters"
             if found
-            else "it holds no weight matrices (only "
-            + (f"{len(classification.skipped)} skipped tensors)" if classification.skipped else ")")
+            else "it holds no weight matrices"
+            + (
+                f" (only {len(classification.skipped)} other tensor"
+                + ("s)" if len(classification.skipped) != 1 else ")")
+                if classification.skipped
+                else ""
+            )
         )
         raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
     began = time.perf_counter()

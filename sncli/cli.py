@@ -415,6 +415,11 @@ def lipschitz(
     size = _parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
+    if size is not None and padding is not Padding.CIRCULAR:
+        _note(
+            "--input-size is ignored with zero padding: the bound holds at every input size",
+            quiet,
+        )
     options = LipschitzOptions(
         method=method,
         iters=iters,
@@ -440,12 +445,22 @@ def lipschitz(
         sys.stdout.write(lipschitz_to_csv(report))
     else:
         print_lipschitz_table(report, stdout_console())
-    if fail_above is not None and report.log10_bound > math.log10(max(fail_above, 1e-300)):
-        _error(
-            f"{checkpoint}: Lipschitz bound 10^{report.log10_bound:.4f} exceeds --fail-above "
-            f"{fail_above:g}"
-        )
-        raise typer.Exit(EXIT_BOUND_EXCEEDED)
+    if fail_above is not None:
+        from sncli.render import fmt_bound
+
+        shown = fmt_bound(report.log10_bound)
+        if not report.valid_architecture:
+            _error(
+                f"{checkpoint}: --fail-above cannot pass: the product ({shown}) is not a "
+                "Lipschitz bound for this architecture"
+            )
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        if certified and not report.certified:
+            _error(f"{checkpoint}: --fail-above with --certified: the product is not certified")
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        if report.log10_bound > math.log10(max(fail_above, 1e-300)):
+            _error(f"{checkpoint}: Lipschitz bound {shown} exceeds --fail-above {fail_above:g}")
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
 
 
 @app.command(
@@ -525,13 +540,14 @@ def normalize(
     ] = False,
     output_format: Annotated[
         OutputFormat,
-        typer.Option("--format", help="table or json (csv: as json).", case_sensitive=False),
+        typer.Option("--format", help="table or json.", case_sensitive=False),
     ] = OutputFormat.TABLE,
     key: KeyOpt = None,
     skip_objects: SkipObjectsOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Rewrite a checkpoint with spectrally normalized weights: W ← target·W/σ(W)."""
+    import math
     from pathlib import Path
 
     from sncli.checkpoint import open_checkpoint
@@ -545,6 +561,10 @@ def normalize(
     )
 
     _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
+    if not (math.isfinite(target) and target > 0):
+        raise typer.BadParameter(f"{target} is not a positive number", param_hint="--target")
+    if output_format is OutputFormat.CSV:
+        raise typer.BadParameter("normalize writes table or json", param_hint="--format")
     if not dry_run and output is None and not in_place:
         raise typer.BadParameter("give -o/--output PATH, or --in-place, or --dry-run")
     if output is not None and in_place:

@@ -169,7 +169,12 @@ class LipschitzReport:
             fixes = []
             if any(f.source.startswith("reshaped") for f in self.factors):
                 fixes.append("--conv operator")
-            if any(not f.certified and not f.source.startswith("reshaped") for f in self.factors):
+            if any(f.source.startswith("circular") for f in self.factors):
+                fixes.append("--padding zeros")
+            if any(
+                not f.certified and not f.source.startswith(("reshaped", "circular"))
+                for f in self.factors
+            ):
                 fixes.append("--certified")
             proof = (
                 "not every factor is a proven upper bound (see the certified column), so this L "
@@ -280,7 +285,8 @@ def _conv_factor(
     if circular:
         source = (
             f"circular conv at {options.input_size}, stride 1 (exact there; an upper bound for "
-            "inputs whose size divides it and for any stride)"
+            "inputs whose size divides it and for any stride; not certified, since each "
+            "layer's input size is not known)"
         )
     return Factor(
         layer.name,
@@ -289,7 +295,7 @@ def _conv_factor(
         upper,
         None,
         upper,
-        True,
+        not circular,
         source,
         reshape_sigma=reshape_sigma,
     )

@@ -22,7 +22,7 @@ from sncli.checkpoint import clean_text
 from sncli.layers import LayerKind
 from sncli.lipschitz import LipschitzReport
 from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
-from sncli.spectral import Method
+from sncli.spectral import BoundKind, Method
 
 
 class OutputFormat(str, Enum):
@@ -32,7 +32,11 @@ class OutputFormat(str, Enum):
 
 
 def stdout_console() -> Console:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    """Rich console for tables; when piped, wide enough not to fold names (not 80 columns)."""
+    import os
+
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
 
 
 def stderr_console() -> Console:
@@ -59,6 +63,23 @@ def _finite_or_none(value: float | None) -> float | None:
     return value
 
 
+#: Rounding allowance on a dense float64 σ when it is reported as an upper bound.
+DENSE_ROUNDING = 1e-12
+
+
+def certified_upper(layer: LayerSigma) -> float | None:
+    """A proven upper bound on σ when one is known (dense results: σ plus rounding)."""
+    if layer.upper is not None:
+        return layer.upper
+    if layer.certified:
+        return layer.sigma * (1 + DENSE_ROUNDING)
+    return None
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
     """The JSON object for one layer (a stable contract; see README)."""
     item: dict[str, Any] = {
@@ -79,8 +100,9 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
     if layer.error_estimate is not None:
         item["error_estimate"] = layer.error_estimate
     item["certified"] = layer.certified
-    if layer.upper is not None:
-        item["sigma_upper"] = layer.upper
+    upper = certified_upper(layer)
+    if upper is not None:
+        item["sigma_upper"] = upper
     if layer.algorithm:
         item["algorithm"] = layer.algorithm
     if layer.spectral_norm is not None:
@@ -121,6 +143,9 @@ CSV_COLUMNS = (
     "method",
     "iterations",
     "converged",
+    "error_estimate",
+    "certified",
+    "sigma_upper",
     "sn_style",
     "sigma_stored_estimate",
     "sigma_effective",
@@ -145,6 +170,9 @@ def inspect_to_csv(layers: list[LayerSigma]) -> str:
                 layer.method.value,
                 "" if layer.iterations is None else layer.iterations,
                 "" if layer.converged is None else str(layer.converged).lower(),
+                "" if layer.error_estimate is None else repr(layer.error_estimate),
+                str(layer.certified).lower(),
+                "" if certified_upper(layer) is None else repr(certified_upper(layer)),
                 "" if sn is None else sn.style.value,
                 ""
                 if sn is None or sn.sigma_stored_estimate is None
@@ -174,9 +202,11 @@ def method_caption(method: Method, layers: list[LayerSigma]) -> str:
     unconverged = sum(1 for layer in layers if layer.converged is False)
     if unconverged:
         text += f" {unconverged} did not converge; raise --iters or use --method exact."
+    if method is not Method.DENSE and any(layer.bound is BoundKind.LOWER for layer in layers):
+        text += " ≥ marks a lower bound."
     certified = sum(1 for layer in layers if layer.certified)
     if certified and method is not Method.DENSE:
-        text += f" {certified} layers carry a proven upper bound (sigma_upper in JSON)."
+        text += f" {plural(certified, 'layer')} with a proven upper bound (sigma_upper in JSON)."
     return text
 
 
@@ -201,8 +231,8 @@ def _reason_group(reason: str) -> str:
 def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console: Console) -> None:
     has_sn = any(layer.spectral_norm is not None for layer in layers)
     has_iters = any(layer.iterations is not None for layer in layers)
-    lower = report.method in (Method.AUTO, Method.LANCZOS, Method.POWER)
-    sigma_header = "σ_max ≥" if lower else "σ_max"
+    has_upper = any(layer.upper is not None for layer in layers)
+    sigma_header = "σ_max"
     title = f"Spectral norms: {escape(clean_text(report.checkpoint))}"
     table = Table(title=title, title_justify="left")
     table.add_column("layer", overflow="fold", no_wrap=False)
@@ -211,6 +241,8 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     table.add_column("dtype")
     table.add_column("matrix", justify="right")
     table.add_column(sigma_header, justify="right", style="bold")
+    if has_upper:
+        table.add_column("σ ≤ (proven)", justify="right")
     if has_iters:
         table.add_column("iters", justify="right")
     if has_sn:
@@ -226,8 +258,11 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             fmt_shape(layer.shape),
             layer.dtype,
             matrix,
-            fmt_sigma(layer.sigma),
+            ("≥ " if layer.bound is BoundKind.LOWER else "") + fmt_sigma(layer.sigma),
         ]
+        if has_upper:
+            upper = certified_upper(layer)
+            row.append("" if upper is None else fmt_sigma(upper))
         if has_iters:
             mark = "" if layer.converged in (True, None) else " (not converged)"
             row.append(("" if layer.iterations is None else str(layer.iterations)) + mark)
@@ -240,7 +275,7 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
         table.add_row(*row)
     console.print(table)
     largest = max(layers, key=lambda layer: layer.sigma, default=None)
-    footer = f"{len(layers)} layers analysed · {skipped_summary(report)}"
+    footer = f"{plural(len(layers), 'layer')} analysed · {skipped_summary(report)}"
     if largest is not None:
         footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({clean_text(largest.short_name)})"
     console.print(escape(footer))
@@ -248,8 +283,12 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     if any(layer.kind.is_conv for layer in layers):
         console.print(
             "Conv σ is that of the reshaped kernel matrix, which is what torch's spectral_norm "
-            "normalizes; it is not the convolution's operator norm (see `sncli lipschitz`). "
-            "(T) = transposed conv, reshaped along dim 1.",
+            "normalizes; it is not the convolution's operator norm (see `sncli lipschitz`)."
+            + (
+                " (T) = transposed conv, reshaped along dim 1."
+                if any(layer.transposed for layer in layers)
+                else ""
+            ),
             style="dim",
         )
     if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
@@ -369,9 +408,10 @@ def print_normalize_table(
     kept = sum(1 for p in plan.layers if p.action.value == "keep")
     skipped = sum(1 for p in plan.layers if p.action.value == "skip")
     target = plan.options.target
-    summary = f"{changed} layers scaled to σ {'=' if plan.options.mode.value == 'scale' else '≤'} "
-    summary += f"{fmt_sigma(target)} · {kept} kept · {skipped} skipped · "
-    summary += f"{len(plan.skipped)} other tensors copied unchanged"
+    summary = f"{plural(changed, 'layer')} scaled to σ "
+    summary += f"{'=' if plan.options.mode.value == 'scale' else '≤'} {fmt_sigma(target)} · "
+    summary += f"{kept} kept · {skipped} skipped · "
+    summary += f"{plural(len(plan.skipped), 'other tensor')} copied unchanged"
     console.print(escape(summary))
     if result is not None:
         worst = result.worst_sigma
@@ -504,11 +544,15 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
         table.add_row(*row)
     console.print(table)
     log = report.log10_bound
-    kind = "certified upper bound" if report.certified else "product of layer σ"
-    if not report.valid_architecture:
-        kind = "product of layer σ (diagnostic, NOT a bound)"
     log_text = "-inf" if log == -math.inf else f"{log:.4f}"
-    console.print(f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — {escape(kind)}")
+    if not report.valid_architecture:
+        console.print(
+            f"[bold]product of layer σ = {fmt_bound(log)}[/]  (log10 = {log_text}) — "
+            "diagnostic only, NOT a Lipschitz bound for this architecture"
+        )
+    else:
+        kind = "certified upper bound" if report.certified else "estimate of the product bound"
+        console.print(f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — {escape(kind)}")
     console.print(escape(report.statement()))
     console.print("Assumptions: " + escape("; ".join(report.assumptions)) + ".", style="dim")
     counts = Counter(_reason_group(s.reason.split(":")[0]) for s in report.excluded)

@@ -123,6 +123,14 @@ def staged_write(target: Path) -> Iterator[tuple[BinaryIO, PendingFile]]:
         raise WriteError(f"cannot create a file here: {exc.strerror or exc}", folder) from exc
     pending = PendingFile(temp, target, _start_watchdog(temp))
     try:
+        os.chmod(temp, target.stat().st_mode & 0o7777)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        handle.close()
+        pending.discard()
+        raise WriteError(f"cannot set permissions: {exc.strerror or exc}", target) from exc
+    try:
         yield handle, pending
         handle.flush()
         os.fsync(handle.fileno())

@@ -263,3 +263,38 @@ def test_installed_entry_point_runs(mlp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr == "sncli: error: /nonexistent.safetensors: no such file or directory\n"
+
+
+def test_in_place_keeps_file_permissions(mlp_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "m.safetensors"
+    shutil.copy(mlp_path, src)
+    src.chmod(0o640)
+    code, _, err = invoke("normalize", str(src), "--in-place", "-q")
+    assert code == 0, err
+    assert src.stat().st_mode & 0o777 == 0o640
+
+
+def test_normalize_usage_errors(mlp_path: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.safetensors")
+    assert invoke("normalize", str(mlp_path), "-o", out, "--target", "0")[0] == 2
+    assert invoke("normalize", str(mlp_path), "-o", out, "--format", "csv")[0] == 2
+    assert not Path(out).exists()
+
+
+def test_fail_above_refuses_a_non_bound(transformer_index_path: Path) -> None:
+    code, _, err = invoke("lipschitz", str(transformer_index_path), "--fail-above", "1e30")
+    assert code == 3 and "not a Lipschitz bound" in err
+
+
+def test_certified_layers_carry_sigma_upper(mlp_path: Path) -> None:
+    code, out, _ = invoke("inspect", str(mlp_path), "--format", "json", "--method", "dense")
+    assert code == 0
+    tensors = load_file(str(mlp_path))
+    for layer in json.loads(out)["layers"]:
+        assert layer["certified"] is True
+        assert layer["sigma_upper"] >= svd_sigma(tensors[layer["name"]])
+    code, out, _ = invoke("inspect", str(mlp_path), "--format", "csv", "--certified")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    for row in rows:
+        assert row["certified"] == "true"
+        assert float(row["sigma_upper"]) >= svd_sigma(tensors[row["name"]])
