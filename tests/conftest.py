@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,15 @@ def lightning_path() -> Path:
 @pytest.fixture(scope="session")
 def transformer_index_path() -> Path:
     return SAMPLES / "tiny_transformer" / "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Tiny problems: OpenMP threads only add spin-wait overhead (4× slower when the machine is
+    shared), so such modules run single-threaded; the setting is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

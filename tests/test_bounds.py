@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -49,14 +48,7 @@ def reference(matrix: torch.Tensor) -> float:
     return float(values[0]) if values.size else 0.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These problems are tiny: OpenMP threads only add spin-wait overhead (4× slower when the
-    machine is shared), so run them single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -11,7 +11,6 @@ image (≤ 300 pixels·channels). Tolerances:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -33,14 +32,7 @@ REF_TOL = 1e-12
 GRID = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These problems are tiny: OpenMP threads only add spin-wait overhead (4× slower when the
-    machine is shared), so run them single-threaded and restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
