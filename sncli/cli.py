@@ -235,13 +235,14 @@ def inspect(
             help="Layers measured at once, each single-threaded (default: one per core).",
         ),
     ] = None,
-    warm_start: Annotated[
+    no_warm_start: Annotated[
         bool,
         typer.Option(
-            "--warm-start/--no-warm-start",
-            help="Start iterations from the u/v vectors stored in spectral-norm checkpoints.",
+            "--no-warm-start",
+            help="Do not start iterations from the u/v vectors stored in spectral-norm "
+            "checkpoints (a random start instead).",
         ),
-    ] = True,
+    ] = False,
     key: KeyOpt = None,
     skip_objects: SkipObjectsOpt = False,
     quiet: QuietOpt = False,
@@ -274,7 +275,7 @@ def inspect(
                     device=device,
                     workers=workers,
                     certify=certified,
-                    warm_start=warm_start,
+                    warm_start=not no_warm_start,
                 ),
                 include=include or (),
                 exclude=exclude or (),
