@@ -18,7 +18,7 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -407,10 +407,6 @@ class Checkpoint:
                 f"cannot read tensor {_quote(name)}: {_describe(exc)}", info.file
             ) from exc
 
-    def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in names if names is not None else list(self.tensors):
-            yield name, self.load(name)
-
     def container(self, file: Path) -> Any:
         """The full object ``torch.load`` returned for a PyTorch file (wrapper dict included)."""
         self._state_dict(file)
@@ -552,10 +548,6 @@ class _PickleScan:
 
         allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
         return [g for g in self.globals if g not in allowed]
-
-
-def _module_of(qualified: str) -> str:
-    return qualified.split(".", 1)[0]
 
 
 def _blocked(names: list[str]) -> list[str]:
@@ -869,11 +861,6 @@ def _tensor_count(value: Any) -> int:
     if not isinstance(value, Mapping):
         return 0
     return sum(1 for v in value.values() if _is_tensor(v))
-
-
-def _placeholder_name(value: Any) -> str | None:
-    attrs = getattr(value, "__dict__", None)
-    return attrs.get(PLACEHOLDER_ATTR) if isinstance(attrs, dict) else None
 
 
 def _module_state(value: Any, prefix: str = "", depth: int = 0) -> dict[str, Any] | None:

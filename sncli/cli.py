@@ -161,6 +161,10 @@ TolOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No notes or progress bar on stderr.")
 ]
@@ -192,10 +196,7 @@ def inspect(
     iters: IterationsOpt = 1000,
     tol: TolOpt = None,
     seed: SeedOpt = 0,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
-    ] = OutputFormat.TABLE,
+    output_format: FormatOpt = OutputFormat.TABLE,
     include: FilterOpt = None,
     exclude: ExcludeOpt = None,
     sort: Annotated[
@@ -386,10 +387,7 @@ def lipschitz(
     iters: IterationsOpt = 1000,
     tol: TolOpt = None,
     seed: SeedOpt = 0,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
-    ] = OutputFormat.TABLE,
+    output_format: FormatOpt = OutputFormat.TABLE,
     include: FilterOpt = None,
     exclude: ExcludeOpt = None,
     transposed: TransposedOpt = None,

@@ -9,12 +9,18 @@ become one layer whose weight ``Checkpoint.load`` composes (W = g·v/‖v‖).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, WeightNormPair, natural_key
+from sncli.errors import NumericalError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LayerKind(str, Enum):
@@ -263,15 +269,44 @@ def _dtype_problem(dtype: str) -> str | None:
     return None
 
 
+def matches(name: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
+    """True when ``name`` matches any ``include`` regex (or there are none) and no ``exclude``."""
+    return (not include or any(re.search(p, name) for p in include)) and not any(
+        re.search(p, name) for p in exclude
+    )
+
+
 def select(
     layers: list[Layer], include: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> list[Layer]:
     """Keep layers whose key matches any ``include`` regex (all if none) and no ``exclude``."""
-    inc = [re.compile(p) for p in include]
-    exc = [re.compile(p) for p in exclude]
-    return [
-        layer
-        for layer in layers
-        if (not inc or any(p.search(layer.name) for p in inc))
-        and not any(p.search(layer.name) for p in exc)
-    ]
+    include, exclude = tuple(include), tuple(exclude)
+    return [layer for layer in layers if matches(layer.name, include, exclude)]
+
+
+def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
+    """The weight a model really uses, and PyTorch's σ̂ = uᵀWv when spectral norm divides by it.
+
+    Spectral-norm layers give W/σ̂ in float64 (legacy version-0 files: the stored normalized
+    weight, σ̂ unknown); other layers give their weight as stored. Raises ``NumericalError`` when
+    σ̂ is zero or not finite, where PyTorch itself would produce NaN.
+    """
+    import torch
+
+    from sncli.spectral import as_matrix
+
+    weight = checkpoint.load(layer.name)
+    info = layer.spectral_norm
+    if info is None:
+        return weight, None
+    if info.v_key is None:
+        if info.effective_key is None:
+            raise NumericalError("spectral-norm layer without a stored v vector")
+        return checkpoint.load(info.effective_key), None
+    matrix = as_matrix(weight, layer.reshape_dim).to(torch.float64)
+    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
+    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
+    estimate = float(torch.dot(u, matrix @ v))
+    if not math.isfinite(estimate) or estimate == 0.0:
+        raise NumericalError(f"stored σ̂ = uᵀWv is {estimate}: the model's weight would be NaN")
+    return weight.to(torch.float64) / estimate, estimate

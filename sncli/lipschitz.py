@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
-from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -254,15 +254,10 @@ def _conv_factor(
     check_finite(weight)
     if options.conv is ConvPolicy.RESHAPE:
         factor = _matrix_factor(checkpoint, layer, weight, options)
-        return Factor(
-            factor.name,
-            factor.short_name,
-            factor.kind,
-            factor.sigma,
-            factor.sigma_lower,
-            factor.sigma_upper,
-            False,
-            "reshaped kernel σ (not an operator-norm bound)",
+        return replace(
+            factor,
+            certified=False,
+            source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
     from sncli.conv import conv_operator_norm, reshape_norms
@@ -301,29 +296,6 @@ def _conv_factor(
     )
 
 
-def _effective(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, str]:
-    """The weight the model uses: W/σ̂ for spectral-norm layers, the weight otherwise."""
-    import torch
-
-    weight = checkpoint.load(layer.name)
-    info = layer.spectral_norm
-    if info is None:
-        return weight, ""
-    if info.v_key is None:
-        if info.effective_key is not None:
-            return checkpoint.load(info.effective_key), "stored normalized weight"
-        raise NumericalError(f"{layer.name}: spectral-norm layer without a v vector")
-    matrix = as_matrix(weight, layer.reshape_dim).to(torch.float64)
-    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
-    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
-    estimate = float(torch.dot(u, matrix @ v))
-    if not math.isfinite(estimate) or estimate == 0.0:
-        raise NumericalError(
-            f"{layer.name}: stored σ̂ = uᵀWv is {estimate}: the model's weight is NaN"
-        )
-    return weight.to(torch.float64) / estimate, f"W/σ̂ with σ̂ = {estimate:.6g} from stored u, v"
-
-
 def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str, str]) -> Factor:
     import torch
 
@@ -351,20 +323,17 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
     """Reasons the product is not a Lipschitz bound for this architecture, judged by names."""
     names = list(names)
     caveats = []
-    attention = sorted({m.group(2) for n in names if (m := ATTENTION_NAME.search(n))})
-    if attention:
-        caveats.append(
-            "the names show attention ("
-            + ", ".join(attention[:4])
-            + "), and dot-product attention is not globally Lipschitz"
-        )
-    residual = sorted({m.group(2) for n in names if (m := RESIDUAL_NAME.search(n))})
-    if residual:
-        caveats.append(
-            "the names show residual/skip connections ("
-            + ", ".join(residual[:4])
-            + "); a residual block x + g(x) contributes 1 + Lip(g), not Lip(g)"
-        )
+    for pattern, what, why in (
+        (ATTENTION_NAME, "attention", "dot-product attention is not globally Lipschitz"),
+        (
+            RESIDUAL_NAME,
+            "residual/skip connections",
+            "a residual block x + g(x) contributes 1 + Lip(g), not Lip(g)",
+        ),
+    ):
+        found = sorted({m.group(2) for n in names if (m := pattern.search(n))})
+        if found:
+            caveats.append(f"the names show {what} ({', '.join(found[:4])}); {why}")
     if any(LAYERNORM_NAME.search(n) for n in names):
         caveats.append(
             "LayerNorm/RMSNorm layers are present; their Lipschitz constant is about max|γ|/√ε "
@@ -396,7 +365,7 @@ def lipschitz_report(
     batchnorms = {
         prefix: keys
         for prefix, keys in _batchnorm_groups(checkpoint).items()
-        if select([_named(keys[0])], options.include, options.exclude)
+        if matches(keys[0], options.include, options.exclude)
     }
     bn_keys = {k for keys in batchnorms.values() for k in keys if k}
     bn_keys |= {f"{p}.running_mean" for p in batchnorms} | {
@@ -426,13 +395,20 @@ def lipschitz_report(
                 factors.append(_batchnorm_factor(checkpoint, name, bn))
                 continue
             assert layer is not None
-            weight, note = _effective(checkpoint, layer)
+            weight, estimate = effective_weight(checkpoint, layer)
+            note = ""
+            if layer.spectral_norm is not None:
+                note = (
+                    "stored normalized weight"
+                    if estimate is None
+                    else f"W/σ̂ with σ̂ = {estimate:.6g} from stored u, v"
+                )
             if layer.kind.is_conv:
                 factor = _conv_factor(checkpoint, layer, weight, options)
             else:
                 factor = _matrix_factor(checkpoint, layer, weight, options)
             if note:
-                factor = Factor(**{**factor.__dict__, "note": note})
+                factor = replace(factor, note=note)
             factors.append(factor)
         except NumericalError as exc:
             bad.append(f"{name} ({exc.message})")
@@ -485,7 +461,3 @@ def lipschitz_report(
         assumptions=assumptions,
         notes=list(checkpoint.notes),
     )
-
-
-def _named(name: str) -> Layer:
-    return Layer(name, name, LayerKind.LINEAR, (1, 1), "float32")

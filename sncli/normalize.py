@@ -28,8 +28,17 @@ from sncli.checkpoint import (
     read_safetensors_header,
     sniff_format,
 )
-from sncli.errors import NumericalError, SncliError, WriteError
-from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
+from sncli.errors import NoLayersMatchedError, NumericalError, SncliError, WriteError
+from sncli.layers import (
+    Layer,
+    LayerKind,
+    Skipped,
+    SpectralNormStyle,
+    classify,
+    effective_weight,
+    matches,
+    select,
+)
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -161,25 +170,12 @@ class NormalizeResult:
         return max((o.sigma_after for o in self.layers), default=None)
 
 
-def _effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
-    """The weight a spectral-norm model really uses, W/σ̂, and σ̂ (legacy v0: stored weight)."""
+def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
+    """W/σ̂ in the raw weight's stored dtype, as ``--bake`` writes it."""
     import torch
 
-    raw = checkpoint.load(layer.name)
-    info = layer.spectral_norm
-    if info is None:
-        return raw, None
-    if info.v_key is None:
-        if info.effective_key is None:
-            raise NumericalError("spectral-norm layer without a stored v vector cannot be baked")
-        return checkpoint.load(info.effective_key), None
-    matrix = as_matrix(raw, layer.reshape_dim).to(torch.float64)
-    u = checkpoint.load(info.u_key).to(torch.float64).reshape(-1)
-    v = checkpoint.load(info.v_key).to(torch.float64).reshape(-1)
-    estimate = float(torch.dot(u, matrix @ v))
-    if not math.isfinite(estimate) or estimate == 0.0:
-        raise NumericalError("stored σ̂ = uᵀWv is zero or not finite; the model's weight is NaN")
-    return (raw.to(torch.float64) / estimate).to(raw.dtype), estimate
+    weight, estimate = effective_weight(checkpoint, layer)
+    return weight.to(getattr(torch, layer.dtype)), estimate
 
 
 def _baked_name(name: str) -> str:
@@ -214,15 +210,13 @@ def plan_normalization(
             s.name
             for s in classification.skipped
             if s.reason.startswith("norm scale")
-            and select([_pseudo_layer(checkpoint, s.name)], options.include, options.exclude)
+            and matches(s.name, options.include, options.exclude)
         ]
     skipped = [s for s in classification.skipped if s.name not in set(norm_scales)]
     unselected = {layer.name for layer in classification.layers} - {layer.name for layer in layers}
     skipped += [Skipped(name, "not selected") for name in sorted(unselected, key=natural_key)]
     total = len(layers) + len(norm_scales)
     if total == 0:
-        from sncli.errors import NoLayersMatchedError
-
         raise NoLayersMatchedError("nothing to normalize: no layer matched", checkpoint.path)
 
     plans: list[LayerPlan] = []
@@ -247,11 +241,6 @@ def plan_normalization(
             "singular vectors, so the model's W/σ̂ has σ = 1; use --bake to write plain weights"
         )
     return NormalizePlan(str(checkpoint.path), options, plans, skipped, notes)
-
-
-def _pseudo_layer(checkpoint: Checkpoint, name: str) -> Layer:
-    info = checkpoint.tensors[name]
-    return Layer(name, checkpoint.short_name(name), LayerKind.LINEAR, info.shape, info.dtype)
 
 
 def _decide(
@@ -319,7 +308,7 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
         extra["u_key"], extra["v_key"] = info.u_key, info.v_key
     try:
         if info is not None and options.bake:
-            weight, estimate = _effective_weight(checkpoint, layer)
+            weight, estimate = _baked_weight(checkpoint, layer)
             extra["output_name"] = _baked_name(layer.name)
             extra["sigma_stored_estimate"] = estimate
         else:
@@ -387,11 +376,14 @@ def top_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _new_tensors(
-    checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions
+    checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions, layer: Layer | None
 ) -> tuple[dict[str, torch.Tensor], LayerOutcome]:
-    """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too)."""
-    if options.bake and plan.spectral_norm is not None:
-        weight, _ = _effective_weight(checkpoint, _layer_of(checkpoint, plan))
+    """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too).
+
+    ``layer`` is given for spectral-norm layers being baked: their effective weight is written.
+    """
+    if layer is not None:
+        weight, _ = _baked_weight(checkpoint, layer)
     else:
         weight = checkpoint.load(plan.name)
     new, sigma_after, shaves = scaled_weight(weight, plan, options.target)
@@ -407,22 +399,6 @@ def _new_tensors(
         plan.name, plan.output_name, plan.dtype, plan.sigma_before, sigma_after, plan.scale, shaves
     )
     return tensors, outcome
-
-
-def _layer_of(checkpoint: Checkpoint, plan: LayerPlan) -> Layer:
-    for layer in classify(checkpoint).layers:
-        if layer.name == plan.name:
-            return Layer(
-                layer.name,
-                layer.short_name,
-                layer.kind,
-                layer.shape,
-                layer.dtype,
-                plan.reshape_dim,
-                layer.spectral_norm,
-                layer.transposed,
-            )
-    raise KeyError(plan.name)
 
 
 @dataclass
@@ -519,6 +495,13 @@ def normalize_checkpoint(
     by_file: dict[Path, list[LayerPlan]] = {}
     for layer in plan.changed:
         by_file.setdefault(checkpoint.tensors[layer.name].file, []).append(layer)
+    baked: dict[str, Layer] = {}
+    if plan.options.bake:
+        baked = {
+            layer.name: layer
+            for layer in classify(checkpoint, transposed=plan.options.transposed).layers
+            if layer.spectral_norm is not None
+        }
     warnings: list[str] = []
     outcomes: list[LayerOutcome] = []
     pending: list[PendingFile] = []
@@ -531,8 +514,8 @@ def normalize_checkpoint(
             touched = bool(layers) or any(
                 checkpoint.tensors[n].file == source for n in (*edits.dropped, *edits.renames)
             )
+            data_sizes[source] = _data_bytes(checkpoint, source, edits.dropped)
             if not touched:
-                data_sizes[source] = _data_bytes(checkpoint, source, None)
                 if source != target:
                     pending.append(_copy_file(source, target))
                 continue
@@ -540,7 +523,9 @@ def normalize_checkpoint(
             for layer in layers:
                 if progress is not None:
                     progress(done, len(plan.changed), layer.short_name)
-                tensors, outcome = _new_tensors(checkpoint, layer, plan.options)
+                tensors, outcome = _new_tensors(
+                    checkpoint, layer, plan.options, baked.get(layer.name)
+                )
                 new.update(tensors)
                 outcomes.append(outcome)
                 done += 1
@@ -550,7 +535,6 @@ def normalize_checkpoint(
                 staged = _write_torch(checkpoint, source, target, new, edits, warnings)
             pending.append(staged)
             _verify_file(checkpoint, staged.temp, source, edits, outcomes, plan)
-            data_sizes[source] = _data_bytes(checkpoint, staged.temp, checkpoint.wrapper_key)
         if checkpoint.index_path is not None:
             index_target = mapping[checkpoint.index_path]
             pending.append(_write_index(checkpoint, index_target, edits, sum(data_sizes.values())))
@@ -697,19 +681,18 @@ def _write_index(checkpoint: Checkpoint, target: Path, edits: _Edits, total: int
     return staged
 
 
-def _data_bytes(checkpoint: Checkpoint, path: Path, key: str | None) -> int:
-    """Bytes of tensor data in one file, as ``total_size`` in HF index files counts them."""
-    if checkpoint.format == "safetensors":
-        header = read_safetensors_header(path)
-        return sum(end - begin for _, _, (begin, end) in header.tensors.values())
-    with open_checkpoint(path, key=key) as opened:
-        total = 0
-        for name in opened.tensors:
-            if name in opened.aliases:
-                continue
-            tensor = opened.load(name)
-            total += tensor.numel() * tensor.element_size()
-        return total
+def _data_bytes(checkpoint: Checkpoint, source: Path, dropped: set[str]) -> int:
+    """Tensor bytes a written file holds (HF's ``total_size``): scaling keeps dtypes and shapes."""
+    import torch
+
+    bits = {name: size for size, name in SAFETENSORS_DTYPES.values()}
+    total_bits = 0
+    for name, info in checkpoint.tensors.items():
+        if info.file != source or name in dropped or name in checkpoint.aliases:
+            continue
+        width = bits.get(info.dtype) or getattr(torch, info.dtype).itemsize * 8
+        total_bits += info.numel * width
+    return total_bits // 8
 
 
 def _verify_file(

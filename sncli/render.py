@@ -429,12 +429,6 @@ def plan_short(output_name: str, name: str, short_name: str) -> str:
     return output_name[len(prefix) :] if output_name.startswith(prefix) else output_name
 
 
-def _json_number(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return value
-
-
 def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
     """JSON for ``lipschitz`` (a stable contract; see README)."""
     shares = report.shares()
@@ -444,8 +438,8 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
         "checkpoint": report.checkpoint,
         "method": "certified" if report.options.certified else report.options.method.value,
         "conv": report.options.conv.value,
-        "log10_bound": _json_number(log),
-        "bound": _json_number(report.bound),
+        "log10_bound": _finite_or_none(log),
+        "bound": _finite_or_none(report.bound),
         "certified": report.certified,
         "valid_architecture": report.valid_architecture,
         "statement": report.statement(),
@@ -456,14 +450,14 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
                 "name": f.name,
                 "kind": f.kind,
                 "sigma": f.sigma,
-                "sigma_lower": _json_number(f.sigma_lower),
-                "sigma_upper": _json_number(f.sigma_upper),
+                "sigma_lower": _finite_or_none(f.sigma_lower),
+                "sigma_upper": _finite_or_none(f.sigma_upper),
                 "certified": f.certified,
                 "source": f.source,
-                "reshape_sigma": _json_number(f.reshape_sigma),
-                "log10_sigma": _json_number(f.log10),
-                "share": _json_number(share),
-                "running_log10": _json_number(run),
+                "reshape_sigma": _finite_or_none(f.reshape_sigma),
+                "log10_sigma": _finite_or_none(f.log10),
+                "share": _finite_or_none(share),
+                "running_log10": _finite_or_none(run),
                 **({"note": f.note} if f.note else {}),
             }
             for f, share, run in zip(report.factors, shares, running, strict=True)

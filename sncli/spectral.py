@@ -176,10 +176,6 @@ def _max_abs(matrix: torch.Tensor) -> float:
     return value
 
 
-def _upcast(matrix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return matrix.to(dtype) if matrix.dtype != dtype else matrix
-
-
 def _pow2_exponent(amax: float, limit: int = 0) -> int:
     """e with 2^e·amax in [½, 1) when amax is outside [2^-limit, 2^limit], else 0.
 

@@ -14,7 +14,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -69,12 +69,8 @@ class PendingFile:
         self._release(done=True)
 
     def discard(self) -> None:
-        try:
+        with suppress(OSError):
             self.temp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass
         self._release(done=True)
 
     def _release(self, *, done: bool) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import scipy.linalg
 import torch
@@ -357,16 +354,3 @@ def test_norm_scales_and_embeddings_only_when_asked(
     assert "model.norm.weight" in wide_names
     norm = next(p for p in wide.layers if p.name == "model.norm.weight")
     assert norm.sigma_before == pytest.approx(1.0)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_sha_helper_is_sensitive(tmp_path: Path) -> None:
-    a = tmp_path / "a"
-    a.write_bytes(np.arange(10, dtype=np.uint8).tobytes())
-    before = sha256(a)
-    a.write_bytes(np.arange(1, 11, dtype=np.uint8).tobytes())
-    assert sha256(a) != before
-    assert os.path.exists(a)

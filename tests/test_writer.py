@@ -100,8 +100,6 @@ def test_sigkill_mid_write_leaves_original_or_new_and_no_temp(
     assert wait_for_no_temp(tmp_path) == []
     if sha256(target) != original:
         assert is_complete_normalized(target)
-    else:
-        assert sha256(target) == original
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
