@@ -113,11 +113,13 @@ def staged_write(target: Path) -> Iterator[tuple[BinaryIO, PendingFile]]:
     if not folder.is_dir():
         raise WriteError("output folder does not exist", folder)
     temp = temp_path_for(target)
+    # The watchdog runs before the file exists, so no kill can leave the file unwatched.
+    pending = PendingFile(temp, target, _start_watchdog(temp))
     try:
         handle = open(temp, "xb")  # noqa: SIM115 - closed below on every path
     except OSError as exc:
+        pending.discard()
         raise WriteError(f"cannot create a file here: {exc.strerror or exc}", folder) from exc
-    pending = PendingFile(temp, target, _start_watchdog(temp))
     try:
         os.chmod(temp, target.stat().st_mode & 0o7777)
     except FileNotFoundError:
