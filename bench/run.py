@@ -93,14 +93,13 @@ def child(kind: str, path: str, method: str | None) -> dict[str, object]:
         for name, tensor in _weights(path):
             sigmas[name] = float(scipy.linalg.svdvals(tensor.double().numpy())[0])
     elif kind in ("io", "io_cold"):
-        from sncli.analysis import _SafetensorsReader
-        from sncli.checkpoint import read_safetensors_header
+        from sncli.formats.safetensors import SafetensorsStreamReader, read_safetensors_header
 
         if kind == "io_cold":  # drop this file's pages from the page cache (our file only)
             with open(path, "rb") as handle:
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             start = time.perf_counter()
-        reader = _SafetensorsReader()
+        reader = SafetensorsStreamReader()
         total = 0
         for name in read_safetensors_header(Path(path)).tensors:
             total += reader.read(Path(path), name).numel()

@@ -21,15 +21,17 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sncli.checkpoint import SAFETENSORS_DTYPES, Checkpoint, natural_key, read_safetensors_header
+from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
-from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
+from sncli.formats.safetensors import SafetensorsStreamReader
+from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.messages import ProgressCallback
+from sncli.parametrizations import SpectralNormStyle
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_POWER_TOL,
@@ -60,8 +62,6 @@ __all__ = [
     "sort_layers",
     "spectral_norms",
 ]
-
-ProgressCallback = Callable[[int, int, str], None]
 
 #: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
 #: largest selected matrix's float32 size: the issue's memory target is 2× that + 500 MB.
@@ -175,41 +175,7 @@ class _Loaded:
     error: BaseException | None = None
 
 
-class _SafetensorsReader:
-    """Reads safetensors data with ``readinto`` into fresh buffers (no mmap; see module doc)."""
-
-    def __init__(self) -> None:
-        self._headers: dict[Path, Any] = {}
-        self._files: dict[Path, Any] = {}
-
-    def read(self, file: Path, key: str) -> torch.Tensor:
-        import torch
-
-        header = self._headers.get(file)
-        if header is None:
-            header = self._headers[file] = read_safetensors_header(file)
-            self._files[file] = file.open("rb", buffering=0)
-        code, shape, (begin, end) = header.tensors[key]
-        dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
-        handle = self._files[file]
-        handle.seek(header.data_start + begin)
-        view = memoryview(buffer.numpy())
-        done = 0
-        while done < len(view):
-            count = handle.readinto(view[done:])
-            if not count:
-                raise CheckpointError(f"file ended while reading tensor {key!r}", file)
-            done += count
-        return buffer.view(dtype).reshape(shape)
-
-    def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
-
-
-def _load_weight(checkpoint: Checkpoint, name: str, reader: _SafetensorsReader | None):
+def _load_weight(checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None):
     """One tensor, read without keeping mmap'd pages when the format allows it."""
     info = checkpoint.tensors[name]
     if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
@@ -226,7 +192,7 @@ def _load_layer(
     checkpoint: Checkpoint,
     index: int,
     layer: Layer,
-    reader: _SafetensorsReader | None,
+    reader: SafetensorsStreamReader | None,
 ) -> _Loaded:
     weight = _load_weight(checkpoint, layer.name, reader)
     loaded = _Loaded(index, layer, weight, nbytes=weight.numel() * weight.element_size())
@@ -363,7 +329,7 @@ def _reader(
     stop: threading.Event,
 ) -> None:
     """Read layers in order into ``out`` (None at the end), within the byte budget."""
-    reader = _SafetensorsReader() if checkpoint.format == "safetensors" else None
+    reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
     try:
         for index, layer in enumerate(layers):
             size = _layer_bytes(checkpoint, layer)

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, WeightNormPair, natural_key
+from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
+from sncli.dtypes import FLOAT_DTYPES
 from sncli.errors import NumericalError
+from sncli.parametrizations import (
+    SpectralNormInfo,
+    WeightNormPair,
+    spectral_norm_groups,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -35,28 +41,12 @@ class LayerKind(str, Enum):
         return self in (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)
 
 
-class SpectralNormStyle(str, Enum):
-    LEGACY = "legacy"  # torch.nn.utils.spectral_norm: weight_orig, weight_u, weight_v
-    PARAMETRIZATION = "parametrization"  # torch.nn.utils.parametrizations.spectral_norm
-
-
 EMBEDDING_NAME = re.compile(
     r"(^|[._])(embed\w*|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|"
     r"token_type_embeddings|shared|emb)([._]|$)",
     re.IGNORECASE,
 )
 NORM_NAME = re.compile(r"(norm|ln_?\w*|bn\d*|batchnorm|layernorm|rmsnorm)", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class SpectralNormInfo:
-    """Tensors PyTorch's spectral_norm saved next to the raw weight."""
-
-    style: SpectralNormStyle
-    u_key: str
-    v_key: str | None
-    #: The weight the model really uses, when the checkpoint stores it (legacy version 0).
-    effective_key: str | None
 
 
 @dataclass(frozen=True)
@@ -113,45 +103,6 @@ class Classification:
     skipped: list[Skipped]
 
 
-def _sn_groups(names: set[str], derived: Set[str] = frozenset()) -> dict[str, SpectralNormInfo]:
-    """Map raw-weight keys of spectrally normalized layers to their u/v keys.
-
-    Legacy ``spectral_norm`` stores ``<name>_orig``/``_u``/``_v``; the parametrization stores
-    ``parametrizations.<name>.original`` and ``parametrizations.<name>.<i>._u``/``._v``, where
-    ``i`` is spectral norm's place in the chain. After weight norm (``original0``/``original1``)
-    the raw weight is the composed name in ``derived`` (``...parametrizations.<name>``).
-    """
-    groups: dict[str, SpectralNormInfo] = {}
-    stems: set[str] = set()
-    for name in names:
-        if name.endswith("_orig"):
-            base = name[: -len("_orig")]
-            if base + "_u" in names:
-                v_key = base + "_v" if base + "_v" in names else None
-                effective = base if base in names and v_key is None else None
-                groups[name] = SpectralNormInfo(
-                    SpectralNormStyle.LEGACY, base + "_u", v_key, effective
-                )
-        match = re.fullmatch(r"(.*parametrizations\.[^.]+)\.(?:original\d*|\d+\._u)", name)
-        if match:
-            stems.add(match.group(1))
-    for stem in stems:
-        if stem + ".original" in names:
-            raw = stem + ".original"
-        elif stem in derived:
-            raw = stem
-        else:
-            continue
-        for index in range(8):
-            u_key, v_key = f"{stem}.{index}._u", f"{stem}.{index}._v"
-            if u_key in names and v_key in names:
-                groups[raw] = SpectralNormInfo(
-                    SpectralNormStyle.PARAMETRIZATION, u_key, v_key, None
-                )
-                break
-    return groups
-
-
 def _kind_for(info: TensorInfo, short: str) -> LayerKind | None:
     ndim = len(info.shape)
     if ndim == 2:
@@ -195,7 +146,7 @@ def classify(
         for composed, pair in checkpoint.derived.items()
         if pair.g_key in names and pair.v_key in names
     }
-    sn = _sn_groups(names, set(weight_norms))
+    sn = spectral_norm_groups(names, set(weight_norms))
     roles: dict[str, str] = {}
     for owner, group in sn.items():
         roles[group.u_key] = f"spectral-norm power-iteration vector u of {owner}"

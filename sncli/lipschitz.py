@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
+from sncli.messages import ProgressCallback
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -41,7 +42,6 @@ from sncli.spectral import (
 if TYPE_CHECKING:
     import torch
 
-ProgressCallback = Callable[[int, int, str], None]
 
 #: Relative allowance for rounding in float64 LAPACK results counted as certified.
 EXACT_ROUNDING = 1e-12

@@ -6,6 +6,7 @@ matching text. A ``Message`` is a ``str``, so lists of notes stay lists of strin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -28,3 +29,17 @@ class Message(str):
 
 def level_of(message: str) -> Level:
     return message.level if isinstance(message, Message) else Level.NOTE
+
+
+#: Longest text taken from a file into an error message or note.
+MAX_SHOWN = 120
+
+
+def clean_text(text: str, limit: int = MAX_SHOWN) -> str:
+    """Text from a file made safe for a one-line message: escapes, no control characters."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return shown if len(text) <= limit and len(shown) <= limit else shown[:limit] + "…"
+
+
+#: Progress hand-off from an engine to the UI: (done, total, what is being worked on).
+ProgressCallback = Callable[[int, int, str], None]

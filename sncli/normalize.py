@@ -12,33 +12,32 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli import __version__
-from sncli.checkpoint import (
-    SAFETENSORS_DTYPES,
-    Checkpoint,
-    natural_key,
-    open_checkpoint,
-    read_safetensors_header,
-    sniff_format,
-)
+from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
+from sncli.dtypes import TORCH_TO_SAFETENSORS, UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError, WriteError
+from sncli.formats import sniff_format
+from sncli.formats.safetensors import (
+    read_safetensors_header,
+    safetensors_header_bytes,
+    tensor_bytes,
+)
 from sncli.layers import (
     Layer,
     LayerKind,
     Skipped,
-    SpectralNormStyle,
     classify,
     effective_weight,
     matches,
     select,
 )
+from sncli.messages import ProgressCallback
+from sncli.parametrizations import SpectralNormStyle, baked_name
 from sncli.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -47,28 +46,15 @@ from sncli.spectral import (
     exact_sigma,
     largest_singular_value,
 )
-from sncli.writer import PendingFile, copy_range, safetensors_header_bytes, staged_write
+from sncli.writer import PendingFile, copy_range, staged_write
 
 if TYPE_CHECKING:
     import torch
 
-ProgressCallback = Callable[[int, int, str], None]
 
 #: Relative accuracy of the float64 LAPACK measurement used to check σ ≤ target.
 MEASUREMENT_TOLERANCE = 1e-12
 _MAX_SHAVES = 24
-#: Unit roundoff of each stored dtype: how far one rounding can move a value (relative).
-_UNIT_ROUNDOFF = {
-    "float64": 2.0**-53,
-    "float32": 2.0**-24,
-    "float16": 2.0**-11,
-    "bfloat16": 2.0**-8,
-    "float8_e4m3fn": 2.0**-4,
-    "float8_e4m3fnuz": 2.0**-4,
-    "float8_e5m2": 2.0**-3,
-    "float8_e5m2fnuz": 2.0**-3,
-}
-_TORCH_TO_SAFETENSORS = {name: code for code, (_, name) in SAFETENSORS_DTYPES.items()}
 
 
 class NormalizeMode(str, Enum):
@@ -176,13 +162,6 @@ def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, f
 
     weight, estimate = effective_weight(checkpoint, layer)
     return weight.to(getattr(torch, layer.dtype)), estimate
-
-
-def _baked_name(name: str) -> str:
-    if name.endswith("_orig"):
-        return name[: -len("_orig")]
-    match = re.fullmatch(r"(.*)parametrizations\.([^.]+)\.original\d*", name)
-    return f"{match.group(1)}{match.group(2)}" if match else name
 
 
 def plan_normalization(
@@ -309,7 +288,7 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
     try:
         if info is not None and options.bake:
             weight, estimate = _baked_weight(checkpoint, layer)
-            extra["output_name"] = _baked_name(layer.name)
+            extra["output_name"] = baked_name(layer.name)
             extra["sigma_stored_estimate"] = estimate
         else:
             weight = checkpoint.load(layer.name)
@@ -342,7 +321,7 @@ def scaled_weight(
     """
     import torch
 
-    unit = _UNIT_ROUNDOFF.get(plan.dtype, 2.0**-8)
+    unit = UNIT_ROUNDOFF.get(plan.dtype, 2.0**-8)
     w64 = weight.to(torch.float64)
     factor = plan.scale
     for shaves in range(_MAX_SHAVES):
@@ -568,7 +547,7 @@ def _write_safetensors(
             continue
         if name in new:
             tensor = new[name]
-            code = _TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
+            code = TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
             shape = tuple(tensor.shape)
             length = tensor.numel() * tensor.element_size()
         else:
@@ -582,21 +561,10 @@ def _write_safetensors(
             if name in edits.dropped:
                 continue
             if name in new:
-                handle.write(_tensor_bytes(new[name]))
+                handle.write(tensor_bytes(new[name]))
             else:
                 copy_range(original, header.data_start + begin, end - begin, handle)
     return staged
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    import sys
-
-    import torch
-
-    if sys.byteorder != "little":
-        raise WriteError("writing safetensors needs a little-endian machine")
-    flat = tensor.detach().contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def _write_torch(
@@ -683,15 +651,11 @@ def _write_index(checkpoint: Checkpoint, target: Path, edits: _Edits, total: int
 
 def _data_bytes(checkpoint: Checkpoint, source: Path, dropped: set[str]) -> int:
     """Tensor bytes a written file holds (HF's ``total_size``): scaling keeps dtypes and shapes."""
-    import torch
-
-    bits = {name: size for size, name in SAFETENSORS_DTYPES.values()}
     total_bits = 0
     for name, info in checkpoint.tensors.items():
         if info.file != source or name in dropped or name in checkpoint.aliases:
             continue
-        width = bits.get(info.dtype) or getattr(torch, info.dtype).itemsize * 8
-        total_bits += info.numel * width
+        total_bits += info.numel * bits_per_element(info.dtype)
     return total_bits // 8
 
 

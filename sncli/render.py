@@ -18,9 +18,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.analysis import InspectReport, LayerSigma
-from sncli.checkpoint import clean_text
 from sncli.layers import LayerKind
 from sncli.lipschitz import LipschitzReport
+from sncli.messages import clean_text
 from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
 from sncli.spectral import BoundKind, Method
 

@@ -8,7 +8,6 @@ rename, even by SIGKILL, so a kill leaves no stray file behind.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -172,26 +171,3 @@ def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> Non
             raise OSError(5, "source file ended early")
         dest.write(chunk)
         remaining -= len(chunk)
-
-
-def safetensors_header_bytes(
-    entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None
-) -> bytes:
-    """Serialise a header: 8-byte length, compact JSON, space padding to an 8-byte boundary.
-
-    ``entries`` are (name, dtype code, shape, byte length) in the order data will be written.
-    """
-    header: dict[str, object] = {}
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    offset = 0
-    for name, code, shape, length in entries:
-        header[name] = {
-            "dtype": code,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + length],
-        }
-        offset += length
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-(8 + len(text)) % 8)
-    return len(text).to_bytes(8, "little") + text

@@ -29,7 +29,8 @@ from sncli.analysis import (
     spectral_norms,
 )
 from sncli.errors import CheckpointError, NoLayersMatchedError
-from sncli.layers import LayerKind, SpectralNormStyle, classify
+from sncli.layers import LayerKind, classify
+from sncli.parametrizations import SpectralNormStyle
 from sncli.spectral import BoundKind, Method, as_matrix
 
 SAMPLE_FIXTURES = [

@@ -23,18 +23,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sncli.checkpoint import (
-    STRIPPABLE_PREFIXES,
-    WRAPPER_KEYS,
-    Checkpoint,
-    TensorInfo,
-    load_torch_file,
-    natural_key,
-    open_checkpoint,
-    read_safetensors_header,
-    sniff_format,
-)
+from sncli.checkpoint import Checkpoint, TensorInfo, natural_key, open_checkpoint
 from sncli.errors import CheckpointError, UnsafePickleError
+from sncli.formats import sniff_format
+from sncli.formats.safetensors import read_safetensors_header
+from sncli.formats.torch_file import load_torch_file
+from sncli.formats.torch_wrappers import STRIPPABLE_PREFIXES, WRAPPER_KEYS
 
 
 def mlp(seed: int = 0) -> nn.Module:

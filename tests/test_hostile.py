@@ -31,8 +31,9 @@ from hostile_corpus import MARKER, Case, safetensors_bytes, valid_safetensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sncli.checkpoint import open_checkpoint, read_safetensors_header
+from sncli.checkpoint import open_checkpoint
 from sncli.errors import EXIT_ERROR, CheckpointError, SncliError, UnsafePickleError
+from sncli.formats.safetensors import read_safetensors_header
 
 CLI = [sys.executable, "-m", "sncli", "inspect"]
 #: Wall-clock budget per CLI run (it includes importing torch; two runs share two cores).
@@ -230,7 +231,7 @@ def test_torch_blocklist_beats_allowlisting(tmp_path: Path) -> None:
 
 
 def test_unsafe_globals_are_listed_statically(tmp_path: Path) -> None:
-    from sncli.checkpoint import scan_pickle_globals
+    from sncli.formats.torch_file import scan_pickle_globals
 
     marker = tmp_path / MARKER
     for legacy in (False, True):

@@ -20,11 +20,10 @@ from sncli.layers import (
     Layer,
     LayerKind,
     Skipped,
-    SpectralNormInfo,
-    SpectralNormStyle,
     classify,
     select,
 )
+from sncli.parametrizations import SpectralNormInfo, SpectralNormStyle
 from sncli.spectral import as_matrix, largest_singular_value
 
 legacy_sn = nn.utils.spectral_norm

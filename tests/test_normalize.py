@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sncli.checkpoint import open_checkpoint, read_safetensors_header
+from sncli.checkpoint import open_checkpoint
 from sncli.errors import NoLayersMatchedError, SncliError, WriteError
+from sncli.formats.safetensors import read_safetensors_header
 from sncli.layers import classify
 from sncli.normalize import (
     Action,

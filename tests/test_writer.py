@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sncli.writer import TEMP_MARKER, safetensors_header_bytes, staged_write
+from sncli.formats.safetensors import safetensors_header_bytes
+from sncli.writer import TEMP_MARKER, staged_write
 
 CLI = [sys.executable, "-m", "sncli"]
 

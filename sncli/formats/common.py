@@ -1,0 +1,68 @@
+"""Helpers every format reader shares: safe text from files, strict JSON, file checks."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+from sncli.errors import CheckpointError
+from sncli.messages import clean_text
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {quote(key)}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` refusing duplicate keys and NaN/Infinity (a header must be unambiguous)."""
+    return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """A short, safe rendering of a JSON value from a header (long lists cut before repr)."""
+    if isinstance(value, list) and len(value) > 8:
+        return clean_text(repr(value[:8])[:-1] + f", … ({len(value)} items)]", limit)
+    if isinstance(value, dict):
+        return f"an object with {len(value)} keys"
+    return clean_text(repr(value), limit)
+
+
+def quote(name: str) -> str:
+    """A tensor name from a file, quoted and shortened for an error message."""
+    return "'" + clean_text(name) + "'"
+
+
+def shown_names(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(clean_text(n, 80) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def describe(exc: BaseException) -> str:
+    return clean_text(_first_line(str(exc)) or type(exc).__name__, 200)
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def regular_file_size(path: Path) -> int:
+    """The size of a regular file; anything else (FIFO, device, socket) would block or never end."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO, device or socket"
+        raise CheckpointError(f"not a regular file ({kind}); only checkpoint files are read", path)
+    return info.st_size
