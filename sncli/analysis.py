@@ -27,6 +27,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.dtypes import bits_per_element
 from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, classify, select
@@ -213,7 +214,6 @@ def _stored_estimate(
     matrix: torch.Tensor,
     sigma: float,
     options: MethodOptions,
-    device: str,
 ) -> SpectralNormReading | None:
     import torch
 
@@ -273,7 +273,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         bound=estimate.bound,
         iterations=estimate.iterations,
         converged=estimate.converged,
-        spectral_norm=_stored_estimate(layer, loaded, matrix, estimate.sigma, options, device),
+        spectral_norm=_stored_estimate(layer, loaded, matrix, estimate.sigma, options),
         transposed=layer.transposed,
         error_estimate=estimate.error_estimate,
         certified=estimate.certified,
@@ -310,13 +310,10 @@ class _Budget:
             self._condition.notify_all()
 
 
-def _layer_bytes(checkpoint: Checkpoint, layer: Layer) -> int:
+def _layer_bytes(layer: Layer) -> int:
     import math
 
-    bits = {"float64": 64, "float32": 32}.get(layer.dtype, 16)
-    if layer.dtype.startswith("float8"):
-        bits = 8
-    total = math.prod(layer.shape) * bits // 8
+    total = math.prod(layer.shape) * bits_per_element(layer.dtype) // 8
     info = layer.spectral_norm
     return total * 2 if info is not None and info.effective_key else total
 
@@ -332,7 +329,7 @@ def _reader(
     reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
     try:
         for index, layer in enumerate(layers):
-            size = _layer_bytes(checkpoint, layer)
+            size = _layer_bytes(layer)
             if not budget.acquire(size, stop):
                 budget.release(size)
                 break
@@ -393,7 +390,7 @@ def _run(
     """Measure every layer with a reader thread ahead of ``workers`` compute threads."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    largest = max((_layer_bytes(checkpoint, layer) for layer in layers), default=0)
+    largest = max((_layer_bytes(layer) for layer in layers), default=0)
     widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
     limit = max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest, MIN_MEMORY_BUDGET, largest)
     budget = _Budget(limit)

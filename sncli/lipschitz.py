@@ -199,9 +199,7 @@ def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]
     return groups
 
 
-def _matrix_factor(
-    checkpoint: Checkpoint, layer: Layer, weight: torch.Tensor, options: LipschitzOptions
-) -> Factor:
+def _matrix_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> Factor:
     matrix = as_matrix(weight, layer.reshape_dim)
     check_finite(matrix)
     if options.certified:
@@ -248,12 +246,10 @@ def _matrix_factor(
     )
 
 
-def _conv_factor(
-    checkpoint: Checkpoint, layer: Layer, weight: torch.Tensor, options: LipschitzOptions
-) -> Factor:
+def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> Factor:
     check_finite(weight)
     if options.conv is ConvPolicy.RESHAPE:
-        factor = _matrix_factor(checkpoint, layer, weight, options)
+        factor = _matrix_factor(layer, weight, options)
         return replace(
             factor,
             certified=False,
@@ -404,9 +400,9 @@ def lipschitz_report(
                     else f"W/σ̂ with σ̂ = {estimate:.6g} from stored u, v"
                 )
             if layer.kind.is_conv:
-                factor = _conv_factor(checkpoint, layer, weight, options)
+                factor = _conv_factor(layer, weight, options)
             else:
-                factor = _matrix_factor(checkpoint, layer, weight, options)
+                factor = _matrix_factor(layer, weight, options)
             if note:
                 factor = replace(factor, note=note)
             factors.append(factor)

@@ -341,9 +341,7 @@ def test_missing_output_folder_is_an_error(mlp_path: Path, tmp_path: Path) -> No
             normalize_checkpoint(ckpt, plan, tmp_path / "no" / "such" / "dir" / "x.safetensors")
 
 
-def test_norm_scales_and_embeddings_only_when_asked(
-    transformer_index_path: Path, tmp_path: Path
-) -> None:
+def test_norm_scales_and_embeddings_only_when_asked(transformer_index_path: Path) -> None:
     with open_checkpoint(transformer_index_path) as ckpt:
         default = plan_normalization(ckpt, NormalizeOptions())
         wide = plan_normalization(ckpt, NormalizeOptions(embeddings=True, norms=True))

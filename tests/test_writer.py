@@ -134,7 +134,7 @@ def test_full_disk_rlimit_fsize_leaves_original(
     assert wait_for_no_temp(tmp_path) == []
 
 
-def test_unwritable_output_folder(mlp_path: Path, tmp_path: Path) -> None:
+def test_unwritable_output_folder(mlp_path: Path) -> None:
     result = subprocess.run(
         [*CLI, "normalize", str(mlp_path), "-o", "/proc/sncli-cannot-write.safetensors"],
         capture_output=True,

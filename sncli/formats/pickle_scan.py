@@ -64,7 +64,7 @@ def inert_placeholder(qualified_name: str) -> type:
     """
 
     class Placeholder:
-        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # noqa: ARG004 (any call builds it)
             from collections import OrderedDict
 
             inert: OrderedDict[Any, Any] = OrderedDict()
