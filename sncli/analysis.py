@@ -6,7 +6,7 @@ reading and converting every tensor of a 1.0 GB bf16 file through ``safe_open`` 
 RSS (the file's pages stay resident), through ``readinto`` at 0.32 GB — while ``workers`` threads
 compute σ.
 Each worker runs torch single-threaded, so threads × BLAS threads never exceed the cores
-(measurements.md: oversubscribed LAPACK ran 10–250× slower; torch's 2 OpenMP threads on the small
+(measured: oversubscribed LAPACK ran 10–250× slower; torch's 2 OpenMP threads on the small
 GEMMs of block Lanczos ran 26× slower than 2 single-threaded workers under load). Tensors in
 flight are capped by a byte budget, so peak memory depends on the largest tensor, not on the
 number of layers.
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
-#: largest selected matrix's float32 size: the issue's memory target is 2× that + 500 MB.
+#: largest selected matrix's float32 size: the memory target is 2× that + 500 MB (bench/README.md).
 MEMORY_BUDGET_FP32_MULTIPLE = 2
 #: ... but never less than this, so small layers are always read ahead.
 MIN_MEMORY_BUDGET = 64 << 20
