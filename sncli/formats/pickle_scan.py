@@ -140,26 +140,76 @@ def _read_global(data: Any, position: int) -> str:
     return f"{module}.{name}"
 
 
+_MARK = object()  # a MARK on the simulated stack
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+
+
 def scan_pickles(data: Any, count: int) -> PickleScan:
-    """Walk up to ``count`` consecutive pickles in ``data`` and collect their GLOBALs."""
+    """Walk up to ``count`` consecutive pickles in ``data`` and collect their GLOBALs.
+
+    The pickle stack and memo are simulated with strings as the only known values, so a
+    ``STACK_GLOBAL`` whose module or name was fetched back from the memo (``BINGET``, as
+    protocol 4 does for a module used twice) is named right; one whose operands are not
+    strings known here makes the scan incomplete.
+    """
     import pickletools
 
     found: dict[str, None] = {}
-    strings: list[str] = []
+    complete = True
     try:
         for _ in range(count):
             globals_at: list[int] = []
+            stack: list[Any] = []
+            memo: dict[Any, Any] = {}
             for opcode, arg, position in pickletools.genops(data):
-                if opcode.name == "GLOBAL":
+                name = opcode.name
+                if name == "MEMOIZE":
+                    memo[len(memo)] = stack[-1] if stack else None
+                    continue
+                if name in _PUTS:
+                    memo[arg] = stack[-1] if stack else None
+                    continue
+                if name in _GETS:
+                    stack.append(memo.get(arg))
+                    continue
+                if name == "DUP":
+                    stack.append(stack[-1] if stack else None)
+                    continue
+                if name == "GLOBAL":
                     globals_at.append(position)
-                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found[f"{strings[-2]}.{strings[-1]}"] = None
-                elif isinstance(arg, str):
-                    strings = [*strings[-1:], arg]
+                elif name == "STACK_GLOBAL":
+                    module, attr = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
+                    if isinstance(module, str) and isinstance(attr, str):
+                        found[f"{module}.{attr}"] = None
+                    else:
+                        complete = False
+                _simulate(stack, opcode, arg)
             end = data.tell()
             for position in globals_at:
                 found[_read_global(data, position)] = None
             data.seek(end)
     except Exception:
         return PickleScan(list(found), False)
-    return PickleScan(list(found), True)
+    return PickleScan(list(found), complete)
+
+
+def _simulate(stack: list[Any], opcode: Any, arg: Any) -> None:
+    """Pop what ``opcode`` consumes and push what it produces (strings kept, the rest None)."""
+    from pickletools import markobject, pystring, pyunicode, stackslice
+
+    before, after = opcode.stack_before, opcode.stack_after
+    if stackslice in before:  # everything down to the topmost MARK, then what lies below it
+        while stack and stack.pop() is not _MARK:
+            pass
+        below = before.index(markobject)
+        del stack[len(stack) - min(below, len(stack)) :]
+    else:
+        del stack[len(stack) - min(len(before), len(stack)) :]
+    for produced in after:
+        if produced is markobject:
+            stack.append(_MARK)
+        elif produced in (pystring, pyunicode) and isinstance(arg, str):
+            stack.append(arg)
+        else:
+            stack.append(None)

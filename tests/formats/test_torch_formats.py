@@ -209,11 +209,6 @@ def test_scan_finds_stack_global_of_protocol_4() -> None:
     assert scan_pickles(io.BytesIO(data), 1).globals == ["collections.OrderedDict"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: STACK_GLOBAL operands fetched from the memo (BINGET) are not tracked, so the "
-    "scan names the last two literal strings instead",
-)
 def test_scan_resolves_memoized_stack_global_operands() -> None:
     # pickle.dumps itself memoizes 'collections' and fetches it back for defaultdict.
     data = pickle.dumps([OrderedDict(), defaultdict(int)], protocol=4)
@@ -222,11 +217,6 @@ def test_scan_resolves_memoized_stack_global_operands() -> None:
     assert "collections.defaultdict" in globals_
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a memoized module name hides os.system from the scan (and so from the "
-    "'may be malicious' wording); torch itself still refuses the file",
-)
 def test_scan_is_not_fooled_by_a_memoized_module_name() -> None:
     crafted = (
         b"\x80\x04"  # PROTO 4
