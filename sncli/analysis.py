@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sncli.checkpoint import SAFETENSORS_DTYPES, Checkpoint, natural_key, read_safetensors_header
 from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, LayerKind, Skipped, SpectralNormStyle, classify, select
-from sncli.spectral import (
+from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_POWER_TOL,
     DEFAULT_SEED,

@@ -293,7 +293,7 @@ def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor
     """
     import torch
 
-    from sncli.spectral import as_matrix
+    from sncli.numerics.spectral import as_matrix
 
     weight = checkpoint.load(layer.name)
     info = layer.spectral_norm

@@ -39,7 +39,7 @@ from sncli.layers import (
     matches,
     select,
 )
-from sncli.spectral import (
+from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
     Method,

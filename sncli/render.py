@@ -22,7 +22,7 @@ from sncli.checkpoint import clean_text
 from sncli.layers import LayerKind
 from sncli.lipschitz import LipschitzReport
 from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
-from sncli.spectral import BoundKind, Method
+from sncli.numerics.spectral import BoundKind, Method
 
 
 class OutputFormat(str, Enum):

@@ -15,7 +15,7 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   get there. Two-sided within that tolerance, but ``certified`` is False: a Krylov method proves
   only the lower side, and the upper side rests on the random start block not being orthogonal
   to the top singular direction. ``certify=True`` adds a proven upper bound (Cholesky
-  certificate, :mod:`sncli.bounds`; costs a float64 Gram matrix).
+  certificate, :mod:`sncli.numerics.bounds`; costs a float64 Gram matrix).
 * ``lanczos``: float32 block Lanczos at ``tol`` with no fallback; reports whether it converged.
 * ``power``: power iteration (Miyato et al. 2018) stopped when σ changes by less than ``tol`` — a
   stopping rule, not an error bound (measurements.md: 1e-4 change left a 1e-3 error; on a top
@@ -553,7 +553,7 @@ def _dense(matrix: torch.Tensor, method: Method, why: str = "") -> SigmaEstimate
 
 
 def _certify(matrix: torch.Tensor, estimate: SigmaEstimate) -> SigmaEstimate:
-    """Add a proven upper bound from the Cholesky certificate of :mod:`sncli.bounds`, if any.
+    """Add a proven upper bound from the Cholesky certificate of :mod:`.bounds`, if any.
 
     Tries δ from just above the estimated error up to 1e-2 on one float64 Gram matrix; the
     certificate's rounding margin is ≈5e-9 at 4096×11008 (algorithms.md §2), so δ ≥ 1e-8.
@@ -561,7 +561,7 @@ def _certify(matrix: torch.Tensor, estimate: SigmaEstimate) -> SigmaEstimate:
     import dataclasses
 
     try:
-        from sncli import bounds
+        from sncli.numerics import bounds
     except ImportError:  # pragma: no cover - bounds.py is optional
         return estimate
     if estimate.sigma == 0.0 and estimate.certified:

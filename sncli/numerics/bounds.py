@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sncli.spectral import check_finite
+from sncli.numerics.spectral import check_finite
 
 if TYPE_CHECKING:
     import numpy as np
