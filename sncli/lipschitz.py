@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
+from sncli.numerics.floating import check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
     BoundKind,
     Method,
     as_matrix,
-    check_finite,
     largest_singular_value,
 )
 

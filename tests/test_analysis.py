@@ -249,7 +249,6 @@ def test_cuda_device(transformer_index_path: Path) -> None:  # pragma: no cover 
 
 
 def test_certify_proves_upper_bounds(mlp_path: Path) -> None:
-    pytest.importorskip("sncli.numerics.bounds")
     expected = reference_sigmas(mlp_path)
     for layer in analyse(mlp_path, certify=True).layers:
         assert layer.certified is True

@@ -448,7 +448,6 @@ def test_low_rank_wide_matrix_exhausts_the_krylov_space() -> None:
 
 @pytest.mark.parametrize("method", [Method.EXACT, Method.AUTO, Method.POWER])
 def test_certify_adds_a_proven_upper_bound(method: Method) -> None:
-    pytest.importorskip("sncli.numerics.bounds")
     matrix = gaussian(400, 300, seed=17, dtype=torch.float32)
     expected = reference(matrix)
     estimate = largest_singular_value(matrix, method, certify=True)

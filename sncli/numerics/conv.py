@@ -29,13 +29,9 @@ from dataclasses import dataclass
 from itertools import product
 from typing import TYPE_CHECKING
 
-from sncli.numerics.bounds import (
-    UNIT_ROUNDOFF,
-    certify_gram_batch,
-    gamma,
-    scale_pow2,
-)
-from sncli.numerics.spectral import check_finite, exact_sigma
+from sncli.numerics.bounds import certified_ratio, certify_gram_batch, lanczos_lower_bound
+from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
+from sncli.numerics.spectral import exact_sigma
 
 if TYPE_CHECKING:
     import torch
@@ -341,8 +337,6 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float) -> _GridMax:
 def _block_lower_bound(taps: _Taps, grid: tuple[int, ...], freq: tuple[int, ...]) -> float:
     """‖K̂v‖/‖v‖ for the top eigenvector of the Gram at one frequency, rounding included."""
     import torch
-
-    from sncli.numerics.bounds import certified_ratio
 
     sym, _ = _symbols(taps, grid, torch.tensor([freq], dtype=torch.int64))
     sym = sym[0] if sym.shape[2] <= sym.shape[1] else sym[0].mH
@@ -655,8 +649,6 @@ def zero_padding_lower_bound(
     any of these arguments.
     """
     import torch
-
-    from sncli.numerics.bounds import lanczos_lower_bound
 
     dims = _spatial(kernel)
     size = _per_dim(input_size, dims, "input_size")
