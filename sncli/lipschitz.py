@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
-from sncli.numerics.floating import check_finite
+from sncli.numerics.floating import DENSE_ROUNDING, check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int, int, str], None]
 
-#: Relative allowance for rounding in float64 LAPACK results counted as certified.
-EXACT_ROUNDING = 1e-12
 BATCHNORM_EPS = 1e-5
 
 ATTENTION_NAME = re.compile(
@@ -224,12 +222,12 @@ def _matrix_factor(
     upper = None
     if estimate.certified:
         upper = estimate.upper if estimate.upper is not None else estimate.sigma
-        upper *= 1 + EXACT_ROUNDING
+        upper *= 1 + DENSE_ROUNDING
     lower = None
     if estimate.bound is BoundKind.LOWER:
         lower = estimate.sigma
     elif estimate.certified:
-        lower = estimate.sigma * (1 - EXACT_ROUNDING)
+        lower = estimate.sigma * (1 - DENSE_ROUNDING)
     if estimate.bound is BoundKind.LOWER:
         source = f"matrix σ ({estimate.method.value}: a lower bound)"
     elif estimate.certified:
@@ -306,7 +304,7 @@ def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str,
     if bool((var < 0).any()):
         raise NumericalError(f"{prefix}: negative running_var")
     lipschitz = float((gamma.abs() / torch.sqrt(var + BATCHNORM_EPS)).max())
-    upper = lipschitz * (1 + EXACT_ROUNDING)
+    upper = lipschitz * (1 + DENSE_ROUNDING)
     return Factor(
         keys[0],
         checkpoint.short_name(keys[0]),

@@ -39,6 +39,7 @@ from sncli.layers import (
     matches,
     select,
 )
+from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
@@ -54,8 +55,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int, int, str], None]
 
-#: Relative accuracy of the float64 LAPACK measurement used to check σ ≤ target.
-MEASUREMENT_TOLERANCE = 1e-12
 _MAX_SHAVES = 24
 #: Unit roundoff of each stored dtype: how far one rounding can move a value (relative).
 _UNIT_ROUNDOFF = {
@@ -714,7 +713,7 @@ def _verify_file(
         if found != expected:
             missing = sorted(set(expected) - set(found))[:3]
             raise WriteError(f"verification failed: tensors differ from the input ({missing})")
-        limit = plan.options.target * (1 + MEASUREMENT_TOLERANCE)
+        limit = plan.options.target * (1 + DENSE_ROUNDING)
         for outcome in outcomes:
             if outcome.output_name not in found:
                 continue

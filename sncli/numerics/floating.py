@@ -1,8 +1,8 @@
 """Floating-point helpers shared by the numerics modules.
 
-NaN/Inf checks, exact power-of-two scaling and Higham's rounding-error model (u, γ_k). Imports
-nothing from sncli but ``sncli.errors``, so :mod:`.spectral`, :mod:`.bounds` and :mod:`.conv`
-can all build on it without a cycle.
+NaN/Inf checks, exact power-of-two scaling, Higham's rounding-error model (u, γ_k) and the
+rounding allowance on a dense float64 σ. Imports nothing from sncli but ``sncli.errors``, so
+:mod:`.spectral`, :mod:`.bounds` and :mod:`.conv` can all build on it without a cycle.
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     import torch
 
 UNIT_ROUNDOFF = 2.0**-53
+#: 1e-12 relative: the rounding allowance on a σ computed densely in float64 (``exact_sigma``:
+#: LAPACK ``eigvalsh`` of the Gram matrix, backward stable, so off by a few ulps times the
+#: dimension; u = 2⁻⁵³ ≈ 1.1e-16 and 1e-12 ≈ 9000·u). Where such a value counts as certified,
+#: σ·(1 + DENSE_ROUNDING) is the upper bound and σ·(1 − DENSE_ROUNDING) the lower (render,
+#: lipschitz), and normalize verifies σ ≤ target·(1 + DENSE_ROUNDING). An allowance for typical
+#: rounding, not a proof (the worst-case Gram error grows with ‖W‖_F²/σ²); proven bounds are in
+#: :mod:`.bounds`.
+DENSE_ROUNDING = 1e-12
 
 
 def gamma(k: int, *, complex_arith: bool = False) -> float:
