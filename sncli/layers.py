@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sncli.checkpoint import FLOAT_DTYPES, Checkpoint, TensorInfo, WeightNormPair, natural_key
 from sncli.errors import NumericalError
+from sncli.numerics.spectral import as_matrix
 
 if TYPE_CHECKING:
     import torch
@@ -292,8 +293,6 @@ def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor
     σ̂ is zero or not finite, where PyTorch itself would produce NaN.
     """
     import torch
-
-    from sncli.numerics.spectral import as_matrix
 
     weight = checkpoint.load(layer.name)
     info = layer.spectral_norm

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
+from sncli.numerics.bounds import sigma_interval
+from sncli.numerics.conv import conv_operator_norm, reshape_norms
 from sncli.numerics.floating import DENSE_ROUNDING, check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
@@ -203,8 +205,6 @@ def _matrix_factor(
     matrix = as_matrix(weight, layer.reshape_dim)
     check_finite(matrix)
     if options.certified:
-        from sncli.numerics.bounds import sigma_interval
-
         interval = sigma_interval(matrix, seed=options.seed)
         return Factor(
             layer.name,
@@ -258,8 +258,6 @@ def _conv_factor(
             source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
-    from sncli.numerics.conv import conv_operator_norm, reshape_norms
-
     r_out, r_in = reshape_norms(weight)
     circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
