@@ -25,7 +25,7 @@ from sncli.errors import (
     UnsafePickleError,
 )
 from sncli.layers import Layer, LayerKind, classify
-from sncli.spectral import Method, SigmaEstimate, largest_singular_value
+from sncli.numerics.spectral import Method, SigmaEstimate, largest_singular_value
 
 __all__ = [
     "Checkpoint",

@@ -32,8 +32,7 @@ from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, classify, select
 from sncli.messages import ProgressCallback
-from sncli.parametrizations import SpectralNormStyle
-from sncli.spectral import (
+from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_POWER_TOL,
     DEFAULT_SEED,
@@ -45,6 +44,7 @@ from sncli.spectral import (
     matvec64,
     resolve_device,
 )
+from sncli.parametrizations import SpectralNormStyle
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from sncli.analysis import SortKey
 from sncli.errors import EXIT_ERROR, SncliError
 from sncli.lipschitz import ConvPolicy, Padding
 from sncli.normalize import NormalizeMode
+from sncli.numerics.spectral import Method
 from sncli.render import OutputFormat
-from sncli.spectral import Method
 
 F = TypeVar("F", bound=Callable[..., Any])
 

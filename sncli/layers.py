@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
 from sncli.dtypes import FLOAT_DTYPES
 from sncli.errors import NumericalError
+from sncli.numerics.spectral import as_matrix
 from sncli.parametrizations import (
     SpectralNormInfo,
     WeightNormPair,
@@ -243,8 +244,6 @@ def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor
     σ̂ is zero or not finite, where PyTorch itself would produce NaN.
     """
     import torch
-
-    from sncli.spectral import as_matrix
 
     weight = checkpoint.load(layer.name)
     info = layer.spectral_norm

@@ -29,13 +29,15 @@ from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
 from sncli.messages import ProgressCallback
-from sncli.spectral import (
+from sncli.numerics.bounds import sigma_interval
+from sncli.numerics.conv import conv_operator_norm, reshape_norms
+from sncli.numerics.floating import DENSE_ROUNDING, check_finite
+from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
     BoundKind,
     Method,
     as_matrix,
-    check_finite,
     largest_singular_value,
 )
 
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
     import torch
 
 
-#: Relative allowance for rounding in float64 LAPACK results counted as certified.
-EXACT_ROUNDING = 1e-12
 BATCHNORM_EPS = 1e-5
 
 ATTENTION_NAME = re.compile(
@@ -203,8 +203,6 @@ def _matrix_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions
     matrix = as_matrix(weight, layer.reshape_dim)
     check_finite(matrix)
     if options.certified:
-        from sncli.bounds import sigma_interval
-
         interval = sigma_interval(matrix, seed=options.seed)
         return Factor(
             layer.name,
@@ -222,12 +220,12 @@ def _matrix_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions
     upper = None
     if estimate.certified:
         upper = estimate.upper if estimate.upper is not None else estimate.sigma
-        upper *= 1 + EXACT_ROUNDING
+        upper *= 1 + DENSE_ROUNDING
     lower = None
     if estimate.bound is BoundKind.LOWER:
         lower = estimate.sigma
     elif estimate.certified:
-        lower = estimate.sigma * (1 - EXACT_ROUNDING)
+        lower = estimate.sigma * (1 - DENSE_ROUNDING)
     if estimate.bound is BoundKind.LOWER:
         source = f"matrix σ ({estimate.method.value}: a lower bound)"
     elif estimate.certified:
@@ -256,8 +254,6 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
             source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
-    from sncli.conv import conv_operator_norm, reshape_norms
-
     r_out, r_in = reshape_norms(weight)
     circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
@@ -302,7 +298,7 @@ def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str,
     if bool((var < 0).any()):
         raise NumericalError(f"{prefix}: negative running_var")
     lipschitz = float((gamma.abs() / torch.sqrt(var + BATCHNORM_EPS)).max())
-    upper = lipschitz * (1 + EXACT_ROUNDING)
+    upper = lipschitz * (1 + DENSE_ROUNDING)
     return Factor(
         keys[0],
         checkpoint.short_name(keys[0]),

@@ -21,8 +21,9 @@ from sncli.analysis import InspectReport, LayerSigma
 from sncli.layers import LayerKind
 from sncli.lipschitz import LipschitzReport
 from sncli.messages import clean_text
-from sncli.normalize import MEASUREMENT_TOLERANCE, NormalizePlan, NormalizeResult
-from sncli.spectral import BoundKind, Method
+from sncli.normalize import NormalizePlan, NormalizeResult
+from sncli.numerics.floating import DENSE_ROUNDING
+from sncli.numerics.spectral import BoundKind, Method
 
 
 class OutputFormat(str, Enum):
@@ -61,10 +62,6 @@ def _finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
-
-
-#: Rounding allowance on a dense float64 σ when it is reported as an upper bound.
-DENSE_ROUNDING = 1e-12
 
 
 def certified_upper(layer: LayerSigma) -> float | None:
@@ -418,7 +415,7 @@ def print_normalize_table(
         console.print(
             f"Wrote {', '.join(escape(str(p)) for p in result.outputs)}; re-opened and verified: "
             f"largest σ after = {fmt_sigma(worst, 12)} (float64 LAPACK on the stored values; "
-            f"σ ≤ target within {MEASUREMENT_TOLERANCE:g} relative)."
+            f"σ ≤ target within {DENSE_ROUNDING:g} relative)."
         )
     else:
         console.print("Dry run: nothing was written.", style="dim")

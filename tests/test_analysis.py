@@ -30,8 +30,8 @@ from sncli.analysis import (
 )
 from sncli.errors import CheckpointError, NoLayersMatchedError
 from sncli.layers import LayerKind, classify
+from sncli.numerics.spectral import BoundKind, Method, as_matrix
 from sncli.parametrizations import SpectralNormStyle
-from sncli.spectral import BoundKind, Method, as_matrix
 
 SAMPLE_FIXTURES = [
     "mlp_path",
@@ -250,7 +250,6 @@ def test_cuda_device(transformer_index_path: Path) -> None:  # pragma: no cover 
 
 
 def test_certify_proves_upper_bounds(mlp_path: Path) -> None:
-    pytest.importorskip("sncli.bounds")
     expected = reference_sigmas(mlp_path)
     for layer in analyse(mlp_path, certify=True).layers:
         assert layer.certified is True

@@ -23,8 +23,8 @@ from sncli.layers import (
     classify,
     select,
 )
+from sncli.numerics.spectral import as_matrix, largest_singular_value
 from sncli.parametrizations import SpectralNormInfo, SpectralNormStyle
-from sncli.spectral import as_matrix, largest_singular_value
 
 legacy_sn = nn.utils.spectral_norm
 param_sn = nn.utils.parametrizations.spectral_norm

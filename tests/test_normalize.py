@@ -26,7 +26,7 @@ from sncli.normalize import (
     plan_normalization,
     scaled_weight,
 )
-from sncli.spectral import as_matrix
+from sncli.numerics.spectral import as_matrix
 
 #: How far below the target `--mode scale` may land after rounding to each dtype (relative).
 SCALE_FLOOR = {

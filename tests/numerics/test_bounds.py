@@ -22,14 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sncli.bounds import (
+from sncli.errors import NumericalError
+from sncli.numerics.bounds import (
     SigmaInterval,
     cholesky_certificate,
     gram_iteration_upper_bound,
     lanczos_lower_bound,
     sigma_interval,
 )
-from sncli.errors import NumericalError
 
 REF_TOL = 1e-13
 WIDTH_TOL = 1e-7
@@ -208,7 +208,7 @@ def test_certificate_needs_a_larger_delta_when_sigma_hat_is_low() -> None:
 
 
 def test_interval_falls_back_when_lanczos_is_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sncli.bounds as bounds
+    import sncli.numerics.bounds as bounds
 
     monkeypatch.setattr(bounds, "DEFAULT_LANCZOS_ITERATIONS", 1)
     monkeypatch.setattr(bounds, "CERTIFICATE_DELTAS", (1e-12,))

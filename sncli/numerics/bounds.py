@@ -24,13 +24,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sncli.spectral import check_finite
+from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-UNIT_ROUNDOFF = 2.0**-53
 _SMALLEST_SUBNORMAL = 2.0**-1074
 _SLACK = 1.0 + 64 * UNIT_ROUNDOFF
 DEFAULT_GRAM_ITERATIONS = 6
@@ -38,16 +37,6 @@ DEFAULT_LANCZOS_ITERATIONS = 128
 DEFAULT_LANCZOS_TOL = 1e-13
 CERTIFICATE_DELTAS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 FALLBACK_GRAM_ITERATIONS = 8
-
-
-def gamma(k: int, *, complex_arith: bool = False) -> float:
-    """Higham's γ_k = ku/(1−ku); for complex arithmetic γ_{2k+2} (see module docstring)."""
-    if complex_arith:
-        k = 2 * k + 2
-    ku = k * UNIT_ROUNDOFF
-    if ku >= 0.5:
-        raise ValueError(f"matrix too large for the rounding-error model (k={k})")
-    return ku / (1.0 - ku)
 
 
 @dataclass(frozen=True)
@@ -85,22 +74,6 @@ def _as_float64(matrix: torch.Tensor) -> torch.Tensor:
     check_finite(matrix)
     target = torch.complex128 if matrix.is_complex() else torch.float64
     return matrix.to(target)
-
-
-def scale_pow2(tensor: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-    """(tensor·2^(−e), e) with max|entry| ∈ [½, 1), or None for an all-zero (or empty) tensor.
-
-    Multiplying by a power of two is exact; entries that fall into the subnormal range change by
-    at most 2⁻¹⁰⁷⁵ each, far below the relative slack every bound carries.
-    """
-    if tensor.numel() == 0:
-        return None
-    peak = float(tensor.abs().max())
-    if peak == 0.0:
-        return None
-    exponent = math.frexp(peak)[1]
-    first = -exponent // 2
-    return tensor * 2.0**first * 2.0 ** (-exponent - first), exponent
 
 
 def _prepare(matrix: torch.Tensor) -> _Scaled | None:

@@ -15,7 +15,7 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   get there. Two-sided within that tolerance, but ``certified`` is False: a Krylov method proves
   only the lower side, and the upper side rests on the random start block not being orthogonal
   to the top singular direction. ``certify=True`` adds a proven upper bound (Cholesky
-  certificate, :mod:`sncli.bounds`; costs a float64 Gram matrix).
+  certificate, :mod:`sncli.numerics.bounds`; costs a float64 Gram matrix).
 * ``lanczos``: float32 block Lanczos at ``tol`` with no fallback; reports whether it converged.
 * ``power``: power iteration (Miyato et al. 2018) stopped when σ changes by less than ``tol`` — a
   stopping rule, not an error bound (measurements.md: 1e-4 change left a 1e-3 error; on a top
@@ -61,7 +61,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from sncli.errors import NumericalError
+from sncli.numerics.bounds import ScaledGram
+from sncli.numerics.floating import check_finite, pow2_exponent, scale_
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -151,18 +152,6 @@ def as_matrix(weight: torch.Tensor, reshape_dim: int = 0) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def check_finite(matrix: torch.Tensor) -> None:
-    """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds."""
-    import torch
-
-    finite = torch.isfinite(matrix)
-    if bool(finite.all()):
-        return
-    nan = int(torch.isnan(matrix).sum())
-    inf = int(matrix.numel() - int(finite.sum()) - nan)
-    raise NumericalError(f"non-finite values ({nan} NaN, {inf} Inf)")
-
-
 def _max_abs(matrix: torch.Tensor) -> float:
     """max|w| in one pass without a copy; raises ``NumericalError`` on NaN/Inf."""
     import torch
@@ -176,31 +165,10 @@ def _max_abs(matrix: torch.Tensor) -> float:
     return value
 
 
-def _pow2_exponent(amax: float, limit: int = 0) -> int:
-    """e with 2^e·amax in [½, 1) when amax is outside [2^-limit, 2^limit], else 0.
-
-    Multiplying by a power of two is exact (barring subnormals), so scaling never changes the
-    answer; it keeps WᵀW products away from overflow and denormals (algorithms.md §6: 1e30·Q,
-    1e-15·I; and subnormal inputs, whose 2^e does not fit in one float64).
-    """
-    if amax == 0.0 or math.ldexp(1.0, -limit) <= amax <= math.ldexp(1.0, limit):
-        return 0
-    return -math.frexp(amax)[1]
-
-
-def _scale_(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
-    """tensor·2^exponent in place, in two exact steps when 2^exponent would overflow."""
-    if exponent:
-        half = exponent // 2
-        for part in (half, exponent - half) if abs(exponent) > 1000 else (exponent,):
-            tensor.mul_(math.ldexp(1.0, part))
-    return tensor
-
-
 def _chunk64(part: torch.Tensor, exponent: int) -> torch.Tensor:
     import torch
 
-    return _scale_(part.to(torch.float64, copy=True), exponent)
+    return scale_(part.to(torch.float64, copy=True), exponent)
 
 
 def _gram64(matrix: torch.Tensor, exponent: int) -> torch.Tensor:
@@ -229,7 +197,7 @@ def exact_sigma(matrix: torch.Tensor) -> float:
     amax = _max_abs(matrix)
     if amax == 0.0:
         return 0.0
-    exponent = _pow2_exponent(amax)
+    exponent = pow2_exponent(amax)
     if matrix.shape[0] == 1 or matrix.shape[1] == 1:
         return math.ldexp(float(torch.linalg.vector_norm(_chunk64(matrix, exponent))), -exponent)
     top = float(torch.linalg.eigvalsh(_gram64(matrix, exponent))[-1])
@@ -243,8 +211,8 @@ def _norm(vector: torch.Tensor) -> float:
     largest = float(vector.abs().max()) if vector.numel() else 0.0
     if largest == 0.0 or not math.isfinite(largest):
         return largest
-    exponent = _pow2_exponent(largest)
-    scaled = _scale_(vector.to(torch.float64, copy=True), exponent)
+    exponent = pow2_exponent(largest)
+    scaled = scale_(vector.to(torch.float64, copy=True), exponent)
     return math.ldexp(float(torch.linalg.vector_norm(scaled)), -exponent)
 
 
@@ -307,7 +275,7 @@ class _NormalOperator:
             if self.scale_first:
                 chunk.copy_(_chunk64(part, self.exponent))
             else:
-                _scale_(chunk.copy_(part), self.exponent)
+                scale_(chunk.copy_(part), self.exponent)
             yield chunk
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
@@ -470,7 +438,7 @@ def _lanczos(
     if amax == 0.0:
         return SigmaEstimate(0.0, method, BoundKind.EXACT, 0, True, 0.0, True, algorithm="zero")
     dtype = torch.float64 if precision == "float64" else torch.float32
-    exponent = _pow2_exponent(amax, 16 if dtype == torch.float32 else 200)
+    exponent = pow2_exponent(amax, 16 if dtype == torch.float32 else 200)
     n = matrix.shape[1]
     ritz = _block_lanczos(
         _NormalOperator(matrix, dtype, exponent),
@@ -516,7 +484,7 @@ def power_iteration(
     amax = _max_abs(matrix)
     if amax == 0.0:
         return SigmaEstimate(0.0, Method.POWER, BoundKind.LOWER, 0, True, algorithm="power")
-    exponent = _pow2_exponent(amax, 16)
+    exponent = pow2_exponent(amax, 16)
     operator = _NormalOperator(matrix, torch.float32, exponent)
     generator = torch.Generator().manual_seed(seed)
     v = torch.randn(1, matrix.shape[1], generator=generator, dtype=torch.float64)
@@ -553,32 +521,24 @@ def _dense(matrix: torch.Tensor, method: Method, why: str = "") -> SigmaEstimate
 
 
 def _certify(matrix: torch.Tensor, estimate: SigmaEstimate) -> SigmaEstimate:
-    """Add a proven upper bound from the Cholesky certificate of :mod:`sncli.bounds`, if any.
+    """Add a proven upper bound from the Cholesky certificate of :mod:`.bounds`, if any.
 
     Tries δ from just above the estimated error up to 1e-2 on one float64 Gram matrix; the
     certificate's rounding margin is ≈5e-9 at 4096×11008 (algorithms.md §2), so δ ≥ 1e-8.
     """
     import dataclasses
 
-    try:
-        from sncli import bounds
-    except ImportError:  # pragma: no cover - bounds.py is optional
-        return estimate
     if estimate.sigma == 0.0 and estimate.certified:
         return dataclasses.replace(estimate, upper=0.0)
     floor = max(1e-8, 4.0 * (estimate.error_estimate or 0.0))
     deltas = [d for d in (1e-8, 1e-6, 1e-4, 1e-2) if d >= floor] or [floor]
-    gram_cls = getattr(bounds, "ScaledGram", None)
-    gram = gram_cls.from_matrix(matrix) if gram_cls is not None else None
+    gram = ScaledGram.from_matrix(matrix)
     for delta in deltas:
-        if gram_cls is not None:
-            upper = (
-                gram.certify(estimate.sigma, delta)
-                if gram is not None
-                else estimate.sigma * (1 + delta)
-            )
-        else:
-            upper = bounds.cholesky_certificate(matrix, estimate.sigma, delta)
+        upper = (
+            gram.certify(estimate.sigma, delta)
+            if gram is not None
+            else estimate.sigma * (1 + delta)
+        )
         if upper is not None:
             return dataclasses.replace(estimate, certified=True, upper=float(upper))
     return estimate

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sncli.conv import (
+from sncli.numerics.conv import (
     ConvNorm,
     auto_grid,
     bound_factor,
@@ -383,7 +383,7 @@ def test_many_channels_take_the_lanczos_and_cholesky_path(
 
 
 def test_refinement_and_delta_escalation_stay_sound(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sncli.conv as conv
+    import sncli.numerics.conv as conv
 
     kernel = _kernel(60, 52, 3, 3, seed=43)
     symbols = torch.fft.fft2(kernel, s=(8, 8)).permute(2, 3, 0, 1).reshape(-1, 60, 52)

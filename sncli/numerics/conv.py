@@ -15,11 +15,11 @@ groups=1 stacks the groups' row blocks, which can only raise σ (by at most √g
 upper bound here stays valid. Reflect and replicate padding are refused: they can exceed τ*.
 
 Per-frequency σ is *certified* from the smaller Gram matrix K̂ᴴK̂ in float64 by one batched
-Cholesky per block (:func:`sncli.bounds.certify_gram_batch`) against the running maximum; only
-blocks that beat it get a Lanczos estimate. At 512 channels that is ≈50 ms per block on 2 cores,
-against ≈150–300 ms with eigvalsh and ≈900 ms with a complex SVD (measured). The symbol is
-evaluated as an explicit DFT (real matmuls), so its rounding error has a simple bound, which is
-added to every upper bound.
+Cholesky per block (:func:`sncli.numerics.bounds.certify_gram_batch`) against the running
+maximum; only blocks that beat it get a Lanczos estimate. At 512 channels that is ≈50 ms per
+block on 2 cores, against ≈150–300 ms with eigvalsh and ≈900 ms with a complex SVD (measured).
+The symbol is evaluated as an explicit DFT (real matmuls), so its rounding error has a simple
+bound, which is added to every upper bound.
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ from dataclasses import dataclass
 from itertools import product
 from typing import TYPE_CHECKING
 
-from sncli.bounds import (
-    UNIT_ROUNDOFF,
-    certify_gram_batch,
-    gamma,
-    scale_pow2,
-)
-from sncli.spectral import check_finite, exact_sigma
+from sncli.numerics.bounds import certified_ratio, certify_gram_batch, lanczos_lower_bound
+from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
+from sncli.numerics.spectral import exact_sigma
 
 if TYPE_CHECKING:
     import torch
@@ -341,8 +337,6 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float) -> _GridMax:
 def _block_lower_bound(taps: _Taps, grid: tuple[int, ...], freq: tuple[int, ...]) -> float:
     """‖K̂v‖/‖v‖ for the top eigenvector of the Gram at one frequency, rounding included."""
     import torch
-
-    from sncli.bounds import certified_ratio
 
     sym, _ = _symbols(taps, grid, torch.tensor([freq], dtype=torch.int64))
     sym = sym[0] if sym.shape[2] <= sym.shape[1] else sym[0].mH
@@ -655,8 +649,6 @@ def zero_padding_lower_bound(
     any of these arguments.
     """
     import torch
-
-    from sncli.bounds import lanczos_lower_bound
 
     dims = _spatial(kernel)
     size = _per_dim(input_size, dims, "input_size")

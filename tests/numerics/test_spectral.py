@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sncli.errors import NumericalError
-from sncli.spectral import (
+from sncli.numerics.spectral import (
     DEFAULT_TOL,
     DENSE_MAX_SIDE,
     EXACT_DENSE_MAX_SIDE,
@@ -448,7 +448,6 @@ def test_low_rank_wide_matrix_exhausts_the_krylov_space() -> None:
 
 @pytest.mark.parametrize("method", [Method.EXACT, Method.AUTO, Method.POWER])
 def test_certify_adds_a_proven_upper_bound(method: Method) -> None:
-    pytest.importorskip("sncli.bounds")
     matrix = gaussian(400, 300, seed=17, dtype=torch.float32)
     expected = reference(matrix)
     estimate = largest_singular_value(matrix, method, certify=True)

@@ -1,0 +1,1 @@
+"""Numerical kernels: σ of matrices, certified bounds, convolution operator norms."""
