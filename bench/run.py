@@ -302,7 +302,7 @@ def benchmark(args: argparse.Namespace) -> None:
         hard = synth.Spec(512, 2, gaussian=True)
         scaling = [synth.Spec(256, 4), synth.Spec(768, 4, dtype=torch.float32)]
     else:
-        main = synth.Spec(1024, 24)  # 302M, like measurements.md
+        main = synth.Spec(1024, 24)  # 302M parameters
         hard = synth.Spec(1024, 4, gaussian=True)
         scaling = [synth.Spec(512, 4), synth.Spec(1024, 8, dtype=torch.float32)]
     if args.large:

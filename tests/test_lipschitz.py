@@ -175,7 +175,7 @@ def explicit_conv_norm(kernel: torch.Tensor, n: int, padding: int, stride: int) 
 
 
 def test_discriminator_operator_bound_above_explicit_truth(disc_parametrized_path: Path) -> None:
-    """The issue's acceptance: reshape and operator side by side; certified bound ≥ truth."""
+    """Acceptance: reshape and operator side by side; certified bound ≥ truth."""
     report = report_for(disc_parametrized_path, certified=True)
     state = torch.load(disc_parametrized_path, weights_only=True)
     assert report.certified

@@ -358,7 +358,7 @@ def bound_factor(
 ) -> float:
     """1/(1 − ½[(π/2)Σ_j d_j(k_j−1)/N_j]²): τ* ≤ this × the max over the N-grid.
 
-    Derivation (research notes §3): with (u*, v*) the top singular pair at the maximizer ω* and
+    Derivation: with (u*, v*) the top singular pair at the maximizer ω* and
     c the kernel centre, g(ω) = Re(e^{iφ+ic·ω}u*ᴴK̂(ω)v*) ≤ σ_max(K̂(ω)), g(ω*) = τ*, ∇g(ω*) = 0, and
     along any direction δ g is of exponential type Σ_j d_j(k_j−1)|δ_j|/2, so Bernstein's
     inequality gives g'' ≥ −type²·τ*. The nearest grid point is within π/N_j per coordinate.

@@ -52,8 +52,8 @@ def pow2_exponent(amax: float, limit: int = 0) -> int:
     """e with 2^e·amax in [½, 1) when amax is outside [2^-limit, 2^limit], else 0.
 
     Multiplying by a power of two is exact (barring subnormals), so scaling never changes the
-    answer; it keeps WᵀW products away from overflow and denormals (algorithms.md §6: 1e30·Q,
-    1e-15·I; and subnormal inputs, whose 2^e does not fit in one float64).
+    answer; it keeps WᵀW products away from overflow and denormals (1e30·Q, 1e-15·I and
+    subnormal inputs, whose 2^e does not fit in one float64: tests/numerics/test_spectral.py).
     """
     if amax == 0.0 or math.ldexp(1.0, -limit) <= amax <= math.ldexp(1.0, limit):
         return 0

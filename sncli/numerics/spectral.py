@@ -1,6 +1,6 @@
 """Largest singular value σ(W) of a weight matrix, by several methods.
 
-Which side each method errs on is what a user must know (algorithms.md §2): any value of the form
+Which side each method errs on is what a user must know: any value of the form
 ‖Wx‖ for a unit x is a *lower* bound; only a dense backward-stable method or a certificate bounds σ
 from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified``.
 
@@ -18,7 +18,7 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   certificate, :mod:`sncli.numerics.bounds`; costs a float64 Gram matrix).
 * ``lanczos``: float32 block Lanczos at ``tol`` with no fallback; reports whether it converged.
 * ``power``: power iteration (Miyato et al. 2018) stopped when σ changes by less than ``tol`` — a
-  stopping rule, not an error bound (measurements.md: 1e-4 change left a 1e-3 error; on a top
+  stopping rule, not an error bound (measured: a 1e-4 change left a 1e-3 error; on a top
   pair 0.1% apart it stopped 7.5e-3 short in the quick benchmark).
 * ``dense``: the largest eigenvalue of the smaller Gram matrix in float64 by LAPACK (``eigvalsh``),
   after scaling by a power of two: backward stable, so two-sided within a few ulps times the
@@ -43,10 +43,10 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   of the 41 steps a cold float64 run took on a Gaussian matrix, after 21 float32 steps.
 * Rejected: power iteration (no error control; 1109 steps on the 302M benchmark checkpoint
   against 346 for float32 block Lanczos at a 1e-4 error); ARPACK ``svds(k=1)`` (2.8 s on a
-  checkpoint of the same shapes in measurements.md, slower than ``exact`` here, refuses 1×n, and
+  checkpoint of the same shapes, slower than ``exact`` here, refuses 1×n, and
   runs on scipy's own OpenBLAS threads, which oversubscribe beside torch's: a 2-thread 300×200
   svdvals took 1.3 s instead of 3 ms under load); Gram iteration and float32 Gram + Lanczos (the
-  Gram dominates; algorithms.md §2).
+  Gram dominates).
 
 Kaniel–Paige–Saad: Lanczos converges like exp(−4k√γ), γ = (λ₁−λ_{b+1})/(λ_{b+1}−λₙ) for block
 size b (Golub & Van Loan, *Matrix Computations*, 4th ed., §10.3–10.4). The error estimate for the
@@ -524,7 +524,7 @@ def _certify(matrix: torch.Tensor, estimate: SigmaEstimate) -> SigmaEstimate:
     """Add a proven upper bound from the Cholesky certificate of :mod:`.bounds`, if any.
 
     Tries δ from just above the estimated error up to 1e-2 on one float64 Gram matrix; the
-    certificate's rounding margin is ≈5e-9 at 4096×11008 (algorithms.md §2), so δ ≥ 1e-8.
+    certificate's rounding margin is ≈5e-9 at 4096×11008, so δ ≥ 1e-8.
     """
     import dataclasses
 

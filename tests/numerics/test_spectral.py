@@ -1,7 +1,7 @@
 """σ_max by every method against float64 LAPACK (scipy.linalg.svdvals) and closed forms.
 
 Tolerances (relative error unless stated):
-* ``exact`` and ``dense``: 1e-10 against float64 svdvals (issue #5), 1e-12 on closed forms;
+* ``exact`` and ``dense``: 1e-10 against float64 svdvals, 1e-12 on closed forms;
 * ``auto`` and ``lanczos``: the requested ``tol`` (1e-4 by default), and never above the true σ
   by more than float64 rounding (1e-12) — their value is ‖Wx‖ for a unit x;
 * ``power``: never above σ (1e-12 rounding); 1e-3 on well-gapped spectra only, because its
@@ -71,7 +71,7 @@ def set_openblas_threads(count: int) -> None:
 @pytest.fixture(autouse=True, scope="module")
 def single_thread():
     """One BLAS thread: these matrices are small, and 2 threads on a shared 2-core machine
-    oversubscribe (measurements.md: 10–250× slowdowns)."""
+    oversubscribe (measured: 10–250× slowdowns)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     set_openblas_threads(1)
@@ -165,7 +165,7 @@ def test_extreme_scales_in_float32(method: Method, scale: float) -> None:
     check(largest_singular_value(matrix, method), reference(matrix), method)
 
 
-# --- closed forms (algorithms.md §6) -------------------------------------------------------
+# --- closed forms ---------------------------------------------------------------------------
 
 
 def closed_forms() -> list[tuple[str, torch.Tensor, float]]:
@@ -307,7 +307,7 @@ def test_power_reports_convergence_and_is_deterministic() -> None:
 
 
 def test_power_stopping_rule_is_not_an_error_bound() -> None:
-    """On a top pair 0.1% apart power iteration 'converges' well short of σ (measurements.md)."""
+    """On a top pair 0.1% apart power iteration 'converges' well short of σ."""
     matrix = spiked_pair(400, 300, seed=1)
     expected = reference(matrix)
     estimate = power_iteration(matrix, tol=1e-4)
