@@ -15,7 +15,7 @@ from sncli.analysis import SortKey
 from sncli.errors import EXIT_ERROR, SncliError
 from sncli.lipschitz import ConvPolicy, Padding
 from sncli.normalize import NormalizeMode
-from sncli.render import OutputFormat
+from sncli.render.common import OutputFormat
 from sncli.spectral import Method
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -251,14 +251,8 @@ def inspect(
     """Report the largest singular value σ of every layer's weight matrix."""
     from sncli.analysis import MethodOptions, sort_layers, spectral_norms
     from sncli.checkpoint import open_checkpoint
-    from sncli.render import (
-        inspect_to_csv,
-        inspect_to_dict,
-        print_inspect_table,
-        progress_bar,
-        stdout_console,
-        write_json,
-    )
+    from sncli.render.common import progress_bar, stdout_console, write_json
+    from sncli.render.inspect import inspect_to_csv, inspect_to_dict, print_inspect_table
 
     _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
 
@@ -401,14 +395,8 @@ def lipschitz(
     from sncli.checkpoint import open_checkpoint
     from sncli.errors import EXIT_BOUND_EXCEEDED
     from sncli.lipschitz import LipschitzOptions, lipschitz_report
-    from sncli.render import (
-        lipschitz_to_csv,
-        lipschitz_to_dict,
-        print_lipschitz_table,
-        progress_bar,
-        stdout_console,
-        write_json,
-    )
+    from sncli.render.common import progress_bar, stdout_console, write_json
+    from sncli.render.lipschitz import lipschitz_to_csv, lipschitz_to_dict, print_lipschitz_table
 
     _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
     size = _parse_size(input_size)
@@ -445,7 +433,7 @@ def lipschitz(
     else:
         print_lipschitz_table(report, stdout_console())
     if fail_above is not None:
-        from sncli.render import fmt_bound
+        from sncli.render.lipschitz import fmt_bound
 
         shown = fmt_bound(report.log10_bound)
         if not report.valid_architecture:
@@ -551,13 +539,8 @@ def normalize(
 
     from sncli.checkpoint import open_checkpoint
     from sncli.normalize import NormalizeOptions, normalize_checkpoint, plan_normalization
-    from sncli.render import (
-        normalize_to_dict,
-        print_normalize_table,
-        progress_bar,
-        stdout_console,
-        write_json,
-    )
+    from sncli.render.common import progress_bar, stdout_console, write_json
+    from sncli.render.normalize import normalize_to_dict, print_normalize_table
 
     _check_regexes([*(include or []), *(exclude or []), *(transposed or [])])
     if not (math.isfinite(target) and target > 0):
