@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -61,3 +62,23 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     assert code == 1
     assert err.startswith(f"sncli: error: {junk}: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_only_cli_and_render_import_rich_and_only_cli_imports_typer() -> None:
+    package = Path(__file__).resolve().parents[2] / "sncli"
+    allowed = {"rich": {"cli", "render"}, "typer": {"cli"}}
+    offenders = []
+    for path in package.rglob("*.py"):
+        where = path.relative_to(package).parts[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in allowed and where not in allowed[top]:
+                    offenders.append(f"{path.relative_to(package)} imports {name}")
+    assert offenders == []
