@@ -32,6 +32,7 @@ from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, classify, select
 from sncli.messages import ProgressCallback
+from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_POWER_TOL,
@@ -114,6 +115,16 @@ class LayerSigma:
     upper: float | None = None
     algorithm: str = ""
     warm_start: bool = False
+
+    @property
+    def sigma_upper(self) -> float | None:
+        """A proven upper bound on σ when one is known: the certificate's, or for a dense float64
+        result σ plus its rounding allowance (``DENSE_ROUNDING``, 1e-12 relative)."""
+        if self.upper is not None:
+            return self.upper
+        if self.certified:
+            return self.sigma * (1 + DENSE_ROUNDING)
+        return None
 
 
 @dataclass(frozen=True)

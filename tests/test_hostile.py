@@ -207,6 +207,26 @@ def test_payload_never_runs_in_library(
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("kind", ["exec", "popen"])
+def test_security_warning_survives_quiet(tmp_path: Path, kind: str) -> None:
+    """--quiet hides notes by level, never the line saying the file can run code."""
+    from typer.testing import CliRunner
+
+    from sncli.cli import app
+    from sncli.messages import Level, level_of
+
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.eye(3), "x": hostile_corpus._payload(kind, tmp_path / MARKER)}, path)
+    with open_checkpoint(path, skip_objects=True) as ckpt:
+        assert [level_of(n) for n in ckpt.notes] == [Level.SECURITY]
+    for quiet in ((), ("-q",)):
+        result = CliRunner().invoke(app, ["inspect", str(path), "--skip-objects", *quiet])
+        assert result.exit_code == 0, result.output
+        warning = [line for line in result.stderr.splitlines() if "can run code" in line]
+        assert len(warning) == 1 and "may be malicious" in warning[0]
+    assert not (tmp_path / MARKER).exists()
+
+
 def test_torch_blocklist_beats_allowlisting(tmp_path: Path) -> None:
     """PyTorch refuses os/posix/sys/nt globals even when allowlisted, so --skip-objects can't."""
     from torch import _weights_only_unpickler as wou

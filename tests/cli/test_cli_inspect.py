@@ -1,34 +1,18 @@
-"""The command line: output formats, options, exit codes and error lines."""
+"""``sncli inspect``: output formats, methods, filters and sorting, notes and usage errors."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import scipy.linalg
 import torch
+from cli_helpers import invoke, svd_sigma
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
-from sncli.cli import app
 from sncli.errors import EXIT_NO_LAYERS
-
-runner = CliRunner()
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def svd_sigma(tensor: torch.Tensor) -> float:
-    return float(scipy.linalg.svdvals(tensor.double().reshape(tensor.shape[0], -1).numpy())[0])
 
 
 def test_inspect_json_contract_matches_float64_svd(mlp_path: Path) -> None:
@@ -134,22 +118,6 @@ def test_no_layer_matched_has_its_own_exit_code(mlp_path: Path) -> None:
     assert err.count("\n") == 1 and str(mlp_path) in err
 
 
-def test_missing_file_one_line_error(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.safetensors"
-    code, _, err = invoke("inspect", str(missing))
-    assert code == 1
-    assert err == f"sncli: error: {missing}: no such file or directory\n"
-
-
-def test_not_a_checkpoint(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"hello world, definitely not a checkpoint")
-    code, _, err = invoke("inspect", str(junk))
-    assert code == 1
-    assert err.startswith(f"sncli: error: {junk}: ") and err.count("\n") == 1
-    assert "Traceback" not in err
-
-
 def test_bad_regex_is_a_usage_error(mlp_path: Path) -> None:
     code, _, _ = invoke("inspect", str(mlp_path), "--filter", "([")
     assert code == 2
@@ -160,70 +128,10 @@ def test_bad_method_is_a_usage_error(mlp_path: Path) -> None:
     assert code == 2
 
 
-def test_version_and_help() -> None:
-    code, out, _ = invoke("--version")
-    assert code == 0 and out.startswith("sncli ")
-    for command in ("inspect", "normalize"):
-        code, out, _ = invoke(command, "--help")
-        assert code == 0 and "Examples" in out
-
-
 def test_wrapper_key_note_on_stderr(lightning_path: Path) -> None:
     code, _, err = invoke("inspect", str(lightning_path), "--format", "json")
     assert code == 0
     assert "state_dict" in err
-
-
-def test_normalize_then_inspect_every_sample(
-    samples: Path, tmp_path: Path, transformer_index_path: Path
-) -> None:
-    for name in (
-        "mlp.safetensors",
-        "sngan_disc_parametrized.pt",
-        "sngan_disc_legacy.pt",
-        "lightning_cnn.ckpt",
-    ):
-        out = tmp_path / name
-        code, _, err = invoke("normalize", str(samples / name), "-o", str(out), "-q")
-        assert code == 0, err
-        code, report, _ = invoke("inspect", str(out), "--format", "json", "-q")
-        assert code == 0
-        for layer in json.loads(report)["layers"]:
-            assert layer["sigma"] <= 1 + 1e-12
-            assert layer["sigma"] >= 1 - 1e-5
-    out_dir = tmp_path / "tt"
-    code, _, err = invoke("normalize", str(transformer_index_path), "-o", str(out_dir), "-q")
-    assert code == 0, err
-    code, report, _ = invoke("inspect", str(out_dir), "--format", "json", "-q")
-    for layer in json.loads(report)["layers"]:
-        if layer["kind"] == "linear":
-            assert 1 - 4e-2 <= layer["sigma"] <= 1 + 1e-12
-
-
-def test_normalize_dry_run_json_writes_nothing(mlp_path: Path, tmp_path: Path) -> None:
-    out = tmp_path / "x.safetensors"
-    code, text, _ = invoke(
-        "normalize", str(mlp_path), "-o", str(out), "--dry-run", "--format", "json"
-    )
-    assert code == 0
-    data = json.loads(text)
-    assert data["dry_run"] is True and data["outputs"] == []
-    assert [layer["action"] for layer in data["layers"]] == ["scale"] * 3
-    assert not out.exists()
-
-
-def test_normalize_needs_a_destination(mlp_path: Path) -> None:
-    code, _, _ = invoke("normalize", str(mlp_path))
-    assert code == 2
-
-
-def test_normalize_refuses_output_equal_to_input(mlp_path: Path, tmp_path: Path) -> None:
-    src = tmp_path / "m.safetensors"
-    shutil.copy(mlp_path, src)
-    before = src.read_bytes()
-    code, _, err = invoke("normalize", str(src), "-o", str(src))
-    assert code == 1 and "--in-place" in err
-    assert src.read_bytes() == before
 
 
 def test_nan_layer_flagged_not_given_a_sigma(tmp_path: Path) -> None:
@@ -235,55 +143,6 @@ def test_nan_layer_flagged_not_given_a_sigma(tmp_path: Path) -> None:
     assert [layer["name"] for layer in data["layers"]] == ["a.weight"]
     reasons = {s["name"]: s["reason"] for s in data["skipped"]}
     assert reasons["b.weight"].startswith("non-finite values (16 NaN")
-
-
-def test_help_does_not_import_torch() -> None:
-    code = "import sys, sncli.cli; print('torch' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "False"
-
-
-def test_installed_entry_point_runs(mlp_path: Path) -> None:
-    exe = shutil.which("sncli") or str(Path(sys.executable).parent / "sncli")
-    result = subprocess.run(
-        [exe, "inspect", str(mlp_path), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert len(json.loads(result.stdout)["layers"]) == 3
-    result = subprocess.run(
-        [sys.executable, "-m", "sncli", "inspect", "/nonexistent.safetensors"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr == "sncli: error: /nonexistent.safetensors: no such file or directory\n"
-
-
-def test_in_place_keeps_file_permissions(mlp_path: Path, tmp_path: Path) -> None:
-    src = tmp_path / "m.safetensors"
-    shutil.copy(mlp_path, src)
-    src.chmod(0o640)
-    code, _, err = invoke("normalize", str(src), "--in-place", "-q")
-    assert code == 0, err
-    assert src.stat().st_mode & 0o777 == 0o640
-
-
-def test_normalize_usage_errors(mlp_path: Path, tmp_path: Path) -> None:
-    out = str(tmp_path / "x.safetensors")
-    assert invoke("normalize", str(mlp_path), "-o", out, "--target", "0")[0] == 2
-    assert invoke("normalize", str(mlp_path), "-o", out, "--format", "csv")[0] == 2
-    assert not Path(out).exists()
-
-
-def test_fail_above_refuses_a_non_bound(transformer_index_path: Path) -> None:
-    code, _, err = invoke("lipschitz", str(transformer_index_path), "--fail-above", "1e30")
-    assert code == 3 and "not a Lipschitz bound" in err
 
 
 def test_certified_layers_carry_sigma_upper(mlp_path: Path) -> None:
@@ -298,3 +157,8 @@ def test_certified_layers_carry_sigma_upper(mlp_path: Path) -> None:
     for row in rows:
         assert row["certified"] == "true"
         assert float(row["sigma_upper"]) >= svd_sigma(tensors[row["name"]])
+
+
+def test_quiet_hides_the_wrapper_key_note(lightning_path: Path) -> None:
+    code, out, err = invoke("inspect", str(lightning_path), "--format", "csv", "-q")
+    assert code == 0 and err == "" and out.startswith("name,kind,")

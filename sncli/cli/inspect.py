@@ -1,0 +1,148 @@
+"""``sncli inspect``: σ of every layer."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sncli.analysis import MethodOptions, SortKey, sort_layers, spectral_norms
+from sncli.cli.app import app
+from sncli.cli.opening import open_and_report
+from sncli.cli.options import (
+    CheckpointArg,
+    ExcludeOpt,
+    FilterOpt,
+    FormatOpt,
+    IterationsOpt,
+    KeyOpt,
+    QuietOpt,
+    SeedOpt,
+    SkipObjectsOpt,
+    TolOpt,
+    TransposedOpt,
+    check_regexes,
+)
+from sncli.cli.sink import Sink, handle_errors
+from sncli.numerics.spectral import Method
+from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.inspect import inspect_to_csv, inspect_to_dict, print_inspect_table
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli inspect sample_models/mlp.safetensors\n\n"
+    "  sncli inspect model.safetensors.index.json --method power --top 10\n\n"
+    "  sncli inspect ckpt.pt --format json --filter 'layers\\.1[0-9]\\.' > sigmas.json\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
+)
+@handle_errors
+def inspect(
+    checkpoint: CheckpointArg,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="auto: the cheapest method reaching --tol relative error per layer (block "
+            "Lanczos or dense). exact: σ to float64 accuracy (float64 block Lanczos, dense "
+            "fallback). dense: float64 LAPACK on the Gram matrix, the reference. lanczos: block "
+            "Lanczos at --tol. power: power iteration (Miyato et al. 2018). Iterative values are "
+            "lower bounds on σ.",
+            case_sensitive=False,
+        ),
+    ] = Method.AUTO,
+    iters: IterationsOpt = 1000,
+    tol: TolOpt = None,
+    seed: SeedOpt = 0,
+    output_format: FormatOpt = OutputFormat.TABLE,
+    include: FilterOpt = None,
+    exclude: ExcludeOpt = None,
+    sort: Annotated[
+        SortKey | None,
+        typer.Option(
+            "--sort",
+            help="name: natural key order (the default); sigma: largest first; "
+            "size: largest matrix first.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the sort order.")] = False,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Show only the first N layers (by σ unless --sort)."),
+    ] = None,
+    transposed: TransposedOpt = None,
+    certified: Annotated[
+        bool,
+        typer.Option(
+            "--certified",
+            help="Add a proven upper bound per layer (float64 Gram + Cholesky certificate).",
+        ),
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="cpu or cuda (falls back to the CPU with a note when no GPU is available).",
+        ),
+    ] = "cpu",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Layers measured at once, each single-threaded (default: one per core).",
+        ),
+    ] = None,
+    no_warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--no-warm-start",
+            help="Do not start iterations from the u/v vectors stored in spectral-norm "
+            "checkpoints (a random start instead).",
+        ),
+    ] = False,
+    key: KeyOpt = None,
+    skip_objects: SkipObjectsOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Report the largest singular value σ of every layer's weight matrix."""
+    check_regexes(include, exclude, transposed)
+    sink = Sink(quiet)
+    with (
+        open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
+        progress_bar(not quiet) as progress,
+    ):
+        report = spectral_norms(
+            ckpt,
+            options=MethodOptions(
+                method=method,
+                iters=iters,
+                tol=tol,
+                seed=seed,
+                device=device,
+                workers=workers,
+                certify=certified,
+                warm_start=not no_warm_start,
+            ),
+            include=include or (),
+            exclude=exclude or (),
+            transposed=transposed or (),
+            progress=progress,
+        )
+    sink.notes(report.notes, besides=ckpt.notes)
+    layers = report.layers
+    if sort is not None or top is not None:
+        layers = sort_layers(layers, sort or SortKey.SIGMA, reverse=reverse)
+    elif reverse:
+        layers = layers[::-1]
+    if top is not None:
+        layers = layers[:top]
+    if output_format is OutputFormat.JSON:
+        write_json(inspect_to_dict(report, layers))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(inspect_to_csv(layers))
+    else:
+        print_inspect_table(report, layers, stdout_console())

@@ -1,0 +1,167 @@
+"""``sncli lipschitz``: the product Lipschitz bound, and the ``--fail-above`` gate."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated
+
+import typer
+
+from sncli.cli.app import app
+from sncli.cli.opening import open_and_report
+from sncli.cli.options import (
+    CheckpointArg,
+    ExcludeOpt,
+    FilterOpt,
+    FormatOpt,
+    IterationsOpt,
+    KeyOpt,
+    QuietOpt,
+    SeedOpt,
+    SkipObjectsOpt,
+    TolOpt,
+    TransposedOpt,
+    check_regexes,
+    parse_size,
+)
+from sncli.cli.sink import Sink, handle_errors
+from sncli.errors import EXIT_BOUND_EXCEEDED
+from sncli.lipschitz import ConvPolicy, LipschitzOptions, Padding, lipschitz_report
+from sncli.numerics.spectral import Method
+from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.lipschitz import (
+    fmt_bound,
+    lipschitz_to_csv,
+    lipschitz_to_dict,
+    print_lipschitz_table,
+)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli lipschitz sample_models/sngan_disc_parametrized.pt\n\n"
+    "  sncli lipschitz ckpt.pt --certified --fail-above 1e3   # CI gate\n\n"
+    "  sncli lipschitz gan.pt --padding circular --input-size 32x32\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 bound above --fail-above, 4 no layer matched."
+)
+@handle_errors
+def lipschitz(
+    checkpoint: CheckpointArg,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="σ of linear layers. dense (default): float64 LAPACK, certified up to "
+            "rounding. exact/auto/lanczos/power: faster iterative values, lower bounds or "
+            "unproven on the upper side, so the product becomes an estimate.",
+            case_sensitive=False,
+        ),
+    ] = Method.DENSE,
+    certified: Annotated[
+        bool,
+        typer.Option(
+            "--certified",
+            help="Use proven upper bounds only (Cholesky certificate / Gram iteration), so the "
+            "printed bound is a proof, not an estimate.",
+        ),
+    ] = False,
+    conv: Annotated[
+        ConvPolicy,
+        typer.Option(
+            "--conv",
+            help="operator: the norm of each convolution as a map on images (a valid bound). "
+            "reshape: σ of the reshaped kernel (what torch's spectral_norm constrains), "
+            "not a bound.",
+            case_sensitive=False,
+        ),
+    ] = ConvPolicy.OPERATOR,
+    padding: Annotated[
+        Padding,
+        typer.Option(
+            "--padding",
+            help="Convolution padding. zeros: a certified bound valid at any input size. "
+            "circular: exact at --input-size.",
+            case_sensitive=False,
+        ),
+    ] = Padding.ZEROS,
+    input_size: Annotated[
+        str | None,
+        typer.Option("--input-size", metavar="HxW", help="Spatial input size, e.g. 32x32."),
+    ] = None,
+    grid: Annotated[
+        int | None,
+        typer.Option(
+            "--grid",
+            min=4,
+            help="FFT grid for the zero-padding bound (finer: tighter, slower). Default: the "
+            "finest of 64/32/16 that keeps the cost moderate for the layer's size.",
+        ),
+    ] = None,
+    fail_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above",
+            metavar="X",
+            help="Exit with code 3 when the bound exceeds X (a CI gate).",
+        ),
+    ] = None,
+    iters: IterationsOpt = 1000,
+    tol: TolOpt = None,
+    seed: SeedOpt = 0,
+    output_format: FormatOpt = OutputFormat.TABLE,
+    include: FilterOpt = None,
+    exclude: ExcludeOpt = None,
+    transposed: TransposedOpt = None,
+    key: KeyOpt = None,
+    skip_objects: SkipObjectsOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
+    check_regexes(include, exclude, transposed)
+    sink = Sink(quiet)
+    size = parse_size(input_size)
+    if padding is Padding.CIRCULAR and size is None:
+        raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
+    if size is not None and padding is not Padding.CIRCULAR:
+        sink.note("--input-size is ignored with zero padding: the bound holds at every input size")
+    options = LipschitzOptions(
+        method=method,
+        iters=iters,
+        tol=tol,
+        seed=seed,
+        certified=certified,
+        conv=conv,
+        padding=padding,
+        input_size=size,
+        grid=grid,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        transposed=tuple(transposed or ()),
+    )
+    with (
+        open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
+        progress_bar(not quiet) as progress,
+    ):
+        report = lipschitz_report(ckpt, options, progress)
+    if output_format is OutputFormat.JSON:
+        write_json(lipschitz_to_dict(report))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(lipschitz_to_csv(report))
+    else:
+        print_lipschitz_table(report, stdout_console())
+    if fail_above is not None:
+        shown = fmt_bound(report.log10_bound)
+        if not report.valid_architecture:
+            sink.error(
+                f"{checkpoint}: --fail-above cannot pass: the product ({shown}) is not a "
+                "Lipschitz bound for this architecture"
+            )
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        if certified and not report.certified:
+            sink.error(f"{checkpoint}: --fail-above with --certified: the product is not certified")
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        if report.log10_bound > math.log10(max(fail_above, 1e-300)):
+            sink.error(f"{checkpoint}: Lipschitz bound {shown} exceeds --fail-above {fail_above:g}")
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)

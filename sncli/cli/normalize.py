@@ -1,0 +1,170 @@
+"""``sncli normalize``: write spectrally normalized weights (or plan it with ``--dry-run``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sncli.checkpoint import open_checkpoint
+from sncli.cli.app import app
+from sncli.cli.options import (
+    CheckpointArg,
+    ExcludeOpt,
+    FilterOpt,
+    IterationsOpt,
+    KeyOpt,
+    QuietOpt,
+    SeedOpt,
+    SkipObjectsOpt,
+    TolOpt,
+    TransposedOpt,
+    check_regexes,
+)
+from sncli.cli.sink import Sink, handle_errors
+from sncli.normalize import (
+    NormalizeMode,
+    NormalizeOptions,
+    normalize_checkpoint,
+    plan_normalization,
+)
+from sncli.numerics.spectral import Method
+from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.normalize import normalize_to_dict, print_normalize_table
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli normalize sample_models/mlp.safetensors -o mlp.sn.safetensors\n\n"
+    "  sncli normalize ckpt.pt --in-place --mode clip --target 2\n\n"
+    "  sncli normalize sngan.pt -o plain.pt --bake --dry-run\n\n"
+    "Exit codes: 0 ok, 1 error (nothing changed), 2 usage, 4 no layer matched."
+)
+@handle_errors
+def normalize(
+    checkpoint: CheckpointArg,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Where to write: a file (or a folder for sharded checkpoints). Same format as "
+            "the input.",
+        ),
+    ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place", help="Overwrite the input (atomically: old file or new, never a mix)."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    target: Annotated[
+        float, typer.Option("--target", help="σ each selected layer is scaled to.")
+    ] = 1.0,
+    mode: Annotated[
+        NormalizeMode,
+        typer.Option(
+            "--mode",
+            help="scale: every selected layer to exactly the target. clip: only layers above "
+            "the target are scaled down; the rest are left byte for byte.",
+            case_sensitive=False,
+        ),
+    ] = NormalizeMode.SCALE,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="How σ is found before scaling. Whatever the method, the written weights are "
+            "measured again exactly and shaved until σ ≤ target.",
+            case_sensitive=False,
+        ),
+    ] = Method.EXACT,
+    iters: IterationsOpt = 1000,
+    tol: TolOpt = None,
+    seed: SeedOpt = 0,
+    include: FilterOpt = None,
+    exclude: ExcludeOpt = None,
+    transposed: TransposedOpt = None,
+    embeddings: Annotated[
+        bool, typer.Option("--embeddings", help="Also normalize embedding matrices.")
+    ] = False,
+    norms: Annotated[
+        bool,
+        typer.Option(
+            "--norms", help="Also normalize 1-D norm scales (as diagonal maps: σ = max|γ|)."
+        ),
+    ] = False,
+    bake: Annotated[
+        bool,
+        typer.Option(
+            "--bake",
+            help="For spectral-norm checkpoints: write the weight the model uses (W/σ̂) as a "
+            "plain `weight` and drop u, v, so it loads into a model without spectral_norm.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
+    ] = False,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", help="table or json.", case_sensitive=False),
+    ] = OutputFormat.TABLE,
+    key: KeyOpt = None,
+    skip_objects: SkipObjectsOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rewrite a checkpoint with spectrally normalized weights: W ← target·W/σ(W)."""
+    check_regexes(include, exclude, transposed)
+    sink = Sink(quiet)
+    if not (math.isfinite(target) and target > 0):
+        raise typer.BadParameter(f"{target} is not a positive number", param_hint="--target")
+    if output_format is OutputFormat.CSV:
+        raise typer.BadParameter("normalize writes table or json", param_hint="--format")
+    if not dry_run and output is None and not in_place:
+        raise typer.BadParameter("give -o/--output PATH, or --in-place, or --dry-run")
+    if output is not None and in_place:
+        raise typer.BadParameter("-o/--output and --in-place exclude each other")
+    options = NormalizeOptions(
+        target=target,
+        mode=mode,
+        method=method,
+        iters=iters,
+        tol=tol,
+        seed=seed,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        transposed=tuple(transposed or ()),
+        embeddings=embeddings,
+        norms=norms,
+        bake=bake,
+    )
+    # Not open_and_report: the plan's notes (the checkpoint's among them) come after planning.
+    with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
+        with progress_bar(not quiet, "σ") as progress:
+            plan = plan_normalization(ckpt, options, progress)
+        sink.notes(plan.notes)
+        result = None
+        if not dry_run:
+            with progress_bar(not quiet, "writing") as progress:
+                result = normalize_checkpoint(
+                    ckpt,
+                    plan,
+                    None if output is None else Path(output),
+                    in_place=in_place,
+                    force=force,
+                    progress=progress,
+                )
+            for warning in result.warnings:
+                sink.warning(warning)
+    for layer in plan.layers:
+        if layer.action.value == "skip":
+            sink.warning(f"{layer.name}: not normalized: {layer.reason}")
+    if output_format is OutputFormat.TABLE:
+        print_normalize_table(plan, result, stdout_console())
+    else:
+        write_json(normalize_to_dict(plan, result))

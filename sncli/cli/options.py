@@ -1,0 +1,110 @@
+"""Options and arguments that several commands share, and the validators of their values."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from sncli.render.common import OutputFormat
+
+CheckpointArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CKPT",
+        help="Checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt), an *.index.json of a "
+        "sharded checkpoint, or a folder holding one.",
+        show_default=False,
+    ),
+]
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter",
+        "-f",
+        metavar="REGEX",
+        help="Only tensors whose key matches REGEX (searched, repeatable: any match counts).",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude", "-x", metavar="REGEX", help="Drop tensors matching REGEX (repeatable)."
+    ),
+]
+TransposedOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--transposed",
+        metavar="REGEX",
+        help="Mark conv weights matching REGEX as ConvTranspose: their matrix is formed along "
+        "dim 1 (in, out·k…), as torch's spectral_norm does. Shapes cannot tell them apart; in "
+        "spectral-norm checkpoints the stored u vector decides.",
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="Key of the state dict inside a wrapped PyTorch file (e.g. state_dict, ema, "
+        "model_ema). Default: the first of state_dict, model, module, model_ema, "
+        "state_dict_ema, ema, net that holds tensors.",
+    ),
+]
+SkipObjectsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-objects",
+        help="Read PyTorch files whose pickle references Python objects outside torch's "
+        "weights-only allowlist (e.g. Lightning hyper_parameters) by loading those objects as "
+        "inert placeholders. Still weights_only=True: nothing from the file is imported or run.",
+    ),
+]
+IterationsOpt = Annotated[
+    int,
+    typer.Option("--iters", min=1, help="Maximum iterations for iterative methods."),
+]
+TolOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tol",
+        min=0.0,
+        help="auto/lanczos: the relative error to reach (default 1e-4). power: stop when σ "
+        "changes by less than this (default 1e-6; a stopping rule, not an error bound).",
+        show_default=False,
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
+FormatOpt = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No notes or progress bar on stderr.")
+]
+
+
+def check_regexes(*groups: list[str] | None) -> None:
+    """Reject an invalid --filter/--exclude/--transposed pattern as a usage error."""
+    for group in groups:
+        for pattern in group or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise typer.BadParameter(f"invalid regex {pattern!r}: {exc}") from None
+
+
+def parse_size(text: str | None) -> tuple[int, ...] | None:
+    """``--input-size``: "32" or "32x32" (or "32,32") as a tuple; None when not given."""
+    if text is None:
+        return None
+    try:
+        size = tuple(int(part) for part in text.lower().replace("x", ",").split(",") if part)
+    except ValueError:
+        size = ()
+    if not size or any(d <= 0 for d in size):
+        raise typer.BadParameter(
+            f"{text!r} is not a size like 32 or 32x32", param_hint="--input-size"
+        )
+    return size

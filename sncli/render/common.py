@@ -1,0 +1,95 @@
+"""What the renderers share: output formats, consoles, number formatting, JSON, progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from typing import Any
+
+from rich.console import Console
+
+from sncli.messages import ProgressCallback
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+def stdout_console() -> Console:
+    """Rich console for tables; when piped, wide enough not to fold names (not 80 columns)."""
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, stderr=True)
+
+
+def fmt_sigma(value: float | None, digits: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "--"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits - 2}e}"
+
+
+def fmt_shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def write_json(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def reason_group(reason: str) -> str:
+    if reason.startswith("spectral-norm"):
+        return "spectral-norm buffers"
+    if reason.startswith("shares storage"):
+        return "tied"
+    if reason.startswith("non-finite"):
+        return "NON-FINITE"
+    return reason.split(" (")[0]
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressCallback | None]:
+    """A transient progress bar on stderr; yields None when disabled or not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[layer]}"),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None, layer="")
+
+        def update(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, layer=name)
+
+        yield update

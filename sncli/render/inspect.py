@@ -1,0 +1,238 @@
+"""Tables, JSON and CSV for ``sncli inspect``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sncli.analysis import InspectReport, LayerSigma
+from sncli.layers import LayerKind
+from sncli.messages import clean_text
+from sncli.numerics.spectral import BoundKind, Method
+from sncli.render.common import finite_or_none, fmt_shape, fmt_sigma, plural, reason_group
+
+
+def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
+    """The JSON object for one layer (a stable contract; see README)."""
+    item: dict[str, Any] = {
+        "name": layer.name,
+        "short_name": layer.short_name,
+        "kind": layer.kind.value,
+        "shape": list(layer.shape),
+        "dtype": layer.dtype,
+        "matrix": layer.matrix,
+        "matrix_shape": list(layer.matrix_shape),
+        "sigma": layer.sigma,
+        "bound": layer.bound.value,
+        "method": layer.method.value,
+    }
+    if layer.iterations is not None:
+        item["iterations"] = layer.iterations
+        item["converged"] = layer.converged
+    if layer.error_estimate is not None:
+        item["error_estimate"] = layer.error_estimate
+    item["certified"] = layer.certified
+    upper = layer.sigma_upper
+    if upper is not None:
+        item["sigma_upper"] = upper
+    if layer.algorithm:
+        item["algorithm"] = layer.algorithm
+    if layer.spectral_norm is not None:
+        sn = layer.spectral_norm
+        item["spectral_norm"] = {
+            "style": sn.style.value,
+            "sigma_stored_estimate": finite_or_none(sn.sigma_stored_estimate),
+            "sigma_effective": finite_or_none(sn.sigma_effective),
+            "note": sn.note or None,
+        }
+    return item
+
+
+def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str, Any]:
+    largest = max(layers, key=lambda layer: layer.sigma, default=None)
+    return {
+        "checkpoint": report.checkpoint,
+        "format": report.format,
+        "method": report.method.value,
+        "layers": [layer_to_dict(layer) for layer in layers],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+        "summary": {
+            "analysed": len(layers),
+            "skipped": len(report.skipped),
+            "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
+        },
+    }
+
+
+CSV_COLUMNS = (
+    "name",
+    "kind",
+    "shape",
+    "dtype",
+    "matrix",
+    "sigma",
+    "bound",
+    "method",
+    "iterations",
+    "converged",
+    "error_estimate",
+    "certified",
+    "sigma_upper",
+    "sn_style",
+    "sigma_stored_estimate",
+    "sigma_effective",
+)
+
+
+def inspect_to_csv(layers: list[LayerSigma]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for layer in layers:
+        sn = layer.spectral_norm
+        upper = layer.sigma_upper
+        writer.writerow(
+            {
+                "name": layer.name,
+                "kind": layer.kind.value,
+                "shape": "x".join(str(d) for d in layer.shape),
+                "dtype": layer.dtype,
+                "matrix": layer.matrix,
+                "sigma": repr(layer.sigma),
+                "bound": layer.bound.value,
+                "method": layer.method.value,
+                "iterations": "" if layer.iterations is None else layer.iterations,
+                "converged": "" if layer.converged is None else str(layer.converged).lower(),
+                "error_estimate": ""
+                if layer.error_estimate is None
+                else repr(layer.error_estimate),
+                "certified": str(layer.certified).lower(),
+                "sigma_upper": "" if upper is None else repr(upper),
+                "sn_style": "" if sn is None else sn.style.value,
+                "sigma_stored_estimate": ""
+                if sn is None or sn.sigma_stored_estimate is None
+                else repr(sn.sigma_stored_estimate),
+                "sigma_effective": ""
+                if sn is None or sn.sigma_effective is None
+                else repr(sn.sigma_effective),
+            }
+        )
+    return buffer.getvalue()
+
+
+def method_caption(method: Method, layers: list[LayerSigma]) -> str:
+    text = {
+        Method.DENSE: "σ: float64 LAPACK on the Gram matrix (two-sided to rounding, certified).",
+        Method.EXACT: "σ: float64 accuracy (block Lanczos to ~1e-12, dense fallback); the upper "
+        "side is not proven unless --certified.",
+        Method.AUTO: "σ: auto, each within the --tol relative error target (default 1e-4) by "
+        "its error estimate; iterative values are lower bounds on the true σ, small layers are "
+        "computed exactly (dense).",
+        Method.LANCZOS: "σ: block Lanczos at --tol; values are lower bounds on the true σ.",
+        Method.POWER: "σ: power-iteration estimates, each a lower bound on the true σ; the "
+        "stopping rule is not an error bound.",
+    }[method]
+    unconverged = sum(1 for layer in layers if layer.converged is False)
+    if unconverged:
+        text += f" {unconverged} did not converge; raise --iters or use --method exact."
+    if method is not Method.DENSE and any(layer.bound is BoundKind.LOWER for layer in layers):
+        text += " ≥ marks a lower bound."
+    certified = sum(1 for layer in layers if layer.certified)
+    if certified and method is not Method.DENSE:
+        text += f" {plural(certified, 'layer')} with a proven upper bound (sigma_upper in JSON)."
+    return text
+
+
+def skipped_summary(report: InspectReport) -> str:
+    if not report.skipped:
+        return "0 skipped"
+    counts = Counter(reason_group(s.reason) for s in report.skipped)
+    parts = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+    return f"{len(report.skipped)} skipped ({parts})"
+
+
+def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console: Console) -> None:
+    has_sn = any(layer.spectral_norm is not None for layer in layers)
+    has_iters = any(layer.iterations is not None for layer in layers)
+    has_upper = any(layer.upper is not None for layer in layers)
+    sigma_header = "σ_max"
+    title = f"Spectral norms: {escape(clean_text(report.checkpoint))}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer", overflow="fold", no_wrap=False)
+    table.add_column("kind")
+    table.add_column("shape", justify="right")
+    table.add_column("dtype")
+    table.add_column("matrix", justify="right")
+    table.add_column(sigma_header, justify="right", style="bold")
+    if has_upper:
+        table.add_column("σ ≤ (proven)", justify="right")
+    if has_iters:
+        table.add_column("iters", justify="right")
+    if has_sn:
+        table.add_column("σ̂ stored (uᵀWv)", justify="right")
+        table.add_column("σ used (W/σ̂)", justify="right")
+    for layer in layers:
+        matrix = fmt_shape(layer.matrix_shape)
+        if layer.kind.is_conv:
+            matrix += " (reshape, T)" if layer.transposed else " (reshape)"
+        row = [
+            escape(clean_text(layer.short_name)),
+            layer.kind.value + ("*" if layer.kind is LayerKind.EMBEDDING else ""),
+            fmt_shape(layer.shape),
+            layer.dtype,
+            matrix,
+            ("≥ " if layer.bound is BoundKind.LOWER else "") + fmt_sigma(layer.sigma),
+        ]
+        if has_upper:
+            upper = layer.sigma_upper
+            row.append("" if upper is None else fmt_sigma(upper))
+        if has_iters:
+            mark = "" if layer.converged in (True, None) else " (not converged)"
+            row.append(("" if layer.iterations is None else str(layer.iterations)) + mark)
+        if has_sn:
+            sn = layer.spectral_norm
+            row += [
+                "" if sn is None else fmt_sigma(sn.sigma_stored_estimate),
+                "" if sn is None else fmt_sigma(sn.sigma_effective),
+            ]
+        table.add_row(*row)
+    console.print(table)
+    largest = max(layers, key=lambda layer: layer.sigma, default=None)
+    footer = f"{plural(len(layers), 'layer')} analysed · {skipped_summary(report)}"
+    if largest is not None:
+        footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({clean_text(largest.short_name)})"
+    console.print(escape(footer))
+    console.print(method_caption(report.method, layers), style="dim")
+    if any(layer.kind.is_conv for layer in layers):
+        console.print(
+            "Conv σ is that of the reshaped kernel matrix, which is what torch's spectral_norm "
+            "normalizes; it is not the convolution's operator norm (see `sncli lipschitz`)."
+            + (
+                " (T) = transposed conv, reshaped along dim 1."
+                if any(layer.transposed for layer in layers)
+                else ""
+            ),
+            style="dim",
+        )
+    if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
+        console.print(
+            "* embedding: recognised by its name; its input is discrete (token ids), so its σ "
+            "is informational.",
+            style="dim",
+        )
+    if has_sn:
+        console.print(
+            "Spectral-norm layers: σ_max is the raw weight's; the model uses W/σ̂ with σ̂ from the "
+            "stored u, v; σ̂ ≤ σ, so the used weight's σ is ≥ 1 (up to the rounding of the stored "
+            "u, v, which are not exactly unit vectors).",
+            style="dim",
+        )
+    if any(s.reason.startswith("non-finite") for s in report.skipped):
+        bad = [s.name for s in report.skipped if s.reason.startswith("non-finite")]
+        console.print(f"[bold red]Non-finite weights[/] in: {', '.join(bad)}")

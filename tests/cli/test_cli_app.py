@@ -1,0 +1,84 @@
+"""The application as a whole: entry points, --help and --version, one-line error messages."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_helpers import invoke
+
+
+def test_version_and_help() -> None:
+    code, out, _ = invoke("--version")
+    assert code == 0 and out.startswith("sncli ")
+    for command in ("inspect", "lipschitz", "normalize"):
+        code, out, _ = invoke(command, "--help")
+        assert code == 0 and "Examples" in out
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys, sncli.cli; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_installed_entry_point_runs(mlp_path: Path) -> None:
+    exe = shutil.which("sncli") or str(Path(sys.executable).parent / "sncli")
+    result = subprocess.run(
+        [exe, "inspect", str(mlp_path), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["layers"]) == 3
+    result = subprocess.run(
+        [sys.executable, "-m", "sncli", "inspect", "/nonexistent.safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "sncli: error: /nonexistent.safetensors: no such file or directory\n"
+
+
+def test_missing_file_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.safetensors"
+    code, _, err = invoke("inspect", str(missing))
+    assert code == 1
+    assert err == f"sncli: error: {missing}: no such file or directory\n"
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"hello world, definitely not a checkpoint")
+    code, _, err = invoke("inspect", str(junk))
+    assert code == 1
+    assert err.startswith(f"sncli: error: {junk}: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_only_cli_and_render_import_rich_and_only_cli_imports_typer() -> None:
+    package = Path(__file__).resolve().parents[2] / "sncli"
+    allowed = {"rich": {"cli", "render"}, "typer": {"cli"}}
+    offenders = []
+    for path in package.rglob("*.py"):
+        where = path.relative_to(package).parts[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in allowed and where not in allowed[top]:
+                    offenders.append(f"{path.relative_to(package)} imports {name}")
+    assert offenders == []
