@@ -265,6 +265,34 @@ def _open_index(index: Path, *, key: str | None, skip_objects: bool) -> Checkpoi
     return ckpt
 
 
+def _assemble(
+    path: Path,
+    format: str,
+    files: list[Path],
+    tensors: dict[str, TensorInfo],
+    notes: list[str],
+    index: Path | None,
+    **details: Any,
+) -> Checkpoint:
+    """What every reader found, as a ``Checkpoint``: tensors in natural key order, the prefix
+    every key carries (noted, and omitted from display names), weight norm's pairs."""
+    ordered = {n: tensors[n] for n in sorted(tensors, key=natural_key)}
+    prefix = common_prefix(list(ordered))
+    if prefix:
+        notes = [*notes, f"prefix '{prefix}' is on every key; omitted from displayed names"]
+    return Checkpoint(
+        path=path,
+        format=format,
+        files=files,
+        tensors=ordered,
+        notes=notes,
+        prefix=prefix,
+        index_path=index,
+        derived=weight_norm_pairs(ordered),
+        **details,
+    )
+
+
 def _open_safetensors(files: list[Path], path: Path, *, index: Path | None) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[Path, dict[str, str] | None] = {}
@@ -275,20 +303,7 @@ def _open_safetensors(files: list[Path], path: Path, *, index: Path | None) -> C
             if name in tensors:
                 raise CheckpointError(f"tensor {quote(name)} appears in two shards", path)
             tensors[name] = TensorInfo(name, shape, SAFETENSORS_DTYPES[code][1], file, name)
-    ordered = {n: tensors[n] for n in sorted(tensors, key=natural_key)}
-    prefix = common_prefix(list(ordered))
-    notes = [f"prefix '{prefix}' is on every key; omitted from displayed names"] if prefix else []
-    return Checkpoint(
-        path=path,
-        format="safetensors",
-        files=files,
-        tensors=ordered,
-        notes=notes,
-        prefix=prefix,
-        metadata=metadata,
-        index_path=index,
-        derived=weight_norm_pairs(ordered),
-    )
+    return _assemble(path, "safetensors", files, tensors, [], index, metadata=metadata)
 
 
 def _open_torch(
@@ -343,23 +358,17 @@ def _open_torch(
         if dangerous:
             note += f". Warning: {shown_names(dangerous)} can run code; the file may be malicious"
         notes.append(Message(note, Level.SECURITY) if dangerous else note)
-    ordered = {n: tensors[n] for n in sorted(tensors, key=natural_key)}
-    prefix = common_prefix(list(ordered))
-    if prefix:
-        notes.append(f"prefix '{prefix}' is on every key; omitted from displayed names")
-    return Checkpoint(
-        path=path,
-        format="torch",
-        files=files,
-        tensors=ordered,
-        notes=notes,
+    return _assemble(
+        path,
+        "torch",
+        files,
+        tensors,
+        notes,
+        index,
         wrapper_key=wrapper,
-        prefix=prefix,
-        index_path=index,
         aliases=aliases,
         non_tensor_keys=non_tensors,
         unsupported=unsupported,
-        derived=weight_norm_pairs(ordered),
         _state_dicts=states,
         _containers=containers,
         _skip_objects=skip_objects,

@@ -8,22 +8,9 @@ from typing import Annotated
 import typer
 
 from sncli.analysis import MethodOptions, SortKey, sort_layers, spectral_norms
+from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
-from sncli.cli.options import (
-    CheckpointArg,
-    ExcludeOpt,
-    FilterOpt,
-    FormatOpt,
-    IterationsOpt,
-    KeyOpt,
-    QuietOpt,
-    SeedOpt,
-    SkipObjectsOpt,
-    TolOpt,
-    TransposedOpt,
-    check_regexes,
-)
 from sncli.cli.sink import Sink, handle_errors
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
@@ -39,7 +26,7 @@ from sncli.render.inspect import inspect_to_csv, inspect_to_dict, print_inspect_
 )
 @handle_errors
 def inspect(
-    checkpoint: CheckpointArg,
+    checkpoint: opt.CheckpointArg,
     method: Annotated[
         Method,
         typer.Option(
@@ -53,12 +40,12 @@ def inspect(
             case_sensitive=False,
         ),
     ] = Method.AUTO,
-    iters: IterationsOpt = 1000,
-    tol: TolOpt = None,
-    seed: SeedOpt = 0,
-    output_format: FormatOpt = OutputFormat.TABLE,
-    include: FilterOpt = None,
-    exclude: ExcludeOpt = None,
+    iters: opt.IterationsOpt = 1000,
+    tol: opt.TolOpt = None,
+    seed: opt.SeedOpt = 0,
+    output_format: opt.FormatOpt = OutputFormat.TABLE,
+    include: opt.FilterOpt = None,
+    exclude: opt.ExcludeOpt = None,
     sort: Annotated[
         SortKey | None,
         typer.Option(
@@ -73,7 +60,7 @@ def inspect(
         int | None,
         typer.Option("--top", min=1, help="Show only the first N layers (by σ unless --sort)."),
     ] = None,
-    transposed: TransposedOpt = None,
+    transposed: opt.TransposedOpt = None,
     certified: Annotated[
         bool,
         typer.Option(
@@ -104,12 +91,12 @@ def inspect(
             "checkpoints (a random start instead).",
         ),
     ] = False,
-    key: KeyOpt = None,
-    skip_objects: SkipObjectsOpt = False,
-    quiet: QuietOpt = False,
+    key: opt.KeyOpt = None,
+    skip_objects: opt.SkipObjectsOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Report the largest singular value σ of every layer's weight matrix."""
-    check_regexes(include, exclude, transposed)
+    chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     with (
         open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
@@ -127,9 +114,7 @@ def inspect(
                 certify=certified,
                 warm_start=not no_warm_start,
             ),
-            include=include or (),
-            exclude=exclude or (),
-            transposed=transposed or (),
+            **chosen,
             progress=progress,
         )
     sink.notes(report.notes, besides=ckpt.notes)

@@ -8,23 +8,9 @@ from typing import Annotated
 
 import typer
 
+from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
-from sncli.cli.options import (
-    CheckpointArg,
-    ExcludeOpt,
-    FilterOpt,
-    FormatOpt,
-    IterationsOpt,
-    KeyOpt,
-    QuietOpt,
-    SeedOpt,
-    SkipObjectsOpt,
-    TolOpt,
-    TransposedOpt,
-    check_regexes,
-    parse_size,
-)
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import EXIT_BOUND_EXCEEDED
 from sncli.lipschitz import ConvPolicy, LipschitzOptions, Padding, lipschitz_report
@@ -47,7 +33,7 @@ from sncli.render.lipschitz import (
 )
 @handle_errors
 def lipschitz(
-    checkpoint: CheckpointArg,
+    checkpoint: opt.CheckpointArg,
     method: Annotated[
         Method,
         typer.Option(
@@ -107,21 +93,21 @@ def lipschitz(
             help="Exit with code 3 when the bound exceeds X (a CI gate).",
         ),
     ] = None,
-    iters: IterationsOpt = 1000,
-    tol: TolOpt = None,
-    seed: SeedOpt = 0,
-    output_format: FormatOpt = OutputFormat.TABLE,
-    include: FilterOpt = None,
-    exclude: ExcludeOpt = None,
-    transposed: TransposedOpt = None,
-    key: KeyOpt = None,
-    skip_objects: SkipObjectsOpt = False,
-    quiet: QuietOpt = False,
+    iters: opt.IterationsOpt = 1000,
+    tol: opt.TolOpt = None,
+    seed: opt.SeedOpt = 0,
+    output_format: opt.FormatOpt = OutputFormat.TABLE,
+    include: opt.FilterOpt = None,
+    exclude: opt.ExcludeOpt = None,
+    transposed: opt.TransposedOpt = None,
+    key: opt.KeyOpt = None,
+    skip_objects: opt.SkipObjectsOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
-    check_regexes(include, exclude, transposed)
+    chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
-    size = parse_size(input_size)
+    size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
     if size is not None and padding is not Padding.CIRCULAR:
@@ -136,9 +122,7 @@ def lipschitz(
         padding=padding,
         input_size=size,
         grid=grid,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        transposed=tuple(transposed or ()),
+        **chosen,
     )
     with (
         open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,

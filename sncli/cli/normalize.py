@@ -9,20 +9,8 @@ from typing import Annotated
 import typer
 
 from sncli.checkpoint import open_checkpoint
+from sncli.cli import options as opt
 from sncli.cli.app import app
-from sncli.cli.options import (
-    CheckpointArg,
-    ExcludeOpt,
-    FilterOpt,
-    IterationsOpt,
-    KeyOpt,
-    QuietOpt,
-    SeedOpt,
-    SkipObjectsOpt,
-    TolOpt,
-    TransposedOpt,
-    check_regexes,
-)
 from sncli.cli.sink import Sink, handle_errors
 from sncli.normalize import (
     NormalizeMode,
@@ -44,7 +32,7 @@ from sncli.render.normalize import normalize_to_dict, print_normalize_table
 )
 @handle_errors
 def normalize(
-    checkpoint: CheckpointArg,
+    checkpoint: opt.CheckpointArg,
     output: Annotated[
         str | None,
         typer.Option(
@@ -84,12 +72,12 @@ def normalize(
             case_sensitive=False,
         ),
     ] = Method.EXACT,
-    iters: IterationsOpt = 1000,
-    tol: TolOpt = None,
-    seed: SeedOpt = 0,
-    include: FilterOpt = None,
-    exclude: ExcludeOpt = None,
-    transposed: TransposedOpt = None,
+    iters: opt.IterationsOpt = 1000,
+    tol: opt.TolOpt = None,
+    seed: opt.SeedOpt = 0,
+    include: opt.FilterOpt = None,
+    exclude: opt.ExcludeOpt = None,
+    transposed: opt.TransposedOpt = None,
     embeddings: Annotated[
         bool, typer.Option("--embeddings", help="Also normalize embedding matrices.")
     ] = False,
@@ -114,12 +102,12 @@ def normalize(
         OutputFormat,
         typer.Option("--format", help="table or json.", case_sensitive=False),
     ] = OutputFormat.TABLE,
-    key: KeyOpt = None,
-    skip_objects: SkipObjectsOpt = False,
-    quiet: QuietOpt = False,
+    key: opt.KeyOpt = None,
+    skip_objects: opt.SkipObjectsOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Rewrite a checkpoint with spectrally normalized weights: W ← target·W/σ(W)."""
-    check_regexes(include, exclude, transposed)
+    chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if not (math.isfinite(target) and target > 0):
         raise typer.BadParameter(f"{target} is not a positive number", param_hint="--target")
@@ -136,9 +124,7 @@ def normalize(
         iters=iters,
         tol=tol,
         seed=seed,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        transposed=tuple(transposed or ()),
+        **chosen,
         embeddings=embeddings,
         norms=norms,
         bake=bake,

@@ -85,14 +85,21 @@ QuietOpt = Annotated[
 ]
 
 
-def check_regexes(*groups: list[str] | None) -> None:
-    """Reject an invalid --filter/--exclude/--transposed pattern as a usage error."""
-    for group in groups:
-        for pattern in group or ():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise typer.BadParameter(f"invalid regex {pattern!r}: {exc}") from None
+def selection(
+    include: list[str] | None, exclude: list[str] | None, transposed: list[str] | None
+) -> dict[str, tuple[str, ...]]:
+    """--filter/--exclude/--transposed as the engines' keyword arguments; an invalid pattern is a
+    usage error."""
+    for pattern in [*(include or ()), *(exclude or ()), *(transposed or ())]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise typer.BadParameter(f"invalid regex {pattern!r}: {exc}") from None
+    return {
+        "include": tuple(include or ()),
+        "exclude": tuple(exclude or ()),
+        "transposed": tuple(transposed or ()),
+    }
 
 
 def parse_size(text: str | None) -> tuple[int, ...] | None:
