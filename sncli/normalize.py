@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from sncli import __version__
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
-from sncli.dtypes import TORCH_TO_SAFETENSORS, UNIT_ROUNDOFF, bits_per_element
+from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError, WriteError
 from sncli.formats import sniff_format
-from sncli.formats.safetensors import (
-    read_safetensors_header,
-    safetensors_header_bytes,
-    tensor_bytes,
-)
+from sncli.formats.common import copy_range
+from sncli.formats.safetensors import write_edited_safetensors
 from sncli.layers import (
     Layer,
     LayerKind,
@@ -47,7 +44,7 @@ from sncli.numerics.spectral import (
     largest_singular_value,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
-from sncli.writer import PendingFile, copy_range, staged_write
+from sncli.writer import PendingFile, staged_write
 
 if TYPE_CHECKING:
     import torch
@@ -535,34 +532,11 @@ def _write_safetensors(
     edits: _Edits,
     plan: NormalizePlan,
 ) -> PendingFile:
-    header = read_safetensors_header(source)
-    metadata = dict(header.metadata or {})
-    if new or edits.dropped:
-        metadata["sncli"] = _provenance(plan)
-    ordered = sorted(header.tensors.items(), key=lambda item: item[1][2][0])
-    entries: list[tuple[str, str, tuple[int, ...], int]] = []
-    for name, (code, shape, (begin, end)) in ordered:
-        if name in edits.dropped:
-            continue
-        if name in new:
-            tensor = new[name]
-            code = TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
-            shape = tuple(tensor.shape)
-            length = tensor.numel() * tensor.element_size()
-        else:
-            length = end - begin
-        entries.append((edits.renames.get(name, name), code, shape, length))
-    keep_metadata = metadata if (header.metadata is not None or metadata) else None
-    header_bytes = safetensors_header_bytes(entries, keep_metadata)
-    with staged_write(target) as (handle, staged), source.open("rb") as original:
-        handle.write(header_bytes)
-        for name, (_, _, (begin, end)) in ordered:
-            if name in edits.dropped:
-                continue
-            if name in new:
-                handle.write(tensor_bytes(new[name]))
-            else:
-                copy_range(original, header.data_start + begin, end - begin, handle)
+    extra = {"sncli": _provenance(plan)} if new or edits.dropped else {}
+    with staged_write(target) as (handle, staged):
+        write_edited_safetensors(
+            source, handle, new, renames=edits.renames, dropped=edits.dropped, metadata=extra
+        )
     return staged
 
 

@@ -1,4 +1,4 @@
-"""Atomic, crash-safe file writes and a streaming safetensors writer.
+"""Atomic, crash-safe file writes (what goes into the file is the format modules' business).
 
 Every output is written to a temporary file in the target's own folder, flushed and fsynced,
 then moved over the target with ``os.replace``: a reader sees the old file or the new one, never
@@ -21,7 +21,6 @@ from typing import BinaryIO
 from sncli.errors import WriteError
 
 TEMP_MARKER = ".sncli-tmp-"
-_CHUNK = 16 * 1024 * 1024
 
 _WATCHDOG = (
     "import os,sys\n"
@@ -160,14 +159,3 @@ def _describe_write_failure(exc: BaseException, folder: Path, written: int) -> s
         pass
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> None:
-    source.seek(start)
-    remaining = length
-    while remaining > 0:
-        chunk = source.read(min(_CHUNK, remaining))
-        if not chunk:
-            raise OSError(5, "source file ended early")
-        dest.write(chunk)
-        remaining -= len(chunk)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sncli.errors import CheckpointError
 from sncli.messages import clean_text
@@ -66,3 +66,17 @@ def regular_file_size(path: Path) -> int:
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO, device or socket"
         raise CheckpointError(f"not a regular file ({kind}); only checkpoint files are read", path)
     return info.st_size
+
+
+COPY_CHUNK = 16 * 1024 * 1024
+
+
+def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> None:
+    source.seek(start)
+    remaining = length
+    while remaining > 0:
+        chunk = source.read(min(COPY_CHUNK, remaining))
+        if not chunk:
+            raise OSError(5, "source file ended early")
+        dest.write(chunk)
+        remaining -= len(chunk)

@@ -8,13 +8,21 @@ import json
 import math
 import struct
 import sys
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sncli.dtypes import SAFETENSORS_DTYPES
+from sncli.dtypes import SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS
 from sncli.errors import CheckpointError, WriteError
-from sncli.formats.common import describe, quote, regular_file_size, show_value, strict_json_loads
+from sncli.formats.common import (
+    copy_range,
+    describe,
+    quote,
+    regular_file_size,
+    show_value,
+    strict_json_loads,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -246,3 +254,44 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
         raise WriteError("writing safetensors needs a little-endian machine")
     flat = tensor.detach().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()
+
+
+def write_edited_safetensors(
+    source: Path,
+    handle: BinaryIO,
+    new: Mapping[str, torch.Tensor],
+    *,
+    renames: Mapping[str, str],
+    dropped: Set[str],
+    metadata: Mapping[str, str],
+) -> None:
+    """Write ``source`` to ``handle`` with tensors replaced (``new``), renamed or dropped.
+
+    Every other tensor is copied byte for byte in its original order; ``__metadata__`` is kept and
+    updated with ``metadata`` (an absent one stays absent when there is nothing to add).
+    """
+    header = read_safetensors_header(source)
+    merged = {**(header.metadata or {}), **metadata}
+    ordered = sorted(header.tensors.items(), key=lambda item: item[1][2][0])
+    entries: list[tuple[str, str, tuple[int, ...], int]] = []
+    for name, (code, shape, (begin, end)) in ordered:
+        if name in dropped:
+            continue
+        if name in new:
+            tensor = new[name]
+            code = TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
+            shape = tuple(tensor.shape)
+            length = tensor.numel() * tensor.element_size()
+        else:
+            length = end - begin
+        entries.append((renames.get(name, name), code, shape, length))
+    keep_metadata = merged if (header.metadata is not None or merged) else None
+    handle.write(safetensors_header_bytes(entries, keep_metadata))
+    with source.open("rb") as original:
+        for name, (_, _, (begin, end)) in ordered:
+            if name in dropped:
+                continue
+            if name in new:
+                handle.write(tensor_bytes(new[name]))
+            else:
+                copy_range(original, header.data_start + begin, end - begin, handle)
