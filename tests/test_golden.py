@@ -276,7 +276,7 @@ def numerics_fingerprint() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def exact_numerics(single_torch_thread: None) -> bool:
+def exact_numerics(single_torch_thread: None) -> bool:  # noqa: ARG001 (wanted for its effect)
     """Whether this machine computes like the one that wrote the golden files."""
     fingerprint = numerics_fingerprint()
     if UPDATE:
