@@ -188,7 +188,17 @@ class _Loaded:
 
 
 def _load_weight(checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None):
-    """One tensor, read without keeping mmap'd pages when the format allows it."""
+    """One tensor, read without keeping mmap'd pages when the format allows it.
+
+    A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
+    read the same way (as ``Checkpoint.load`` composes it).
+    """
+    pair = checkpoint.derived.get(name)
+    if pair is not None:
+        return pair.compose(
+            _load_weight(checkpoint, pair.g_key, reader),
+            _load_weight(checkpoint, pair.v_key, reader),
+        )
     info = checkpoint.tensors[name]
     if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
         return checkpoint.load(name)
@@ -325,6 +335,8 @@ def _layer_bytes(layer: Layer) -> int:
     import math
 
     total = math.prod(layer.shape) * bits_per_element(layer.dtype) // 8
+    if layer.weight_norm is not None:  # the stored v, and W = g·v/‖v‖ composed in float64
+        total += math.prod(layer.shape) * 8
     info = layer.spectral_norm
     return total * 2 if info is not None and info.effective_key else total
 
