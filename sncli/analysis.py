@@ -93,7 +93,8 @@ class LayerSigma:
     ``bound`` says whether σ is two-sided (exact) or a lower bound; ``error_estimate`` is the
     estimated relative error of iterative methods; ``certified``/``upper`` report a proven upper
     side (dense LAPACK, or ``MethodOptions.certify``); ``algorithm`` is what actually ran;
-    ``warm_start`` is True when the stored spectral-norm v vector seeded the iteration.
+    ``warm_start`` is True when the stored spectral-norm v vector seeded the iteration;
+    ``reshape_note`` is the layer's (how an uncertain conv reshape was decided).
     """
 
     name: str
@@ -115,6 +116,7 @@ class LayerSigma:
     upper: float | None = None
     algorithm: str = ""
     warm_start: bool = False
+    reshape_note: str | None = None
 
     @property
     def sigma_upper(self) -> float | None:
@@ -301,6 +303,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         upper=estimate.upper,
         algorithm=estimate.algorithm,
         warm_start=start is not None and estimate.iterations is not None,
+        reshape_note=layer.reshape_note,
     )
 
 

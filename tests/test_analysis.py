@@ -149,6 +149,50 @@ def test_legacy_version_0_layout(tmp_path: Path) -> None:
     assert reading.sigma_stored_estimate == pytest.approx(3.0, rel=1e-12)
 
 
+SN_APIS = {
+    "legacy": nn.utils.spectral_norm,
+    "parametrization": nn.utils.parametrizations.spectral_norm,
+}
+
+
+def trained_sn_conv_transpose(api: str) -> nn.Module:
+    """A real SN ConvTranspose2d(8, 8, 4) after a few train-mode forwards (power iterations)."""
+    torch.manual_seed(0)
+    module = SN_APIS[api](nn.ConvTranspose2d(8, 8, 4))
+    module.train()
+    with torch.no_grad():
+        for _ in range(4):
+            module(torch.randn(2, 8, 5, 5))
+        module.eval()
+        module(torch.randn(1, 8, 5, 5))  # legacy SN sets .weight in a forward pre-hook
+    return module
+
+
+def torch_used_sigma(module: nn.Module, dim: int = 1) -> float:
+    """float64 SVD of the weight the module really uses (W/σ̂), reshaped along ``dim``."""
+    return svd_sigma(as_matrix(module.weight.detach().double(), dim))
+
+
+@pytest.mark.parametrize("api", list(SN_APIS))
+def test_square_sn_conv_transpose_sigma_effective(tmp_path: Path, api: str) -> None:
+    """Issue 10, defect 2: in == out channels; the stored u, v pick PyTorch's dim-1 reshape."""
+    module = trained_sn_conv_transpose(api)
+    path = tmp_path / f"{api}.pt"
+    torch.save(module.state_dict(), path)
+    expected = torch_used_sigma(module)
+    assert abs(torch_used_sigma(module, 0) / expected - 1) > 0.01  # the wrong reshape differs
+    (layer,) = analyse(path, method=Method.EXACT).layers
+    assert layer.transposed and layer.matrix_shape == (8, 128)
+    assert layer.matrix == "reshape(out, in*k) [transposed conv: dim 1 first]"
+    assert layer.reshape_note is None
+    reading = layer.spectral_norm
+    assert reading is not None and reading.sigma_effective is not None
+    # module.weight is W/σ̂ rounded to float32: agreement to float32 accuracy
+    assert reading.sigma_effective == pytest.approx(expected, rel=1e-6)
+    raw = module.state_dict()[layer.name].double()
+    assert layer.sigma == pytest.approx(svd_sigma(as_matrix(raw, 1)), rel=1e-10)
+
+
 WEIGHT_NORMS = {
     "legacy": nn.utils.weight_norm,
     "parametrization": nn.utils.parametrizations.weight_norm,
