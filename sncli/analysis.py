@@ -93,7 +93,8 @@ class LayerSigma:
     ``bound`` says whether σ is two-sided (exact) or a lower bound; ``error_estimate`` is the
     estimated relative error of iterative methods; ``certified``/``upper`` report a proven upper
     side (dense LAPACK, or ``MethodOptions.certify``); ``algorithm`` is what actually ran;
-    ``warm_start`` is True when the stored spectral-norm v vector seeded the iteration.
+    ``warm_start`` is True when the stored spectral-norm v vector seeded the iteration;
+    ``reshape_note`` is the layer's (how an uncertain conv reshape was decided).
     """
 
     name: str
@@ -115,6 +116,7 @@ class LayerSigma:
     upper: float | None = None
     algorithm: str = ""
     warm_start: bool = False
+    reshape_note: str | None = None
 
     @property
     def sigma_upper(self) -> float | None:
@@ -188,7 +190,17 @@ class _Loaded:
 
 
 def _load_weight(checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None):
-    """One tensor, read without keeping mmap'd pages when the format allows it."""
+    """One tensor, read without keeping mmap'd pages when the format allows it.
+
+    A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
+    read the same way (as ``Checkpoint.load`` composes it).
+    """
+    pair = checkpoint.derived.get(name)
+    if pair is not None:
+        return pair.compose(
+            _load_weight(checkpoint, pair.g_key, reader),
+            _load_weight(checkpoint, pair.v_key, reader),
+        )
     info = checkpoint.tensors[name]
     if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
         return checkpoint.load(name)
@@ -291,6 +303,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         upper=estimate.upper,
         algorithm=estimate.algorithm,
         warm_start=start is not None and estimate.iterations is not None,
+        reshape_note=layer.reshape_note,
     )
 
 
@@ -325,6 +338,8 @@ def _layer_bytes(layer: Layer) -> int:
     import math
 
     total = math.prod(layer.shape) * bits_per_element(layer.dtype) // 8
+    if layer.weight_norm is not None:  # the stored v, and W = g·v/‖v‖ composed in float64
+        total += math.prod(layer.shape) * 8
     info = layer.spectral_norm
     return total * 2 if info is not None and info.effective_key else total
 

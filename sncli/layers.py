@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
 from sncli.dtypes import FLOAT_DTYPES
 from sncli.errors import NumericalError
-from sncli.numerics.spectral import as_matrix
+from sncli.numerics.spectral import Method, as_matrix, largest_singular_value
 from sncli.parametrizations import (
     SpectralNormInfo,
     WeightNormPair,
@@ -59,7 +59,9 @@ class Layer:
     stored g and v (``conv.weight`` or ``conv.parametrizations.weight``). Either way
     ``checkpoint.load(layer.name)`` gives the weight. ``reshape_dim`` is the dimension moved to
     the front before flattening to a matrix (0 normally, 1 for transposed convolutions), which is
-    what ``torch.nn.utils.spectral_norm`` does.
+    what ``torch.nn.utils.spectral_norm`` does. ``reshape_note`` says how a convolution's reshape
+    was decided when that is not certain (no spectral-norm vectors to tell, or vectors that did
+    not tell).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Layer:
     spectral_norm: SpectralNormInfo | None = None
     transposed: bool = False
     weight_norm: WeightNormPair | None = None
+    reshape_note: str | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -86,7 +89,8 @@ class Layer:
         if not self.kind.is_conv:
             return "weight"
         if self.reshape_dim == 1:
-            return "reshape(in, out*k) [transposed conv]"
+            # ConvTranspose stores (in, out/groups, k…); spectral_norm(dim=1) moves dim 1 first.
+            return "reshape(out, in*k) [transposed conv: dim 1 first]"
         return "reshape(out, in*k)"
 
 
@@ -137,8 +141,10 @@ def classify(
     """Sort a checkpoint's tensors into layers to analyse and skipped tensors with reasons.
 
     ``transposed`` holds regexes naming ConvTranspose weights: their matrix is formed along dim 1,
-    as PyTorch's spectral_norm does; shapes alone cannot tell them from ordinary convolutions.
-    In spectral-norm checkpoints the stored u vector's length settles the question.
+    as PyTorch's spectral_norm does; shapes alone cannot tell them from ordinary convolutions
+    (such layers carry a ``reshape_note`` saying so). In spectral-norm checkpoints the stored
+    u, v settle the question (see ``_sn_reshape``); only when in == out channels does that read
+    the weight and the vectors (one layer at a time).
     """
     patterns = [re.compile(p) for p in transposed]
     names = set(checkpoint.tensors)
@@ -188,10 +194,12 @@ def classify(
             continue
         is_transposed = kind.is_conv and any(p.search(name) for p in patterns)
         group = sn.get(name)
-        if group is not None and kind.is_conv:
-            u_len = checkpoint.tensors[group.u_key].numel
-            if u_len == info.shape[1] and u_len != info.shape[0]:
-                is_transposed = True
+        note = None
+        if kind.is_conv and group is not None:
+            dim, note = _sn_reshape(checkpoint, name, info.shape, group, int(is_transposed))
+            is_transposed = dim == 1
+        elif kind.is_conv and not is_transposed:
+            note = UNTOLD_RESHAPE
         layers.append(
             Layer(
                 name=name,
@@ -203,12 +211,101 @@ def classify(
                 spectral_norm=group,
                 transposed=is_transposed,
                 weight_norm=weight_norms.get(name),
+                reshape_note=note,
             )
         )
     for key in checkpoint.non_tensor_keys:
         skipped.append(Skipped(key, "not a tensor"))
     skipped.sort(key=lambda s: natural_key(s.name))
     return Classification(layers=layers, skipped=skipped)
+
+
+#: A convolution without spectral-norm vectors: Conv (out, in, k…) and ConvTranspose
+#: (in, out, k…) weights look alike.
+UNTOLD_RESHAPE = (
+    "Conv or ConvTranspose cannot be told from the shape: reshaped as a Conv (dim 0 first); "
+    "name ConvTranspose weights with --transposed"
+)
+#: PyTorch's σ̂ = uᵀWv is at least this fraction of σ for the reshape its power iteration ran on
+#: (measured ≥ 0.95 after one training step, ≤ 0.83 for the other reshape down to 2 channels).
+SN_ESTIMATE_AGREEMENT = 0.9
+
+
+def _sn_reshape(
+    checkpoint: Checkpoint,
+    name: str,
+    shape: tuple[int, ...],
+    group: SpectralNormInfo,
+    flagged: int,
+) -> tuple[int, str | None]:
+    """(reshape dim, note) of a spectral-norm convolution, read from its stored u and v.
+
+    PyTorch's u has one entry per row of the matrix it normalizes (``shape[0]`` for Conv,
+    ``shape[1]`` for ConvTranspose), v one per column. When only one reshape fits, that is it.
+    When both fit (in == out channels), the weight and vectors are read: the right reshape is
+    the one where σ̂ = uᵀWv is close to σ (≥ ``SN_ESTIMATE_AGREEMENT``·σ), since PyTorch's
+    power iteration converged there. Otherwise ``flagged`` (1 when ``--transposed`` names the
+    layer) decides, and the note says the reshape is a guess. Vectors that decide override
+    ``flagged`` (with a note when they contradict it).
+    """
+    numel = math.prod(shape)
+    u_len = checkpoint.tensors[group.u_key].numel
+    v_len = checkpoint.tensors[group.v_key].numel if group.v_key else None
+    fits = [shape[d] == u_len and (v_len is None or u_len * v_len == numel) for d in (0, 1)]
+    how = "as --transposed says" if flagged else "as a Conv"
+    if fits[0] != fits[1]:
+        dim = 0 if fits[0] else 1
+        if flagged and dim == 0:
+            return dim, (
+                "the stored spectral-norm u, v fit only a Conv's reshape (dim 0 first); "
+                "--transposed does not apply"
+            )
+        return dim, None
+    if not fits[0]:
+        return flagged, f"the stored u, v fit neither reshape: reshaped along dim {flagged} {how}"
+    if group.v_key is None:
+        return flagged, (
+            "in == out channels and no stored v vector: Conv or ConvTranspose cannot be told; "
+            f"reshaped along dim {flagged} {how}"
+        )
+    ratios = _sn_agreement(checkpoint, name, group)
+    if ratios is not None:
+        best = max((0, 1), key=lambda d: ratios[d])
+        if ratios[best] >= SN_ESTIMATE_AGREEMENT > ratios[1 - best]:
+            if flagged and best == 0:
+                return best, (
+                    "the stored spectral-norm u, v match a Conv's reshape (dim 0 first: "
+                    f"uᵀWv/σ = {ratios[0]:.3g}, against {ratios[1]:.3g} along dim 1); "
+                    "--transposed does not apply"
+                )
+            return best, None
+        shown = f"uᵀWv/σ = {ratios[0]:.3g} along dim 0, {ratios[1]:.3g} along dim 1"
+    else:
+        shown = "the weight or vectors are not finite"
+    return flagged, (
+        f"in == out channels and the stored u, v do not tell Conv from ConvTranspose ({shown}): "
+        f"reshaped along dim {flagged} {how}"
+    )
+
+
+def _sn_agreement(
+    checkpoint: Checkpoint, name: str, group: SpectralNormInfo
+) -> tuple[float, float] | None:
+    """uᵀWv/σ(W) for the dim-0 and dim-1 reshapes (float64); None when not finite."""
+    import torch
+
+    assert group.v_key is not None
+    weight = checkpoint.load(name).to(torch.float64)
+    u = checkpoint.load(group.u_key).to(torch.float64).reshape(-1)
+    v = checkpoint.load(group.v_key).to(torch.float64).reshape(-1)
+    if not all(bool(torch.isfinite(t).all()) for t in (weight, u, v)):
+        return None
+    ratios = []
+    for dim in (0, 1):
+        matrix = as_matrix(weight, dim)
+        sigma = largest_singular_value(matrix, Method.AUTO, tol=1e-3, start=v).sigma
+        ratios.append(float(torch.dot(u, matrix @ v)) / sigma if sigma > 0 else 0.0)
+    return ratios[0], ratios[1]
 
 
 def _dtype_problem(dtype: str) -> str | None:

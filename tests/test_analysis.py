@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,105 @@ def test_legacy_version_0_layout(tmp_path: Path) -> None:
     assert reading is not None and "version-0" in reading.note
     assert reading.sigma_effective == pytest.approx(svd_sigma(normalized), rel=1e-12)
     assert reading.sigma_stored_estimate == pytest.approx(3.0, rel=1e-12)
+
+
+SN_APIS = {
+    "legacy": nn.utils.spectral_norm,
+    "parametrization": nn.utils.parametrizations.spectral_norm,
+}
+
+
+def trained_sn_conv_transpose(api: str) -> nn.Module:
+    """A real SN ConvTranspose2d(8, 8, 4) after a few train-mode forwards (power iterations)."""
+    torch.manual_seed(0)
+    module = SN_APIS[api](nn.ConvTranspose2d(8, 8, 4))
+    module.train()
+    with torch.no_grad():
+        for _ in range(4):
+            module(torch.randn(2, 8, 5, 5))
+        module.eval()
+        module(torch.randn(1, 8, 5, 5))  # legacy SN sets .weight in a forward pre-hook
+    return module
+
+
+def torch_used_sigma(module: nn.Module, dim: int = 1) -> float:
+    """float64 SVD of the weight the module really uses (W/σ̂), reshaped along ``dim``."""
+    return svd_sigma(as_matrix(module.weight.detach().double(), dim))
+
+
+@pytest.mark.parametrize("api", list(SN_APIS))
+def test_square_sn_conv_transpose_sigma_effective(tmp_path: Path, api: str) -> None:
+    """Issue 10, defect 2: in == out channels; the stored u, v pick PyTorch's dim-1 reshape."""
+    module = trained_sn_conv_transpose(api)
+    path = tmp_path / f"{api}.pt"
+    torch.save(module.state_dict(), path)
+    expected = torch_used_sigma(module)
+    assert abs(torch_used_sigma(module, 0) / expected - 1) > 0.01  # the wrong reshape differs
+    (layer,) = analyse(path, method=Method.EXACT).layers
+    assert layer.transposed and layer.matrix_shape == (8, 128)
+    assert layer.matrix == "reshape(out, in*k) [transposed conv: dim 1 first]"
+    assert layer.reshape_note is None
+    reading = layer.spectral_norm
+    assert reading is not None and reading.sigma_effective is not None
+    # module.weight is W/σ̂ rounded to float32: agreement to float32 accuracy
+    assert reading.sigma_effective == pytest.approx(expected, rel=1e-6)
+    raw = module.state_dict()[layer.name].double()
+    assert layer.sigma == pytest.approx(svd_sigma(as_matrix(raw, 1)), rel=1e-10)
+
+
+WEIGHT_NORMS = {
+    "legacy": nn.utils.weight_norm,
+    "parametrization": nn.utils.parametrizations.weight_norm,
+}
+
+
+def weight_norm_model(style: str) -> nn.Module:
+    """Linear, Conv1d (HiFi-GAN style, dim 0) and Conv2d under one of PyTorch's weight norms."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Conv1d(4, 8, 7), nn.Conv2d(3, 4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # legacy weight_norm is deprecated
+        for index in range(3):
+            WEIGHT_NORMS[style](model[index])
+    with torch.no_grad():  # make g differ from ‖v‖, so W is not v
+        for index in range(3):
+            weight_g = (
+                model[index].parametrizations.weight.original0
+                if style == "parametrization"
+                else model[index].weight_g
+            )
+            weight_g.mul_(torch.linspace(0.5, 3.0, weight_g.numel()).reshape(weight_g.shape))
+        model[0](torch.randn(2, 6))  # legacy weight norm recomputes .weight in a pre-hook
+        model[1](torch.randn(1, 4, 12))
+        model[2](torch.randn(1, 3, 6, 6))
+    return model
+
+
+@pytest.mark.parametrize("style", list(WEIGHT_NORMS))
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_weight_norm_checkpoints(tmp_path: Path, style: str, fmt: str) -> None:
+    """Issue 10, defect 4: inspect read weight-norm layers' composed names from the file."""
+    model = weight_norm_model(style)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / f"wn.{fmt}"
+    if fmt == "pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    composed = "weight" if style == "legacy" else "parametrizations.weight"
+    expected = {
+        f"{index}.{composed}": svd_sigma(as_matrix(model[index].weight.detach().double()))
+        for index in range(3)
+    }
+    for workers in (1, 2):
+        report = analyse(path, method=Method.EXACT, workers=workers)
+        assert {layer.name: layer.sigma for layer in report.layers} == pytest.approx(
+            expected, rel=1e-6
+        )
+    with sncli.open_checkpoint(path) as ckpt:
+        for layer in classify(ckpt).layers:
+            measured = measure_layer(ckpt, layer, MethodOptions(method=Method.DENSE))
+            assert measured.sigma == pytest.approx(expected[layer.name], rel=1e-6)
 
 
 def trained_sn_linear(tmp_path: Path, shape: tuple[int, int] = (600, 400)) -> Path:

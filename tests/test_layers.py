@@ -17,6 +17,7 @@ from torch import nn
 from sncli.checkpoint import Checkpoint, open_checkpoint
 from sncli.errors import CheckpointError
 from sncli.layers import (
+    UNTOLD_RESHAPE,
     Layer,
     LayerKind,
     Skipped,
@@ -285,20 +286,103 @@ def test_spectral_norm_layers_reproduce_module_weight(
         assert layer.kind is LayerKind.LINEAR  # named "weight" only: shape says 2-D map
 
 
-def test_square_conv_transpose_needs_the_transposed_option(tmp_path: Path) -> None:
-    """With in == out channels u's length cannot tell; --transposed settles it."""
+def _torch_sn_dim(module: nn.Module) -> int:
+    """The dim PyTorch's spectral norm (either API) moves first to form its matrix."""
+    if hasattr(module, "parametrizations"):
+        return module.parametrizations.weight[0].dim
+    (hook,) = [h for h in module._forward_pre_hooks.values() if hasattr(h, "dim")]
+    return hook.dim
+
+
+@pytest.mark.parametrize("wrap", [legacy_sn, param_sn], ids=["legacy", "parametrization"])
+def test_square_conv_transpose_decided_by_stored_vectors(
+    tmp_path: Path, wrap: Callable[[nn.Module], nn.Module]
+) -> None:
+    """Issue 10, defect 2: with in == out channels u's length cannot tell; uᵀWv ≈ σ does."""
     torch.manual_seed(0)
-    module = legacy_sn(nn.ConvTranspose2d(4, 4, 3))
+    module = wrap(nn.ConvTranspose2d(4, 4, 3))
     train_steps(module, lambda: torch.randn(2, 4, 5, 5))
     with torch.no_grad():
         module(torch.randn(1, 4, 5, 5))
+    assert _torch_sn_dim(module) == 1
+    ckpt = opened(tmp_path, module)
+    for flags in ([], [r"weight"]):
+        layer, _ = only_layer(ckpt, transposed=flags)
+        assert layer.reshape_dim == 1 and layer.transposed
+        assert layer.reshape_note is None
+        assert layer.matrix_description == "reshape(out, in*k) [transposed conv: dim 1 first]"
+        assert torch.equal(_stored_sn_weight(ckpt, layer), module.weight)
+
+
+@pytest.mark.parametrize("wrap", [legacy_sn, param_sn], ids=["legacy", "parametrization"])
+def test_square_conv_vectors_override_transposed_option(
+    tmp_path: Path, wrap: Callable[[nn.Module], nn.Module]
+) -> None:
+    """A square SN Conv2d named by --transposed stays a Conv: the vectors say so, and a note."""
+    torch.manual_seed(0)
+    module = wrap(nn.Conv2d(4, 4, 3))
+    train_steps(module, lambda: torch.randn(2, 4, 6, 6))
+    with torch.no_grad():
+        module(torch.randn(1, 4, 6, 6))
+    assert _torch_sn_dim(module) == 0
+    ckpt = opened(tmp_path, module)
+    plain, _ = only_layer(ckpt)
+    assert plain.reshape_dim == 0 and plain.reshape_note is None
+    flagged, _ = only_layer(ckpt, transposed=[r"weight"])
+    assert flagged.reshape_dim == 0 and not flagged.transposed
+    assert flagged.reshape_note is not None
+    assert "--transposed does not apply" in flagged.reshape_note
+    assert torch.equal(_stored_sn_weight(ckpt, flagged), module.weight)
+
+
+def test_conv_transpose_matrix_is_out_by_in_k(tmp_path: Path) -> None:
+    """PyTorch's u for ConvTranspose2d(3, 6, 4) has out = 6 entries: the matrix is (out, in·k)."""
+    torch.manual_seed(0)
+    module = param_sn(nn.ConvTranspose2d(3, 6, 4))
+    ckpt = opened(tmp_path, module)
+    layer, _ = only_layer(ckpt)
+    assert layer.shape == (3, 6, 4, 4)  # (in, out, k, k)
+    assert module.parametrizations.weight[0]._u.numel() == 6
+    assert layer.matrix_shape == (6, 3 * 16)
+    assert layer.matrix_description == "reshape(out, in*k) [transposed conv: dim 1 first]"
+
+
+def test_untrained_square_conv_transpose_is_ambiguous(tmp_path: Path) -> None:
+    """Legacy SN before any forward: u, v are random and fit both reshapes; say so, honour
+    --transposed."""
+    torch.manual_seed(0)
+    module = legacy_sn(nn.ConvTranspose2d(4, 4, 3))
     ckpt = opened(tmp_path, module)
     guessed, _ = only_layer(ckpt)
-    assert guessed.reshape_dim == 0 and not guessed.transposed
+    assert guessed.reshape_dim == 0
+    assert guessed.reshape_note is not None
+    assert "do not tell Conv from ConvTranspose" in guessed.reshape_note
     layer, _ = only_layer(ckpt, transposed=[r"weight_orig$"])
     assert layer.reshape_dim == 1 and layer.transposed
-    assert layer.matrix_description == "reshape(in, out*k) [transposed conv]"
-    assert torch.equal(_stored_sn_weight(ckpt, layer), module.weight)
+    assert layer.reshape_note is not None and "as --transposed says" in layer.reshape_note
+
+
+def test_square_sn_without_v_is_ambiguous(tmp_path: Path) -> None:
+    state = {
+        "weight_orig": torch.randn(4, 4, 3, 3),
+        "weight_u": torch.randn(4),
+        "weight": torch.randn(4, 4, 3, 3),
+    }
+    layer, _ = only_layer(open_checkpoint(save_pt(state, tmp_path / "v0.pt")))
+    assert layer.reshape_dim == 0
+    assert layer.reshape_note is not None and "no stored v vector" in layer.reshape_note
+
+
+def test_plain_conv_reshape_is_marked_ambiguous(tmp_path: Path) -> None:
+    """Without spectral-norm vectors nothing tells Conv from ConvTranspose: a note, or the flag."""
+    ckpt = opened(tmp_path, nn.ConvTranspose2d(3, 5, 4))
+    guessed, _ = only_layer(ckpt)
+    assert guessed.reshape_dim == 0 and guessed.reshape_note == UNTOLD_RESHAPE
+    layer, _ = only_layer(ckpt, transposed=[r"^weight$"])
+    assert layer.reshape_dim == 1 and layer.reshape_note is None
+    assert layer.matrix_shape == (5, 3 * 16)
+    linear, _ = only_layer(opened(tmp_path, nn.Linear(3, 4)))
+    assert linear.reshape_note is None
 
 
 def test_named_sn_embedding_is_an_embedding(tmp_path: Path) -> None:

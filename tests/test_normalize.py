@@ -156,6 +156,55 @@ def test_spectral_norm_checkpoint_keeps_u_v_consistent(
             assert torch.equal(tensor, after[name])
 
 
+SN_APIS = {
+    "legacy": nn.utils.spectral_norm,
+    "parametrization": nn.utils.parametrizations.spectral_norm,
+}
+
+
+def _sn_conv_transpose(api: str, *, train: bool) -> nn.Module:
+    """A real SN ConvTranspose2d(8, 8, 4): in == out, so u's length cannot tell the reshape."""
+    torch.manual_seed(0)
+    module = SN_APIS[api](nn.ConvTranspose2d(8, 8, 4))
+    with torch.no_grad():
+        if train:  # a few power iterations, as training runs them
+            module.train()
+            for _ in range(4):
+                module(torch.randn(2, 8, 5, 5))
+        module.eval()
+        module(torch.randn(1, 8, 5, 5))  # legacy SN sets .weight in a forward pre-hook
+    return module
+
+
+def _used_sigma(module: nn.Module) -> float:
+    """σ of the weight the module uses, reshaped as PyTorch's spectral_norm does (dim 1 first)."""
+    with torch.no_grad():
+        module.eval()
+        module(torch.randn(1, 8, 5, 5))
+        return svd_sigma(module.weight.detach(), 1)
+
+
+@pytest.mark.parametrize("api", list(SN_APIS))
+def test_square_sn_conv_transpose_normalized_in_the_model(api: str, tmp_path: Path) -> None:
+    """Issue 10, defect 2: the written model, loaded back into torch, has the target σ."""
+    path = tmp_path / "sn.pt"
+    torch.save(_sn_conv_transpose(api, train=True).state_dict(), path)
+    out = tmp_path / "out.pt"
+    plan, result = run(path, out)
+    assert [layer.reshape_dim for layer in plan.layers] == [1]  # type: ignore[attr-defined]
+    assert result.verified  # type: ignore[attr-defined]
+    reloaded = _sn_conv_transpose(api, train=False)
+    reloaded.load_state_dict(torch.load(out, weights_only=True))
+    assert _used_sigma(reloaded) == pytest.approx(1.0, rel=1e-5)
+
+    baked = tmp_path / "baked.pt"
+    run(path, baked, bake=True, target=0.5)
+    plain = nn.ConvTranspose2d(8, 8, 4)
+    plain.load_state_dict(torch.load(baked, weights_only=True))
+    sigma = _used_sigma(plain)
+    assert 0.5 * (1 - SCALE_FLOOR[torch.float32]) <= sigma <= 0.5 * (1 + MEASURE)
+
+
 def _plain_discriminator() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 32, 4, stride=2, padding=1),

@@ -38,9 +38,9 @@ TransposedOpt = Annotated[
     typer.Option(
         "--transposed",
         metavar="REGEX",
-        help="Mark conv weights matching REGEX as ConvTranspose: their matrix is formed along "
-        "dim 1 (in, out·k…), as torch's spectral_norm does. Shapes cannot tell them apart; in "
-        "spectral-norm checkpoints the stored u vector decides.",
+        help="Mark conv weights matching REGEX as ConvTranspose: dim 1 goes first, the matrix "
+        "is (out, in·k…), as torch's spectral_norm does. Shapes cannot tell them apart; in "
+        "spectral-norm checkpoints the stored u, v decide when they can.",
     ),
 ]
 KeyOpt = Annotated[

@@ -43,6 +43,8 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
         item["sigma_upper"] = upper
     if layer.algorithm:
         item["algorithm"] = layer.algorithm
+    if layer.reshape_note:
+        item["reshape_note"] = layer.reshape_note
     if layer.spectral_norm is not None:
         sn = layer.spectral_norm
         item["spectral_norm"] = {
@@ -157,6 +159,17 @@ def skipped_summary(report: InspectReport) -> str:
     return f"{len(report.skipped)} skipped ({parts})"
 
 
+def print_reshape_notes(layers: list[LayerSigma], console: Console) -> None:
+    """How uncertain conv reshapes were decided: each distinct note once, with its layers."""
+    by_note: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.reshape_note:
+            by_note.setdefault(layer.reshape_note, []).append(clean_text(layer.short_name))
+    for note, names in by_note.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(escape(f"Reshape ({shown}): {note}."), style="dim")
+
+
 def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console: Console) -> None:
     has_sn = any(layer.spectral_norm is not None for layer in layers)
     has_iters = any(layer.iterations is not None for layer in layers)
@@ -214,12 +227,13 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             "Conv σ is that of the reshaped kernel matrix, which is what torch's spectral_norm "
             "normalizes; it is not the convolution's operator norm (see `sncli lipschitz`)."
             + (
-                " (T) = transposed conv, reshaped along dim 1."
+                " (T) = transposed conv: dim 1 (out) first, matrix (out, in·k)."
                 if any(layer.transposed for layer in layers)
                 else ""
             ),
             style="dim",
         )
+        print_reshape_notes(layers, console)
     if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
         console.print(
             "* embedding: recognised by its name; its input is discrete (token ids), so its σ "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import replace
 
 from render_helpers import printed
 
@@ -20,6 +21,7 @@ from sncli.render.inspect import (
     layer_to_dict,
     method_caption,
     print_inspect_table,
+    print_reshape_notes,
     skipped_summary,
 )
 
@@ -58,6 +60,7 @@ POWER_CONV = LayerSigma(
         note="stored u is not a unit vector",
     ),
     transposed=True,
+    reshape_note="the stored u, v do not tell Conv from ConvTranspose",
 )
 UPPER_EMBED = LayerSigma(
     name="model.embed.weight",
@@ -122,6 +125,8 @@ def test_layer_to_dict_holds_what_the_layer_holds() -> None:
         "sigma_effective": None,  # inf is not valid JSON
         "note": "stored u is not a unit vector",
     }
+    assert conv["reshape_note"] == "the stored u, v do not tell Conv from ConvTranspose"
+    assert "reshape_note" not in item
 
 
 def test_inspect_to_dict_summarises_the_layers_given() -> None:
@@ -186,7 +191,8 @@ def test_print_inspect_table() -> None:
     assert "≥" not in rows["fc.weight"] and "2.5 " in rows["fc.weight"]
     footer = "3 layers analysed · 3 skipped (1 bias, 1 tied, 1 NON-FINITE) · largest σ = 3 "
     assert footer + "(embed.weight)" in text
-    assert "(T) = transposed conv, reshaped along dim 1." in text
+    assert "(T) = transposed conv: dim 1 (out) first, matrix (out, in·k)." in text
+    assert "Reshape (conv.weight): the stored u, v do not tell Conv from ConvTranspose." in text
     assert "* embedding: recognised by its name" in text
     assert "Spectral-norm layers: σ_max is the raw weight's" in text
     assert "Non-finite weights in: model.bad.weight" in text
@@ -206,3 +212,15 @@ def test_print_inspect_table_escapes_names_from_the_file() -> None:
     text = printed(lambda console: print_inspect_table(report, [hostile], console))
     assert "Spectral norms: [red]m" in text
     assert "[bold]x\\x1b[31m" in text and "\x1b" not in text
+
+
+def test_reshape_notes_once_per_note_with_their_layers() -> None:
+    note = "Conv or ConvTranspose cannot be told from the shape"
+    layers = [replace(POWER_CONV, short_name=f"c{i}", reshape_note=note) for i in range(5)]
+    layers.append(replace(POWER_CONV, short_name="other", reshape_note="another note"))
+    layers.append(replace(POWER_CONV, short_name="sure", reshape_note=None))
+    text = printed(lambda console: print_reshape_notes(layers, console))
+    assert text.splitlines() == [
+        f"Reshape (c0, c1, c2 and 2 more): {note}.",
+        "Reshape (other): another note.",
+    ]
