@@ -87,6 +87,8 @@ class Checkpoint:
     non_tensor_keys: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     derived: dict[str, WeightNormPair] = field(default_factory=dict)
+    #: Globals that --skip-objects loaded as inert placeholders (their contents are not kept).
+    placeholders: list[str] = field(default_factory=list)
     _state_dicts: dict[Path, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
     _containers: dict[Path, Any] = field(default_factory=dict, repr=False)
@@ -383,6 +385,7 @@ def _open_torch(
         aliases=aliases,
         non_tensor_keys=non_tensors,
         unsupported=unsupported,
+        placeholders=list(replaced_all),
         _state_dicts=states,
         _containers=containers,
         _skip_objects=skip_objects,
