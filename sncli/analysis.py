@@ -470,6 +470,10 @@ def _run(
     return results
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def spectral_norms(
     checkpoint: Checkpoint,
     *,
@@ -485,7 +489,9 @@ def spectral_norms(
     ``include``/``exclude`` are regexes searched in tensor keys. Layers with NaN/Inf weights are
     listed as skipped with the count of bad values rather than given a σ.
     ``progress(done, total, next_name)`` is called from the calling thread.
-    Raises ``NoLayersMatchedError`` when nothing is left to analyse.
+    Raises ``NoLayersMatchedError`` when nothing is left to analyse, and ``NumericalError``
+    (exit 1) when no selected layer could be measured (all non-finite): "0 layers analysed" is
+    not a result a CI gate should pass.
     """
     options = options or MethodOptions()
     classification = classify(checkpoint, transposed=transposed)
@@ -516,7 +522,16 @@ def spectral_norms(
     with _torch_threads(1 if device == "cpu" else None):
         outcomes = _run(checkpoint, selected, options, device, workers, progress)
     results = [item for item in outcomes if isinstance(item, LayerSigma)]
-    skipped = list(classification.skipped) + [s for s in outcomes if isinstance(s, Skipped)]
+    failed = [s for s in outcomes if isinstance(s, Skipped)]
+    if not results:
+        shown = ", ".join(f"{s.name} ({s.reason})" for s in failed[:2])
+        more = f" and {len(failed) - 2} more" if len(failed) > 2 else ""
+        raise NumericalError(
+            f"no layer could be measured: all {_plural(len(failed), 'selected layer')} failed: "
+            f"{shown}{more}",
+            checkpoint.path,
+        )
+    skipped = list(classification.skipped) + failed
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
     if device_note:

@@ -87,6 +87,8 @@ class Checkpoint:
     non_tensor_keys: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     derived: dict[str, WeightNormPair] = field(default_factory=dict)
+    #: Globals that --skip-objects loaded as inert placeholders (their contents are not kept).
+    placeholders: list[str] = field(default_factory=list)
     _state_dicts: dict[Path, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
     _containers: dict[Path, Any] = field(default_factory=dict, repr=False)
@@ -101,7 +103,8 @@ class Checkpoint:
     def load(self, name: str) -> torch.Tensor:
         """Read one tensor (CPU, stored dtype). Memory stays near that tensor's size.
 
-        A name from ``derived`` gives the composed weight (float64).
+        A name from ``derived`` gives the composed weight (float64). Tensors come detached: a
+        file may store ``nn.Parameter``s (``requires_grad=True``), which no reader here needs.
         """
         pair = self.derived.get(name)
         if pair is not None:
@@ -114,7 +117,7 @@ class Checkpoint:
                 return self._safetensors_handle(info.file).get_tensor(info.key)
             tensor = self._state_dict(info.file)[info.key]
             self._verify_crc(info, tensor)
-            return tensor
+            return tensor.detach()
         except CheckpointError:
             raise
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -245,8 +248,20 @@ def open_checkpoint(
         return _open_index(path, key=key, skip_objects=skip_objects)
     kind = sniff_format(path)
     if kind == "safetensors":
+        _no_wrapper(key, path)
         return _open_safetensors([path], path, index=None)
     return _open_torch([path], path, index=None, key=key, skip_objects=skip_objects)
+
+
+def _no_wrapper(key: str | None, path: Path) -> None:
+    """``--key`` names a dict inside a wrapped PyTorch file; safetensors hold a plain state dict,
+    so a key there is an error, not silently ignored."""
+    if key is not None:
+        raise CheckpointError(
+            f"has no key '{clean_text(key)}': safetensors files hold a plain state dict "
+            "(--key picks a state dict inside a wrapped PyTorch file)",
+            path,
+        )
 
 
 def _open_index(index: Path, *, key: str | None, skip_objects: bool) -> Checkpoint:
@@ -254,6 +269,7 @@ def _open_index(index: Path, *, key: str | None, skip_objects: bool) -> Checkpoi
     files = shards.files
     kinds = {sniff_format(f) for f in files}
     if kinds == {"safetensors"}:
+        _no_wrapper(key, index)
         ckpt = _open_safetensors(files, index, index=index)
     elif "safetensors" not in kinds:
         ckpt = _open_torch(files, index, index=index, key=key, skip_objects=skip_objects)
@@ -369,6 +385,7 @@ def _open_torch(
         aliases=aliases,
         non_tensor_keys=non_tensors,
         unsupported=unsupported,
+        placeholders=list(replaced_all),
         _state_dicts=states,
         _containers=containers,
         _skip_objects=skip_objects,

@@ -99,6 +99,14 @@ class Factor:
     source: str
     reshape_sigma: float | None = None
     note: str = ""
+    #: Whether ``sigma`` is an upper bound on this layer's Lipschitz constant under the stated
+    #: assumptions; None: exactly when ``certified`` (a circular-padding factor is an upper bound
+    #: at its input size without being certified).
+    upper_bound: bool | None = None
+
+    @property
+    def is_upper_bound(self) -> bool:
+        return self.certified if self.upper_bound is None else self.upper_bound
 
     @property
     def log10(self) -> float:
@@ -115,6 +123,25 @@ class LipschitzReport:
     caveats: list[str]
     assumptions: list[str]
     notes: list[str] = field(default_factory=list)
+    #: Layers (and BatchNorms) of the model that --filter/--exclude left out of the product.
+    unselected: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """The product covers only some of the model's layers: it bounds nothing about the
+        model (a left-out layer can stretch by any factor)."""
+        return bool(self.unselected)
+
+    @property
+    def upper_bound(self) -> bool:
+        """The product is an upper bound on the model's Lipschitz constant (under the stated
+        assumptions): the architecture fits, no layer is left out and every factor is an upper
+        bound. When False the product of the factors is only an estimate (or a diagnostic)."""
+        return (
+            self.valid_architecture
+            and not self.partial
+            and all(f.is_upper_bound for f in self.factors)
+        )
 
     @property
     def log10_bound(self) -> float:
@@ -130,8 +157,11 @@ class LipschitzReport:
 
     @property
     def certified(self) -> bool:
-        """True only when every factor is a proven upper bound and the architecture fits."""
-        return self.valid_architecture and all(f.certified for f in self.factors)
+        """True only when every factor is a proven upper bound, the architecture fits and no
+        layer was left out by --filter/--exclude."""
+        return (
+            self.valid_architecture and not self.partial and all(f.certified for f in self.factors)
+        )
 
     def running_log10(self) -> list[float]:
         total, out = 0.0, []
@@ -163,6 +193,13 @@ class LipschitzReport:
                 + "; ".join(self.caveats)
                 + ". The per-layer numbers are still shown (diagnostic only)."
             )
+        if self.partial:
+            return (
+                f"{what}. Here the product covers only the layers selected by --filter/--exclude "
+                f"({len(self.unselected)} left out, e.g. {self.unselected[0]}), so it is NOT a "
+                "bound on the model and not certified: a left-out layer can stretch its input "
+                "by any factor."
+            )
         if self.certified:
             proof = "every factor is a proven upper bound, so this L is certified"
         else:
@@ -176,10 +213,18 @@ class LipschitzReport:
                 for f in self.factors
             ):
                 fixes.append("--certified")
-            proof = (
-                "not every factor is a proven upper bound (see the certified column), so this L "
-                "is an estimate; use " + " and ".join(fixes) + " for a proof"
-            )
+            if self.upper_bound:
+                proof = (
+                    "every factor is an upper bound under the assumptions below, but not every "
+                    "one is proven (see the certified column), so this L is not certified; use "
+                    + " and ".join(fixes)
+                    + " for a proof"
+                )
+            else:
+                proof = (
+                    "not every factor is a proven upper bound (see the certified column), so "
+                    "this L is an estimate; use " + " and ".join(fixes) + " for a proof"
+                )
         return (
             f"{what}. The product holds if the network is the sequential composition of these "
             f"layers in this order with 1-Lipschitz activations (ReLU, LeakyReLU, tanh…); {proof}."
@@ -285,6 +330,7 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
         not circular,
         source,
         reshape_sigma=reshape_sigma,
+        upper_bound=True,
     )
 
 
@@ -334,6 +380,17 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
     return caveats
 
 
+def _selection_caveats(checkpoint: Checkpoint, left_out: list[str]) -> list[str]:
+    if not left_out:
+        return []
+    shown = ", ".join(checkpoint.short_name(n) for n in left_out[:3])
+    return [
+        f"--filter/--exclude left {len(left_out)} of the model's layers out of the product "
+        f"({shown}{', …' if len(left_out) > 3 else ''}): a product over a subset of the layers "
+        "is not a bound on the model"
+    ]
+
+
 def lipschitz_report(
     checkpoint: Checkpoint,
     options: LipschitzOptions | None = None,
@@ -359,6 +416,18 @@ def lipschitz_report(
         for prefix, keys in _batchnorm_groups(checkpoint).items()
         if matches(keys[0], options.include, options.exclude)
     }
+    embeddings = {
+        layer.name for layer in classification.layers if layer.kind is LayerKind.EMBEDDING
+    }
+    left_out = sorted(
+        (unselected - embeddings)
+        | {
+            keys[0]
+            for keys in _batchnorm_groups(checkpoint).values()
+            if not matches(keys[0], options.include, options.exclude)
+        },
+        key=natural_key,
+    )
     bn_keys = {k for keys in batchnorms.values() for k in keys if k}
     bn_keys |= {f"{p}.running_mean" for p in batchnorms} | {
         f"{p}.num_batches_tracked" for p in batchnorms
@@ -414,6 +483,8 @@ def lipschitz_report(
             checkpoint.path,
         )
     caveats = architecture_caveats(checkpoint.tensors)
+    valid = not caveats
+    caveats += _selection_caveats(checkpoint, left_out)
     assumptions = [
         "layers compose sequentially in key order",
         "activations are 1-Lipschitz (ReLU, LeakyReLU, tanh, …)",
@@ -448,8 +519,9 @@ def lipschitz_report(
         options=options,
         factors=factors,
         excluded=excluded,
-        valid_architecture=not caveats,
+        valid_architecture=valid,
         caveats=caveats,
         assumptions=assumptions,
         notes=list(checkpoint.notes),
+        unselected=left_out,
     )

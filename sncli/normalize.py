@@ -20,9 +20,15 @@ from typing import TYPE_CHECKING, Any
 from sncli import __version__
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError, SncliError, WriteError
+from sncli.errors import (
+    CheckpointError,
+    NoLayersMatchedError,
+    NumericalError,
+    SncliError,
+    WriteError,
+)
 from sncli.formats import sniff_format
-from sncli.formats.common import copy_range
+from sncli.formats.common import copy_range, shown_names
 from sncli.formats.safetensors import write_edited_safetensors
 from sncli.layers import (
     Layer,
@@ -124,6 +130,28 @@ class NormalizePlan:
             if p.action is Action.SCALE
             or (self.options.bake and p.spectral_norm is not None and p.action is Action.KEEP)
         ]
+
+    def tensor_counts(self) -> tuple[int, int, int]:
+        """Other tensors (not selected layers) by what writing does to them:
+        (copied byte for byte, rewritten — spectral-norm u, v set to the new singular vectors —,
+        dropped — spectral-norm buffers with --bake)."""
+        edits = _edits(self)
+        others = [s.name for s in self.skipped]
+        rewritten = sum(1 for n in others if n in edits.replaced)
+        dropped = sum(1 for n in others if n in edits.dropped)
+        return len(others) - rewritten - dropped, rewritten, dropped
+
+    def nothing_to_normalize(self) -> str | None:
+        """Why writing would be pointless — every selected layer is skipped (non-finite, zero,
+        not supported), so the output would be a copy — or None when there is work to do."""
+        if any(p.action is not Action.SKIP for p in self.layers):
+            return None
+        reasons = sorted({p.reason for p in self.layers})
+        return (
+            f"nothing to normalize: all {len(self.layers)} selected layer"
+            + ("s were" if len(self.layers) != 1 else " was")
+            + f" skipped ({'; '.join(reasons[:3])}); nothing written"
+        )
 
 
 @dataclass(frozen=True)
@@ -448,6 +476,25 @@ def resolve_outputs(
     return mapping
 
 
+def ensure_writable(checkpoint: Checkpoint) -> None:
+    """Refuse to write a file read with --skip-objects placeholders.
+
+    A placeholder keeps no contents (an ``argparse.Namespace(lr=…, arch=…)`` in Lightning's
+    ``hyper_parameters`` comes back empty) and cannot be pickled back as the original class
+    without importing it, which ``weights_only`` forbids; writing would silently lose those
+    objects. Keeping their original bytes would mean rewriting tensor records inside the zip
+    archive and leaving the pickle untouched, which sncli does not do (yet).
+    """
+    if checkpoint.placeholders:
+        objects = shown_names(checkpoint.placeholders)
+        raise CheckpointError(
+            f"cannot write a normalized copy: --skip-objects read {objects} "
+            "as placeholders, whose contents would be lost (e.g. Lightning hyper_parameters); "
+            "nothing written. Save the state dict alone (or as safetensors) and normalize that",
+            checkpoint.path,
+        )
+
+
 def normalize_checkpoint(
     checkpoint: Checkpoint,
     plan: NormalizePlan,
@@ -457,7 +504,15 @@ def normalize_checkpoint(
     force: bool = False,
     progress: ProgressCallback | None = None,
 ) -> NormalizeResult:
-    """Write the normalized checkpoint (all files staged, verified, then renamed into place)."""
+    """Write the normalized checkpoint (all files staged, verified, then renamed into place).
+
+    Raises ``NoLayersMatchedError`` (exit 4), writing nothing, when every selected layer was
+    skipped (``NormalizePlan.nothing_to_normalize``).
+    """
+    ensure_writable(checkpoint)
+    why = plan.nothing_to_normalize()
+    if why is not None:
+        raise NoLayersMatchedError(why, checkpoint.path)
     mapping = resolve_outputs(checkpoint, output, in_place=in_place, force=force)
     targets = set(mapping.values())
     if any(not t.parent.exists() for t in targets):

@@ -72,7 +72,9 @@ def inspect(
         str,
         typer.Option(
             "--device",
-            help="cpu or cuda (falls back to the CPU with a note when no GPU is available).",
+            help="cpu, cuda or cuda:N (falls back to the CPU with a note when no GPU is "
+            "available).",
+            callback=opt.device_name,
         ),
     ] = "cpu",
     workers: Annotated[

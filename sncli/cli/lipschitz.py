@@ -90,7 +90,8 @@ def lipschitz(
         typer.Option(
             "--fail-above",
             metavar="X",
-            help="Exit with code 3 when the bound exceeds X (a CI gate).",
+            help="Exit with code 3 when the bound exceeds X (a CI gate; X finite, ≥ 0).",
+            callback=opt.threshold,
         ),
     ] = None,
     iters: opt.IterationsOpt = 1000,

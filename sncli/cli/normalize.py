@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,15 +13,26 @@ from sncli.checkpoint import open_checkpoint
 from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.sink import Sink, handle_errors
+from sncli.errors import NoLayersMatchedError
 from sncli.normalize import (
     NormalizeMode,
     NormalizeOptions,
+    NormalizePlan,
+    NormalizeResult,
+    ensure_writable,
     normalize_checkpoint,
     plan_normalization,
 )
 from sncli.numerics.spectral import Method
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import progress_bar, stdout_console, write_json
 from sncli.render.normalize import normalize_to_dict, print_normalize_table
+
+
+class NormalizeFormat(str, Enum):
+    """What ``normalize --format`` offers: a plan/result has no one-row-per-layer CSV form."""
+
+    TABLE = "table"
+    JSON = "json"
 
 
 @app.command(
@@ -99,9 +111,9 @@ def normalize(
         bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
     ] = False,
     output_format: Annotated[
-        OutputFormat,
-        typer.Option("--format", help="table or json.", case_sensitive=False),
-    ] = OutputFormat.TABLE,
+        NormalizeFormat,
+        typer.Option("--format", help="table or json (plain, on stdout).", case_sensitive=False),
+    ] = NormalizeFormat.TABLE,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     quiet: opt.QuietOpt = False,
@@ -111,8 +123,6 @@ def normalize(
     sink = Sink(quiet)
     if not (math.isfinite(target) and target > 0):
         raise typer.BadParameter(f"{target} is not a positive number", param_hint="--target")
-    if output_format is OutputFormat.CSV:
-        raise typer.BadParameter("normalize writes table or json", param_hint="--format")
     if not dry_run and output is None and not in_place:
         raise typer.BadParameter("give -o/--output PATH, or --in-place, or --dry-run")
     if output is not None and in_place:
@@ -131,10 +141,18 @@ def normalize(
     )
     # Not open_and_report: the plan's notes (the checkpoint's among them) come after planning.
     with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
+        if not dry_run:
+            ensure_writable(ckpt)  # before measuring anything
         with progress_bar(not quiet, "σ") as progress:
             plan = plan_normalization(ckpt, options, progress)
         sink.notes(plan.notes)
         result = None
+        nothing = plan.nothing_to_normalize()
+        if nothing is not None:
+            _warn_skipped(plan, sink)
+            if dry_run:
+                _render(plan, None, output_format)
+            raise NoLayersMatchedError(nothing, ckpt.path)
         if not dry_run:
             with progress_bar(not quiet, "writing") as progress:
                 result = normalize_checkpoint(
@@ -147,10 +165,20 @@ def normalize(
                 )
             for warning in result.warnings:
                 sink.warning(warning)
+    _warn_skipped(plan, sink)
+    _render(plan, result, output_format)
+
+
+def _warn_skipped(plan: NormalizePlan, sink: Sink) -> None:
     for layer in plan.layers:
         if layer.action.value == "skip":
             sink.warning(f"{layer.name}: not normalized: {layer.reason}")
-    if output_format is OutputFormat.TABLE:
+
+
+def _render(
+    plan: NormalizePlan, result: NormalizeResult | None, output_format: NormalizeFormat
+) -> None:
+    if output_format is NormalizeFormat.TABLE:
         print_normalize_table(plan, result, stdout_console())
     else:
         write_json(normalize_to_dict(plan, result))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
 import typer
 
+from sncli.numerics.spectral import check_device
 from sncli.render.common import OutputFormat
 
 CheckpointArg = Annotated[
@@ -115,3 +117,19 @@ def parse_size(text: str | None) -> tuple[int, ...] | None:
             f"{text!r} is not a size like 32 or 32x32", param_hint="--input-size"
         )
     return size
+
+
+def device_name(value: str) -> str:
+    """``--device``: cpu, cuda or cuda:N; anything else is a usage error (not a CPU fallback)."""
+    try:
+        return check_device(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def threshold(value: float | None) -> float | None:
+    """``--fail-above``: a finite number ≥ 0; NaN (never exceeded), ±inf or a negative value
+    would make the gate meaningless."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value} is not a finite number ≥ 0")
+    return value

@@ -12,10 +12,37 @@ from sncli.errors import CheckpointError
 from sncli.formats.common import regular_file_size
 
 ZIP_MAGIC = b"PK\x03\x04"
+#: An ONNX ModelProto starts with field 1 (ir_version, a small varint), then another field:
+#: producer_name (2), producer_version (3), domain (4), model_version (5), doc_string (6),
+#: graph (7) or opset_import (8).
+_ONNX_SECOND_FIELD = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
+
+
+def _first_zip_entry(path: Path) -> str:
+    """The name in a zip's first local file header ('' when it cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(30)
+            if len(header) < 30:
+                return ""
+            length = int.from_bytes(header[26:28], "little")
+            return handle.read(min(length, 512)).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    return (
+        len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in _ONNX_SECOND_FIELD
+    )
 
 
 def sniff_format(path: Path) -> str:
-    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip' or 'torch-legacy'."""
+    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip' or 'torch-legacy'.
+
+    Formats that are recognised but not read yet (NumPy ``.npz``, ONNX) are a ``CheckpointError``
+    saying so, rather than "unrecognised" or "damaged zip".
+    """
     try:
         regular_file_size(path)
         with path.open("rb") as handle:
@@ -25,6 +52,8 @@ def sniff_format(path: Path) -> str:
     if not head:
         raise CheckpointError("empty file, not a checkpoint", path)
     if head.startswith(ZIP_MAGIC):
+        if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
+            raise CheckpointError("NumPy .npz archives are not supported yet", path)
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
@@ -33,6 +62,8 @@ def sniff_format(path: Path) -> str:
         return "torch-legacy"
     if path.suffix == ".safetensors":
         return "safetensors"
+    if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+        raise CheckpointError("ONNX models are not supported yet", path)
     raise CheckpointError(
         "not a checkpoint: neither safetensors nor a PyTorch file (unrecognised first bytes)", path
     )

@@ -129,8 +129,9 @@ def navigate(obj: Any, key: str | None, path: Path) -> Mapping[str, Any]:
     for part in key.split("/"):
         if not isinstance(node, Mapping) or part not in node:
             available = shown_names([str(k) for k in obj], 12) if isinstance(obj, Mapping) else ""
+            plain = "it is a plain state dict, not a wrapper; " if _tensor_count(obj) else ""
             raise CheckpointError(
-                f"has no key '{clean_text(key)}' (top-level keys: {available})", path
+                f"has no key '{clean_text(key)}' ({plain}top-level keys: {available})", path
             )
         node = node[part]
     if _tensor_count(node) == 0:

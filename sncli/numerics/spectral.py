@@ -57,6 +57,7 @@ Eigenvalue Problem*, §11.7), the quadratic form used only when gap > ρ₁.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -143,7 +144,10 @@ def as_matrix(weight: torch.Tensor, reshape_dim: int = 0) -> torch.Tensor:
     """Flatten a weight to the matrix PyTorch's spectral_norm normalizes.
 
     ``reshape_dim`` goes first (0 for Linear/Conv, 1 for ConvTranspose), the rest is flattened.
+    The result is detached: σ needs no gradient, and an ``nn.Parameter`` would make torch warn
+    (``float()`` of a tensor that requires grad) or refuse (``mv`` with ``out=``).
     """
+    weight = weight.detach()
     if weight.dim() < 2:
         raise ValueError(f"need at least 2 dimensions, got shape {tuple(weight.shape)}")
     if reshape_dim != 0:
@@ -568,6 +572,7 @@ def largest_singular_value(
     import torch
 
     method = Method(method)
+    matrix = matrix.detach()  # an nn.Parameter: no autograd warnings, no refused out= kernels
     if matrix.dim() != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(matrix.shape)}")
     if matrix.is_complex():
@@ -629,16 +634,27 @@ def _replace(estimate: SigmaEstimate, **changes: object) -> SigmaEstimate:
     return dataclasses.replace(estimate, **changes)  # type: ignore[arg-type]
 
 
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a device sncli computes on (cpu, cuda, cuda:N); else ValueError."""
+    if not DEVICE_NAME.fullmatch(device):
+        raise ValueError(f"{device!r} is not a device sncli computes on: use cpu, cuda or cuda:N")
+    return device
+
+
 def resolve_device(device: str) -> tuple[str, str | None]:
-    """The device to compute on and a note when the requested one is unavailable (then "cpu")."""
+    """The device to compute on and a note when the requested one is unavailable (then "cpu").
+
+    A name other than cpu, cuda, cuda:N is a ``ValueError``, never a silent fallback.
+    """
     if device in ("", "cpu"):
         return "cpu", None
+    check_device(device)
     import torch
 
-    try:
-        probe = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        return "cpu", f"device {device!r} is not valid ({exc}); computed on the CPU"
+    probe = torch.device(device)
     if probe.type == "cuda" and not torch.cuda.is_available():
         return "cpu", f"device {device!r} requested but CUDA is not available; computed on the CPU"
     if (

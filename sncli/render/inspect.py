@@ -57,7 +57,9 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
 
 
 def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str, Any]:
-    largest = max(layers, key=lambda layer: layer.sigma, default=None)
+    """``layers`` are those shown (``--top``/``--sort`` cut and order them); ``summary`` counts
+    every analysed layer and names the largest among all of them."""
+    largest = report.largest
     return {
         "checkpoint": report.checkpoint,
         "format": report.format,
@@ -65,7 +67,7 @@ def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str
         "layers": [layer_to_dict(layer) for layer in layers],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
         "summary": {
-            "analysed": len(layers),
+            "analysed": len(report.layers),
             "skipped": len(report.skipped),
             "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
         },
@@ -216,8 +218,11 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             ]
         table.add_row(*row)
     console.print(table)
-    largest = max(layers, key=lambda layer: layer.sigma, default=None)
-    footer = f"{plural(len(layers), 'layer')} analysed · {skipped_summary(report)}"
+    largest = report.largest
+    footer = f"{plural(len(report.layers), 'layer')} analysed"
+    if len(layers) != len(report.layers):
+        footer += f" ({len(layers)} shown)"
+    footer += f" · {skipped_summary(report)}"
     if largest is not None:
         footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({clean_text(largest.short_name)})"
     console.print(escape(footer))

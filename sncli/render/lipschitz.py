@@ -132,9 +132,26 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
             f"[bold]product of layer σ = {fmt_bound(log)}[/]  (log10 = {log_text}) — "
             "diagnostic only, NOT a Lipschitz bound for this architecture"
         )
+    elif report.partial:
+        console.print(
+            f"[bold]product over the selected layers = {fmt_bound(log)}[/]  (log10 = {log_text})"
+            f" — NOT a bound on the model: {len(report.unselected)} of its layers left out by "
+            "--filter/--exclude"
+        )
+    elif report.certified:
+        console.print(
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — certified upper bound"
+        )
+    elif report.upper_bound:
+        console.print(
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — an upper bound under the "
+            "assumptions below, not certified"
+        )
     else:
-        kind = "certified upper bound" if report.certified else "estimate of the product bound"
-        console.print(f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — {escape(kind)}")
+        console.print(
+            f"[bold]L ≈ {fmt_bound(log)}[/]  (log10 = {log_text}) — an estimate, not a bound: "
+            "not every factor is a proven upper bound"
+        )
     console.print(escape(report.statement()))
     console.print("Assumptions: " + escape("; ".join(report.assumptions)) + ".", style="dim")
     counts = Counter(reason_group(s.reason.split(":")[0]) for s in report.excluded)

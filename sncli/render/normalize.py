@@ -88,8 +88,20 @@ def print_normalize_table(
     summary = f"{plural(changed, 'layer')} scaled to σ "
     summary += f"{'=' if plan.options.mode.value == 'scale' else '≤'} {fmt_sigma(target)} · "
     summary += f"{kept} kept · {skipped} skipped · "
-    summary += f"{plural(len(plan.skipped), 'other tensor')} copied unchanged"
+    copied, rewritten, dropped = plan.tensor_counts()
+    summary += f"{plural(copied, 'other tensor')} copied unchanged"
+    if rewritten:
+        summary += f" · {rewritten} spectral-norm vectors (u, v) recomputed"
+    if dropped:
+        summary += f" · {dropped} spectral-norm buffers dropped (--bake)"
     console.print(escape(summary))
+    if any(p.spectral_norm is not None for p in plan.layers) and not plan.options.bake:
+        console.print(
+            "Spectral-norm layers: σ after is the raw weight's. The model uses W/σ̂, and σ̂ is "
+            "reset to σ(W) with the new u, v, so the weight it uses has σ = 1 whatever --target; "
+            "use --bake to write that weight as a plain one scaled to the target.",
+            style="dim",
+        )
     if result is not None:
         worst = result.worst_sigma
         console.print(

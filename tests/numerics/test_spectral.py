@@ -32,6 +32,7 @@ from sncli.numerics.spectral import (
     Method,
     SigmaEstimate,
     as_matrix,
+    check_device,
     exact_sigma,
     lanczos_sigma,
     largest_singular_value,
@@ -463,8 +464,11 @@ def test_resolve_device() -> None:
         device, note = resolve_device("cuda")
         assert device == "cpu"
         assert note is not None and "CUDA is not available" in note
-    device, note = resolve_device("no-such-device")
-    assert device == "cpu" and note is not None
+    # A name that is no device sncli computes on is refused, not a silent CPU fallback.
+    for bad in ("no-such-device", "tpu", "mps", "cuda:x", "CPU", "cuda:0:1"):
+        with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    assert check_device("cuda:1") == "cuda:1"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -129,18 +129,21 @@ def test_layer_to_dict_holds_what_the_layer_holds() -> None:
     assert "reshape_note" not in item
 
 
-def test_inspect_to_dict_summarises_the_layers_given() -> None:
+def test_inspect_to_dict_shows_the_layers_given_and_summarises_all() -> None:
+    """``--top`` cuts the list shown; ``summary`` still counts every analysed layer (issue 10)."""
     data = inspect_to_dict(REPORT, [POWER_CONV, DENSE])
     assert data["checkpoint"] == "ckpt/model.pt"
     assert data["format"] == "torch" and data["method"] == "power"
     assert [layer["name"] for layer in data["layers"]] == ["model.conv.weight", "model.fc.weight"]
     assert data["skipped"][0] == {"name": "model.fc.bias", "reason": "bias"}
     assert data["summary"] == {
-        "analysed": 2,
+        "analysed": 3,
         "skipped": 3,
-        "largest": {"name": "model.fc.weight", "sigma": 2.5},
+        "largest": {"name": "model.embed.weight", "sigma": 3.0},
     }
-    assert inspect_to_dict(REPORT, [])["summary"]["largest"] is None
+    assert inspect_to_dict(REPORT, [])["summary"]["analysed"] == 3
+    empty = InspectReport("e.pt", "torch", Method.POWER, [], [])
+    assert inspect_to_dict(empty, [])["summary"]["largest"] is None
 
 
 def test_inspect_to_csv_rows() -> None:

@@ -130,7 +130,9 @@ def test_print_lipschitz_table_estimate() -> None:
     rows = [line for line in text.splitlines() if ".weight" in line]
     assert "[2, 2]" in rows[0] and "✓" in rows[0] and "50.0%" in rows[0]
     assert "[0.25, --]" in rows[1] and "✗" in rows[1] and "-50.0%" in rows[1]
-    assert "L ≤ 1  (log10 = 0.0000) — estimate of the product bound" in text
+    # A reshape factor is not an upper bound: the product is an estimate, not "L ≤" (issue 10).
+    assert "L ≈ 1  (log10 = 0.0000) — an estimate, not a bound" in text
+    assert "L ≤" not in text
     assert REPORT.statement() in text.replace("\n", " ")
     assert "Assumptions: layers in key order; 1-Lipschitz activations." in text
     assert "Excluded from the product: 2 bias." in text
@@ -152,3 +154,36 @@ def test_print_lipschitz_table_when_the_product_is_no_bound() -> None:
     certified = LipschitzReport(**{**report.__dict__, "valid_architecture": True})
     text = printed(lambda console: print_lipschitz_table(certified, console))
     assert "L ≤ 2  (log10 = 0.3010) — certified upper bound" in text
+
+
+def test_headline_follows_what_the_report_says_the_product_is() -> None:
+    """The renderer picks "L ≤" / "L ≈" / partial from the report's properties (issue 10)."""
+    circular = Factor(
+        "net.1.weight",
+        "1.weight",
+        "conv2d",
+        0.5,
+        None,
+        0.5,
+        False,
+        "circular conv",
+        None,
+        "",
+        True,
+    )
+    upper = LipschitzReport(**{**REPORT.__dict__, "factors": [LINEAR, circular]})
+    assert upper.upper_bound and not upper.certified
+    text = printed(lambda console: print_lipschitz_table(upper, console))
+    assert "L ≤ 1  (log10 = 0.0000) — an upper bound under the assumptions below" in text
+    assert "every factor is an upper bound under the assumptions" in upper.statement()
+    certified = LipschitzReport(**{**REPORT.__dict__, "factors": [LINEAR]})
+    text = printed(lambda console: print_lipschitz_table(certified, console))
+    assert "L ≤ 2  (log10 = 0.3010) — certified upper bound" in text
+    partial = LipschitzReport(**{**certified.__dict__, "unselected": ["net.5.weight"]})
+    assert partial.partial and not partial.certified and not partial.upper_bound
+    assert lipschitz_to_dict(partial)["certified"] is False
+    text = printed(lambda console: print_lipschitz_table(partial, console))
+    assert "L ≤" not in text and "L ≈" not in text
+    assert "product over the selected layers = 2" in text
+    assert "NOT a bound on the model: 1 of its layers left out" in text
+    assert "NOT a bound on the model" in partial.statement()
