@@ -115,6 +115,8 @@ class LayerSigma:
     upper: float | None = None
     algorithm: str = ""
     warm_start: bool = False
+    #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
+    note: str = ""
 
     @property
     def sigma_upper(self) -> float | None:
@@ -291,6 +293,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         upper=estimate.upper,
         algorithm=estimate.algorithm,
         warm_start=start is not None and estimate.iterations is not None,
+        note=layer.note,
     )
 
 
