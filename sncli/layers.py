@@ -86,7 +86,8 @@ _PROJECTION_WORDS = frozenset(
     {"proj", "projection", "out", "head", "linear", "fc", "dense", "mlp", "lin", "mapping"}
 )
 #: Names that once made a weight an embedding by accident (listed when the decision is linear).
-_EMBEDDING_HINT = re.compile(r"emb|shared|wte|wpe", re.IGNORECASE)
+#: (A part of the module path with one of these ``_``-separated words.)
+_EMBEDDING_HINT = re.compile(r"(^|_)(emb\w*|shared|wte|wpe)(_|$)", re.IGNORECASE)
 #: Module names of normalisation layers (the module itself, not a parent).
 NORM_MODULE = re.compile(r"norm|^(ln|bn|gn)(_?\w+|\d*)$|^(ln|bn|gn)$", re.IGNORECASE)
 _PRELU_MODULE = re.compile(r"prelu", re.IGNORECASE)
@@ -199,9 +200,8 @@ def _embedding_decision(naming: _Naming, names: set[str]) -> tuple[bool, str]:
         )
     if named:
         return True, f"embedding: '{module}' names an embedding table, and it has no bias"
-    hint = _EMBEDDING_HINT.search(naming.prefix)
-    if hint:
-        part = next(p for p in naming.prefix.split(".") if _EMBEDDING_HINT.search(p))
+    part = next((p for p in naming.prefix.split(".") if _EMBEDDING_HINT.search(p)), None)
+    if part is not None:
         return False, (
             f"linear, not an embedding: '{part}' is in the name, but its module "
             f"'{module or naming.leaf}' is not an embedding table"
@@ -243,7 +243,7 @@ def _skip_reason(info: TensorInfo, naming: _Naming, names: set[str]) -> str:
         return "scalar"
     if leaf in ("running_mean", "running_var"):
         return "batch-norm statistic"
-    if ndim == 1 and (leaf == "bias" or leaf.endswith("_bias")):
+    if ndim == 1 and (leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_")):
         return "bias"
     if WEIGHT_LEAF.fullmatch(leaf) is None:
         if ndim == 1 and leaf in ("gamma", "g") and NORM_MODULE.search(naming.module):

@@ -285,3 +285,32 @@ def test_inspect_reports_the_decisions(tmp_path: Path) -> None:
     console = Console(record=True, width=300)
     print_inspect_table(report, report.layers, console)
     assert "'embed_out' ends in 'out', a projection" in console.export_text()
+
+
+def test_rnn_and_attention_weights_stay_layers(tmp_path: Path) -> None:
+    """Real torch modules: LSTM and MultiheadAttention weights are layers, their biases are biases;
+    a bare projection Parameter (CLIP's text_projection) is a parameter, not a layer weight."""
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.Linear(3, 3)
+            self.lstm = nn.LSTM(4, 5)
+            self.self_attn = nn.MultiheadAttention(8, 2)
+            self.text_projection = nn.Parameter(torch.randn(4, 4))
+
+    path = tmp_path / "m.pt"
+    torch.save(Model().state_dict(), path)
+    with open_checkpoint(path) as ckpt:
+        result = classify(ckpt)
+    assert {x.name: (x.kind, x.note) for x in result.layers} == {
+        "members.weight": (LayerKind.LINEAR, ""),
+        "lstm.weight_ih_l0": (LayerKind.LINEAR, ""),
+        "lstm.weight_hh_l0": (LayerKind.LINEAR, ""),
+        "self_attn.in_proj_weight": (LayerKind.LINEAR, ""),
+        "self_attn.out_proj.weight": (LayerKind.LINEAR, ""),
+    }
+    skipped = {s.name: s.reason for s in result.skipped}
+    assert skipped["lstm.bias_ih_l0"] == skipped["self_attn.in_proj_bias"] == "bias"
+    assert skipped["text_projection"] == "parameter, not a layer weight (text_projection)"
