@@ -117,6 +117,8 @@ class LayerSigma:
     algorithm: str = ""
     warm_start: bool = False
     reshape_note: str | None = None
+    #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
+    note: str = ""
 
     @property
     def sigma_upper(self) -> float | None:
@@ -304,6 +306,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         algorithm=estimate.algorithm,
         warm_start=start is not None and estimate.iterations is not None,
         reshape_note=layer.reshape_note,
+        note=layer.note,
     )
 
 

@@ -1,17 +1,25 @@
 """Decide which tensors are layers, what kind, and which matrix stands for each.
 
-A state dict records names and shapes, not modules, so classification is by shape and name:
-2-D weights are linear maps, 3-5-D weights are convolutions, embeddings are recognised by name,
-1-D tensors are biases or normalisation parameters. Tensors saved by PyTorch's two spectral-norm
-APIs are grouped into one layer with their stored power-iteration vectors; weight norm's g and v
-become one layer whose weight ``Checkpoint.load`` composes (W = g·v/‖v‖).
+A state dict records names and shapes, not modules, so classification is by name and shape.
+Only the weight of a linear or conv module is a layer: the key's leaf is ``weight`` (or
+``weight_orig``, a parametrization's ``original``, weight norm's composed weight, an RNN's
+``weight_ih_l0``…, MultiheadAttention's ``in_proj_weight``), and the shape fits: 2-D is a linear
+map, 3-5-D a convolution. Every other parameter (``cls_token``, ``pos_embed``, ``layer_scale``,
+``gamma``, ``relative_position_bias_table``…) is skipped with its reason, whatever its shape.
+A 2-D weight is an embedding when its module's name says so *and* nothing contradicts the role
+(a projection word such as ``proj``/``out``, or a bias, which an embedding table has not); every
+such decision is written on the layer (``Layer.note``). 1-D weights are norm scales (with
+BatchNorm running statistics or a bias next to them, or a norm-like module name) or PReLU slopes.
+Tensors saved by PyTorch's two spectral-norm APIs are grouped into one layer with their stored
+power-iteration vectors; weight norm's g and v become one layer whose weight ``Checkpoint.load``
+composes (W = g·v/‖v‖).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -23,6 +31,7 @@ from sncli.numerics.spectral import Method, as_matrix, largest_singular_value
 from sncli.parametrizations import (
     SpectralNormInfo,
     WeightNormPair,
+    parse_parametrized,
     spectral_norm_groups,
 )
 
@@ -42,12 +51,47 @@ class LayerKind(str, Enum):
         return self in (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)
 
 
-EMBEDDING_NAME = re.compile(
-    r"(^|[._])(embed\w*|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|"
-    r"token_type_embeddings|shared|emb)([._]|$)",
-    re.IGNORECASE,
+#: BatchNorm's ε (PyTorch's default): in eval mode the layer is x ↦ γ(x − μ)/√(var + ε) + β.
+BATCHNORM_EPS = 1e-5
+
+#: Leaves naming the weight of a linear/conv/embedding module (``weight``), of an RNN
+#: (``weight_ih_l0``, ``weight_hh_l1_reverse``, ``weight_hr_l0``) or of MultiheadAttention;
+#: a bare matrix saved by hand or converted from JAX/TF (``w``, ``W1``, ``kernel``) too.
+WEIGHT_LEAF = re.compile(
+    r"weight|weight_(ih|hh|hr)_l\d+(_reverse)?|(in|q|k|v)_proj_weight|[wW]\d*|kernel"
 )
-NORM_NAME = re.compile(r"(norm|ln_?\w*|bn\d*|batchnorm|layernorm|rmsnorm)", re.IGNORECASE)
+#: Leaves that are matrices only: RNN and attention weights are never convolutions, and a
+#: bare ``w``/``kernel`` of more dimensions has no known layout (TF kernels are HWIO).
+_MATRIX_ONLY_LEAF = re.compile(r"weight_.+|.+_proj_weight|[wW]\d*|kernel")
+#: Module names that are embedding tables in the common model families.
+EMBEDDING_MODULES = frozenset(
+    {
+        "wte",  # GPT-2 token embedding
+        "wpe",  # GPT-2 position embedding
+        "shared",  # T5/BART shared token embedding
+        "embed_tokens",
+        "embed_in",  # GPT-NeoX input embedding (its output head is embed_out, a linear map)
+        "embed_positions",
+        "tok_embeddings",
+        "word_embeddings",
+        "position_embeddings",
+        "token_type_embeddings",
+        "relative_attention_bias",  # T5: an nn.Embedding indexed by relative-position bucket
+    }
+)
+#: Words (``_``-separated) of a module name that mark an embedding table.
+_EMBEDDING_WORDS = frozenset({"embed", "emb", "embedding", "embeddings", "embedder", "embeds"})
+#: A module name ending in one of these words is a projection, whatever else it says.
+_PROJECTION_WORDS = frozenset(
+    {"proj", "projection", "out", "head", "linear", "fc", "dense", "mlp", "lin", "mapping"}
+)
+#: Names that once made a weight an embedding by accident (listed when the decision is linear).
+#: (A part of the module path with one of these ``_``-separated words.)
+_EMBEDDING_HINT = re.compile(r"(^|_)(emb\w*|shared|wte|wpe)(_|$)", re.IGNORECASE)
+#: Module names of normalisation layers (the module itself, not a parent).
+NORM_MODULE = re.compile(r"norm|^(ln|bn|gn)(_?\w+|\d*)$|^(ln|bn|gn)$", re.IGNORECASE)
+_PRELU_MODULE = re.compile(r"prelu", re.IGNORECASE)
+_ACTIVATION_MODULE = re.compile(r"^(act|activation|relu|nonlin)\w*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -74,6 +118,8 @@ class Layer:
     transposed: bool = False
     weight_norm: WeightNormPair | None = None
     reshape_note: str | None = None
+    #: Why the name was read the way it was, when a name decided (embeddings); else "".
+    note: str = ""
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -108,29 +154,110 @@ class Classification:
     skipped: list[Skipped]
 
 
-def _kind_for(info: TensorInfo, short: str) -> LayerKind | None:
+@dataclass(frozen=True)
+class _Naming:
+    """What a key says about the module it belongs to."""
+
+    prefix: str  # the module's prefix with its trailing dot ("layer1.0.conv1."), or ""
+    module: str  # the module's own name ("conv1"), or "" at the top level
+    leaf: str  # the parameter's name ("weight", "cls_token", "running_var")
+
+
+def _naming(name: str, sn_raw: bool) -> _Naming:
+    """Split a key (or a composed weight-norm name) into module prefix, module and parameter.
+
+    ``conv.weight_orig`` (legacy spectral norm), ``conv.parametrizations.weight.original`` and the
+    composed ``conv.parametrizations.weight`` all name the parameter ``weight`` of ``conv``.
+    """
+    parsed = parse_parametrized(name)
+    if parsed is not None and parsed.is_original:
+        prefix, leaf = parsed.owner, parsed.param
+    elif name.rsplit(".", 2)[-2:-1] == ["parametrizations"]:
+        owner, _, leaf = name.rpartition(".")
+        prefix = owner[: -len("parametrizations")]
+    else:
+        owner, _, leaf = name.rpartition(".")
+        prefix = f"{owner}." if owner else ""
+        if leaf.endswith("_orig") and (sn_raw or leaf == "weight_orig"):
+            leaf = leaf[: -len("_orig")]
+    module = prefix[:-1].rpartition(".")[2] if prefix else ""
+    return _Naming(prefix, module, leaf)
+
+
+def batchnorm_running_var(key: str, names: Collection[str]) -> str | None:
+    """The ``running_var`` key next to a 1-D BatchNorm ``weight`` key, if the file has one."""
+    prefix, _, leaf = key.rpartition(".")
+    var = f"{prefix}.running_var" if prefix else "running_var"
+    return var if leaf == "weight" and var in names else None
+
+
+def _embedding_decision(naming: _Naming, names: set[str]) -> tuple[bool, str]:
+    """(is an embedding, why) for a 2-D weight, from its module's name and role."""
+    module = naming.module
+    words = module.lower().split("_")
+    named = module.lower() in EMBEDDING_MODULES or any(w in _EMBEDDING_WORDS for w in words)
+    if named and module.lower() not in EMBEDDING_MODULES and words[-1] in _PROJECTION_WORDS:
+        return False, (f"linear, not an embedding: '{module}' ends in '{words[-1]}', a projection")
+    if named and f"{naming.prefix}bias" in names:
+        return False, (
+            f"linear, not an embedding: '{module}' has a bias, which an embedding table has not"
+        )
+    if named:
+        return True, f"embedding: '{module}' names an embedding table, and it has no bias"
+    part = next((p for p in naming.prefix.split(".") if _EMBEDDING_HINT.search(p)), None)
+    if part is not None:
+        return False, (
+            f"linear, not an embedding: '{part}' is in the name, but its module "
+            f"'{module or naming.leaf}' is not an embedding table"
+        )
+    return False, ""
+
+
+def _one_d_weight_reason(naming: _Naming, shape: tuple[int, ...], names: set[str]) -> str:
+    """A 1-D ``weight``: a norm scale or a PReLU slope, decided by its companions and names."""
+    stats = any(f"{naming.prefix}{s}" in names for s in ("running_var", "running_mean"))
+    if stats:
+        return "norm scale (1-D)"  # BatchNorm: the running statistics are next to it
+    if _PRELU_MODULE.search(naming.module):
+        return "PReLU slope"
+    if NORM_MODULE.search(naming.module) or f"{naming.prefix}bias" in names:
+        return "norm scale (1-D)"  # LayerNorm/GroupNorm (weight and bias) or a named norm
+    if _ACTIVATION_MODULE.match(naming.module) or shape == (1,):
+        return "PReLU slope"
+    return "1-D weight, not a norm (no bias, no running statistics, no norm-like name)"
+
+
+def _kind_for(info: TensorInfo, naming: _Naming, names: set[str]) -> tuple[LayerKind | None, str]:
+    """(kind, note): a kind when the tensor is a layer weight of a fitting shape, else None."""
+    if WEIGHT_LEAF.fullmatch(naming.leaf) is None:
+        return None, ""
     ndim = len(info.shape)
     if ndim == 2:
-        return LayerKind.EMBEDDING if EMBEDDING_NAME.search(short) else LayerKind.LINEAR
-    if ndim in (3, 4, 5):
-        return (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)[ndim - 3]
-    return None
+        is_embedding, note = _embedding_decision(naming, names)
+        return (LayerKind.EMBEDDING if is_embedding else LayerKind.LINEAR), note
+    if ndim in (3, 4, 5) and not _MATRIX_ONLY_LEAF.fullmatch(naming.leaf):
+        return (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)[ndim - 3], ""
+    return None, ""
 
 
-def _skip_reason(info: TensorInfo, short: str) -> str:
+def _skip_reason(info: TensorInfo, naming: _Naming, names: set[str]) -> str:
     ndim = len(info.shape)
-    leaf = short.rsplit(".", 1)[-1]
+    leaf = naming.leaf
     if ndim == 0:
         return "scalar"
     if leaf in ("running_mean", "running_var"):
         return "batch-norm statistic"
-    if ndim == 1:
-        if leaf == "bias" or leaf.endswith("_bias"):
-            return "bias"
-        if NORM_NAME.search(short) or leaf == "weight":
+    if ndim == 1 and (leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_")):
+        return "bias"
+    if WEIGHT_LEAF.fullmatch(leaf) is None:
+        if ndim == 1 and leaf in ("gamma", "g") and NORM_MODULE.search(naming.module):
             return "norm scale (1-D)"
-        return "1-D tensor"
-    return f"{ndim}-D tensor"
+        if ndim == 1 and leaf == "beta" and NORM_MODULE.search(naming.module):
+            return "bias"
+        return f"parameter, not a layer weight ({leaf})"
+    if ndim == 1:
+        return _one_d_weight_reason(naming, info.shape, names)
+    return f"{ndim}-D weight: no linear or conv layer has this shape"
 
 
 def classify(
@@ -185,21 +312,22 @@ def classify(
             skipped.append(Skipped(key, "weight-norm g is not a float tensor"))
             continue
         short = checkpoint.short_name(name)
-        kind = _kind_for(info, short)
+        naming = _naming(name, name in sn)
+        kind, note = _kind_for(info, naming, names)
         if kind is None:
-            skipped.append(Skipped(key, _skip_reason(info, short)))
+            skipped.append(Skipped(key, _skip_reason(info, naming, names)))
             continue
         if info.numel == 0:
             skipped.append(Skipped(key, "empty tensor"))
             continue
         is_transposed = kind.is_conv and any(p.search(name) for p in patterns)
         group = sn.get(name)
-        note = None
+        reshape_note = None
         if kind.is_conv and group is not None:
-            dim, note = _sn_reshape(checkpoint, name, info.shape, group, int(is_transposed))
+            dim, reshape_note = _sn_reshape(checkpoint, name, info.shape, group, int(is_transposed))
             is_transposed = dim == 1
         elif kind.is_conv and not is_transposed:
-            note = UNTOLD_RESHAPE
+            reshape_note = UNTOLD_RESHAPE
         layers.append(
             Layer(
                 name=name,
@@ -211,7 +339,8 @@ def classify(
                 spectral_norm=group,
                 transposed=is_transposed,
                 weight_norm=weight_norms.get(name),
-                reshape_note=note,
+                reshape_note=reshape_note,
+                note=note,
             )
         )
     for key in checkpoint.non_tensor_keys:
@@ -318,19 +447,29 @@ def _dtype_problem(dtype: str) -> str | None:
     return None
 
 
-def matches(name: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> bool:
-    """True when ``name`` matches any ``include`` regex (or there are none) and no ``exclude``."""
-    return (not include or any(re.search(p, name) for p in include)) and not any(
-        re.search(p, name) for p in exclude
-    )
+def matches(
+    name: str,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    short_name: str | None = None,
+) -> bool:
+    """True when the key or its displayed ``short_name`` (``module.`` prefix omitted) matches any
+    ``include`` regex (or there are none), and neither matches an ``exclude`` regex."""
+    names = (name,) if short_name is None or short_name == name else (name, short_name)
+
+    def found(pattern: str) -> bool:
+        return any(re.search(pattern, n) for n in names)
+
+    return (not include or any(found(p) for p in include)) and not any(found(p) for p in exclude)
 
 
 def select(
     layers: list[Layer], include: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> list[Layer]:
-    """Keep layers whose key matches any ``include`` regex (all if none) and no ``exclude``."""
+    """Keep layers whose key or short name matches any ``include`` regex (all if none) and
+    neither matches an ``exclude`` regex."""
     include, exclude = tuple(include), tuple(exclude)
-    return [layer for layer in layers if matches(layer.name, include, exclude)]
+    return [layer for layer in layers if matches(layer.name, include, exclude, layer.short_name)]
 
 
 def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
-from sncli.layers import Layer, LayerKind, Skipped, classify, effective_weight, matches, select
+from sncli.layers import (
+    BATCHNORM_EPS,
+    Layer,
+    LayerKind,
+    Skipped,
+    classify,
+    effective_weight,
+    matches,
+    select,
+)
 from sncli.messages import ProgressCallback
 from sncli.numerics.bounds import sigma_interval
 from sncli.numerics.conv import conv_operator_norm, reshape_norms
@@ -44,8 +53,6 @@ from sncli.numerics.spectral import (
 if TYPE_CHECKING:
     import torch
 
-
-BATCHNORM_EPS = 1e-5
 
 ATTENTION_NAME = re.compile(
     r"(^|[._])(q_proj|k_proj|v_proj|qkv|in_proj_weight|query|key|value|attn|attention|"
@@ -372,7 +379,11 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
         found = sorted({m.group(2) for n in names if (m := pattern.search(n))})
         if found:
             caveats.append(f"the names show {what} ({', '.join(found[:4])}); {why}")
-    if any(LAYERNORM_NAME.search(n) for n in names):
+    # A module with running statistics is a BatchNorm, whatever its name (DenseNet's norm1).
+    batchnorms = {
+        n.rpartition(".")[0] for n in names if n.endswith((".running_var", ".running_mean"))
+    }
+    if any(LAYERNORM_NAME.search(n) and n.rpartition(".")[0] not in batchnorms for n in names):
         caveats.append(
             "LayerNorm/RMSNorm layers are present; their Lipschitz constant is about max|γ|/√ε "
             "(vacuous), and they are not in the product"
@@ -402,7 +413,12 @@ def lipschitz_report(
     selected = select(classification.layers, options.include, options.exclude)
     excluded = list(classification.skipped)
     excluded += [
-        Skipped(layer.name, "embedding: its input is discrete, the chain starts after it")
+        Skipped(
+            layer.name,
+            "embedding"
+            + (f" ({layer.note.removeprefix('embedding: ')})" if layer.note else "")
+            + ": its input is discrete, the chain starts after it",
+        )
         for layer in selected
         if layer.kind is LayerKind.EMBEDDING
     ]
@@ -414,7 +430,7 @@ def lipschitz_report(
     batchnorms = {
         prefix: keys
         for prefix, keys in _batchnorm_groups(checkpoint).items()
-        if matches(keys[0], options.include, options.exclude)
+        if matches(keys[0], options.include, options.exclude, checkpoint.short_name(keys[0]))
     }
     embeddings = {
         layer.name for layer in classification.layers if layer.kind is LayerKind.EMBEDDING

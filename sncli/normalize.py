@@ -31,9 +31,11 @@ from sncli.formats import sniff_format
 from sncli.formats.common import copy_range, shown_names
 from sncli.formats.safetensors import write_edited_safetensors
 from sncli.layers import (
+    BATCHNORM_EPS,
     Layer,
     LayerKind,
     Skipped,
+    batchnorm_running_var,
     classify,
     effective_weight,
     matches,
@@ -107,6 +109,8 @@ class LayerPlan:
     u_key: str | None = None
     v_key: str | None = None
     sigma_stored_estimate: float | None = None
+    #: BatchNorm scales (--norms): the running_var key; the factor is max|γ|/√(running_var + ε).
+    running_var: str | None = None
 
     @property
     def expected_after(self) -> float | None:
@@ -194,7 +198,6 @@ def plan_normalization(
     progress: ProgressCallback | None = None,
 ) -> NormalizePlan:
     """Measure σ of every selected layer and decide its scale factor. Writes nothing."""
-    import torch
 
     if not (math.isfinite(options.target) and options.target > 0):
         raise SncliError(f"--target must be a positive finite number, got {options.target}")
@@ -213,11 +216,15 @@ def plan_normalization(
             s.name
             for s in classification.skipped
             if s.reason.startswith("norm scale")
-            and matches(s.name, options.include, options.exclude)
+            and matches(s.name, options.include, options.exclude, checkpoint.short_name(s.name))
         ]
     skipped = [s for s in classification.skipped if s.name not in set(norm_scales)]
-    unselected = {layer.name for layer in classification.layers} - {layer.name for layer in layers}
-    skipped += [Skipped(name, "not selected") for name in sorted(unselected, key=natural_key)]
+    chosen = {layer.name for layer in layers}
+    skipped += [
+        Skipped(layer.name, _unselected_reason(layer))
+        for layer in classification.layers
+        if layer.name not in chosen
+    ]
     total = len(layers) + len(norm_scales)
     if total == 0:
         raise NoLayersMatchedError("nothing to normalize: no layer matched", checkpoint.path)
@@ -230,9 +237,7 @@ def plan_normalization(
     for offset, name in enumerate(norm_scales):
         if progress is not None:
             progress(len(layers) + offset, total, name)
-        gamma = checkpoint.load(name)
-        sigma = float(gamma.to(torch.float64).abs().max()) if gamma.numel() else 0.0
-        plans.append(_decide(name, checkpoint, "norm", tuple(gamma.shape), gamma, sigma, options))
+        plans.append(_plan_norm_scale(checkpoint, name, options))
     if progress is not None:
         progress(total, total, "")
     plans.sort(key=lambda p: natural_key(p.name))
@@ -244,6 +249,61 @@ def plan_normalization(
             "singular vectors, so the model's W/σ̂ has σ = 1; use --bake to write plain weights"
         )
     return NormalizePlan(str(checkpoint.path), options, plans, skipped, notes)
+
+
+def _unselected_reason(layer: Layer) -> str:
+    if layer.kind is LayerKind.EMBEDDING:
+        why = layer.note.removeprefix("embedding: ")
+        return f"embedding ({why}): not normalized without --embeddings"
+    return "not selected"
+
+
+def _plan_norm_scale(checkpoint: Checkpoint, name: str, options: NormalizeOptions) -> LayerPlan:
+    """A 1-D norm scale γ as a diagonal map. BatchNorm (running_var next to γ) in eval mode is
+    γ/√(running_var + ε), so its factor max|γ|/√(running_var + ε) is brought to the target by
+    scaling γ alone; other norms (LayerNorm, RMSNorm, GroupNorm) have max|γ| brought to it."""
+    import torch
+
+    gamma = checkpoint.load(name)
+    var_key = batchnorm_running_var(name, checkpoint.tensors)
+    if var_key is None:
+        sigma = float(gamma.to(torch.float64).abs().max()) if gamma.numel() else 0.0
+        return _decide(name, checkpoint, "norm", tuple(gamma.shape), gamma, sigma, options)
+    var = checkpoint.load(var_key).to(torch.float64)
+    base = {"name": name, "short_name": checkpoint.short_name(name), "kind": "batchnorm"}
+    if var.shape != gamma.shape or not bool(torch.isfinite(var).all()) or bool((var < 0).any()):
+        return LayerPlan(
+            **base,
+            shape=tuple(gamma.shape),
+            dtype=str(gamma.dtype).removeprefix("torch."),
+            reshape_dim=0,
+            sigma_before=None,
+            scale=1.0,
+            action=Action.SKIP,
+            reason=f"{var_key} is negative, non-finite or of another shape",
+            output_name=name,
+        )
+    sigma = _diagonal_norm(gamma, var) if gamma.numel() else 0.0
+    return _decide(
+        name,
+        checkpoint,
+        "batchnorm",
+        tuple(gamma.shape),
+        gamma,
+        sigma,
+        options,
+        running_var=var_key,
+    )
+
+
+def _diagonal_norm(gamma: torch.Tensor, running_var: torch.Tensor | None) -> float:
+    """max|γ| (norm scales), or BatchNorm's max|γ|/√(running_var + ε)."""
+    import torch
+
+    values = gamma.to(torch.float64).abs()
+    if running_var is not None:
+        values = values / torch.sqrt(running_var.to(torch.float64) + BATCHNORM_EPS)
+    return float(values.max()) if values.numel() else 0.0
 
 
 def _decide(
@@ -330,17 +390,23 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
     )
 
 
-def _measure(tensor: torch.Tensor, reshape_dim: int) -> float:
+def _measure(
+    tensor: torch.Tensor, reshape_dim: int, running_var: torch.Tensor | None = None
+) -> float:
     if tensor.dim() == 1:
-        return float(tensor.double().abs().max()) if tensor.numel() else 0.0
+        return _diagonal_norm(tensor, running_var)
     return exact_sigma(as_matrix(tensor, reshape_dim))
 
 
 def scaled_weight(
-    weight: torch.Tensor, plan: LayerPlan, target: float
+    weight: torch.Tensor,
+    plan: LayerPlan,
+    target: float,
+    running_var: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, int]:
     """Scale in float64, cast to the stored dtype, shave until the stored σ ≤ target.
 
+    ``running_var`` is given for BatchNorm scales, whose factor is max|γ|/√(running_var + ε).
     Returns (new tensor, σ measured on the stored values, number of shaving steps).
     """
     import torch
@@ -350,7 +416,7 @@ def scaled_weight(
     factor = plan.scale
     for shaves in range(_MAX_SHAVES):
         new = (w64 * factor).to(weight.dtype)
-        sigma = _measure(new, plan.reshape_dim)
+        sigma = _measure(new, plan.reshape_dim, running_var)
         if sigma <= target:
             return new, sigma, shaves
         factor *= (target / sigma) * (1.0 - min(unit * 2.0 ** (shaves - 3), 0.5))
@@ -389,7 +455,8 @@ def _new_tensors(
         weight, _ = _baked_weight(checkpoint, layer)
     else:
         weight = checkpoint.load(plan.name)
-    new, sigma_after, shaves = scaled_weight(weight, plan, options.target)
+    running_var = checkpoint.load(plan.running_var) if plan.running_var else None
+    new, sigma_after, shaves = scaled_weight(weight, plan, options.target, running_var)
     tensors = {plan.name: new}
     if plan.spectral_norm is not None and not options.bake and plan.u_key:
         u_old = checkpoint.load(plan.u_key)
@@ -711,7 +778,8 @@ def _verify_file(
             if outcome.output_name not in found:
                 continue
             layer = next(p for p in plan.layers if p.name == outcome.name)
-            sigma = _measure(reopened.load(outcome.output_name), layer.reshape_dim)
+            running_var = reopened.load(layer.running_var) if layer.running_var else None
+            sigma = _measure(reopened.load(outcome.output_name), layer.reshape_dim, running_var)
             if not sigma <= limit:
                 raise WriteError(
                     f"verification failed: {outcome.output_name} has σ {sigma} > {limit}"

@@ -96,7 +96,9 @@ def normalize(
     norms: Annotated[
         bool,
         typer.Option(
-            "--norms", help="Also normalize 1-D norm scales (as diagonal maps: σ = max|γ|)."
+            "--norms",
+            help="Also normalize 1-D norm scales as diagonal maps: BatchNorm to "
+            "max|γ|/√(running_var+ε) = target, other norms to max|γ| = target (never PReLU).",
         ),
     ] = False,
     bake: Annotated[

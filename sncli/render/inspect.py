@@ -43,6 +43,8 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
         item["sigma_upper"] = upper
     if layer.algorithm:
         item["algorithm"] = layer.algorithm
+    if layer.note:
+        item["classification"] = layer.note
     if layer.reshape_note:
         item["reshape_note"] = layer.reshape_note
     if layer.spectral_norm is not None:
@@ -241,8 +243,20 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
         print_reshape_notes(layers, console)
     if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
         console.print(
-            "* embedding: recognised by its name; its input is discrete (token ids), so its σ "
-            "is informational.",
+            "* embedding: recognised by its name and role (no bias, not a projection); its "
+            "input is discrete (token ids), so its σ is informational.",
+            style="dim",
+        )
+    decisions = Counter(layer.note for layer in layers if layer.note)
+    if decisions:
+        console.print(
+            escape(
+                "Read from names: "
+                + "; ".join(
+                    note + (f" (×{count})" if count > 1 else "")
+                    for note, count in decisions.items()
+                )
+            ),
             style="dim",
         )
     if has_sn:
