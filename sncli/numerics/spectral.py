@@ -115,6 +115,9 @@ DENSE_MAX_SIDE = 128
 EXACT_DENSE_MAX_SIDE = 256
 #: Chunk of W converted at a time (elements): 256K floats keep fp32/fp64 chunks in the 1–2 MB L2.
 CHUNK_ELEMENTS = 1 << 18
+#: Fewest rows (of the longer side) per rank-k update of a float64 Gram matrix, whatever its
+#: size: the chunk is then side × 512 float64 (16 MB at side 4096), the update compute-bound.
+GRAM_MIN_RANK = 512
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,9 @@ def _gram64(matrix: torch.Tensor, exponent: int) -> torch.Tensor:
     side = n if tall else m
     gram = torch.zeros(side, side, dtype=torch.float64, device=matrix.device)
     length = m if tall else n
-    step = max(1, CHUNK_ELEMENTS // max(side, 1))
+    # Rank-k updates of a side×side Gram are memory-bound below k ≈ 512: at 4096×25088 the
+    # 64-row chunks of CHUNK_ELEMENTS re-read the 134 MB Gram 392 times.
+    step = max(1, CHUNK_ELEMENTS // max(side, 1), GRAM_MIN_RANK)
     for start in range(0, length, step):
         part = matrix[start : start + step] if tall else matrix[:, start : start + step].T
         chunk = _chunk64(part, exponent)
