@@ -156,3 +156,18 @@ def test_wide_gram_chunks_keep_float64_accuracy() -> None:
     reference = w.double() @ w.double().T
     assert float((gram - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
     assert spectral_module.exact_sigma(w) == pytest.approx(svd_sigma(w), rel=1e-13)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_large_gram_lower_block_triangle_against_svd(transpose: bool) -> None:
+    """From a side of 1024 exact_sigma accumulates only the lower block triangle of the Gram
+    (what eigvalsh reads): that triangle equals float64 W·Wᵀ's, σ equals float64 SVD's."""
+    w = torch.randn(1100, 1300, generator=torch.Generator().manual_seed(4))
+    w = w.T.contiguous() if transpose else w
+    assert min(w.shape) >= spectral_module.GRAM_BLOCK_SIDE
+    lower = spectral_module._gram64(w, 0, lower_only=True)
+    small = w.double() if w.shape[0] <= w.shape[1] else w.double().T
+    reference = small @ small.T
+    scale = float(reference.abs().max())
+    assert float((torch.tril(lower) - torch.tril(reference)).abs().max()) <= 1e-13 * scale
+    assert spectral_module.exact_sigma(w) == pytest.approx(svd_sigma(w), rel=1e-13)
