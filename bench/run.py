@@ -3,6 +3,7 @@
     python bench/run.py            # ~3 min on 2 cores: 302M-parameter bf16 checkpoint + scaling
     python bench/run.py --quick    # ~30 s smoke run on small checkpoints
     python bench/run.py --large    # adds a 1B-parameter float32 (4 GB) checkpoint
+    python bench/run.py --lipschitz  # only: sncli lipschitz / inspect on ResNet-18 and VGG-11
 
 Checkpoints are generated (seeded, bench/synth.py) into a temporary folder that is deleted
 afterwards (``--keep`` keeps it). Every measurement runs in its own subprocess, so each reports
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -83,6 +85,14 @@ def child(kind: str, path: str, method: str | None) -> dict[str, object]:
             "algorithms": sorted({layer.algorithm for layer in report.layers}),
             "bounds": sorted({layer.bound.value for layer in report.layers}),
         }
+    elif kind == "lipschitz":  # sncli lipschitz's defaults: dense linear σ, conv operator norm
+        import sncli
+        from sncli.lipschitz import lipschitz_report
+
+        with sncli.open_checkpoint(path) as ckpt:
+            lip = lipschitz_report(ckpt)
+        sigmas = {f.name: f.sigma for f in lip.factors}
+        extra = {"log10_bound": lip.log10_bound, "factors": len(lip.factors)}
     elif kind == "matrix_norm":
         for name, tensor in _weights(path):
             sigmas[name] = float(torch.linalg.matrix_norm(tensor.float(), ord=2))
@@ -291,12 +301,71 @@ def generate(specs: list, folder: Path) -> dict[str, Path]:
     return paths
 
 
+#: ``lipschitz`` may take at most this many times ``inspect`` on the same CNN checkpoint.
+LIPSCHITZ_TARGET_RATIO = 5.0
+
+
+def lipschitz_section(folder: Path, env: dict[str, str], repeat: int) -> dict[str, object]:
+    """``sncli lipschitz`` against ``sncli inspect`` on ResNet-18 and VGG-11 state dicts."""
+    import synth
+
+    print("\n## Lipschitz: `sncli lipschitz` vs `sncli inspect` on the same CNN file")
+    lines = [
+        "| checkpoint | parameters | file (MB) | inspect (s) | lipschitz (s) | "
+        "lipschitz / inspect | inspect RSS (MB) | lipschitz RSS (MB) | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    rows = []
+    for arch in ("resnet18", "vgg11"):
+        path = folder / f"{arch}.safetensors"
+        began = time.perf_counter()
+        synth.write_cnn(arch, path)
+        print(f"  generated {path.name} in {time.perf_counter() - began:.1f} s", flush=True)
+        inspect = run_child("sncli inspect", "sncli", path, "auto", repeat, env)
+        lip = run_child("sncli lipschitz", "lipschitz", path, None, 1, env)
+        ratio = lip.seconds / inspect.seconds
+        params = sum(math.prod(shape) for _, shape in synth.CNN_SHAPES[arch]())
+        verdict = "met" if ratio <= LIPSCHITZ_TARGET_RATIO else "NOT met"
+        lines.append(
+            f"| {arch} | {params / 1e6:.1f}M | {fmt_mb(path.stat().st_size)} | "
+            f"{inspect.seconds:.2f} | {lip.seconds:.2f} | {ratio:.1f}× | "
+            f"{fmt_mb(inspect.peak_rss)} | {fmt_mb(lip.peak_rss)} | "
+            f"≤ {LIPSCHITZ_TARGET_RATIO:g}×: {verdict} |"
+        )
+        rows.append({"checkpoint": arch, "inspect": inspect, "lipschitz": lip, "ratio": ratio})
+    table = "\n".join(lines)
+    print(table, flush=True)
+    return {"table": table, "rows": rows}
+
+
 def benchmark(args: argparse.Namespace) -> None:
     import synth
     import torch
 
     began = time.perf_counter()
     env = dict(os.environ)
+    if args.lipschitz:
+        folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        info = environment()
+        print(f"# sncli benchmark ({info['cpu']}, {info['cores']} cores, torch {info['torch']})")
+        print(f"load average at start: {info['loadavg']}", flush=True)
+        try:
+            report = {"environment": info, "lipschitz": lipschitz_section(folder, env, 1)}
+            report["loadavg_end"] = os.getloadavg()
+            print(
+                f"\ntotal {time.perf_counter() - began:.0f} s; load average at end: "
+                f"{os.getloadavg()}"
+            )
+            stamp = int(time.time())
+            out = Path(args.json) if args.json else HERE / "out" / f"lipschitz-{stamp}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, default=_jsonable, indent=1))
+            print(f"results: {out}")
+        finally:
+            if not args.keep and not args.workdir:
+                shutil.rmtree(folder, ignore_errors=True)
+        return
     if args.quick:
         main = synth.Spec(512, 8)
         hard = synth.Spec(512, 2, gaussian=True)
@@ -378,6 +447,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="small checkpoints (~30 s)")
     size.add_argument("--large", action="store_true", help="add a 1B-parameter fp32 checkpoint")
+    size.add_argument(
+        "--lipschitz",
+        action="store_true",
+        help="only sncli lipschitz vs inspect on ResNet-18 and VGG-11 state dicts (target ≤ 5×)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of sncli exact/auto (median)")
     parser.add_argument("--workdir", help="generate checkpoints here and keep them")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")

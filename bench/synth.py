@@ -134,3 +134,95 @@ def write(spec: Spec, path: Path) -> Path:
         for _, tensor in tensors(spec):
             handle.write(tensor.contiguous().view(torch.uint8).numpy().data)
     return path
+
+
+# --- CNN state dicts with torchvision's key names and shapes (seeded random weights) ----------
+
+
+def resnet18_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of torchvision's ResNet-18 state dict, in its order."""
+    out: list[tuple[str, tuple[int, ...]]] = [("conv1.weight", (64, 3, 7, 7))]
+    out += _bn("bn1", 64)
+    inplanes = 64
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            p = f"layer{stage}.{block}"
+            first_in = inplanes if block == 0 else planes
+            out.append((f"{p}.conv1.weight", (planes, first_in, 3, 3)))
+            out += _bn(f"{p}.bn1", planes)
+            out.append((f"{p}.conv2.weight", (planes, planes, 3, 3)))
+            out += _bn(f"{p}.bn2", planes)
+            if block == 0 and stage > 1:
+                out.append((f"{p}.downsample.0.weight", (planes, inplanes, 1, 1)))
+                out += _bn(f"{p}.downsample.1", planes)
+        inplanes = planes
+    out += [("fc.weight", (1000, 512)), ("fc.bias", (1000,))]
+    return out
+
+
+def vgg11_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) of torchvision's VGG-11 state dict (no BatchNorm), in its order."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    index, channels = 0, 3
+    for item in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+        if item == "M":
+            index += 1
+            continue
+        out += [(f"features.{index}.weight", (item, channels, 3, 3))]
+        out += [(f"features.{index}.bias", (item,))]
+        index += 2  # conv, ReLU
+        channels = item
+    for index, (rows, cols) in ((0, (4096, 25088)), (3, (4096, 4096)), (6, (1000, 4096))):
+        out += [(f"classifier.{index}.weight", (rows, cols))]
+        out += [(f"classifier.{index}.bias", (rows,))]
+    return out
+
+
+def _bn(prefix: str, channels: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [
+        (f"{prefix}.{name}", (channels,))
+        for name in ("weight", "bias", "running_mean", "running_var")
+    ] + [(f"{prefix}.num_batches_tracked", ())]
+
+
+CNN_SHAPES = {"resnet18": resnet18_shapes, "vgg11": vgg11_shapes}
+
+
+def cnn_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """A trained-looking value for one tensor: He-normal weights (fan-out, as torchvision
+    initializes convs), small linear weights, BatchNorm γ ≈ 1 and running_var ≈ 1."""
+    generator = torch.Generator().manual_seed(seed)
+    if name.endswith("num_batches_tracked"):
+        return torch.tensor(1000, dtype=torch.int64)
+    if len(shape) == 4:
+        fan_out = shape[0] * shape[2] * shape[3]
+        return torch.randn(shape, generator=generator) * math.sqrt(2.0 / fan_out)
+    if len(shape) == 2:
+        return torch.randn(shape, generator=generator) / math.sqrt(shape[1])
+    if name.endswith("running_var"):
+        return 0.5 + torch.rand(shape, generator=generator)
+    if name.endswith("weight"):
+        return 1.0 + 0.2 * torch.randn(shape, generator=generator)
+    return 0.1 * torch.randn(shape, generator=generator)
+
+
+def write_cnn(arch: str, path: Path, seed: int = 0) -> Path:
+    """Stream a seeded float32 ``arch`` ("resnet18" or "vgg11") state dict to ``path``."""
+    shapes = CNN_SHAPES[arch]()
+    header: dict[str, object] = {"__metadata__": {"format": "pt", "generator": "bench/synth.py"}}
+    offset = 0
+    for name, shape in shapes:
+        code, size = ("I64", 8) if name.endswith("num_batches_tracked") else ("F32", 4)
+        end = offset + math.prod(shape) * size
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, end]}
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)))
+        handle.write(raw)
+        for index, (name, shape) in enumerate(shapes):
+            tensor = cnn_tensor(name, shape, seed * 100_003 + index)
+            handle.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return path

@@ -18,15 +18,29 @@ Per layer the factor is, by policy:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
 import re
+import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from sncli.analysis import (
+    MEMORY_BUDGET_FP32_MULTIPLE,
+    MIN_MEMORY_BUDGET,
+    _Budget,
+    _load_weight,
+    _torch_threads,
+    available_cores,
+)
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
+from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import (
     BATCHNORM_EPS,
     Layer,
@@ -39,7 +53,7 @@ from sncli.layers import (
 )
 from sncli.messages import ProgressCallback
 from sncli.numerics.bounds import sigma_interval
-from sncli.numerics.conv import conv_operator_norm, reshape_norms
+from sncli.numerics.conv import conv_operator_norm
 from sncli.numerics.floating import DENSE_ROUNDING, check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
@@ -90,6 +104,8 @@ class LipschitzOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     transposed: tuple[str, ...] = ()
+    #: factors computed concurrently, each with single-threaded torch (None: one per core)
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +322,6 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
             source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
-    r_out, r_in = reshape_norms(weight)
     circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
         norm = conv_operator_norm(
@@ -319,7 +334,7 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
     except ValueError as exc:
         raise SncliError(f"{layer.name}: cannot bound this convolution: {exc}") from exc
     upper = norm.upper if norm.upper is not None else norm.value
-    reshape_sigma = r_in if layer.transposed else r_out
+    reshape_sigma = _reshape_sigma(layer, weight, options)
     source = norm.description
     if circular:
         source = (
@@ -339,6 +354,17 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
         reshape_sigma=reshape_sigma,
         upper_bound=True,
     )
+
+
+def _reshape_sigma(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> float:
+    """The displayed σ of the reshaped kernel (the side spectral_norm uses), by ``auto``.
+
+    Only displayed, never a factor: ``auto`` is dense float64 up to a smaller side of 128 and a
+    float32 block-Lanczos lower bound within ~1e-4 beyond, where the dense Gram of both reshapes
+    cost as much as the operator norm itself (bench/README.md).
+    """
+    matrix = as_matrix(weight, layer.reshape_dim)
+    return largest_singular_value(matrix, Method.AUTO, seed=options.seed).sigma
 
 
 def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str, str]) -> Factor:
@@ -362,6 +388,179 @@ def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str,
         True,
         f"BatchNorm (eval): max|γ|/√(var+ε), ε={BATCHNORM_EPS:g}",
     )
+
+
+@dataclass
+class _Task:
+    """One factor's inputs, read by the reader thread (BatchNorm factors are computed there)."""
+
+    index: int
+    name: str
+    layer: Layer | None
+    nbytes: int
+    weight: torch.Tensor | None = None
+    estimate: float | None = None
+    factor: Factor | None = None
+    bad: str | None = None
+    error: BaseException | None = None
+
+
+def _task_bytes(layer: Layer | None) -> int:
+    """Bytes a layer holds in flight: the stored weight, plus a float64 copy when it is
+    composed (W/σ̂ of spectral norm, g·v/‖v‖ of weight norm)."""
+    if layer is None:
+        return 0
+    count = math.prod(layer.shape)
+    total = count * bits_per_element(layer.dtype) // 8
+    if layer.spectral_norm is not None or layer.weight_norm is not None:
+        total += 8 * count
+    return total
+
+
+def _read_task(
+    checkpoint: Checkpoint,
+    task: _Task,
+    bn: tuple[str, str, str] | None,
+    reader: SafetensorsStreamReader | None,
+) -> None:
+    layer = task.layer
+    if bn is not None:
+        task.factor = _batchnorm_factor(checkpoint, task.name, bn)
+        return
+    assert layer is not None
+    plain = (
+        layer.spectral_norm is None
+        and layer.weight_norm is None
+        and layer.name in checkpoint.tensors
+        and layer.name not in checkpoint.unsupported
+        and layer.name not in checkpoint.derived
+    )
+    if plain:  # inspect's readinto path: no mmap'd pages left resident
+        task.weight = _load_weight(checkpoint, layer.name, reader)
+    else:
+        task.weight, task.estimate = effective_weight(checkpoint, layer)
+
+
+def _reader(
+    checkpoint: Checkpoint,
+    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]],
+    budget: _Budget,
+    out: queue.Queue[_Task | None],
+    stop: threading.Event,
+) -> None:
+    """Read every factor's tensors in order into ``out`` (None at the end), within the budget."""
+    reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
+    try:
+        for index, (name, layer, bn) in enumerate(work):
+            task = _Task(index, name, layer, _task_bytes(layer))
+            if not budget.acquire(task.nbytes, stop):
+                budget.release(task.nbytes)
+                break
+            try:
+                _read_task(checkpoint, task, bn, reader)
+            except NumericalError as exc:
+                task.bad = exc.message
+            except BaseException as exc:  # handed to the main thread, which re-raises it
+                task.error = exc
+            out.put(task)
+            if task.error is not None:
+                break
+    finally:
+        if reader is not None:
+            reader.close()
+        out.put(None)
+
+
+def _layer_factor(task: _Task, options: LipschitzOptions) -> Factor:
+    layer = task.layer
+    assert layer is not None and task.weight is not None
+    if layer.kind.is_conv:
+        factor = _conv_factor(layer, task.weight, options)
+    else:
+        factor = _matrix_factor(layer, task.weight, options)
+    if layer.spectral_norm is not None:
+        note = (
+            "stored normalized weight"
+            if task.estimate is None
+            else f"W/σ̂ with σ̂ = {task.estimate:.6g} from stored u, v"
+        )
+        factor = replace(factor, note=note)
+    return factor
+
+
+def _compute_factors(
+    checkpoint: Checkpoint,
+    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]],
+    options: LipschitzOptions,
+    progress: ProgressCallback | None,
+) -> tuple[list[Factor], list[str]]:
+    """Every factor, in ``work``'s order, and the layers refused for non-finite values.
+
+    inspect's pipeline (:mod:`sncli.analysis`): one reader thread streams tensors ahead within a
+    byte budget, ``options.workers`` threads (default: one per core) compute the factors, each
+    with single-threaded torch. The factors are the same as computed one by one on one thread.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    layers = [layer for _, layer, _ in work if layer is not None]
+    largest = max((_task_bytes(layer) for layer in layers), default=0)
+    widest = max((math.prod(layer.shape) for layer in layers), default=0)
+    budget = _Budget(max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest, MIN_MEMORY_BUDGET, largest))
+    workers = max(1, options.workers or min(available_cores(), len(work)))
+    stop = threading.Event()
+    loads: queue.Queue[_Task | None] = queue.Queue(maxsize=max(2, workers))
+    thread = threading.Thread(
+        target=_reader, args=(checkpoint, work, budget, loads, stop), daemon=True
+    )
+    outcomes: list[Factor | str] = []
+    pending: deque[tuple[_Task, Future[Factor | str]]] = deque()
+
+    def compute(task: _Task) -> Factor | str:
+        try:
+            if task.bad is not None:
+                return f"{task.name} ({task.bad})"
+            if task.factor is not None:
+                return task.factor
+            try:
+                return _layer_factor(task, options)
+            except NumericalError as exc:
+                return f"{task.name} ({exc.message})"
+        finally:
+            task.weight = None
+            budget.release(task.nbytes)
+
+    def collect(future: Future[Factor | str]) -> None:
+        outcomes.append(future.result())
+        if progress is not None:
+            following = work[len(outcomes)][0] if len(outcomes) < len(work) else ""
+            progress(len(outcomes), len(work), following and checkpoint.short_name(following))
+
+    with _torch_threads(1):
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sncli-lipschitz")
+        thread.start()
+        try:
+            if progress is not None:
+                progress(0, len(work), checkpoint.short_name(work[0][0]))
+            while True:
+                task = loads.get()
+                if task is None:
+                    break
+                if task.error is not None:
+                    raise task.error
+                pending.append((task, pool.submit(compute, task)))
+                while pending and (pending[0][1].done() or len(pending) > workers):
+                    collect(pending.popleft()[1])
+            while pending:
+                collect(pending.popleft()[1])
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    loads.get_nowait()
+            thread.join(timeout=5)
+    factors = [item for item in outcomes if isinstance(item, Factor)]
+    return factors, [item for item in outcomes if isinstance(item, str)]
 
 
 def architecture_caveats(names: Iterable[str]) -> list[str]:
@@ -462,35 +661,7 @@ def lipschitz_report(
         (layer.name, layer, None) for layer in layers
     ] + [(keys[0], None, keys) for keys in batchnorms.values()]
     work.sort(key=lambda item: natural_key(item[0]))
-    factors: list[Factor] = []
-    bad: list[str] = []
-    for index, (name, layer, bn) in enumerate(work):
-        if progress is not None:
-            progress(index, len(work), checkpoint.short_name(name))
-        try:
-            if bn is not None:
-                factors.append(_batchnorm_factor(checkpoint, name, bn))
-                continue
-            assert layer is not None
-            weight, estimate = effective_weight(checkpoint, layer)
-            note = ""
-            if layer.spectral_norm is not None:
-                note = (
-                    "stored normalized weight"
-                    if estimate is None
-                    else f"W/σ̂ with σ̂ = {estimate:.6g} from stored u, v"
-                )
-            if layer.kind.is_conv:
-                factor = _conv_factor(layer, weight, options)
-            else:
-                factor = _matrix_factor(layer, weight, options)
-            if note:
-                factor = replace(factor, note=note)
-            factors.append(factor)
-        except NumericalError as exc:
-            bad.append(f"{name} ({exc.message})")
-    if progress is not None:
-        progress(len(work), len(work), "")
+    factors, bad = _compute_factors(checkpoint, work, options, progress)
     if bad:
         raise NumericalError(
             "no meaningful bound: non-finite weights in "
