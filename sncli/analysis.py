@@ -1,34 +1,20 @@
 """Per-layer spectral norms of a checkpoint: the library behind ``sncli inspect``.
 
-Throughput (bench/README.md has the numbers): a reader thread streams tensors ahead of the
-compute — safetensors data with ``readinto`` into fresh buffers rather than through ``safe_open``:
-reading and converting every tensor of a 1.0 GB bf16 file through ``safe_open`` peaked at 1.25 GB
-RSS (the file's pages stay resident), through ``readinto`` at 0.32 GB — while ``workers`` threads
-compute σ.
-Each worker runs torch single-threaded, so threads × BLAS threads never exceed the cores
-(measured: oversubscribed LAPACK ran 10–250× slower; torch's 2 OpenMP threads on the small
-GEMMs of block Lanczos ran 26× slower than 2 single-threaded workers under load). Tensors in
-flight are capped by a byte budget, so peak memory depends on the largest tensor, not on the
-number of layers.
+Layers are measured through :mod:`sncli.pipeline` (a reader thread ahead of single-threaded
+workers, within a byte budget); bench/README.md has the numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
-from sncli.errors import CheckpointError, NoLayersMatchedError, NumericalError
+from sncli.errors import NoLayersMatchedError, NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, classify, select
 from sncli.messages import ProgressCallback
@@ -46,6 +32,7 @@ from sncli.numerics.spectral import (
     resolve_device,
 )
 from sncli.parametrizations import SpectralNormStyle
+from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -64,12 +51,6 @@ __all__ = [
     "sort_layers",
     "spectral_norms",
 ]
-
-#: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
-#: largest selected matrix's float32 size: the memory target is 2× that + 500 MB (bench/README.md).
-MEMORY_BUDGET_FP32_MULTIPLE = 2
-#: ... but never less than this, so small layers are always read ahead.
-MIN_MEMORY_BUDGET = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -181,55 +162,25 @@ class MethodOptions:
 class _Loaded:
     """A layer's tensors, read by the reader thread."""
 
-    index: int
     layer: Layer
     weight: torch.Tensor | None
     u: torch.Tensor | None = None
     v: torch.Tensor | None = None
     effective: torch.Tensor | None = None
-    nbytes: int = 0
-    error: BaseException | None = None
-
-
-def _load_weight(checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None):
-    """One tensor, read without keeping mmap'd pages when the format allows it.
-
-    A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
-    read the same way (as ``Checkpoint.load`` composes it).
-    """
-    pair = checkpoint.derived.get(name)
-    if pair is not None:
-        return pair.compose(
-            _load_weight(checkpoint, pair.g_key, reader),
-            _load_weight(checkpoint, pair.v_key, reader),
-        )
-    info = checkpoint.tensors[name]
-    if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
-        return checkpoint.load(name)
-    try:
-        return reader.read(info.file, info.key)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # same contract as Checkpoint.load: unreadable data is an error
-        raise CheckpointError(f"cannot read tensor {name!r}: {exc}", info.file) from exc
 
 
 def _load_layer(
-    checkpoint: Checkpoint,
-    index: int,
-    layer: Layer,
-    reader: SafetensorsStreamReader | None,
+    checkpoint: Checkpoint, layer: Layer, reader: SafetensorsStreamReader | None
 ) -> _Loaded:
-    weight = _load_weight(checkpoint, layer.name, reader)
-    loaded = _Loaded(index, layer, weight, nbytes=weight.numel() * weight.element_size())
+    weight = load_weight(checkpoint, layer.name, reader)
+    loaded = _Loaded(layer, weight)
     info = layer.spectral_norm
     if info is not None:
         loaded.u = checkpoint.load(info.u_key)
         if info.v_key is not None:
             loaded.v = checkpoint.load(info.v_key)
         elif info.effective_key is not None:
-            loaded.effective = _load_weight(checkpoint, info.effective_key, reader)
-            loaded.nbytes *= 2
+            loaded.effective = load_weight(checkpoint, info.effective_key, reader)
     return loaded
 
 
@@ -313,28 +264,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
 def measure_layer(checkpoint: Checkpoint, layer: Layer, options: MethodOptions) -> LayerSigma:
     """Load one layer's weight and compute its σ. Raises ``NumericalError`` on NaN/Inf."""
     device, _ = resolve_device(options.device)
-    return _measure(_load_layer(checkpoint, 0, layer, None), options, device)
-
-
-class _Budget:
-    """Bytes of tensors in flight; a request waits until it fits (or nothing else is held)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._condition = threading.Condition()
-
-    def acquire(self, amount: int, stop: threading.Event) -> bool:
-        with self._condition:
-            while self.used and self.used + amount > self.limit and not stop.is_set():
-                self._condition.wait(0.1)
-            self.used += amount
-            return not stop.is_set()
-
-    def release(self, amount: int) -> None:
-        with self._condition:
-            self.used -= amount
-            self._condition.notify_all()
+    return _measure(_load_layer(checkpoint, layer, None), options, device)
 
 
 def _layer_bytes(layer: Layer) -> int:
@@ -345,59 +275,6 @@ def _layer_bytes(layer: Layer) -> int:
         total += math.prod(layer.shape) * 8
     info = layer.spectral_norm
     return total * 2 if info is not None and info.effective_key else total
-
-
-def _reader(
-    checkpoint: Checkpoint,
-    layers: list[Layer],
-    budget: _Budget,
-    out: queue.Queue[_Loaded | None],
-    stop: threading.Event,
-) -> None:
-    """Read layers in order into ``out`` (None at the end), within the byte budget."""
-    reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
-    try:
-        for index, layer in enumerate(layers):
-            size = _layer_bytes(layer)
-            if not budget.acquire(size, stop):
-                budget.release(size)
-                break
-            try:
-                loaded = _load_layer(checkpoint, index, layer, reader)
-            except BaseException as exc:  # handed to the main thread, which re-raises it
-                loaded = _Loaded(index, layer, None, error=exc)
-            loaded.nbytes = size
-            out.put(loaded)
-            if loaded.error is not None:
-                break
-    finally:
-        if reader is not None:
-            reader.close()
-        out.put(None)
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (process-wide), restoring them afterwards."""
-    if count is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def available_cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _worker_count(options: MethodOptions, layers: int, device: str) -> int:
@@ -417,60 +294,27 @@ def _run(
     progress: ProgressCallback | None,
 ) -> list[LayerSigma | Skipped]:
     """Measure every layer with a reader thread ahead of ``workers`` compute threads."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     largest = max((_layer_bytes(layer) for layer in layers), default=0)
     widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
-    limit = max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest, MIN_MEMORY_BUDGET, largest)
-    budget = _Budget(limit)
-    stop = threading.Event()
-    loads: queue.Queue[_Loaded | None] = queue.Queue(maxsize=max(2, workers))
-    thread = threading.Thread(
-        target=_reader, args=(checkpoint, layers, budget, loads, stop), daemon=True
-    )
-    results: list[LayerSigma | Skipped] = []
-    pending: deque[tuple[_Loaded, Future[LayerSigma]]] = deque()
 
-    def task(loaded: _Loaded) -> LayerSigma:
+    def measure(loaded: _Loaded) -> LayerSigma | Skipped:
         try:
             return _measure(loaded, options, device)
-        finally:
-            loaded.weight = loaded.effective = None
-            budget.release(loaded.nbytes)
-
-    def collect(loaded: _Loaded, future: Future[LayerSigma]) -> None:
-        try:
-            results.append(future.result())
         except NumericalError as exc:
-            results.append(Skipped(loaded.layer.name, exc.message))
-        if progress is not None:
-            following = layers[len(results)].short_name if len(results) < len(layers) else ""
-            progress(len(results), len(layers), following)
+            return Skipped(loaded.layer.name, exc.message)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sncli-sigma")
-    thread.start()
-    try:
-        if progress is not None:
-            progress(0, len(layers), layers[0].short_name)
-        while True:
-            loaded = loads.get()
-            if loaded is None:
-                break
-            if loaded.error is not None:
-                raise loaded.error
-            pending.append((loaded, pool.submit(task, loaded)))
-            while pending and (pending[0][1].done() or len(pending) > workers):
-                collect(*pending.popleft())
-        while pending:
-            collect(*pending.popleft())
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        with contextlib.suppress(queue.Empty):
-            while True:
-                loads.get_nowait()
-        thread.join(timeout=5)
-    return results
+    return read_ahead_map(
+        checkpoint,
+        layers,
+        nbytes=_layer_bytes,
+        load=lambda layer, reader: _load_layer(checkpoint, layer, reader),
+        compute=measure,
+        budget=budget_bytes(largest, widest),
+        workers=workers,
+        label=lambda layer: layer.short_name,
+        progress=progress,
+        thread_name="sncli-sigma",
+    )
 
 
 def _plural(count: int, word: str) -> str:
@@ -522,7 +366,7 @@ def spectral_norms(
     # Single-threaded torch on the CPU, parallel across layers: the block operations are many
     # small GEMMs, and 2 OpenMP threads on them ran 26× slower than 2 workers × 1 thread on a
     # loaded 2-core machine (302M-parameter checkpoint, auto: 87 s against 3.3 s).
-    with _torch_threads(1 if device == "cpu" else None):
+    with torch_threads(1 if device == "cpu" else None):
         outcomes = _run(checkpoint, selected, options, device, workers, progress)
     results = [item for item in outcomes if isinstance(item, LayerSigma)]
     failed = [s for s in outcomes if isinstance(s, Skipped)]

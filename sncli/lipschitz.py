@@ -18,25 +18,13 @@ Per layer the factor is, by policy:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
 import re
-import threading
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from sncli.analysis import (
-    MEMORY_BUDGET_FP32_MULTIPLE,
-    MIN_MEMORY_BUDGET,
-    _Budget,
-    _load_weight,
-    _torch_threads,
-    available_cores,
-)
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
@@ -63,6 +51,7 @@ from sncli.numerics.spectral import (
     as_matrix,
     largest_singular_value,
 )
+from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -394,15 +383,12 @@ def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str,
 class _Task:
     """One factor's inputs, read by the reader thread (BatchNorm factors are computed there)."""
 
-    index: int
     name: str
     layer: Layer | None
-    nbytes: int
     weight: torch.Tensor | None = None
     estimate: float | None = None
     factor: Factor | None = None
     bad: str | None = None
-    error: BaseException | None = None
 
 
 def _task_bytes(layer: Layer | None) -> int:
@@ -418,6 +404,21 @@ def _task_bytes(layer: Layer | None) -> int:
 
 
 def _read_task(
+    checkpoint: Checkpoint,
+    work: tuple[str, Layer | None, tuple[str, str, str] | None],
+    reader: SafetensorsStreamReader | None,
+) -> _Task:
+    """One factor's inputs (on the reader thread); a non-finite BatchNorm or weight is noted."""
+    name, layer, bn = work
+    task = _Task(name, layer)
+    try:
+        _fill_task(checkpoint, task, bn, reader)
+    except NumericalError as exc:
+        task.bad = exc.message
+    return task
+
+
+def _fill_task(
     checkpoint: Checkpoint,
     task: _Task,
     bn: tuple[str, str, str] | None,
@@ -436,39 +437,9 @@ def _read_task(
         and layer.name not in checkpoint.derived
     )
     if plain:  # inspect's readinto path: no mmap'd pages left resident
-        task.weight = _load_weight(checkpoint, layer.name, reader)
+        task.weight = load_weight(checkpoint, layer.name, reader)
     else:
         task.weight, task.estimate = effective_weight(checkpoint, layer)
-
-
-def _reader(
-    checkpoint: Checkpoint,
-    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]],
-    budget: _Budget,
-    out: queue.Queue[_Task | None],
-    stop: threading.Event,
-) -> None:
-    """Read every factor's tensors in order into ``out`` (None at the end), within the budget."""
-    reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
-    try:
-        for index, (name, layer, bn) in enumerate(work):
-            task = _Task(index, name, layer, _task_bytes(layer))
-            if not budget.acquire(task.nbytes, stop):
-                budget.release(task.nbytes)
-                break
-            try:
-                _read_task(checkpoint, task, bn, reader)
-            except NumericalError as exc:
-                task.bad = exc.message
-            except BaseException as exc:  # handed to the main thread, which re-raises it
-                task.error = exc
-            out.put(task)
-            if task.error is not None:
-                break
-    finally:
-        if reader is not None:
-            reader.close()
-        out.put(None)
 
 
 def _layer_factor(task: _Task, options: LipschitzOptions) -> Factor:
@@ -496,69 +467,37 @@ def _compute_factors(
 ) -> tuple[list[Factor], list[str]]:
     """Every factor, in ``work``'s order, and the layers refused for non-finite values.
 
-    inspect's pipeline (:mod:`sncli.analysis`): one reader thread streams tensors ahead within a
+    inspect's pipeline (:mod:`sncli.pipeline`): one reader thread streams tensors ahead within a
     byte budget, ``options.workers`` threads (default: one per core) compute the factors, each
     with single-threaded torch. The factors are the same as computed one by one on one thread.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     layers = [layer for _, layer, _ in work if layer is not None]
     largest = max((_task_bytes(layer) for layer in layers), default=0)
     widest = max((math.prod(layer.shape) for layer in layers), default=0)
-    budget = _Budget(max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest, MIN_MEMORY_BUDGET, largest))
-    workers = max(1, options.workers or min(available_cores(), len(work)))
-    stop = threading.Event()
-    loads: queue.Queue[_Task | None] = queue.Queue(maxsize=max(2, workers))
-    thread = threading.Thread(
-        target=_reader, args=(checkpoint, work, budget, loads, stop), daemon=True
-    )
-    outcomes: list[Factor | str] = []
-    pending: deque[tuple[_Task, Future[Factor | str]]] = deque()
 
     def compute(task: _Task) -> Factor | str:
+        if task.bad is not None:
+            return f"{task.name} ({task.bad})"
+        if task.factor is not None:
+            return task.factor
         try:
-            if task.bad is not None:
-                return f"{task.name} ({task.bad})"
-            if task.factor is not None:
-                return task.factor
-            try:
-                return _layer_factor(task, options)
-            except NumericalError as exc:
-                return f"{task.name} ({exc.message})"
-        finally:
-            task.weight = None
-            budget.release(task.nbytes)
+            return _layer_factor(task, options)
+        except NumericalError as exc:
+            return f"{task.name} ({exc.message})"
 
-    def collect(future: Future[Factor | str]) -> None:
-        outcomes.append(future.result())
-        if progress is not None:
-            following = work[len(outcomes)][0] if len(outcomes) < len(work) else ""
-            progress(len(outcomes), len(work), following and checkpoint.short_name(following))
-
-    with _torch_threads(1):
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sncli-lipschitz")
-        thread.start()
-        try:
-            if progress is not None:
-                progress(0, len(work), checkpoint.short_name(work[0][0]))
-            while True:
-                task = loads.get()
-                if task is None:
-                    break
-                if task.error is not None:
-                    raise task.error
-                pending.append((task, pool.submit(compute, task)))
-                while pending and (pending[0][1].done() or len(pending) > workers):
-                    collect(pending.popleft()[1])
-            while pending:
-                collect(pending.popleft()[1])
-        finally:
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    loads.get_nowait()
-            thread.join(timeout=5)
+    with torch_threads(1):
+        outcomes = read_ahead_map(
+            checkpoint,
+            work,
+            nbytes=lambda item: _task_bytes(item[1]),
+            load=lambda item, reader: _read_task(checkpoint, item, reader),
+            compute=compute,
+            budget=budget_bytes(largest, widest),
+            workers=max(1, options.workers or min(available_cores(), len(work))),
+            label=lambda item: checkpoint.short_name(item[0]),
+            progress=progress,
+            thread_name="sncli-lipschitz",
+        )
     factors = [item for item in outcomes if isinstance(item, Factor)]
     return factors, [item for item in outcomes if isinstance(item, str)]
 

@@ -1,0 +1,210 @@
+"""Read ahead, compute in parallel: the pipeline behind ``inspect`` and ``lipschitz``.
+
+One reader thread streams each item's tensors ahead of the compute, within a byte budget, while
+``workers`` threads compute, each with single-threaded torch (threads × BLAS threads never exceed
+the cores: oversubscribed LAPACK ran 10–250× slower here, torch's 2 OpenMP threads on block
+Lanczos' small GEMMs 26× slower than 2 single-threaded workers under load). Tensors in flight are
+capped by the budget, so peak memory depends on the largest tensor, not on the number of layers.
+Results come back in the items' order, whatever order the workers finish in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sncli.checkpoint import Checkpoint
+from sncli.errors import CheckpointError
+from sncli.formats.safetensors import SafetensorsStreamReader
+from sncli.messages import ProgressCallback
+
+if TYPE_CHECKING:
+    import torch
+
+#: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
+#: largest selected matrix's float32 size: the memory target is 2× that + 500 MB (bench/README.md).
+MEMORY_BUDGET_FP32_MULTIPLE = 2
+#: ... but never less than this, so small layers are always read ahead.
+MIN_MEMORY_BUDGET = 64 << 20
+
+Item = TypeVar("Item")
+Loaded = TypeVar("Loaded")
+Result = TypeVar("Result")
+
+
+def budget_bytes(largest_item: int, widest_matrix: int) -> int:
+    """The in-flight budget: 2 × the widest matrix in float32, at least 64 MB and one item."""
+    return max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest_matrix, MIN_MEMORY_BUDGET, largest_item)
+
+
+class Budget:
+    """Bytes of tensors in flight; a request waits until it fits (or nothing else is held)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._condition = threading.Condition()
+
+    def acquire(self, amount: int, stop: threading.Event) -> bool:
+        with self._condition:
+            while self.used and self.used + amount > self.limit and not stop.is_set():
+                self._condition.wait(0.1)
+            self.used += amount
+            return not stop.is_set()
+
+    def release(self, amount: int) -> None:
+        with self._condition:
+            self.used -= amount
+            self._condition.notify_all()
+
+
+def load_weight(
+    checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None
+) -> torch.Tensor:
+    """One tensor, read without keeping mmap'd pages when the format allows it.
+
+    A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
+    read the same way (as ``Checkpoint.load`` composes it).
+    """
+    pair = checkpoint.derived.get(name)
+    if pair is not None:
+        return pair.compose(
+            load_weight(checkpoint, pair.g_key, reader),
+            load_weight(checkpoint, pair.v_key, reader),
+        )
+    info = checkpoint.tensors[name]
+    if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
+        return checkpoint.load(name)
+    try:
+        return reader.read(info.file, info.key)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # same contract as Checkpoint.load: unreadable data is an error
+        raise CheckpointError(f"cannot read tensor {name!r}: {exc}", info.file) from exc
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (process-wide), restoring them afterwards."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def available_cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Read:
+    """What the reader thread hands over: the loaded item, or the error that stopped it."""
+
+    def __init__(self, loaded: Any, nbytes: int, error: BaseException | None = None) -> None:
+        self.loaded = loaded
+        self.nbytes = nbytes
+        self.error = error
+
+
+def read_ahead_map(
+    checkpoint: Checkpoint,
+    items: Sequence[Item],
+    *,
+    nbytes: Callable[[Item], int],
+    load: Callable[[Item, SafetensorsStreamReader | None], Loaded],
+    compute: Callable[[Loaded], Result],
+    budget: int,
+    workers: int,
+    label: Callable[[Item], str],
+    progress: ProgressCallback | None = None,
+    thread_name: str = "sncli",
+) -> list[Result]:
+    """``[compute(load(item)) for item in items]``, loading ahead of ``workers`` compute threads.
+
+    ``load`` runs on the reader thread (safetensors data through one ``SafetensorsStreamReader``),
+    ``compute`` on the workers; the first error of either is raised here, after the threads stop.
+    ``load``'s result is dropped once computed, so its tensors leave the budget.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    limit = Budget(budget)
+    stop = threading.Event()
+    loads: queue.Queue[_Read | None] = queue.Queue(maxsize=max(2, workers))
+
+    def read_all() -> None:
+        reader = SafetensorsStreamReader() if checkpoint.format == "safetensors" else None
+        try:
+            for item in items:
+                size = nbytes(item)
+                if not limit.acquire(size, stop):
+                    limit.release(size)
+                    break
+                try:
+                    read = _Read(load(item, reader), size)
+                except BaseException as exc:  # handed to the main thread, which re-raises it
+                    read = _Read(None, size, exc)
+                loads.put(read)
+                if read.error is not None:
+                    break
+        finally:
+            if reader is not None:
+                reader.close()
+            loads.put(None)
+
+    def task(read: _Read) -> Result:
+        try:
+            return compute(read.loaded)
+        finally:
+            read.loaded = None
+            limit.release(read.nbytes)
+
+    results: list[Result] = []
+    pending: deque[Future[Result]] = deque()
+
+    def collect(future: Future[Result]) -> None:
+        results.append(future.result())
+        if progress is not None:
+            following = label(items[len(results)]) if len(results) < len(items) else ""
+            progress(len(results), len(items), following)
+
+    thread = threading.Thread(target=read_all, daemon=True)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
+    thread.start()
+    try:
+        if progress is not None and items:
+            progress(0, len(items), label(items[0]))
+        while True:
+            read = loads.get()
+            if read is None:
+                break
+            if read.error is not None:
+                raise read.error
+            pending.append(pool.submit(task, read))
+            while pending and (pending[0].done() or len(pending) > workers):
+                collect(pending.popleft())
+        while pending:
+            collect(pending.popleft())
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                loads.get_nowait()
+        thread.join(timeout=5)
+    return results
