@@ -357,11 +357,7 @@ def benchmark(args: argparse.Namespace) -> None:
                 f"\ntotal {time.perf_counter() - began:.0f} s; load average at end: "
                 f"{os.getloadavg()}"
             )
-            stamp = int(time.time())
-            out = Path(args.json) if args.json else HERE / "out" / f"lipschitz-{stamp}.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, default=_jsonable, indent=1))
-            print(f"results: {out}")
+            _save_report(report, args.json, "lipschitz")
         finally:
             if not args.keep and not args.workdir:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -427,13 +423,18 @@ def benchmark(args: argparse.Namespace) -> None:
         report["total_seconds"] = time.perf_counter() - began
         report["loadavg_end"] = os.getloadavg()
         print(f"\ntotal {report['total_seconds']:.0f} s; load average at end: {os.getloadavg()}")
-        out = Path(args.json) if args.json else HERE / "out" / f"results-{int(time.time())}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, default=_jsonable, indent=1))
-        print(f"results: {out}")
+        _save_report(report, args.json, "results")
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _save_report(report: dict, path: str | None, prefix: str) -> None:
+    """The run's numbers as JSON: ``path``, or bench/out/<prefix>-<unix time>.json."""
+    out = Path(path) if path else HERE / "out" / f"{prefix}-{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, default=_jsonable, indent=1))
+    print(f"results: {out}")
 
 
 def _jsonable(value: object) -> object:
