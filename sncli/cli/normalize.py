@@ -15,6 +15,7 @@ from sncli.cli.app import app
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import NoLayersMatchedError
 from sncli.normalize import (
+    Action,
     NormalizeMode,
     NormalizeOptions,
     NormalizePlan,
@@ -173,7 +174,7 @@ def normalize(
 
 def _warn_skipped(plan: NormalizePlan, sink: Sink) -> None:
     for layer in plan.layers:
-        if layer.action.value == "skip":
+        if layer.action is Action.SKIP:
             sink.warning(f"{layer.name}: not normalized: {layer.reason}")
 
 

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 from sncli.numerics.bounds import certified_ratio, certify_gram_batch, lanczos_lower_bound
 from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
-from sncli.numerics.spectral import exact_sigma
 
 if TYPE_CHECKING:
     import torch
@@ -479,23 +478,6 @@ def _circular(
     upper = math.nextafter(math.ldexp(result.upper, taps.exponent), math.inf)
     lower = math.ldexp(result.lower, taps.exponent)
     return (math.nextafter(lower, 0.0) if lower < 2.0**-1022 else lower), upper
-
-
-def reshape_norms(kernel: torch.Tensor) -> tuple[float, float]:
-    """(R_out, R_in): σ of ``kernel.reshape(out, -1)`` and of ``kernel.transpose(0, 1).reshape(in,
-    -1)`` in float64 — what spectral_norm computes for Conv (dim=0) and ConvTranspose (dim=1).
-
-    max(R_out, R_in) ≤ circular norm (n ≥ k) ≤ τ* ≤ √(Πk)·min(R_out, R_in) (Parseval).
-    """
-    import torch
-
-    if kernel.dim() < 2:
-        raise ValueError(f"expected a kernel (out, in, *k), got shape {tuple(kernel.shape)}")
-    check_finite(kernel)
-    k = kernel.to(torch.float64)
-    r_out = exact_sigma(k.reshape(k.shape[0], -1))
-    r_in = exact_sigma(k.transpose(0, 1).reshape(k.shape[1], -1))
-    return r_out, r_in
 
 
 def conv_operator_norm(

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.messages import clean_text
-from sncli.normalize import NormalizePlan, NormalizeResult
+from sncli.normalize import Action, NormalizeMode, NormalizePlan, NormalizeResult
 from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.render.common import finite_or_none, fmt_sigma, plural
 
@@ -81,12 +81,12 @@ def print_normalize_table(
             fmt_sigma(after, 9),
         )
     console.print(table)
-    changed = sum(1 for p in plan.layers if p.action.value == "scale")
-    kept = sum(1 for p in plan.layers if p.action.value == "keep")
-    skipped = sum(1 for p in plan.layers if p.action.value == "skip")
+    changed = sum(1 for p in plan.layers if p.action is Action.SCALE)
+    kept = sum(1 for p in plan.layers if p.action is Action.KEEP)
+    skipped = sum(1 for p in plan.layers if p.action is Action.SKIP)
     target = plan.options.target
     summary = f"{plural(changed, 'layer')} scaled to σ "
-    summary += f"{'=' if plan.options.mode.value == 'scale' else '≤'} {fmt_sigma(target)} · "
+    summary += f"{'=' if plan.options.mode is NormalizeMode.SCALE else '≤'} {fmt_sigma(target)} · "
     summary += f"{kept} kept · {skipped} skipped · "
     copied, rewritten, dropped = plan.tensor_counts()
     summary += f"{plural(copied, 'other tensor')} copied unchanged"
