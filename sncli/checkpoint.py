@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sncli.dtypes import SAFETENSORS_DTYPES
 from sncli.errors import CheckpointError
 from sncli.formats import sniff_format
-from sncli.formats.common import describe, quote, shown_names
+from sncli.formats.common import FormatContents, describe, quote, shown_names
 from sncli.formats.pickle_scan import dangerous_names
 from sncli.formats.safetensors import read_safetensors_header
 from sncli.formats.sharded import check_shards_hold, read_index, resolve_directory
@@ -95,6 +95,8 @@ class Checkpoint:
     _skip_objects: bool = field(default=False, repr=False)
     _record_crcs: dict[Path, dict[int, set[int]]] = field(default_factory=dict, repr=False)
     _verified: set[tuple[Path, int]] = field(default_factory=set, repr=False)
+    #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
+    _contents: FormatContents | None = field(default=None, repr=False)
 
     def short_name(self, name: str) -> str:
         """The name with a stripped common prefix (``module.``) removed."""
@@ -113,6 +115,8 @@ class Checkpoint:
         if name in self.unsupported:
             raise CheckpointError(f"tensor {quote(name)}: {self.unsupported[name]}", info.file)
         try:
+            if self._contents is not None:
+                return self._contents.load(info.key).detach()
             if self.format == "safetensors":
                 return self._safetensors_handle(info.file).get_tensor(info.key)
             tensor = self._state_dict(info.file)[info.key]
@@ -178,6 +182,8 @@ class Checkpoint:
         return self._state_dicts[file]
 
     def close(self) -> None:
+        if self._contents is not None and self._contents.close is not None:
+            self._contents.close()
         self._handles.clear()
         self._state_dicts.clear()
         self._containers.clear()
@@ -247,18 +253,48 @@ def open_checkpoint(
     if path.name.endswith(".json"):
         return _open_index(path, key=key, skip_objects=skip_objects)
     kind = sniff_format(path)
+    if kind in FORMAT_READERS:
+        return _open_format(path, kind, key=key)
     if kind == "safetensors":
         _no_wrapper(key, path)
         return _open_safetensors([path], path, index=None)
     return _open_torch([path], path, index=None, key=key, skip_objects=skip_objects)
 
 
-def _no_wrapper(key: str | None, path: Path) -> None:
-    """``--key`` names a dict inside a wrapped PyTorch file; safetensors hold a plain state dict,
-    so a key there is an error, not silently ignored."""
+#: Formats read by a module of ``sncli.formats`` that returns ``FormatContents``: the format
+#: ``sniff_format`` names → "module:function" (imported only when such a file is opened).
+FORMAT_READERS: dict[str, str] = {}
+
+
+def _open_format(path: Path, kind: str, *, key: str | None) -> Checkpoint:
+    """Open a file of a format in ``FORMAT_READERS`` through its reader."""
+    import importlib
+
+    _no_wrapper(key, path, what=f"{kind} files")
+    module, function = FORMAT_READERS[kind].split(":")
+    contents: FormatContents = getattr(importlib.import_module(module), function)(path)
+    tensors = {
+        name: TensorInfo(name, shape, dtype, contents.files[0], name)
+        for name, (shape, dtype) in contents.tensors.items()
+    }
+    return _assemble(
+        path,
+        contents.format,
+        contents.files,
+        tensors,
+        list(contents.notes),
+        None,
+        unsupported=dict(contents.unsupported),
+        _contents=contents,
+    )
+
+
+def _no_wrapper(key: str | None, path: Path, what: str = "safetensors files") -> None:
+    """``--key`` names a dict inside a wrapped PyTorch file; other formats hold a plain state
+    dict, so a key there is an error, not silently ignored."""
     if key is not None:
         raise CheckpointError(
-            f"has no key '{clean_text(key)}': safetensors files hold a plain state dict "
+            f"has no key '{clean_text(key)}': {what} hold a plain state dict "
             "(--key picks a state dict inside a wrapped PyTorch file)",
             path,
         )

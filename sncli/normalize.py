@@ -543,8 +543,13 @@ def resolve_outputs(
     return mapping
 
 
+#: The formats ``normalize`` can write back (``Checkpoint.format``).
+WRITABLE_FORMATS = frozenset({"safetensors", "torch"})
+
+
 def ensure_writable(checkpoint: Checkpoint) -> None:
-    """Refuse to write a file read with --skip-objects placeholders.
+    """Refuse to write a format normalize has no writer for, or a file read with --skip-objects
+    placeholders.
 
     A placeholder keeps no contents (an ``argparse.Namespace(lr=…, arch=…)`` in Lightning's
     ``hyper_parameters`` comes back empty) and cannot be pickled back as the original class
@@ -552,6 +557,12 @@ def ensure_writable(checkpoint: Checkpoint) -> None:
     objects. Keeping their original bytes would mean rewriting tensor records inside the zip
     archive and leaving the pickle untouched, which sncli does not do (yet).
     """
+    if checkpoint.format not in WRITABLE_FORMATS:
+        raise CheckpointError(
+            f"cannot write a normalized copy: normalize writes safetensors and PyTorch files, "
+            f"not {checkpoint.format}; nothing written",
+            checkpoint.path,
+        )
     if checkpoint.placeholders:
         objects = shown_names(checkpoint.placeholders)
         raise CheckpointError(

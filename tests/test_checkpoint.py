@@ -572,3 +572,44 @@ def test_cli_key_override_and_note(tmp_path: Path) -> None:
     assert missing.stderr.splitlines() == [
         f"sncli: error: {path}: has no key 'ema' (top-level keys: state_dict, state_dict_ema)"
     ]
+
+
+def test_a_format_reader_plugs_into_open_checkpoint(tmp_path, monkeypatch):
+    """FORMAT_READERS: a reader returning FormatContents gives a Checkpoint like any other."""
+    import sys
+    import types
+
+    import torch
+
+    from sncli import checkpoint as checkpoint_module
+    from sncli.formats.common import FormatContents
+
+    data = {"fc.weight": torch.arange(6.0).reshape(2, 3), "fc.bias": torch.zeros(2)}
+    closed = []
+    source = tmp_path / "model.fake"
+    source.write_bytes(b"FAKE")
+
+    def read(path):
+        return FormatContents(
+            format="fake",
+            files=[path],
+            tensors={n: (tuple(t.shape), "float32") for n, t in data.items()},
+            load=lambda name: data[name],
+            notes=["read by the fake reader"],
+            close=lambda: closed.append(True),
+        )
+
+    module = types.ModuleType("sncli_fake_reader")
+    module.read = read
+    monkeypatch.setitem(sys.modules, "sncli_fake_reader", module)
+    monkeypatch.setitem(checkpoint_module.FORMAT_READERS, "fake", "sncli_fake_reader:read")
+    monkeypatch.setattr(checkpoint_module, "sniff_format", lambda _path: "fake")
+    with checkpoint_module.open_checkpoint(source) as ckpt:
+        assert ckpt.format == "fake"
+        assert list(ckpt.tensors) == ["fc.bias", "fc.weight"]
+        assert ckpt.tensors["fc.weight"].shape == (2, 3)
+        assert torch.equal(ckpt.load("fc.weight"), data["fc.weight"])
+        assert "read by the fake reader" in ckpt.notes
+    assert closed == [True]
+    with pytest.raises(CheckpointError, match="fake files hold a plain state dict"):
+        checkpoint_module.open_checkpoint(source, key="state_dict")

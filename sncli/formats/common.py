@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -80,3 +82,24 @@ def copy_range(source: BinaryIO, start: int, length: int, dest: BinaryIO) -> Non
             raise OSError(5, "source file ended early")
         dest.write(chunk)
         remaining -= len(chunk)
+
+
+@dataclass
+class FormatContents:
+    """What a reader of a format other than safetensors and PyTorch found (ONNX, GGUF, NumPy…).
+
+    ``tensors`` maps each tensor's name to its (shape, dtype) — the shape as PyTorch would report
+    it, the dtype a ``torch`` dtype name (``float32``) or a label such as ``Q4_K (dequantized)``.
+    ``load(name)`` returns that tensor as a CPU ``torch.Tensor`` (float32 for dequantized ones),
+    reading only what it needs; ``files`` are every file the contents come from (the first is
+    the one opened); ``unsupported`` names tensors that are present but cannot be read, with
+    the reason; ``notes`` go to the user (stderr).
+    """
+
+    format: str
+    files: list[Path]
+    tensors: dict[str, tuple[tuple[int, ...], str]]
+    load: Callable[[str], Any]
+    notes: list[str] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)
+    close: Callable[[], None] | None = None
