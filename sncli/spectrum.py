@@ -1,0 +1,487 @@
+"""The singular-value spectrum of every layer and its diagnostics: the library behind
+``sncli spectrum``.
+
+Layers are chosen and flattened exactly as ``inspect`` does (:mod:`sncli.layers`: linear, conv
+as the reshape ``(out, in·k…)``, embeddings included and marked; spectral-norm layers give their
+raw weight) and streamed through :mod:`sncli.pipeline` (a reader thread ahead of
+single-threaded workers within a byte budget), so memory is bounded by the largest layers, not
+the file. Each worker computes the full spectrum in float64 (:func:`sncli.numerics.svd.
+singular_values`) or, with ``top_k``, the K largest values by block Lanczos, then the metrics of
+:mod:`sncli.numerics.esd`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sncli.checkpoint import Checkpoint, natural_key
+from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
+from sncli.errors import NoLayersMatchedError, NumericalError, WriteError
+from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.messages import ProgressCallback
+from sncli.numerics.esd import MIN_EVALS, partial_metrics, spectrum_metrics
+from sncli.numerics.spectral import DEFAULT_SEED, as_matrix
+from sncli.numerics.svd import (
+    TOP_K_TOL,
+    frobenius_norm,
+    singular_values,
+    top_singular_values,
+)
+from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas
+
+__all__ = [
+    "METRICS",
+    "LayerSpectrum",
+    "SpectrumOptions",
+    "SpectrumReport",
+    "SpectrumSortKey",
+    "layer_spectrum",
+    "save_spectra",
+    "sort_spectra",
+    "spectra",
+]
+
+#: Every metric a layer may carry, in the order of the JSON/CSV output; ``None`` when not
+#: computed (``--top-k`` omits those that need the full spectrum) or undefined.
+METRICS = (
+    "sigma_max",
+    "sigma_min",
+    "condition_number",
+    "frobenius",
+    "nuclear",
+    "stable_rank",
+    "effective_rank",
+    "numerical_rank",
+    "rank_tolerance",
+    "lambda_max",
+    "log_norm",
+    "log_spectral_norm",
+    "alpha",
+    "xmin",
+    "ks_distance",
+    "num_pl_spikes",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "entropy",
+    "mp_edge",
+    "mp_spikes",
+)
+#: Metrics that the K largest singular values and ‖W‖_F determine (``--top-k``).
+PARTIAL_METRICS = (
+    "sigma_max",
+    "frobenius",
+    "stable_rank",
+    "lambda_max",
+    "log_norm",
+    "log_spectral_norm",
+    "mp_edge",
+    "mp_spikes",
+)
+#: What the summary averages over layers (WeightWatcher's ``get_summary`` columns).
+SUMMARY_METRICS = (
+    "log_norm",
+    "alpha",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "log_spectral_norm",
+    "stable_rank",
+)
+
+
+@dataclass(frozen=True)
+class LayerSpectrum:
+    """One layer's singular values and their metrics.
+
+    ``values`` are the singular values, largest first, float64 (read-only): all min(m, n) of
+    them, or the K largest with ``top_k`` (``complete`` False). Metric fields are None when not
+    computed or undefined (see ``METRICS``). ``bound`` is "exact" for dense values (float64
+    rounding) and "lower" for Lanczos values (each a lower bound on its σ), whose estimated
+    relative errors are in ``error_estimates``. ``eps`` is the stored dtype's machine epsilon
+    behind ``numerical_rank``.
+    """
+
+    name: str
+    short_name: str
+    kind: LayerKind
+    shape: tuple[int, ...]
+    dtype: str
+    matrix_shape: tuple[int, int]
+    matrix: str
+    algorithm: str
+    bound: str
+    complete: bool
+    eps: float
+    values: np.ndarray = field(repr=False, compare=False)
+    error_estimates: np.ndarray | None = field(default=None, repr=False, compare=False)
+    steps: int | None = None
+    converged: bool | None = None
+    sigma_max: float | None = None
+    sigma_min: float | None = None
+    condition_number: float | None = None
+    frobenius: float | None = None
+    nuclear: float | None = None
+    stable_rank: float | None = None
+    effective_rank: float | None = None
+    numerical_rank: int | None = None
+    rank_tolerance: float | None = None
+    lambda_max: float | None = None
+    log_norm: float | None = None
+    log_spectral_norm: float | None = None
+    alpha: float | None = None
+    xmin: float | None = None
+    ks_distance: float | None = None
+    num_pl_spikes: int | None = None
+    alpha_weighted: float | None = None
+    log_alpha_norm: float | None = None
+    entropy: float | None = None
+    mp_edge: float | None = None
+    mp_spikes: int | None = None
+    small_n_fit: bool = False
+    transposed: bool = False
+    reshape_note: str | None = None
+    #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
+    note: str = ""
+    spectral_norm: bool = False
+
+    @property
+    def count(self) -> int:
+        """How many singular values ``values`` holds."""
+        return int(self.values.shape[0])
+
+    @property
+    def max_error_estimate(self) -> float | None:
+        """The largest estimated relative error of the values (Lanczos), else None."""
+        if self.error_estimates is None or self.error_estimates.size == 0:
+            return None
+        return float(self.error_estimates.max())
+
+    def metrics(self) -> dict[str, float | int | None]:
+        """The metric fields as a dict, in ``METRICS`` order."""
+        return {name: getattr(self, name) for name in METRICS}
+
+
+@dataclass(frozen=True)
+class SpectrumReport:
+    """Spectra of a checkpoint's selected layers, and everything skipped with a reason.
+
+    ``top_k`` is None for full spectra; ``seconds`` is the wall time of the analysis (opening
+    excluded); ``workers`` the layers computed at once.
+    """
+
+    checkpoint: str
+    format: str
+    layers: list[LayerSpectrum]
+    skipped: list[Skipped]
+    top_k: int | None = None
+    notes: list[str] = field(default_factory=list)
+    workers: int = 1
+    seconds: float | None = None
+
+    @property
+    def largest(self) -> LayerSpectrum | None:
+        return max(self.layers, key=lambda layer: layer.sigma_max or 0.0, default=None)
+
+    def summary(self) -> dict[str, float | None]:
+        """The mean of each of ``SUMMARY_METRICS`` over the layers where it is defined."""
+        means: dict[str, float | None] = {}
+        for name in SUMMARY_METRICS:
+            values = [getattr(layer, name) for layer in self.layers]
+            present = [v for v in values if v is not None and math.isfinite(v)]
+            means[name] = sum(present) / len(present) if present else None
+        return means
+
+    def to_pandas(self) -> pandas.DataFrame:
+        """One row per layer: name, kind, shapes, dtype, algorithm and every metric.
+
+        Needs pandas (imported here, not a dependency of sncli).
+        """
+        try:
+            import pandas
+        except ImportError as exc:  # pragma: no cover - pandas is installed in the test env
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
+        rows = []
+        for layer in self.layers:
+            row: dict[str, Any] = {
+                "name": layer.name,
+                "kind": layer.kind.value,
+                "shape": layer.shape,
+                "dtype": layer.dtype,
+                "matrix_shape": layer.matrix_shape,
+                "algorithm": layer.algorithm,
+                "bound": layer.bound,
+                "count": layer.count,
+            }
+            row.update(layer.metrics())
+            rows.append(row)
+        columns = ["name", "kind", "shape", "dtype", "matrix_shape", "algorithm", "bound"]
+        return pandas.DataFrame(rows, columns=[*columns, "count", *METRICS])
+
+
+@dataclass(frozen=True)
+class SpectrumOptions:
+    """Settings of one spectrum run.
+
+    ``top_k``: only the K largest singular values (block Lanczos, ``tol`` relative error each;
+    the metrics that need the whole spectrum are then None). ``workers``: layers computed at
+    once, each single-threaded (None: one per core, at most one per layer).
+    """
+
+    top_k: int | None = None
+    tol: float = TOP_K_TOL
+    seed: int = DEFAULT_SEED
+    workers: int | None = None
+
+
+def dtype_eps(dtype: str) -> float:
+    """Machine epsilon of a stored dtype (2 × unit roundoff); float32's for others."""
+    return 2.0 * UNIT_ROUNDOFF.get(dtype, 2.0**-24)
+
+
+def _describe(layer: Layer) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "short_name": layer.short_name,
+        "kind": layer.kind,
+        "shape": layer.shape,
+        "dtype": layer.dtype,
+        "matrix_shape": layer.matrix_shape,
+        "matrix": layer.matrix_description,
+        "eps": dtype_eps(layer.dtype),
+        "transposed": layer.transposed,
+        "reshape_note": layer.reshape_note,
+        "note": layer.note,
+        "spectral_norm": layer.spectral_norm is not None,
+    }
+
+
+def _finite(value: float | int | None) -> float | int | None:
+    if value is None or isinstance(value, bool):
+        return value
+    return value if math.isfinite(value) else None
+
+
+def _spectrum_of(layer: Layer, weight: Any, options: SpectrumOptions) -> LayerSpectrum:
+    matrix = as_matrix(weight, layer.reshape_dim)
+    side = min(layer.matrix_shape)
+    info = _describe(layer)
+    if options.top_k is None or options.top_k >= side:
+        spectrum = singular_values(matrix)
+        metrics = spectrum_metrics(spectrum.values, layer.matrix_shape, info["eps"])
+        values = {f.name: _finite(getattr(metrics, f.name)) for f in fields(metrics)}
+        values.pop("small_n_fit")
+        return LayerSpectrum(
+            **info,
+            algorithm=spectrum.algorithm,
+            bound="exact",
+            complete=True,
+            values=spectrum.values,
+            small_n_fit=metrics.small_n_fit,
+            **values,
+        )
+    spectrum = top_singular_values(matrix, options.top_k, tol=options.tol, seed=options.seed)
+    partial = partial_metrics(spectrum.values, frobenius_norm(matrix), layer.matrix_shape)
+    values = {f.name: _finite(getattr(partial, f.name)) for f in fields(partial)}
+    return LayerSpectrum(
+        **info,
+        algorithm=spectrum.algorithm,
+        bound="lower" if spectrum.errors is not None else "exact",
+        complete=spectrum.complete,
+        values=spectrum.values,
+        error_estimates=spectrum.errors,
+        steps=spectrum.steps,
+        converged=spectrum.converged,
+        **values,
+    )
+
+
+def layer_spectrum(
+    checkpoint: Checkpoint, layer: Layer, options: SpectrumOptions | None = None
+) -> LayerSpectrum:
+    """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf."""
+    return _spectrum_of(
+        layer, load_weight(checkpoint, layer.name, None), options or SpectrumOptions()
+    )
+
+
+def _layer_bytes(layer: Layer) -> int:
+    total = math.prod(layer.shape) * bits_per_element(layer.dtype) // 8
+    if layer.weight_norm is not None:  # the stored v, and W = g·v/‖v‖ composed in float64
+        total += math.prod(layer.shape) * 8
+    return total
+
+
+def _selected(
+    checkpoint: Checkpoint,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    transposed: Iterable[str],
+    kinds: Iterable[LayerKind] | None,
+) -> tuple[list[Layer], list[Skipped]]:
+    classification = classify(checkpoint, transposed=transposed)
+    selected = select(classification.layers, include, exclude)
+    if kinds is not None:
+        wanted = set(kinds)
+        selected = [layer for layer in selected if layer.kind in wanted]
+    if not selected:
+        found = len(classification.layers)
+        others = len(classification.skipped)
+        reason = (
+            f"none of its {found} layers matched the filters"
+            if found
+            else "it holds no weight matrices"
+            + (f" (only {others} other tensor{'s' if others != 1 else ''})" if others else "")
+        )
+        raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
+    return selected, list(classification.skipped)
+
+
+def spectra(
+    checkpoint: Checkpoint,
+    *,
+    options: SpectrumOptions | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    transposed: Iterable[str] = (),
+    kinds: Iterable[LayerKind] | None = None,
+    progress: ProgressCallback | None = None,
+) -> SpectrumReport:
+    """The singular values and spectral metrics of every selected layer, in natural key order.
+
+    Selection as :func:`sncli.analysis.spectral_norms` (``include``/``exclude`` regexes on keys
+    and short names, ``transposed`` for ConvTranspose weights). Layers with NaN/Inf weights are
+    listed as skipped. Raises ``NoLayersMatchedError`` when nothing is selected and
+    ``NumericalError`` when no selected layer could be measured.
+    """
+    options = options or SpectrumOptions()
+    if options.top_k is not None and options.top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {options.top_k}")
+    selected, skipped = _selected(checkpoint, include, exclude, transposed, kinds)
+    began = time.perf_counter()
+    workers = options.workers or max(1, min(available_cores(), len(selected)))
+    largest = max(_layer_bytes(layer) for layer in selected)
+    widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
+
+    def compute(loaded: tuple[Layer, Any]) -> LayerSpectrum | Skipped:
+        layer, weight = loaded
+        try:
+            return _spectrum_of(layer, weight, options)
+        except NumericalError as exc:
+            return Skipped(layer.name, exc.message)
+
+    # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
+    # (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any core count.
+    with torch_threads(1):
+        outcomes = read_ahead_map(
+            checkpoint,
+            selected,
+            nbytes=_layer_bytes,
+            load=lambda layer, reader: (layer, load_weight(checkpoint, layer.name, reader)),
+            compute=compute,
+            budget=budget_bytes(largest, widest),
+            workers=workers,
+            label=lambda layer: layer.short_name,
+            progress=progress,
+            thread_name="sncli-spectrum",
+        )
+    results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
+    failed = [item for item in outcomes if isinstance(item, Skipped)]
+    if not results:
+        shown = ", ".join(f"{s.name} ({s.reason})" for s in failed[:2])
+        more = f" and {len(failed) - 2} more" if len(failed) > 2 else ""
+        count = len(failed)
+        raise NumericalError(
+            f"no layer could be measured: all {count} selected layer{'s' if count != 1 else ''} "
+            f"failed: {shown}{more}",
+            checkpoint.path,
+        )
+    skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
+    notes = list(checkpoint.notes)
+    few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]
+    if few:
+        notes.append(
+            f"no power-law fit for {len(few)} layer{'s' if len(few) != 1 else ''} with fewer "
+            f"than {MIN_EVALS} singular values (WeightWatcher skips them): {', '.join(few[:3])}"
+            + (" …" if len(few) > 3 else "")
+        )
+    return SpectrumReport(
+        checkpoint=str(checkpoint.path),
+        format=checkpoint.format,
+        layers=results,
+        skipped=skipped,
+        top_k=options.top_k,
+        notes=notes,
+        workers=workers,
+        seconds=time.perf_counter() - began,
+    )
+
+
+class SpectrumSortKey(str, Enum):
+    NAME = "name"
+    SIGMA = "sigma"
+    SIZE = "size"
+    ALPHA = "alpha"
+    STABLE_RANK = "stable_rank"
+    CONDITION = "condition"
+
+
+_SORT_FIELDS = {
+    SpectrumSortKey.SIGMA: "sigma_max",
+    SpectrumSortKey.ALPHA: "alpha",
+    SpectrumSortKey.STABLE_RANK: "stable_rank",
+    SpectrumSortKey.CONDITION: "condition_number",
+}
+
+
+def sort_spectra(
+    layers: list[LayerSpectrum], key: SpectrumSortKey | str, *, reverse: bool = False
+) -> list[LayerSpectrum]:
+    """Order layers: ``name`` natural ascending; metrics and ``size`` largest first, layers
+    without the metric last (``reverse`` flips the whole order)."""
+    key = SpectrumSortKey(key)
+    if key is SpectrumSortKey.NAME:
+        ordered = sorted(layers, key=lambda layer: natural_key(layer.name))
+    elif key is SpectrumSortKey.SIZE:
+        ordered = sorted(layers, key=lambda layer: -layer.matrix_shape[0] * layer.matrix_shape[1])
+    else:
+        name = _SORT_FIELDS[key]
+
+        def order(layer: LayerSpectrum) -> tuple[bool, float]:
+            value = getattr(layer, name)
+            return (value is None, -(value or 0.0))
+
+        ordered = sorted(layers, key=order)
+    return ordered[::-1] if reverse else ordered
+
+
+def save_spectra(report: SpectrumReport, path: str | Path) -> Path:
+    """Write every layer's singular values (float64, largest first) to a NumPy ``.npz``, keyed
+    by tensor name, atomically (:func:`sncli.writer.staged_write`). Returns the path written."""
+    import zipfile
+
+    import numpy as np
+
+    from sncli.writer import staged_write
+
+    target = Path(path)
+    if target.is_dir():
+        raise WriteError("is a folder, not a file to write the spectra to", target)
+    # Written member by member (np.savez's keyword API would clash with names like "file").
+    with (
+        staged_write(target) as (handle, pending),
+        zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive,
+    ):
+        for layer in report.layers:
+            with archive.open(f"{layer.name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(layer.values), allow_pickle=False)
+    pending.commit()
+    return target
