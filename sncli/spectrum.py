@@ -463,6 +463,21 @@ def sort_spectra(
     return ordered[::-1] if reverse else ordered
 
 
+def check_spectra_target(path: str | Path, checkpoint: Checkpoint) -> Path:
+    """Refuse a ``--save-spectra`` target before any work: a missing folder, a folder, or one of
+    the checkpoint's own files (raises ``WriteError``). An existing other file is replaced."""
+    target = Path(path)
+    if target.is_dir():
+        raise WriteError("is a folder, not a file to write the spectra to", target)
+    if not target.resolve().parent.is_dir():
+        raise WriteError("output folder does not exist", target.parent)
+    own = {Path(checkpoint.path).resolve()}
+    own |= {Path(info.file).resolve() for info in checkpoint.tensors.values()}
+    if target.resolve() in own:
+        raise WriteError("is the checkpoint itself; choose another file for the spectra", target)
+    return target
+
+
 def save_spectra(report: SpectrumReport, path: str | Path) -> Path:
     """Write every layer's singular values (float64, largest first) to a NumPy ``.npz``, keyed
     by tensor name, atomically (:func:`sncli.writer.staged_write`). Returns the path written."""

@@ -133,3 +133,10 @@ def threshold(value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise typer.BadParameter(f"{value} is not a finite number ≥ 0")
     return value
+
+
+def positive(value: float) -> float:
+    """A finite number > 0 (a tolerance)."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a finite number > 0")
+    return value

@@ -1,0 +1,126 @@
+"""``sncli spectrum``: every layer's singular-value spectrum and its diagnostics."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sncli.cli import options as opt
+from sncli.cli.app import app
+from sncli.cli.opening import open_and_report
+from sncli.cli.sink import Sink, handle_errors
+from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.spectrum import print_spectrum_table, spectrum_to_csv, spectrum_to_dict
+from sncli.spectrum import (
+    SpectrumOptions,
+    SpectrumSortKey,
+    check_spectra_target,
+    save_spectra,
+    sort_spectra,
+    spectra,
+)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli spectrum sample_models/mlp.safetensors\n\n"
+    "  sncli spectrum model.safetensors --format json --sort alpha --top 10\n\n"
+    "  sncli spectrum model.safetensors --top-k 32 --save-spectra spectra.npz\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
+)
+@handle_errors
+def spectrum(
+    checkpoint: opt.CheckpointArg,
+    output_format: opt.FormatOpt = OutputFormat.TABLE,
+    include: opt.FilterOpt = None,
+    exclude: opt.ExcludeOpt = None,
+    sort: Annotated[
+        SpectrumSortKey | None,
+        typer.Option(
+            "--sort",
+            help="name: natural key order (the default); sigma, alpha, stable_rank, condition: "
+            "largest first (layers without the metric last); size: largest matrix first.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the sort order.")] = False,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Show only the first N layers (by σ_max unless --sort)."),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            min=1,
+            metavar="K",
+            help="Only the K largest singular values per layer, by float64 block Lanczos (each "
+            "a lower bound, with an error estimate): for layers too big for a full spectrum. "
+            "Metrics that need the whole spectrum are then omitted.",
+        ),
+    ] = None,
+    tol: Annotated[
+        float,
+        typer.Option(
+            "--tol",
+            callback=opt.positive,
+            help="--top-k: the relative error each value must reach (estimated).",
+        ),
+    ] = 1e-10,
+    seed: opt.SeedOpt = 0,
+    save: Annotated[
+        str | None,
+        typer.Option(
+            "--save-spectra",
+            metavar="FILE.npz",
+            help="Also write every layer's singular values (float64, largest first) to a NumPy "
+            ".npz keyed by tensor name (atomic; an existing file is replaced).",
+        ),
+    ] = None,
+    transposed: opt.TransposedOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Layers computed at once, each single-threaded (default: one per core).",
+        ),
+    ] = None,
+    key: opt.KeyOpt = None,
+    skip_objects: opt.SkipObjectsOpt = False,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Report every layer's singular-value spectrum: ranks, norms, WeightWatcher's α and more."""
+    chosen = opt.selection(include, exclude, transposed)
+    sink = Sink(quiet)
+    with (
+        open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
+    ):
+        if save is not None:
+            check_spectra_target(save, ckpt)
+        with progress_bar(not quiet, "spectrum") as progress:
+            report = spectra(
+                ckpt,
+                options=SpectrumOptions(top_k=top_k, tol=tol, seed=seed, workers=workers),
+                **chosen,
+                progress=progress,
+            )
+    sink.notes(report.notes, besides=ckpt.notes)
+    if save is not None:
+        written = save_spectra(report, save)
+        sink.note(f"singular values of {len(report.layers)} layers written to {written}")
+    layers = report.layers
+    if sort is not None or top is not None:
+        layers = sort_spectra(layers, sort or SpectrumSortKey.SIGMA, reverse=reverse)
+    elif reverse:
+        layers = layers[::-1]
+    if top is not None:
+        layers = layers[:top]
+    if output_format is OutputFormat.JSON:
+        write_json(spectrum_to_dict(report, layers))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(spectrum_to_csv(layers))
+    else:
+        print_spectrum_table(report, layers, stdout_console())
