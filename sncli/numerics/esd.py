@@ -196,7 +196,9 @@ def _small_n_fit(data: np.ndarray) -> tuple[int, float, float]:
     n = float(count)
     s = float(np.sum(logs)) - n * float(logs[0])
     if s <= 1e-12:
-        return 0, 1.0, 1.0  # WeightWatcher's "pathological case" defaults
+        # WeightWatcher reports its "pathological case" defaults α = 1, D = 1 here (a constant
+        # spectrum): not a fit, so sncli reports none.
+        return 0, math.nan, 1.0
     alpha = 1.0 + (n - 1.0) / s
     d = float(np.max(np.abs(np.arange(count) / n - (1.0 - (data / data[0]) ** (1 - alpha)))))
     return 0, alpha, d

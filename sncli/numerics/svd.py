@@ -45,7 +45,10 @@ if TYPE_CHECKING:
 #: so the layer is recomputed by gesdd.
 GRAM_RESOLUTION = 1e-5
 #: Default relative error target of each of the K largest σ (``--top-k``).
-TOP_K_TOL = 1e-10
+TOP_K_TOL = 1e-8
+#: Rayleigh–Ritz (an eigh of the projected matrix, the largest cost after the products) runs
+#: again only once the Krylov space has grown by this factor (every step while it is small).
+TOP_K_CHECK_GROWTH = 1.2
 #: K at or above this fraction of min(m, n) goes dense: Lanczos would need most of the space.
 TOP_K_DENSE_FRACTION = 0.25
 #: Largest block of the top-K block Lanczos.
@@ -224,9 +227,17 @@ def _block_lanczos_top(
     gram = (gram + gram.T) / 2
     last = basis.shape[0]
     steps = 1
+    checked = 0
     while True:
+        dim = gram.shape[0]
+        if dim < min(n, max_dim) and dim < TOP_K_CHECK_GROWTH * checked and checked:
+            fresh = _orthonormal_rows(images[dim - last :], basis)[: max_dim - dim]
+            if fresh.shape[0]:
+                basis, images, gram, last = _extend(operator, basis, images, gram, fresh)
+                steps += 1
+                continue
+        checked = dim
         values, vectors = torch.linalg.eigh(gram)
-        dim = values.shape[0]
         order = torch.arange(dim - 1, -1, -1)
         values, vectors = values[order], vectors[:, order]
         count = min(k, dim)
@@ -251,14 +262,23 @@ def _block_lanczos_top(
         fresh = _orthonormal_rows(images[dim - last :], basis)[: max_dim - dim]
         if fresh.shape[0] == 0:  # invariant subspace: every remaining direction found
             return theta[:count], errors[:count], steps, count == k
-        fresh_images = operator(fresh)  # type: ignore[operator]
-        cross = (basis @ fresh_images.T).cpu()
-        corner = (fresh @ fresh_images.T).cpu()
-        corner = (corner + corner.T) / 2
-        gram = torch.cat(
-            [torch.cat([gram, cross], dim=1), torch.cat([cross.T, corner], dim=1)], dim=0
-        )
-        basis = torch.cat([basis, fresh])
-        images = torch.cat([images, fresh_images])
-        last = fresh.shape[0]
+        basis, images, gram, last = _extend(operator, basis, images, gram, fresh)
         steps += 1
+
+
+def _extend(
+    operator: object,
+    basis: torch.Tensor,
+    images: torch.Tensor,
+    gram: torch.Tensor,
+    fresh: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Add the orthonormal block ``fresh`` to the Krylov basis, its images and the projection."""
+    import torch
+
+    fresh_images = operator(fresh)  # type: ignore[operator]
+    cross = (basis @ fresh_images.T).cpu()
+    corner = (fresh @ fresh_images.T).cpu()
+    corner = (corner + corner.T) / 2
+    gram = torch.cat([torch.cat([gram, cross], dim=1), torch.cat([cross.T, corner], dim=1)], dim=0)
+    return torch.cat([basis, fresh]), torch.cat([images, fresh_images]), gram, fresh.shape[0]
