@@ -98,6 +98,12 @@ def _iterations_tolerance(record: dict[str, Any]) -> Tolerance | None:
     return (0.0, 2.0) if record.get("method") == "power" else None
 
 
+def _spectrum_tolerance(record: dict[str, Any]) -> Tolerance:
+    """spectrum: float64 spectra and what is computed from them (α from sums of logs: measured
+    ≤ 2e-14 between a vectorized and a plain-loop fit); top-K Lanczos values to their tolerance."""
+    return (1e-7, 0.0) if record.get("bound") == "lower" else (1e-10, 0.0)
+
+
 #: Fields that may differ on a machine whose math library rounds differently, and how
 #: much; per command and field name, or a function of the layer's record (JSON object or CSV row).
 TOLERANCES: dict[str, dict[str, Tolerance | Callable[[dict[str, Any]], Tolerance | None]]] = {
@@ -119,6 +125,32 @@ TOLERANCES: dict[str, dict[str, Tolerance | Callable[[dict[str, Any]], Tolerance
         "share": LOG,
         "running_log10": LOG,
         "log10_bound": LOG,
+    },
+    "spectrum": {
+        **{
+            name: _spectrum_tolerance
+            for name in (
+                "sigma_max",
+                "sigma_min",
+                "condition_number",
+                "frobenius",
+                "nuclear",
+                "stable_rank",
+                "effective_rank",
+                "rank_tolerance",
+                "lambda_max",
+                "alpha",
+                "xmin",
+                "ks_distance",
+                "alpha_weighted",
+                "entropy",
+                "mp_edge",
+            )
+        },
+        "log_norm": LOG,
+        "log_spectral_norm": LOG,
+        "log_alpha_norm": LOG,
+        "error_estimate": ESTIMATE,
     },
     "normalize": {
         "sigma_before": FLOAT64,
@@ -202,6 +234,17 @@ def _cases() -> list[Case]:
         f"lipschitz {DISC} --padding circular --input-size 32x32 --format json",
     )
     add("mlp-method-exact", f"lipschitz {MLP} --method exact --format json")
+
+    # spectrum: every sample in JSON, two in CSV, then top-K, sorting and filters.
+    for sample, path in SAMPLES.items():
+        add(sample, f"spectrum {path} --format json")
+    for sample in ("mlp", "lightning"):
+        add(sample, f"spectrum {SAMPLES[sample]} --format csv")
+    add("transformer-top-k", f"spectrum {TRANSFORMER} --top-k 5 --format json")
+    add(
+        "transformer-filter-sort-alpha",
+        rf"spectrum {TRANSFORMER} --filter self_attn --sort alpha --top 4 --format csv",
+    )
 
     # normalize: the plan (--dry-run) in json, and real writes in json and table (the formats
     # normalize has; csv is refused), whose written files are pinned by sha256.
@@ -437,6 +480,9 @@ def test_numerics_fingerprint(exact_numerics: bool) -> None:
         ("inspect-mlp-csv", ",1.3742452452553666,", ",1.3742452452653666,", False),
         ("inspect-mlp-csv", ",14,", ",15,", False),
         ("inspect-mlp-csv", "\n", "\r\n", False),
+        ("spectrum-mlp-json", '"alpha": 8.466455609483933,', '"alpha": 8.466455609484933,', True),
+        ("spectrum-mlp-json", '"alpha": 8.466455609483933,', '"alpha": 8.466455619483933,', False),
+        ("spectrum-mlp-json", '"numerical_rank": 128,', '"numerical_rank": 127,', False),
     ],
 )
 def test_tolerant_comparison(case_id: str, old: str, new: str, accepted: bool) -> None:

@@ -14,6 +14,7 @@ from sncli.cli.sink import Sink, handle_errors
 from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
 from sncli.render.spectrum import print_spectrum_table, spectrum_to_csv, spectrum_to_dict
 from sncli.spectrum import (
+    TOP_K_TOL,
     SpectrumOptions,
     SpectrumSortKey,
     check_spectra_target,
@@ -68,7 +69,7 @@ def spectrum(
             callback=opt.positive,
             help="--top-k: the relative error each value must reach (estimated).",
         ),
-    ] = 1e-10,
+    ] = TOP_K_TOL,
     seed: opt.SeedOpt = 0,
     save: Annotated[
         str | None,
