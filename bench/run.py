@@ -4,6 +4,7 @@
     python bench/run.py --quick    # ~30 s smoke run on small checkpoints
     python bench/run.py --large    # adds a 1B-parameter float32 (4 GB) checkpoint
     python bench/run.py --lipschitz  # only: sncli lipschitz / inspect on ResNet-18 and VGG-11
+    python bench/run.py --spectrum   # only: sncli spectrum vs svdvals loop and WeightWatcher
 
 Checkpoints are generated (seeded, bench/synth.py) into a temporary folder that is deleted
 afterwards (``--keep`` keeps it). Every measurement runs in its own subprocess, so each reports
@@ -93,6 +94,38 @@ def child(kind: str, path: str, method: str | None) -> dict[str, object]:
             lip = lipschitz_report(ckpt)
         sigmas = {f.name: f.sigma for f in lip.factors}
         extra = {"log10_bound": lip.log10_bound, "factors": len(lip.factors)}
+    elif kind == "spectrum":  # sncli spectrum's engine, full spectra; values to <path>.sncli.npz
+        import sncli
+        from sncli.spectrum import save_spectra, spectra
+
+        with sncli.open_checkpoint(path) as ckpt:
+            report = spectra(ckpt)
+        sigmas = {layer.name: layer.sigma_max for layer in report.layers}
+        start_save = time.perf_counter()
+        save_spectra(report, f"{path}.sncli.npz")
+        extra = {
+            "workers": report.workers,
+            "algorithms": sorted({layer.algorithm for layer in report.layers}),
+            "save_seconds": time.perf_counter() - start_save,
+            "metrics": {layer.name: layer.metrics() for layer in report.layers},
+        }
+    elif kind == "svdvals64_spectra":  # float64 scipy svdvals loop, values to <path>.svd.npz
+        import numpy as np
+        import scipy.linalg
+
+        spectra_by_name = {}
+        for name, tensor in _weights(path):
+            spectra_by_name[name] = scipy.linalg.svdvals(tensor.double().numpy())
+            sigmas[name] = float(spectra_by_name[name][0])
+        np.savez(f"{path}.svd.npz", **spectra_by_name)
+    elif kind == "weightwatcher":  # run by /work/venv-ww's python: analyze() on the folder
+        import weightwatcher
+
+        details = weightwatcher.WeightWatcher(model=str(Path(path).parent)).analyze()
+        columns = [c for c in WW_COLUMNS if c in details.columns]
+        rows = details[["name", *columns]].to_dict(orient="records")
+        extra = {"ww_metrics": {row.pop("name") + ".weight": row for row in rows}}
+        sigmas = {name: float(row["sv_max"]) for name, row in extra["ww_metrics"].items()}
     elif kind == "matrix_norm":
         for name, tensor in _weights(path):
             sigmas[name] = float(torch.linalg.matrix_norm(tensor.float(), ord=2))
@@ -128,6 +161,24 @@ def child(kind: str, path: str, method: str | None) -> dict[str, object]:
     }
 
 
+#: WeightWatcher's columns compared with sncli spectrum's metrics (ww name -> sncli name).
+WW_COLUMNS = {
+    "sv_max": "sigma_max",
+    "lambda_max": "lambda_max",
+    "log_norm": "log_norm",
+    "log_spectral_norm": "log_spectral_norm",
+    "stable_rank": "stable_rank",
+    "alpha": "alpha",
+    "xmin": "xmin",
+    "D": "ks_distance",
+    "num_pl_spikes": "num_pl_spikes",
+    "alpha_weighted": "alpha_weighted",
+    "log_alpha_norm": "log_alpha_norm",
+    "entropy": "entropy",
+    "matrix_rank": "numerical_rank",
+}
+
+
 # --- parent: generate, run children, tabulate ------------------------------------------------
 
 
@@ -148,12 +199,18 @@ class Result:
 
 
 def run_child(
-    label: str, kind: str, path: Path, method: str | None, repeat: int, env: dict[str, str]
+    label: str,
+    kind: str,
+    path: Path,
+    method: str | None,
+    repeat: int,
+    env: dict[str, str],
+    python: str = sys.executable,
 ) -> Result:
     runs: list[dict[str, object]] = []
     load = os.getloadavg()[0]
     for _ in range(repeat):
-        command = [sys.executable, str(Path(__file__)), "--child", kind, str(path)]
+        command = [python, str(Path(__file__)), "--child", kind, str(path)]
         if method:
             command += ["--method", method]
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -338,12 +395,174 @@ def lipschitz_section(folder: Path, env: dict[str, str], repeat: int) -> dict[st
     return {"table": table, "rows": rows}
 
 
+#: Where ``--spectrum`` finds WeightWatcher (its own venv: ``python3 -m venv /work/venv-ww &&
+#: /work/venv-ww/bin/pip install torch==2.13.0 weightwatcher``); override with $SNCLI_WW_PYTHON.
+WW_PYTHON = os.environ.get("SNCLI_WW_PYTHON", "/work/venv-ww/bin/python")
+#: Issue 12's targets: ≥ 3× WeightWatcher's analyze(), ≥ 2× the float64 svdvals loop, every
+#: σ_max within 1e-6 of float64 SVD.
+SPECTRUM_TARGETS = {"weightwatcher": 3.0, "svdvals": 2.0, "sigma_error": 1e-6}
+
+
+def _whole_process(command: list[str], env: dict[str, str], repeat: int) -> list[float]:
+    """Wall-clock seconds of a whole process (interpreter start and imports included)."""
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        times.append(time.perf_counter() - began)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    return sorted(times)
+
+
+def _spectrum_errors(path: Path) -> dict[str, float]:
+    """sncli's spectra against the float64 svdvals loop's, from the two children's .npz files."""
+    import numpy as np
+
+    worst = {"sigma_max": 0.0, "sigma_ge_1e-3": 0.0, "all_abs_over_sigma_max": 0.0}
+    with np.load(f"{path}.sncli.npz") as ours, np.load(f"{path}.svd.npz") as ref:
+        for name in ref.files:
+            a, b = ours[name], ref[name]
+            big = b >= 1e-3 * b[0]
+            worst["sigma_max"] = max(worst["sigma_max"], abs(a[0] - b[0]) / b[0])
+            rel = float(np.max(np.abs(a[big] - b[big]) / b[big]))
+            worst["sigma_ge_1e-3"] = max(worst["sigma_ge_1e-3"], rel)
+            absolute = float(np.max(np.abs(a - b)) / b[0])
+            worst["all_abs_over_sigma_max"] = max(worst["all_abs_over_sigma_max"], absolute)
+    return worst
+
+
+def _metric_agreement(ours: dict[str, dict], theirs: dict[str, dict]) -> list[str]:
+    """Per metric: the largest relative difference between sncli and WeightWatcher, and on how
+    many layers they differ beyond 1e-9."""
+    lines = ["| metric (WeightWatcher name) | layers | max rel. difference | layers > 1e-9 |"]
+    lines.append("|---|---:|---:|---:|")
+    for ww_name, name in WW_COLUMNS.items():
+        diffs = []
+        for layer, row in theirs.items():
+            if layer not in ours or ww_name not in row:
+                continue
+            a, b = ours[layer].get(name), row[ww_name]
+            if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
+                continue
+            diffs.append(abs(a - b) / abs(b) if b else abs(a))
+        if diffs:
+            over = sum(1 for d in diffs if d > 1e-9)
+            lines.append(f"| {name} ({ww_name}) | {len(diffs)} | {max(diffs):.1e} | {over} |")
+    return lines
+
+
+def spectrum_section(folder: Path, env: dict[str, str], repeat: int, quick: bool) -> dict:
+    """``sncli spectrum`` (full spectra) against the float64 svdvals loop and WeightWatcher."""
+    import synth
+
+    spec = synth.Spec(512, 8) if quick else synth.Spec(1024, 24)
+    where = folder / spec.name()  # WeightWatcher reads a folder holding model*.safetensors
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "model.safetensors"
+    began = time.perf_counter()
+    synth.write(spec, path)
+    print(
+        f"\n## Spectrum: {spec.name()} ({spec.parameters / 1e6:.0f}M parameters, "
+        f"{path.stat().st_size / 2**20:,.0f} MB, generated in {time.perf_counter() - began:.0f} s)",
+        flush=True,
+    )
+    ours = run_child("sncli spectrum (engine)", "spectrum", path, None, repeat, env)
+    cli = [sys.executable, "-m", "sncli", "spectrum", str(path), "--format", "json", "-q"]
+    cli_times = _whole_process([*cli, "--save-spectra", f"{path}.cli.npz"], env, repeat)
+    svd = run_child("float64 svdvals loop", "svdvals64_spectra", path, None, 1, env)
+    svd_whole = _whole_process(
+        [sys.executable, str(Path(__file__)), "--child", "svdvals64_spectra", str(path)], env, 1
+    )
+    ww = None
+    ww_whole: list[float] = []
+    if Path(WW_PYTHON).exists():
+        ww = run_child(
+            "WeightWatcher analyze()", "weightwatcher", path, None, 1, _ww_env(env), WW_PYTHON
+        )
+        ww_whole = _whole_process(
+            [WW_PYTHON, str(Path(__file__)), "--child", "weightwatcher", str(path)], _ww_env(env), 1
+        )
+    errors = _spectrum_errors(path)
+    median = cli_times[len(cli_times) // 2]
+    lines = [
+        "| run | compute (s) | whole process (s) | × sncli (whole process) | peak RSS (MB) "
+        "| notes |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| sncli spectrum | {ours.seconds:.2f} | {median:.2f} | 1.0× | {fmt_mb(ours.peak_rss)} | "
+        f"{ours.extra['workers']} workers; {', '.join(ours.extra['algorithms'])}; whole process: "
+        f"the CLI with --format json --save-spectra, median of "
+        + ", ".join(f"{t:.2f}" for t in cli_times)
+        + " |",
+        f"| float64 scipy svdvals loop | {svd.seconds:.2f} | {svd_whole[0]:.2f} | "
+        f"{svd_whole[0] / median:.1f}× | {fmt_mb(svd.peak_rss)} | safe_open + get_tensor |",
+    ]
+    if ww is not None:
+        lines.append(
+            f"| WeightWatcher 0.7 analyze() | {ww.seconds:.2f} | {ww_whole[0]:.2f} | "
+            f"{ww_whole[0] / median:.1f}× | {fmt_mb(ww.peak_rss)} | defaults, model=folder |"
+        )
+    else:
+        lines.append(f"| WeightWatcher | | | | | skipped: no {WW_PYTHON} (see bench/README.md) |")
+    lines += [
+        "",
+        f"Accuracy against the float64 svdvals loop: σ_max max rel. error "
+        f"{fmt_err(errors['sigma_max'])}; every σ ≥ 1e-3·σ_max {fmt_err(errors['sigma_ge_1e-3'])}; "
+        f"every σ, absolute / σ_max {fmt_err(errors['all_abs_over_sigma_max'])}.",
+    ]
+    verdicts = [
+        ("≥ 2× float64 svdvals loop", svd_whole[0] / median >= SPECTRUM_TARGETS["svdvals"]),
+        ("σ_max within 1e-6", errors["sigma_max"] <= SPECTRUM_TARGETS["sigma_error"]),
+    ]
+    if ww is not None:
+        ratio = ww_whole[0] / median
+        verdicts.insert(0, ("≥ 3× WeightWatcher", ratio >= SPECTRUM_TARGETS["weightwatcher"]))
+    lines.append(
+        "Targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in verdicts)
+    )
+    if ww is not None:
+        lines += ["", "Agreement with WeightWatcher's numbers on the same file:", ""]
+        lines += _metric_agreement(ours.extra["metrics"], ww.extra["ww_metrics"])
+        lines.append(
+            "(numerical_rank differs by design: sncli takes ε of the stored dtype, WeightWatcher's "
+            "matrix_rank float64's.)"
+        )
+    table = "\n".join(lines)
+    print(table, flush=True)
+    return {"table": table, "sncli": ours, "svdvals": svd, "weightwatcher": ww, "errors": errors}
+
+
+def _ww_env(env: dict[str, str]) -> dict[str, str]:
+    """WeightWatcher's venv must not see this checkout's packages on PYTHONPATH."""
+    clean = dict(env)
+    clean.pop("PYTHONPATH", None)
+    return clean
+
+
 def benchmark(args: argparse.Namespace) -> None:
     import synth
     import torch
 
     began = time.perf_counter()
     env = dict(os.environ)
+    if args.spectrum:
+        folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        info = environment()
+        print(f"# sncli benchmark ({info['cpu']}, {info['cores']} cores, torch {info['torch']})")
+        print(f"load average at start: {info['loadavg']}", flush=True)
+        try:
+            section = spectrum_section(folder, env, args.repeat, args.quick)
+            report = {"environment": info, "spectrum": section, "loadavg_end": os.getloadavg()}
+            print(
+                f"\ntotal {time.perf_counter() - began:.0f} s; load average at end: "
+                f"{os.getloadavg()}"
+            )
+            _save_report(report, args.json, "spectrum")
+        finally:
+            if not args.keep and not args.workdir:
+                shutil.rmtree(folder, ignore_errors=True)
+        return
     if args.lipschitz:
         folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
         folder.mkdir(parents=True, exist_ok=True)
@@ -452,6 +671,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--lipschitz",
         action="store_true",
         help="only sncli lipschitz vs inspect on ResNet-18 and VGG-11 state dicts (target ≤ 5×)",
+    )
+    parser.add_argument(
+        "--spectrum",
+        action="store_true",
+        help="only sncli spectrum (full spectra) vs a float64 svdvals loop and WeightWatcher "
+        "analyze() on the 302M-parameter checkpoint (--quick: a small one)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of sncli exact/auto (median)")
     parser.add_argument("--workdir", help="generate checkpoints here and keep them")
