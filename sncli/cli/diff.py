@@ -102,6 +102,7 @@ def diff(
     ] = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Compare two checkpoints of one model: σ of both sides and of their difference per layer."""
@@ -130,6 +131,10 @@ def diff(
         sys.stdout.write(diff_to_csv(layers))
     else:
         print_diff_table(report, layers, stdout_console(), fail_above)
+    if plot is not None:
+        from sncli.render.plots import diff_figure, save_figure
+
+        sink.note(f"figure written to {save_figure(diff_figure(report, fail_above), plot)}")
     if fail_above is not None:
         offending = report.exceeding(fail_above)
         if offending:
