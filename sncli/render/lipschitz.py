@@ -22,13 +22,16 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
     shares = report.shares()
     running = report.running_log10()
     log = report.log10_bound
+    valid = report.valid_bound
     return {
         "checkpoint": report.checkpoint,
         "method": "certified" if report.options.certified else report.options.method.value,
         "conv": report.options.conv.value,
-        "log10_bound": finite_or_none(log),
-        "bound": finite_or_none(report.bound),
+        "log10_bound": finite_or_none(log) if valid else None,
+        "bound": finite_or_none(report.bound) if valid else None,
         "certified": report.certified,
+        "lower": None,
+        "architecture": report.architecture,
         "valid_architecture": report.valid_architecture,
         "statement": report.statement(),
         "assumptions": report.assumptions,
@@ -50,6 +53,7 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
             }
             for f, share, run in zip(report.factors, shares, running, strict=True)
         ],
+        "outputs": [],
         "excluded": [{"name": s.name, "reason": s.reason} for s in report.excluded],
     }
 
@@ -131,6 +135,7 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
         console.print(
             f"[bold]product of layer σ = {fmt_bound(log)}[/]  (log10 = {log_text}) — "
             "diagnostic only, NOT a Lipschitz bound for this architecture"
+            + ("; --assume sequential refused" if report.refused else "")
         )
     elif report.partial:
         console.print(
@@ -140,7 +145,13 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
         )
     elif report.certified:
         console.print(
-            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — certified upper bound"
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — certified upper bound, for "
+            "the sequential chain asserted by --assume sequential"
+        )
+    elif report.upper_bound and not report.assumed:
+        console.print(
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — conditional on a plain "
+            "sequential chain, not certified (a state dict does not record the architecture)"
         )
     elif report.upper_bound:
         console.print(
