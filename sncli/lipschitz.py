@@ -130,6 +130,9 @@ class LipschitzOptions:
     #: The user asserts the model is a plain sequential chain (``--assume sequential``); without
     #: it the product of a state dict is conditional and never certified.
     assume: Assumption | None = None
+    #: ECLipsE-Fast over the chain when every factor is a linear layer (``--mlp``), for
+    #: activations slope-restricted to [0, 1].
+    mlp: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,18 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class ChainBound:
+    """A bound over a whole chain of linear layers at once (``--mlp``): ECLipsE-Fast (Xu &
+    Sivaranjani, NeurIPS 2024), proven in float64 by :mod:`sncli.numerics.eclipse`, for
+    activations slope-restricted to ``slopes``. It holds under the same chain assumption as the
+    product, and is usually much tighter."""
+
+    value: float
+    method: str
+    slopes: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class LipschitzReport:
     checkpoint: str
     options: LipschitzOptions
@@ -172,6 +187,26 @@ class LipschitzReport:
     notes: list[str] = field(default_factory=list)
     #: Layers (and BatchNorms) of the model that --filter/--exclude left out of the product.
     unselected: list[str] = field(default_factory=list)
+    #: ECLipsE-Fast over the whole chain of linear layers (``--mlp``), when it applies.
+    chain: ChainBound | None = None
+    #: Why ``--mlp`` did not apply ("" when it did or was not asked for).
+    chain_note: str = ""
+
+    @property
+    def best_log10(self) -> float:
+        """log10 of the tightest bound held: ECLipsE-Fast's (``--mlp``) or the product."""
+        if self.chain is None:
+            return self.log10_bound
+        value = self.chain.value
+        return min(self.log10_bound, math.log10(value) if value > 0 else -math.inf)
+
+    @property
+    def best_bound(self) -> float:
+        """10^best_log10; ``inf`` when it overflows float64."""
+        log = self.best_log10
+        if log == -math.inf:
+            return 0.0
+        return math.inf if log > 308 else 10.0**log
 
     @property
     def assumed(self) -> bool:
@@ -203,7 +238,7 @@ class LipschitzReport:
         return (
             self.valid_architecture
             and not self.partial
-            and all(f.is_upper_bound for f in self.factors)
+            and (self.chain is not None or all(f.is_upper_bound for f in self.factors))
         )
 
     @property
@@ -228,7 +263,11 @@ class LipschitzReport:
         """True only when the chain is asserted (``--assume sequential``, not refused), every
         factor is a proven upper bound and no layer was left out by --filter/--exclude. A state
         dict does not record its architecture, so without the assertion nothing is certified."""
-        return self.assumed and not self.partial and all(f.certified for f in self.factors)
+        return (
+            self.assumed
+            and not self.partial
+            and (self.chain is not None or all(f.certified for f in self.factors))
+        )
 
     def running_log10(self) -> list[float]:
         total, out = 0.0, []
@@ -250,6 +289,21 @@ class LipschitzReport:
 
     def statement(self) -> str:
         """One plain sentence on what the number means and whether it holds."""
+        text = self._statement()
+        if self.chain is not None and self.valid_bound:
+            ratio = 10.0 ** (self.best_log10 - self.log10_bound) if self.bound > 0 else 1.0
+            text += (
+                " With --mlp, L is ECLipsE-Fast's bound over the whole chain of linear layers "
+                "(Xu & Sivaranjani 2024; proven in float64), "
+                f"{ratio:.3g}× the product of σ; it also assumes every activation is "
+                "slope-restricted to [0, 1] (ReLU, LeakyReLU, tanh, sigmoid, ELU, softplus; not "
+                "GELU or SiLU)."
+            )
+        elif self.chain_note:
+            text += f" --mlp does not apply: {self.chain_note}."
+        return text
+
+    def _statement(self) -> str:
         what = (
             "For any two inputs x, y, ‖f(x) − f(y)‖ ≤ L·‖x − y‖ (ℓ2): L bounds how much the "
             "network can stretch a change of its input"
@@ -303,7 +357,9 @@ class LipschitzReport:
                 f"conditional, not certified{factors}: pass --assume sequential if the model is "
                 "such a chain, or " + ONNX_HINT + "."
             )
-        if self.certified:
+        if self.certified and self.chain is not None:
+            proof = "the bound over the chain (below) is proven, so this L is certified"
+        elif self.certified:
             proof = "every factor is a proven upper bound, so this L is certified"
         elif self.upper_bound:
             proof = (
@@ -657,6 +713,31 @@ def chain_caveats(layers: Iterable[Layer]) -> list[str]:
     ]
 
 
+#: Slopes ECLipsE-Fast assumes under ``--mlp``: ReLU, LeakyReLU (0 ≤ a ≤ 1), tanh, sigmoid….
+MLP_SLOPES = (0.0, 1.0)
+
+
+def _chain_bound(
+    checkpoint: Checkpoint, layers: list[Layer], factors: list[Factor]
+) -> tuple[ChainBound | None, str]:
+    """ECLipsE-Fast over the linear layers in key order (their effective weights), or why not."""
+    from sncli.numerics.eclipse import eclipse_fast_certificate
+
+    others = sorted({f.kind for f in factors if f.kind != "linear"})
+    if others:
+        return None, "it bounds chains of linear layers only, and this one has " + ", ".join(others)
+    by_name = {layer.name: layer for layer in layers}
+    weights = []
+    for factor in factors:
+        weight, _ = effective_weight(checkpoint, by_name[factor.name])
+        weights.append(as_matrix(weight, 0).double().numpy())
+    try:
+        result = eclipse_fast_certificate(weights, *MLP_SLOPES)
+    except ValueError as exc:
+        return None, str(exc)
+    return ChainBound(result.bound, result.method, MLP_SLOPES), ""
+
+
 def _prelu_factor(checkpoint: Checkpoint, key: str) -> Factor:
     """PReLU(x) = max(x, 0) + a·min(x, 0) per channel: Lipschitz max(1, max|a|), exact."""
     import torch
@@ -812,6 +893,15 @@ def lipschitz_report(
     if any(f.sigma == 0 for f in factors):
         assumptions.append("a zero layer makes the network constant: the bound is 0")
     excluded.sort(key=lambda s: natural_key(s.name))
+    chain, chain_note = None, ""
+    if options.mlp and valid and not left_out:
+        chain, chain_note = _chain_bound(checkpoint, layers, factors)
+    elif options.mlp:
+        chain_note = "the product is no bound on the model here, so neither is a chain bound"
+    if chain is not None:
+        assumptions.append(
+            "for --mlp (ECLipsE-Fast): every activation is slope-restricted to [0, 1]"
+        )
     return LipschitzReport(
         checkpoint=str(checkpoint.path),
         options=options,
@@ -822,4 +912,6 @@ def lipschitz_report(
         assumptions=assumptions,
         notes=list(checkpoint.notes),
         unselected=left_out,
+        chain=chain,
+        chain_note=chain_note,
     )

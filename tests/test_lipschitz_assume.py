@@ -284,3 +284,49 @@ def test_subprocess_assume_sequential(mlp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["certified"] is True and data["architecture"] == "assumed"
+
+
+# --- --mlp: ECLipsE-Fast over a chain of linear layers -----------------------------------------
+
+
+def test_mlp_chain_bound_is_eclipse_fast(tmp_path: Path) -> None:
+    from sncli.numerics.eclipse import eclipse_fast_bound
+
+    module = Mlp()
+    path = save(module, tmp_path)
+    weights = [module[i].weight.detach().double().numpy() for i in (0, 2, 4)]
+    report = report_for(path, assume=SEQUENTIAL, mlp=True, method="power")
+    assert report.chain is not None and report.chain.method == "eclipse-fast"
+    assert report.chain.value == eclipse_fast_bound(weights)
+    assert report.best_bound == pytest.approx(report.chain.value, rel=1e-12)
+    assert report.best_bound < 0.9 * report.bound  # tighter than the product of σ
+    assert report.certified  # the chain certificate does not rest on the power-method factors
+    assert "ECLipsE-Fast" in report.statement() and "[0, 1]" in report.statement()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        assert jacobian_sigma(module, torch.randn(6, generator=gen)) <= report.best_bound
+    conditional = report_for(path, mlp=True)
+    assert conditional.chain is not None and not conditional.certified
+    code, out, _ = invoke("lipschitz", str(path), "--mlp", *JSON)
+    data = json.loads(out)
+    assert data["bound"] == pytest.approx(report.chain.value, rel=1e-12)
+    assert data["certified"] is False and data["mlp"]["method"] == "eclipse-fast"
+    assert data["mlp"]["product_log10"] == pytest.approx(conditional.log10_bound, rel=1e-12)
+    limit = str(0.5 * (report.best_bound + report.bound))  # between the two bounds
+    code, _, _ = invoke("lipschitz", str(path), "--assume", "sequential", "--fail-above", limit)
+    assert code == EXIT_BOUND_EXCEEDED
+    gate = ("--assume", "sequential", "--certified", "--mlp", "--fail-above", limit)
+    code, out, _ = invoke("lipschitz", str(path), *gate, "-q")
+    assert code == 0 and "ECLipsE-Fast over the chain" in out
+
+
+def test_mlp_does_not_apply_to_convolutions_or_refused_chains(tmp_path: Path) -> None:
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    report = report_for(save(conv, tmp_path), assume=SEQUENTIAL, mlp=True)
+    assert report.chain is None and "conv2d" in report.chain_note
+    assert "--mlp does not apply" in report.statement()
+    assert report.best_log10 == report.log10_bound
+    heads = report_for(save(TwoHeads(), tmp_path, "heads.pt"), assume=SEQUENTIAL, mlp=True)
+    assert heads.chain is None and not heads.certified
+    data = json.loads(invoke("lipschitz", str(tmp_path / "heads.pt"), "--mlp", *JSON)[1])
+    assert data["bound"] is None and data["mlp"]["bound"] is None
