@@ -290,9 +290,11 @@ def test_top_keeps_the_summary_of_every_analysed_layer(tmp_path: Path) -> None:
 def test_partial_product_is_not_certified(tmp_path: Path) -> None:
     path = tmp_path / "resnet_head.safetensors"
     save_file(_resnet_head(), str(path))
-    code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q")
+    assume = ("--assume", "sequential")
+    code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q", *assume)
     assert code == 0 and json.loads(out)["certified"] is True
     for selection in (["--exclude", "^fc"], ["--filter", "conv1"], ["--exclude", "bn1"]):
+        selection = [*selection, *assume]
         code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q", *selection)
         assert code == 0
         data = json.loads(out)
@@ -317,9 +319,13 @@ def test_product_of_lower_bounds_is_printed_as_an_estimate(tmp_path: Path) -> No
     assert code == 0
     headline = next(line for line in out.splitlines() if line.startswith("L "))
     assert headline.startswith("L ≈ ") and "estimate" in headline
-    code, out, _ = invoke("lipschitz", str(path), "-q")
+    code, out, _ = invoke("lipschitz", str(path), "-q", "--assume", "sequential")
     headline = next(line for line in out.splitlines() if line.startswith("L "))
     assert headline.startswith("L ≤ ") and "certified upper bound" in headline
+    code, out, _ = invoke("lipschitz", str(path), "-q")
+    headline = next(line for line in out.splitlines() if line.startswith("L "))
+    assert headline.startswith("L ≤ ") and "conditional" in headline
+    assert "certified upper bound" not in out
 
 
 # --- normalize: SN without --bake, --bake counts, --skip-objects -------------------------------
