@@ -129,6 +129,7 @@ def lipschitz(
     transposed: opt.TransposedOpt = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
@@ -164,6 +165,10 @@ def lipschitz(
         sys.stdout.write(lipschitz_to_csv(report))
     else:
         print_lipschitz_table(report, stdout_console())
+    if plot is not None and report.factors:
+        from sncli.render.plots import lipschitz_figure, save_figure
+
+        sink.note(f"figure written to {save_figure(lipschitz_figure(report), plot)}")
     if fail_above is not None:
         shown = fmt_bound(report.best_log10)
         if not report.valid_architecture:

@@ -98,13 +98,19 @@ def _summary(report: ModelReport) -> str:
 
 
 def _lipschitz_line(lipschitz: Any) -> str:
-    log10 = getattr(lipschitz, "log10_bound", None)
-    if log10 is None or not math.isfinite(log10):
+    """The headline the lipschitz table prints, in words (what the report object says)."""
+    log10 = lipschitz.log10_bound
+    if not math.isfinite(log10):
         return "no finite product"
     value = 10.0**log10 if log10 < 300 else math.inf
     shown = fmt_sigma(value) if math.isfinite(value) else f"10^{log10:.1f}"
-    proof = "certified" if getattr(lipschitz, "certified", False) else "not certified"
-    return f"product of the layer factors {shown} ({proof}; see the statement below)"
+    if not lipschitz.valid_bound:
+        return f"product of layer factors {shown}: NOT a Lipschitz bound (see the statement)"
+    if lipschitz.certified:
+        return f"L ≤ {shown}, certified"
+    if lipschitz.upper_bound:
+        return f"L ≤ {shown}, conditional on the assumptions in the statement (not certified)"
+    return f"L ≈ {shown}, an estimate (not every factor is an upper bound)"
 
 
 def _inspect_rows(report: ModelReport) -> list[tuple[str, list[str]]]:

@@ -106,6 +106,8 @@ def test_plot_option_writes_figures(mlp_path: Path, samples: Path, tmp_path: Pat
         "-q",
     )
     assert code == 0 and (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")
+    code, _, _ = invoke("lipschitz", str(mlp_path), "--plot", str(tmp_path / "l.pdf"), "-q")
+    assert code == 0 and (tmp_path / "l.pdf").read_bytes().startswith(b"%PDF")
     code, _, _ = invoke("inspect", str(mlp_path), "--plot", str(tmp_path / "x.gif"))
     assert code == 2 and not (tmp_path / "x.gif").exists()
 
