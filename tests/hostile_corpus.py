@@ -593,6 +593,80 @@ for _legacy in (False, True):
         _malicious(_kind, _legacy, True, f"Warning: {_name} can run code", exit_code=0)
 
 
+# --------------------------------------------------------------------------- NumPy .npy / .npz
+
+
+def _npy_bytes(array: Any, header: dict[str, Any] | None = None) -> bytes:
+    """A .npy file of ``array``; ``header`` replaces the header numpy would write."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    buffer = io.BytesIO()
+    if header is None:
+        np.save(buffer, array)
+        return buffer.getvalue()
+    npformat.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + array.tobytes()
+
+
+@case(message="truncated .npy file")
+def npy_truncated(folder: Path) -> Path:
+    import numpy as np
+
+    return _write(folder / "w.npy", _npy_bytes(np.ones((8, 8), dtype=np.float32))[:-40])
+
+
+@case(message="truncated .npy file: its header claims 9671406556917033397649408 bytes")
+def npy_huge_claimed_shape(folder: Path) -> Path:
+    import numpy as np
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**40, 2**41)}
+    return _write(folder / "w.npy", _npy_bytes(np.ones(4, dtype=np.float32), header))
+
+
+@case(message="object array, which only pickle can read")
+def npz_object_array(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez(path, w=np.eye(2), x=np.array([_Payload(os.system, ("touch PWNED",))], dtype=object))
+    return path
+
+
+@case(message="points outside the archive")
+def npz_member_path_escape(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("../../escape.npy", _npy_bytes(np.eye(2)))
+    return path
+
+
+@case(message="more than the file can hold")
+def npz_member_claims_more_than_file(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez_compressed(path, w=np.zeros((64, 64), dtype=np.float32))
+    blob = bytearray(path.read_bytes())
+    struct.pack_into("<I", blob, 22, 2**32 - 1)
+    central = blob.find(b"PK\x01\x02")
+    struct.pack_into("<I", blob, central + 24, 2**32 - 1)
+    return _write(path, bytes(blob))
+
+
+@case(message="no layer could be measured")
+def npz_all_nan(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez(path, **{"fc.weight": np.full((4, 4), np.nan, dtype=np.float32)})
+    return path
+
+
 # --------------------------------------------------------------------------- file-system cases
 
 

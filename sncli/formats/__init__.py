@@ -38,9 +38,10 @@ def _looks_like_onnx(head: bytes) -> bool:
 
 
 def sniff_format(path: Path) -> str:
-    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip' or 'torch-legacy'.
+    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip', 'torch-legacy',
+    or a format of ``sncli.checkpoint.FORMAT_READERS`` ('npy', 'npz', …).
 
-    Formats that are recognised but not read yet (NumPy ``.npz``, ONNX) are a ``CheckpointError``
+    Formats that are recognised but not read yet (ONNX) are a ``CheckpointError``
     saying so, rather than "unrecognised" or "damaged zip".
     """
     try:
@@ -51,9 +52,11 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"cannot read file: {exc.strerror or exc}", path) from exc
     if not head:
         raise CheckpointError("empty file, not a checkpoint", path)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
     if head.startswith(ZIP_MAGIC):
         if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
-            raise CheckpointError("NumPy .npz archives are not supported yet", path)
+            return "npz"
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
