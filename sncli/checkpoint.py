@@ -266,6 +266,7 @@ def open_checkpoint(
 FORMAT_READERS: dict[str, str] = {
     "npy": "sncli.formats.npy:read_npy",
     "npz": "sncli.formats.npy:read_npz",
+    "gguf": "sncli.formats.gguf:read_gguf",
 }
 
 

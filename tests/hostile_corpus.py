@@ -667,6 +667,72 @@ def npz_all_nan(folder: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- GGUF
+
+
+def _gguf_bytes(folder: Path, values: Any) -> bytes:
+    """A GGUF file with one float32 tensor ``blk.0.attn_q.weight`` holding ``values``."""
+    import gguf
+
+    path = folder / "source.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    blob = path.read_bytes()
+    path.unlink()
+    return blob
+
+
+def _gguf_dims_at(blob: bytes) -> int:
+    name = b"blk.0.attn_q.weight"
+    return blob.index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4
+
+
+@case(message="beyond the end of the")
+def gguf_truncated(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.eye(32, dtype=np.float32))
+    return _write(folder / "model.gguf", blob[:-512])
+
+
+@case(message="claims 4398046511104 bytes")
+def gguf_huge_claimed_tensor(folder: Path) -> Path:
+    import numpy as np
+
+    blob = bytearray(_gguf_bytes(folder, np.eye(32, dtype=np.float32)))
+    struct.pack_into("<QQ", blob, _gguf_dims_at(bytes(blob)), 2**20, 2**20)
+    return _write(folder / "model.gguf", bytes(blob))
+
+
+@case(message="tensor 'blk.0.attn_q.weight' has GGML type id 4242")
+def gguf_unknown_type_id(folder: Path) -> Path:
+    import numpy as np
+
+    blob = bytearray(_gguf_bytes(folder, np.eye(32, dtype=np.float32)))
+    struct.pack_into("<I", blob, _gguf_dims_at(bytes(blob)) + 16, 4242)
+    return _write(folder / "model.gguf", bytes(blob))
+
+
+@case(message="corrupt GGUF header: claims 4611686018427387904 tensors")
+def gguf_lying_tensor_count(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.eye(32, dtype=np.float32))
+    return _write(folder / "model.gguf", blob[:8] + struct.pack("<Q", 2**62) + blob[16:])
+
+
+@case(message="no layer could be measured")
+def gguf_all_inf(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.full((32, 32), np.inf, dtype=np.float32))
+    return _write(folder / "model.gguf", blob)
+
+
 # --------------------------------------------------------------------------- file-system cases
 
 

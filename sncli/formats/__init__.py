@@ -54,6 +54,8 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError("empty file, not a checkpoint", path)
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head.startswith(b"GGUF"):
+        return "gguf"
     if head.startswith(ZIP_MAGIC):
         if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
             return "npz"
