@@ -267,6 +267,7 @@ FORMAT_READERS: dict[str, str] = {
     "npy": "sncli.formats.npy:read_npy",
     "npz": "sncli.formats.npy:read_npz",
     "gguf": "sncli.formats.gguf:read_gguf",
+    "torchscript": "sncli.formats.torchscript:read_torchscript",
 }
 
 

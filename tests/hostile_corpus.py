@@ -472,13 +472,17 @@ def zip_that_is_not_torch(folder: Path) -> Path:
     return path
 
 
-@case(message="TorchScript")
-def torchscript_archive(folder: Path) -> Path:
+def _torchscript_archive(folder: Path) -> Case:
+    """Read (its parameters only, nothing of its code is run), with a note saying so."""
     import torch
 
     path = folder / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(path))
-    return path
+    return Case("torchscript_archive", path, 0, "graph (code/) was not analysed", succeeds=True)
+
+
+_torchscript_archive.__name__ = "torchscript_archive"
+case()(_torchscript_archive)
 
 
 @case(message="damaged or unreadable PyTorch file")
@@ -731,6 +735,50 @@ def gguf_all_inf(folder: Path) -> Path:
 
     blob = _gguf_bytes(folder, np.full((32, 32), np.inf, dtype=np.float32))
     return _write(folder / "model.gguf", blob)
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+def _scripted_archive(folder: Path, replace: dict[str, bytes] | None = None) -> Path:
+    """A torch.jit.save archive of a Linear, with members (by name suffix) replaced."""
+    import io
+    import warnings
+
+    import torch
+
+    path = folder / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(8, 4)), str(path))
+    if replace:
+        source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+        with zipfile.ZipFile(path, "w") as out:
+            for info in source.infolist():
+                new = next((v for k, v in replace.items() if info.filename.endswith(k)), None)
+                out.writestr(info, source.read(info) if new is None else new)
+    return path
+
+
+def _torchscript_payload(folder: Path) -> Case:
+    state = {"weight": _payload("exec", folder / MARKER)}
+    path = _scripted_archive(folder, {"/data.pkl": pickle.dumps(state, protocol=2)})
+    return Case("torchscript_payload_exec", path, 1, "builtins.exec can run code", payload=True)
+
+
+_torchscript_payload.__name__ = "torchscript_payload_exec"
+case()(_torchscript_payload)
+
+
+@case(message="holds 4 bytes, not 128")
+def torchscript_storage_lies(folder: Path) -> Path:
+    return _scripted_archive(folder, {"/data/0": b"\0" * 4})
+
+
+@case(message="damaged zip archive")
+def torchscript_truncated(folder: Path) -> Path:
+    path = _scripted_archive(folder)
+    return _write(path, path.read_bytes()[:-200])
 
 
 # --------------------------------------------------------------------------- file-system cases

@@ -31,6 +31,17 @@ def _first_zip_entry(path: Path) -> str:
         return ""
 
 
+def _zip_names(path: Path) -> list[str]:
+    """A zip's member names ([] when its directory cannot be read: the reader will say why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return []
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     return (
         len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in _ONNX_SECOND_FIELD
@@ -59,6 +70,9 @@ def sniff_format(path: Path) -> str:
     if head.startswith(ZIP_MAGIC):
         if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
             return "npz"
+        names = _zip_names(path)
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
