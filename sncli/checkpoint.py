@@ -268,6 +268,8 @@ FORMAT_READERS: dict[str, str] = {
     "npz": "sncli.formats.npy:read_npz",
     "gguf": "sncli.formats.gguf:read_gguf",
     "torchscript": "sncli.formats.torchscript:read_torchscript",
+    "keras": "sncli.formats.keras:read_keras",
+    "hdf5": "sncli.formats.keras:read_hdf5",
 }
 
 

@@ -781,6 +781,90 @@ def torchscript_truncated(folder: Path) -> Path:
     return _write(path, path.read_bytes()[:-200])
 
 
+# --------------------------------------------------------------------------- Keras / HDF5
+
+
+@case(message="points to another file; refused")
+def hdf5_external_link(folder: Path) -> Path:
+    """An external link to a file outside the model's folder: never followed."""
+    import h5py
+    import numpy as np
+
+    outside = folder / "outside"
+    outside.mkdir()
+    with h5py.File(outside / "secret.h5", "w") as h5:
+        h5["kernel"] = np.eye(3, dtype=np.float32)
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5["dense/dense/kernel:0"] = np.eye(3, dtype=np.float32)
+        h5["dense/dense/bias:0"] = h5py.ExternalLink("outside/secret.h5", "/kernel")
+    return path
+
+
+@case(message="is virtual (maps other files); refused")
+def hdf5_virtual_dataset(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    with h5py.File(folder / "source.h5", "w") as h5:
+        h5["data"] = np.ones((4, 4), np.float32)
+    layout = h5py.VirtualLayout(shape=(4, 4), dtype=np.float32)
+    layout[:] = h5py.VirtualSource("source.h5", "data", shape=(4, 4))
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_virtual_dataset("layers/dense/vars/0", layout)
+    return path
+
+
+@case(message="claims 4398046511104 bytes")
+def hdf5_huge_unwritten_dataset(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset(
+            "layers/dense/vars/0", shape=(2**20, 2**20), dtype=np.float32, chunks=True
+        )
+    return path
+
+
+@case(message="cannot read Keras/HDF5 weights")
+def hdf5_truncated(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5["layers/dense/vars/0"] = np.ones((64, 64), np.float32)
+    return _write(path, path.read_bytes()[:4000])
+
+
+@case(message="more than the file can hold")
+def keras_member_claims_more_than_file(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    weights = folder / "model.weights.h5"
+    with h5py.File(weights, "w") as h5:
+        h5["layers/dense/vars/0"] = np.ones((4, 4), np.float32)
+    path = folder / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.write(weights, "model.weights.h5")
+    weights.unlink()
+    blob = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("model.weights.h5")
+    struct.pack_into("<I", blob, info.header_offset + 22, 2**32 - 1)
+    position = blob.find(b"PK\x01\x02")
+    while position != -1:
+        name_len = struct.unpack_from("<H", blob, position + 28)[0]
+        if bytes(blob[position + 46 : position + 46 + name_len]) == b"model.weights.h5":
+            struct.pack_into("<I", blob, position + 24, 2**32 - 1)
+        position = blob.find(b"PK\x01\x02", position + 4)
+    return _write(path, bytes(blob))
+
+
 # --------------------------------------------------------------------------- file-system cases
 
 

@@ -67,12 +67,16 @@ def sniff_format(path: Path) -> str:
         return "npy"
     if head.startswith(b"GGUF"):
         return "gguf"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
     if head.startswith(ZIP_MAGIC):
         if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
             return "npz"
         names = _zip_names(path)
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
             return "torchscript"
+        if "model.weights.h5" in names:
+            return "keras"
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
