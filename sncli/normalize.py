@@ -145,6 +145,12 @@ class NormalizePlan:
         dropped = sum(1 for n in others if n in edits.dropped)
         return len(others) - rewritten - dropped, rewritten, dropped
 
+    def to_pandas(self) -> Any:
+        """The planned layers as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, ("expected_after",), checkpoint=self.checkpoint)
+
     def nothing_to_normalize(self) -> str | None:
         """Why writing would be pointless — every selected layer is skipped (non-finite, zero,
         not supported), so the output would be a copy — or None when there is work to do."""
@@ -182,6 +188,12 @@ class NormalizeResult:
     @property
     def worst_sigma(self) -> float | None:
         return max((o.sigma_after for o in self.layers), default=None)
+
+    def to_pandas(self) -> Any:
+        """The written layers (σ measured again) as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, checkpoint=self.plan.checkpoint, outputs=self.outputs)
 
 
 def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
