@@ -17,11 +17,17 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sncli.dtypes import DEQUANTIZED
 from sncli.errors import CheckpointError
-from sncli.formats.common import FormatContents, describe, quote, regular_file_size
+from sncli.formats.common import (
+    FormatContents,
+    copy_range,
+    describe,
+    quote,
+    regular_file_size,
+)
 
 MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -289,3 +295,56 @@ def read_gguf(path: Path) -> FormatContents:
         notes=notes,
         unsupported=unsupported,
     )
+
+
+#: GGML types ``normalize`` can write back: the scaled weight is stored exactly as cast.
+WRITABLE_TYPES = frozenset({"F32", "F16", "BF16"})
+
+
+def gguf_write_refusal(path: Path, names: list[str]) -> str | None:
+    """Why the tensors ``names`` cannot be rewritten in this GGUF file, or None when they can.
+
+    Quantized tensors are refused: writing a scaled weight back would re-quantize it, and the
+    rounding of a block format can push σ back above the target (sncli does not re-quantize).
+    """
+    header = read_gguf_header(path)
+    quantized = [n for n in names if header.tensors[n].type_name not in WRITABLE_TYPES]
+    if not quantized:
+        return None
+    types = sorted({header.tensors[n].type_name for n in quantized})
+    return (
+        f"{len(quantized)} selected GGUF tensor(s) are quantized ({', '.join(types)}; e.g. "
+        f"{quote(quantized[0])}): writing the scaled weight would re-quantize it, and quantization "
+        "can push σ back above the target, so sncli writes only F32/F16/BF16 tensors. Leave them "
+        "out with --exclude, or normalize the unquantized model and quantize it afterwards"
+    )
+
+
+def write_edited_gguf(source: Path, handle: BinaryIO, new: dict[str, Any]) -> None:
+    """Copy ``source`` to ``handle`` with the data of the F32/F16/BF16 tensors in ``new``
+    replaced. Shapes and types are unchanged, so header, metadata and every offset are kept
+    byte for byte."""
+    import torch
+
+    header = read_gguf_header(source)
+    patches = []
+    for name, tensor in new.items():
+        info = header.tensors[name]
+        expected = _PLAIN.get(info.type_name)
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if info.type_name not in WRITABLE_TYPES or dtype != expected or tensor.shape != info.shape:
+            raise CheckpointError(
+                f"cannot write tensor {quote(name)} as {info.type_name} {info.shape} "
+                f"(got {dtype} {tuple(tensor.shape)})",
+                source,
+            )
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        if len(data) != info.nbytes:
+            raise CheckpointError(f"tensor {quote(name)}: size changed on writing", source)
+        patches.append((info.offset, data))
+    with source.open("rb") as original:
+        copy_range(original, 0, regular_file_size(source), handle)
+    for offset, data in patches:
+        handle.seek(offset)
+        handle.write(data)
+    handle.seek(0, 2)

@@ -264,3 +264,76 @@ def test_damaged_headers_never_escape_as_other_errors(data: st.DataObject) -> No
                         ckpt.load(name)
         except CheckpointError:
             pass
+
+
+# --------------------------------------------------------------------------- normalize → GGUF
+
+
+def _plain_model(path: Path) -> dict[str, np.ndarray]:
+    """F32, F16 and BF16 weights (and a quantized one, to leave out), scaled up so σ > 1."""
+    rng = np.random.default_rng(5)
+    f32 = (rng.standard_normal((24, 16)) * 3).astype(np.float32)
+    f16 = (rng.standard_normal((16, 32)) * 3).astype(np.float16)
+    bf16 = quants.quantize(
+        (rng.standard_normal((8, 64)) * 3).astype(np.float32), GGMLQuantizationType.BF16
+    )
+    q8 = quants.quantize(
+        rng.standard_normal((8, 64)).astype(np.float32) * 3, GGMLQuantizationType.Q8_0
+    )
+    norm = rng.random(16).astype(np.float32)
+    _write(
+        path,
+        {
+            "blk.0.ffn_up.weight": (f32, None),
+            "blk.0.ffn_down.weight": (f16, None),
+            "blk.0.attn_q.weight": (bf16, GGMLQuantizationType.BF16),
+            "blk.0.attn_k.weight": (q8, GGMLQuantizationType.Q8_0),
+            "blk.0.ffn_norm.weight": (norm, None),
+        },
+    )
+    return _library(path)
+
+
+def test_normalize_writes_gguf_for_plain_tensors(tmp_path: Path) -> None:
+    from sncli.normalize import NormalizeOptions, normalize_checkpoint, plan_normalization
+
+    source = tmp_path / "model.gguf"
+    before = _plain_model(source)
+    output = tmp_path / "normalized.gguf"
+    options = NormalizeOptions(exclude=("attn_k",))
+    with open_checkpoint(source) as ckpt:
+        plan = plan_normalization(ckpt, options)
+        result = normalize_checkpoint(ckpt, plan, output)
+    assert {o.name for o in result.layers} == {
+        "blk.0.ffn_up.weight",
+        "blk.0.ffn_down.weight",
+        "blk.0.attn_q.weight",
+    }
+    after = _library(output)  # read back by the gguf package itself
+    for name, (shape, values, type_name) in after.items():
+        assert (shape, type_name) == (before[name][0], before[name][2])
+        if name in {o.name for o in result.layers}:
+            sigma = _sigma64(values)
+            assert sigma <= 1.0 * (1 + 1e-12), name
+            assert sigma == pytest.approx(1.0, rel=1e-2), name  # rounding to f16/bf16 shaves
+            ratio = values.astype(np.float64) / before[name][1].astype(np.float64)
+            assert np.nanstd(ratio) < 1e-2 * np.nanmean(ratio), name  # a uniform scale
+        else:
+            np.testing.assert_array_equal(values, before[name][1])
+    original, written = gguf.GGUFReader(str(source)), gguf.GGUFReader(str(output))
+    assert list(original.fields) == list(written.fields)
+    assert source.stat().st_size == output.stat().st_size
+
+
+def test_normalize_refuses_quantized_gguf_tensors(tmp_path: Path) -> None:
+    from sncli.normalize import NormalizeOptions, normalize_checkpoint, plan_normalization
+
+    source = tmp_path / "model.gguf"
+    _plain_model(source)
+    output = tmp_path / "normalized.gguf"
+    with open_checkpoint(source) as ckpt:
+        plan = plan_normalization(ckpt, NormalizeOptions())
+        with pytest.raises(CheckpointError, match=r"quantized \(Q8_0; e\.g\. 'blk\.0\.attn_k"):
+            normalize_checkpoint(ckpt, plan, output)
+    assert not output.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
