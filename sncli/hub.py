@@ -32,9 +32,19 @@ class HubModel:
     snapshot: Path
 
 
+#: A missing ``dir/model.safetensors`` is a mistyped path, not a model id.
+_FILE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json", ".gguf", ".npy", ".npz")
+_FILE_SUFFIXES += (".h5", ".keras", ".onnx", ".jit")
+
+
 def looks_like_repo_id(text: str) -> bool:
     """``org/name[@revision]`` (a path that exists is never taken for one: the caller checks)."""
-    return _REPO_ID.fullmatch(text) is not None and ".." not in text
+    match = _REPO_ID.fullmatch(text)
+    return (
+        match is not None
+        and ".." not in text
+        and not match["repo"].lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def hub_cache() -> Path:

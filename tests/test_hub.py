@@ -204,3 +204,13 @@ def test_cli_inspects_an_id_offline(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert missing.stderr.startswith("sncli: error: org/absent: not a file or folder")
     assert len(missing.stderr.splitlines()) == 1
+
+
+def test_missing_paths_are_not_taken_for_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    for text in ("models/model.safetensors", "out/pytorch_model.bin", "a/b/c", "../x/y"):
+        with pytest.raises(CheckpointError, match="no such file or directory"):
+            open_checkpoint(text)
