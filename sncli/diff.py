@@ -121,14 +121,19 @@ class DiffReport:
         return [layer for layer in self.layers if not layer.unchanged and above(layer)]
 
     def to_pandas(self) -> Any:
-        """The per-layer table as a ``pandas.DataFrame`` (pandas is optional)."""
-        try:
-            import pandas
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        from dataclasses import asdict
+        """The matched layers as a pandas DataFrame (pandas optional); the lists of tensors
+        only in A, only in B and mismatched are in ``attrs``."""
+        from sncli.tables import to_frame
 
-        return pandas.DataFrame([asdict(layer) for layer in self.layers])
+        return to_frame(
+            self.layers,
+            a=self.a,
+            b=self.b,
+            method=self.method,
+            only_in_a=self.only_in_a,
+            only_in_b=self.only_in_b,
+            mismatched=[m.name for m in self.mismatched],
+        )
 
 
 @dataclass(frozen=True)

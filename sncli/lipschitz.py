@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
@@ -244,6 +244,13 @@ class LipschitzReport:
     @property
     def log10_bound(self) -> float:
         return sum(f.log10 for f in self.factors)
+
+    def to_pandas(self) -> Any:
+        """The factors as a pandas DataFrame (pandas optional); the bound is in ``attrs``."""
+        from sncli.tables import to_frame
+
+        attrs = {"checkpoint": self.checkpoint, "log10_bound": self.log10_bound}
+        return to_frame(self.factors, ("log10", "is_upper_bound"), **attrs)
 
     @property
     def bound(self) -> float:

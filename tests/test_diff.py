@@ -186,3 +186,15 @@ def test_certified_difference_has_a_proven_upper_bound(tmp_path: Path) -> None:
         reference = _svd(b[layer.key_b].double() - a[layer.key_a].double())
         assert layer.delta_upper is not None and layer.certified
         assert layer.delta_sigma <= reference * (1 + 1e-12) <= layer.delta_upper * (1 + 1e-12)
+
+
+def test_to_pandas_has_one_row_per_layer(tmp_path: Path) -> None:
+    pytest.importorskip("pandas")
+    a = _weights()
+    b = dict(a)
+    b["head.weight"] = a["head.weight"] * 2
+    report = _diff(_save(tmp_path, "a.safetensors", a), _save(tmp_path, "b.safetensors", b))
+    frame = report.to_pandas()
+    assert list(frame["name"]) == [layer.name for layer in report.layers]
+    assert frame.set_index("name").loc["head.weight", "relative"] == pytest.approx(1.0, rel=1e-6)
+    assert frame.attrs["only_in_a"] == []

@@ -111,14 +111,19 @@ def test_onnx_is_not_supported_yet(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["weights.npz", "weights.bin"])
 @pytest.mark.parametrize("compressed", [False, True])
-def test_npz_is_not_supported_yet(tmp_path: Path, name: str, compressed: bool) -> None:
+def test_npz_is_read(tmp_path: Path, name: str, compressed: bool) -> None:
+    """A NumPy archive (recognised by its first member even when named .bin) is inspected."""
     path = tmp_path / name
-    arrays = {k: v.numpy() for k, v in _resnet_head().items()}
+    state = _resnet_head()
+    arrays = {k: v.numpy() for k, v in state.items()}
     with path.open("wb") as handle:
         (np.savez_compressed if compressed else np.savez)(handle, **arrays)
-    code, _, err = invoke("inspect", str(path))
-    assert code == EXIT_ERROR
-    assert err == f"sncli: error: {path}: NumPy .npz archives are not supported yet\n"
+    code, out, err = invoke("inspect", str(path), "--format", "json", "--method", "dense")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "npz"
+    sigmas = {layer["name"]: layer["sigma"] for layer in report["layers"]}
+    assert sigmas == pytest.approx({k: svd_sigma(state[k]) for k in ("conv1.weight", "fc.weight")})
 
 
 # --- nn.Parameter tensors: no autograd warning, no crash ---------------------------------------
