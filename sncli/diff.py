@@ -101,6 +101,9 @@ class DiffReport:
     only_in_b: list[str]
     mismatched: list[Mismatch]
     skipped: list[Skipped]
+    #: Matched layers that could not be compared (NaN/Inf on a side), with the reason: a CI gate
+    #: must fail on them, not pass because nothing was measured.
+    unmeasured: list[Skipped] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     workers: int = 1
     seconds: float | None = None
@@ -113,12 +116,11 @@ class DiffReport:
         """Layers whose ``relative`` change is above ``threshold`` (a moved layer with ‖A‖₂ = 0
         counts as above any threshold)."""
 
-        def above(layer: LayerDiff) -> bool:
-            if layer.relative is None:
-                return layer.delta_sigma > 0
-            return layer.relative > threshold
-
-        return [layer for layer in self.layers if not layer.unchanged and above(layer)]
+        return [
+            layer
+            for layer in self.layers
+            if not layer.unchanged and relative_change(layer) > threshold
+        ]
 
     def to_pandas(self) -> Any:
         """The matched layers as a pandas DataFrame (pandas optional); the lists of tensors
@@ -134,6 +136,14 @@ class DiffReport:
             only_in_b=self.only_in_b,
             mismatched=[m.name for m in self.mismatched],
         )
+
+
+def relative_change(layer: LayerDiff) -> float:
+    """``relative`` for ordering and gates: +inf for a layer that moved from ‖A‖₂ = 0 (a
+    zero-initialised LoRA B, say), 0 for an unchanged one."""
+    if layer.relative is not None:
+        return layer.relative
+    return math.inf if layer.delta_sigma > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -214,8 +224,8 @@ def _compare(
             delta_upper=0.0,
             certified=True,
             algorithm="byte-equal",
-            subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k else None,
-            intruders=0 if top_k else None,
+            subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
+            intruders=0 if top_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     difference = b64 - a64  # one layer pair and its difference: the memory of this task
@@ -230,9 +240,10 @@ def _compare(
     if top_k:
         space_a = top_left_subspace(a64, top_k, seed=options.seed)
         space_b = top_left_subspace(b64, top_k, seed=options.seed)
-        cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
-        captured = captured_fractions(space_a.vectors, space_b.vectors)
-        intruders = sum(1 for value in captured if value < threshold)
+        if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
+            cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
+            captured = captured_fractions(space_a.vectors, space_b.vectors)
+            intruders = sum(1 for value in captured if value < threshold)
     return LayerDiff(
         **common,
         unchanged=False,
@@ -374,7 +385,8 @@ def diff_checkpoints(
         only_in_a=only_a,
         only_in_b=only_b,
         mismatched=mismatched,
-        skipped=sorted([*classified_a.skipped, *failed], key=lambda s: natural_key(s.name)),
+        skipped=list(classified_a.skipped),
+        unmeasured=failed,
         notes=notes,
         workers=workers,
         seconds=time.perf_counter() - began,

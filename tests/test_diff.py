@@ -198,3 +198,29 @@ def test_to_pandas_has_one_row_per_layer(tmp_path: Path) -> None:
     assert list(frame["name"]) == [layer.name for layer in report.layers]
     assert frame.set_index("name").loc["head.weight", "relative"] == pytest.approx(1.0, rel=1e-6)
     assert frame.attrs["only_in_a"] == []
+
+
+def test_a_layer_moving_from_zero_sorts_first_and_fails_any_gate(tmp_path: Path) -> None:
+    """A zero-initialised LoRA B that trained: ‖A‖₂ = 0, so relative is None (not 0), the gate
+    counts it as above any threshold, and no subspace is compared on the zero side."""
+    from sncli.diff import relative_change
+
+    a = {"lora_B.weight": torch.zeros(8, 4), "fc.weight": torch.randn(8, 8)}
+    b = {"lora_B.weight": torch.full((8, 4), 0.01), "fc.weight": a["fc.weight"] * 1.1}
+    report = _diff(_save(tmp_path, "a.safetensors", a), _save(tmp_path, "b.safetensors", b))
+    lora = next(layer for layer in report.layers if layer.name == "lora_B.weight")
+    assert lora.relative is None and lora.delta_sigma > 0
+    assert relative_change(lora) == float("inf")
+    assert lora.subspace_cosines is None and lora.intruders is None
+    assert [layer.name for layer in report.exceeding(1e6)] == ["lora_B.weight"]
+
+
+def test_non_finite_layers_are_listed_as_not_compared(tmp_path: Path) -> None:
+    a = {"fc1.weight": torch.randn(4, 4), "fc2.weight": torch.randn(4, 4)}
+    b = dict(a)
+    b["fc2.weight"] = a["fc2.weight"].clone()
+    b["fc2.weight"][3, 3] = float("nan")
+    report = _diff(_save(tmp_path, "a.safetensors", a), _save(tmp_path, "b.safetensors", b))
+    assert [item.name for item in report.unmeasured] == ["fc2.weight"]
+    assert "NaN" in report.unmeasured[0].reason and "in B" in report.unmeasured[0].reason
+    assert [layer.name for layer in report.layers] == ["fc1.weight"]

@@ -12,7 +12,13 @@ from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
-from sncli.diff import DEFAULT_INTRUDER_THRESHOLD, DEFAULT_TOP_K, LayerDiff, diff_checkpoints
+from sncli.diff import (
+    DEFAULT_INTRUDER_THRESHOLD,
+    DEFAULT_TOP_K,
+    LayerDiff,
+    diff_checkpoints,
+    relative_change,
+)
 from sncli.errors import EXIT_BOUND_EXCEEDED
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
@@ -21,7 +27,7 @@ from sncli.render.diff import diff_to_csv, diff_to_dict, print_diff_table
 
 def _ordered(layers: list[LayerDiff], by_change: bool, top: int | None) -> list[LayerDiff]:
     if by_change or top is not None:
-        layers = sorted(layers, key=lambda layer: -(layer.relative or 0.0))
+        layers = sorted(layers, key=lambda layer: -relative_change(layer))
     return layers[:top] if top is not None else layers
 
 
@@ -135,8 +141,17 @@ def diff(
         from sncli.render.plots import diff_figure, save_figure
 
         sink.note(f"figure written to {save_figure(diff_figure(report, fail_above), plot)}")
+    for item in report.unmeasured:
+        sink.warning(f"{item.name}: not compared: {item.reason}")
     if fail_above is not None:
         offending = report.exceeding(fail_above)
+        if report.unmeasured:
+            names = ", ".join(item.name for item in report.unmeasured[:10])
+            sink.error(
+                f"--fail-above cannot pass: {len(report.unmeasured)} layer(s) could not be "
+                f"compared (non-finite weights): {names}"
+            )
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
         if offending:
             names = ", ".join(layer.name for layer in offending[:10])
             more = f" and {len(offending) - 10} more" if len(offending) > 10 else ""

@@ -51,6 +51,9 @@ _DENSE_REFINE_MAX = 512
 _SINGLE_MIN, _SINGLE_MAX = 32, 512
 _REFINE_STEPS = 96
 _CHUNK_ELEMENTS = 1 << 22
+#: Largest difference-Gram stack ((2|H|+1)·2n² float64) built per conv: 3×3 at 512 channels is
+#: 105 MB; 3×3×3 at 512 (524 MB) takes the direct path instead.
+_DIFFERENCE_BYTES = 256 * 2**20
 _LOWER_BOUND_PIXELS = 1024
 PADDING_MODES = ("zeros", "circular")
 
@@ -362,6 +365,8 @@ def _use_differences(taps: _Taps, blocks: int) -> bool:
         -1, taps.positions.shape[1]
     )
     half = (torch.unique(offsets, dim=0).shape[0] - 1) // 2
+    if (2 * half + 1) * 2 * n * n * 8 > _DIFFERENCE_BYTES:
+        return False  # the stack would not fit the memory a worker may hold (3×3×3 at 512)
     once = count * (count + 1) / 2 * n * n * rows
     per_block_direct = 4 * n * n * rows + 2 * count * n * rows
     per_block_diff = 2 * (2 * half + 1) * n * n

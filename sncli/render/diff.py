@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sncli.diff import DiffReport, LayerDiff
+from sncli.diff import DiffReport, LayerDiff, relative_change
 from sncli.messages import clean_text
 from sncli.numerics.spectral import BoundKind
 from sncli.render.common import fmt_shape, fmt_sigma, plural
@@ -89,9 +89,10 @@ def diff_to_dict(
             for m in report.mismatched
         ],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+        "unmeasured": [{"name": s.name, "reason": s.reason} for s in report.unmeasured],
     }
     changed = report.changed
-    largest = max(changed, key=lambda layer: layer.relative or 0.0, default=None)
+    largest = max(changed, key=relative_change, default=None)
     data["summary"] = {
         "compared": len(report.layers),
         "unchanged": len(report.layers) - len(changed),
@@ -166,7 +167,9 @@ def print_diff_table(
             fmt_sigma(layer.sigma_a),
             fmt_sigma(layer.sigma_b),
             delta,
-            _relative(layer.relative),
+            "∞ (σ(A) = 0)"
+            if layer.relative is None and layer.delta_sigma > 0
+            else _relative(layer.relative),
             _relative(layer.relative_frobenius),
         ]
         if report.top_k:
@@ -188,12 +191,19 @@ def print_diff_table(
         parts.append(f"{len(report.only_in_b)} only in B")
     if report.mismatched:
         parts.append(f"{len(report.mismatched)} mismatched")
+    if report.unmeasured:
+        parts.append(f"{len(report.unmeasured)} NOT compared (non-finite)")
     console.print(", ".join(parts), style="dim")
     for label, names in (("only in A", report.only_in_a), ("only in B", report.only_in_b)):
         if names:
             shown = ", ".join(clean_text(n, 60) for n in names[:8])
             more = f" and {len(names) - 8} more" if len(names) > 8 else ""
             console.print(f"{label}: {escape(shown)}{more}", style="dim")
+    for item in report.unmeasured:
+        console.print(
+            f"not compared: {escape(clean_text(item.name, 80))}: {escape(item.reason)}",
+            style="bold red",
+        )
     for m in report.mismatched:
         what = (
             f"dtype {m.dtype_a} → {m.dtype_b} (compared)"

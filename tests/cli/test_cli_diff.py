@@ -118,3 +118,20 @@ def test_subprocess_run_of_the_installed_command(pair) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["summary"]["changed"] == 1
+
+
+def test_a_nan_layer_fails_the_gate(tmp_path: Path) -> None:
+    """A fine-tune that diverged in one layer must not pass --fail-above (exit 3, named)."""
+    g = torch.Generator().manual_seed(5)
+    a = {"fc1.weight": torch.randn(4, 4, generator=g), "fc2.weight": torch.randn(4, 4, generator=g)}
+    b = dict(a)
+    b["fc2.weight"] = a["fc2.weight"].clone()
+    b["fc2.weight"][3, 3] = float("nan")
+    save_file(a, str(tmp_path / "c.safetensors"))
+    save_file(b, str(tmp_path / "d.safetensors"))
+    args = ("diff", str(tmp_path / "c.safetensors"), str(tmp_path / "d.safetensors"))
+    code, out, err = invoke(*args, "--fail-above", "0.01")
+    assert code == EXIT_BOUND_EXCEEDED and "fc2.weight" in err and "non-finite" in err
+    assert "not compared: fc2.weight" in out
+    code, _, err = invoke(*args)
+    assert code == 0 and "fc2.weight" in err  # still said without a gate

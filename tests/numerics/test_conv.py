@@ -500,3 +500,4 @@ def test_the_cost_model_takes_differences_for_3x3_kernels_on_fine_grids() -> Non
     assert conv._use_differences(taps(512, 256, 3, 3), 144)
     assert not conv._use_differences(taps(64, 64, 3, 3), 4)
     assert not conv._use_differences(taps(4, 6, 3, 3), 40)
+    assert not conv._use_differences(taps(512, 512, 3, 3, 3), 1000)  # 524 MB stack: direct

@@ -72,3 +72,18 @@ def test_orthogonal_subspaces_have_zero_cosines() -> None:
     basis = torch.eye(6, dtype=torch.float64)
     assert principal_cosines(basis[:, :2], basis[:, 2:4]) == pytest.approx([0.0, 0.0])
     assert captured_fractions(basis[:, :2], basis[:, 2:4]) == pytest.approx([0.0, 0.0])
+
+
+def test_rank_deficient_and_zero_matrices_are_cut_to_their_rank() -> None:
+    """A tall rank-1 matrix has a 1-dimensional top subspace (not 8 noisy columns), equal to
+    itself with cosine 1; a zero matrix has none."""
+    generator = torch.Generator().manual_seed(11)
+    u = torch.randn(100, generator=generator, dtype=torch.float64)
+    v = torch.randn(20, generator=generator, dtype=torch.float64)
+    space = top_left_subspace(torch.outer(u, v), 8)
+    assert space.vectors.shape == (100, 1)
+    assert principal_cosines(space.vectors, space.vectors) == pytest.approx([1.0])
+    assert principal_cosines(space.vectors, (u / u.norm())[:, None]) == pytest.approx([1.0])
+    empty = top_left_subspace(torch.zeros(30, 10, dtype=torch.float64), 4)
+    assert empty.vectors.shape == (30, 0)
+    assert principal_cosines(empty.vectors, space.vectors[:30]) == []

@@ -91,3 +91,44 @@ def test_save_figure_writes_the_format_of_the_extension(
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\.png, \.svg or \.pdf"):
         plots.plot_format(tmp_path / "figure.gif")
+
+
+def test_names_with_dollar_signs_are_literal(tmp_path: Path) -> None:
+    """``$`` in a tensor or file name must not start mathtext (a crash on ``$\\frac$``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd$name.safetensors"
+    save_file({"a$\\frac$.weight": torch.randn(3, 4), "b$x$.weight": torch.randn(4, 4)}, str(path))
+    with open_checkpoint(path) as ckpt:
+        report = spectral_norms(ckpt)
+    figure = plots.inspect_figure(report)
+    plots.save_figure(figure, tmp_path / "f.png")
+    labels = [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
+    assert labels == ["a\\$\\frac\\$.weight", "b\\$x\\$.weight"]  # escaped: drawn as written
+
+
+def test_many_layers_are_lines_not_bars(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"blocks.{i}.fc.weight": torch.randn(4, 4, generator=generator) for i in range(600)}
+    save_file(tensors, str(tmp_path / "a.safetensors"))
+    scaled = {name: t * 1.01 for name, t in tensors.items()}
+    scaled["blocks.0.fc.weight"] = torch.zeros(4, 4)
+    zero = dict(tensors)
+    zero["blocks.0.fc.weight"] = torch.zeros(4, 4)
+    save_file(zero, str(tmp_path / "z.safetensors"))
+    save_file(scaled, str(tmp_path / "b.safetensors"))
+    with (
+        open_checkpoint(tmp_path / "z.safetensors") as a,
+        open_checkpoint(tmp_path / "b.safetensors") as b,
+    ):
+        report = diff_checkpoints(a, b, top_k=0)
+    axes = plots.diff_figure(report, fail_above=0.5).axes[0]
+    assert not axes.patches  # one LineCollection instead of 600 rectangles
+    (lines,) = [c for c in axes.collections if len(c.get_segments()) == 600]
+    heights = [segment[1][1] for segment in lines.get_segments()]
+    # blocks.0 is unchanged (zero in both); the others moved by 1 %
+    assert heights[0] == 0 and heights[1:] == pytest.approx([0.01] * 599, rel=1e-4)
