@@ -35,6 +35,7 @@ from sncli.formats.torch_wrappers import (
 from sncli.formats.torch_zip import storage_crc32
 from sncli.messages import Level, Message, clean_text
 from sncli.parametrizations import WeightNormPair, weight_norm_pairs
+from sncli.transaction import refuse_unfinished
 
 if TYPE_CHECKING:
     import torch
@@ -250,6 +251,7 @@ def open_checkpoint(
         raise CheckpointError("permission denied", path)
     if path.is_dir():
         path = resolve_directory(path)
+    refuse_unfinished(path)  # an interrupted multi-file write: old and new files mixed
     if path.name.endswith(".json"):
         return _open_index(path, key=key, skip_objects=skip_objects)
     kind = sniff_format(path)
