@@ -16,4 +16,15 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Console-script entry point."""
+    import sys
+
+    from sncli.cli.sink import silence_stdout
+
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        silence_stdout()
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (surrogate escapes) is shown escaped, never an error.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     app(prog_name="sncli")

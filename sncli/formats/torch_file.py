@@ -121,8 +121,16 @@ def load_torch_object(
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:
-        raise CheckpointError(f"damaged or unreadable PyTorch file: {describe(exc)}", path) from exc
+        detail = _unformatted(describe(exc))
+        raise CheckpointError(f"damaged or unreadable PyTorch file: {detail}", path) from exc
     return obj, replaced, crcs
+
+
+def _unformatted(text: str) -> str:
+    """Some torch errors carry printf placeholders never filled in ("size %ld"): show "?"."""
+    import re
+
+    return re.sub(r"%(?:l{0,2}|z|h)[diuxs]", "?", text)
 
 
 def _refusal(
