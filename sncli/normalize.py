@@ -14,7 +14,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
@@ -685,23 +685,31 @@ def _write_all(
                 if source.resolve() != target.resolve():
                     _copy_file(tx, source, target)
                 continue
-            new: dict[str, torch.Tensor] = {}
             file_outcomes: list[LayerOutcome] = []
-            for layer in layers:
+
+            def compute(
+                layer: LayerPlan, file_outcomes: list[LayerOutcome] = file_outcomes
+            ) -> dict[str, torch.Tensor]:
+                nonlocal done
                 if progress is not None:
                     progress(done, total_changed, layer.short_name)
                 tensors, outcome = _new_tensors(
                     checkpoint, layer, plan.options, baked.get(layer.name)
                 )
-                new.update(tensors)
                 file_outcomes.append(outcome)
                 done += 1
-            outcomes.extend(file_outcomes)
+                return tensors
+
             if checkpoint.format == "safetensors":
-                staged = _write_safetensors(tx, source, target, new, edits, plan)
+                lazy = _LazyTensors(layers, compute, plan)
+                staged = _write_safetensors(tx, source, target, lazy, edits, plan)
             else:
+                new: dict[str, torch.Tensor] = {}
+                for layer in layers:
+                    new.update(compute(layer))
                 staged = _write_torch(tx, checkpoint, source, target, new, edits, warnings)
-            del new
+                del new
+            outcomes.extend(file_outcomes)
             _verify_file(checkpoint, staged.temp, source, edits, file_outcomes, layer_plans, plan)
         if checkpoint.index_path is not None:
             index_target = mapping[checkpoint.index_path]
@@ -713,18 +721,59 @@ def _write_all(
     return NormalizeResult(plan, outputs, outcomes, warnings, verified=True)
 
 
+class _LazyTensors(Mapping[str, "torch.Tensor"]):
+    """The replacement tensors of one safetensors file, computed when the writer reaches them
+    (one layer at a time: memory of one layer, not of the file) and then forgotten."""
+
+    def __init__(
+        self,
+        layers: list[LayerPlan],
+        compute: Callable[[LayerPlan], dict[str, torch.Tensor]],
+        plan: NormalizePlan,
+    ) -> None:
+        self._compute = compute
+        self._owner: dict[str, LayerPlan] = {}
+        for layer in layers:
+            self._owner[layer.name] = layer
+            if layer.spectral_norm is not None and not plan.options.bake:
+                for key in (layer.u_key, layer.v_key):
+                    if key:
+                        self._owner[key] = layer
+        self._ready: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._ready:
+            self._ready.update(self._compute(self._owner[name]))
+        return self._ready.pop(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
 def _write_safetensors(
     tx: Transaction,
     source: Path,
     target: Path,
-    new: dict[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
     edits: _Edits,
     plan: NormalizePlan,
 ) -> StagedFile:
-    extra = {"sncli": _provenance(plan)} if new or edits.dropped else {}
+    extra = {"sncli": _provenance(plan)} if len(new) or edits.dropped else {}
     with tx.stage(target, attributes_from=source) as (handle, staged):
         write_edited_safetensors(
-            source, handle, new, renames=edits.renames, dropped=edits.dropped, metadata=extra
+            source,
+            handle,
+            new,
+            renames=edits.renames,
+            dropped=edits.dropped,
+            metadata=extra,
+            same_layout=True,  # scaling keeps dtypes and shapes
         )
     return staged
 
