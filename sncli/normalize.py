@@ -765,7 +765,7 @@ def _write_safetensors(
     plan: NormalizePlan,
 ) -> StagedFile:
     extra = {"sncli": _provenance(plan)} if len(new) or edits.dropped else {}
-    with tx.stage(target, attributes_from=source) as (handle, staged):
+    with tx.stage(target) as (handle, staged):
         write_edited_safetensors(
             source,
             handle,
@@ -811,7 +811,7 @@ def _write_torch(
             "matches the rescaled weights"
         )
     legacy = sniff_format(source) == "torch-legacy"
-    with tx.stage(target, attributes_from=source) as (handle, staged):
+    with tx.stage(target) as (handle, staged):
         try:
             torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
         except RecursionError as exc:
@@ -846,7 +846,7 @@ def _replace_within(container: Any, key: str | None, state: Any) -> Any:
 
 
 def _copy_file(tx: Transaction, source: Path, target: Path) -> StagedFile:
-    stage = tx.stage(target, attributes_from=source)
+    stage = tx.stage(target)
     with stage as (handle, staged), source.open("rb") as original:
         copy_range(original, 0, source.stat().st_size, handle)
     return staged
@@ -867,7 +867,7 @@ def _write_index(
     data.setdefault("metadata", {})
     if isinstance(data["metadata"], dict):
         data["metadata"]["total_size"] = total
-    with tx.stage(target, attributes_from=checkpoint.index_path) as (handle, staged):
+    with tx.stage(target) as (handle, staged):
         handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return staged
 

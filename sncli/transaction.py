@@ -407,14 +407,9 @@ class Transaction:
         self._watchdog = Watchdog()
 
     @contextmanager
-    def stage(
-        self, target: Path, *, attributes_from: Path | None = None
-    ) -> Iterator[tuple[BinaryIO, StagedFile]]:
+    def stage(self, target: Path) -> Iterator[tuple[BinaryIO, StagedFile]]:
         """Write a new version of ``target``; it replaces the target on ``commit``."""
-        with staged_file(Path(target), self._watchdog, attributes_from=attributes_from) as (
-            handle,
-            temp,
-        ):
+        with staged_file(Path(target), self._watchdog) as (handle, temp):
             staged = StagedFile(temp, Path(target))
             yield handle, staged
         self.staged.append(staged)

@@ -128,8 +128,9 @@ class Watchdog:
             process.wait(timeout=5)
 
 
-def copy_attributes(source: Path, temp: Path) -> None:
-    """Give ``temp`` the mode of ``source`` and, where permitted, its owner and xattrs."""
+def copy_attributes(source: Path, temp: Path, *, owner: bool = True) -> None:
+    """Give ``temp`` the mode of ``source`` and, where permitted, its xattrs and (``owner``)
+    its owner and group."""
     try:
         info = source.stat()
     except FileNotFoundError:
@@ -138,7 +139,7 @@ def copy_attributes(source: Path, temp: Path) -> None:
         os.chmod(temp, info.st_mode & 0o7777)
     except OSError as exc:
         raise WriteError(f"cannot set permissions: {exc.strerror or exc}", source) from exc
-    if hasattr(os, "chown") and (info.st_uid, info.st_gid) != _owner(temp):
+    if owner and hasattr(os, "chown") and (info.st_uid, info.st_gid) != _owner(temp):
         with suppress(OSError):
             os.chown(temp, info.st_uid, info.st_gid)
         with suppress(OSError):  # chown clears set-id bits: restore the mode
@@ -187,9 +188,7 @@ class PendingFile:
 
 
 @contextmanager
-def staged_file(
-    target: Path, watchdog: Watchdog | None, *, attributes_from: Path | None = None
-) -> Iterator[tuple[BinaryIO, Path]]:
+def staged_file(target: Path, watchdog: Watchdog | None) -> Iterator[tuple[BinaryIO, Path]]:
     """Open a watched temporary file next to ``target``; yield it and its path.
 
     On leaving the block the data is flushed and fsynced. Any exception inside the block
@@ -208,7 +207,7 @@ def staged_file(
     except OSError as exc:
         raise WriteError(f"cannot create a file here: {exc.strerror or exc}", folder) from exc
     try:
-        copy_attributes(attributes_from or target, temp)
+        copy_attributes(target, temp)  # a replaced file keeps its mode, owner, xattrs
         yield handle, temp
         handle.flush()
         os.fsync(handle.fileno())

@@ -471,3 +471,11 @@ def test_in_place_writes_through_a_symlink_and_keeps_mode_and_owner(
         if tensor.dim() == 2:
             assert svd_sigma(tensor) <= 1 + MEASURE, name
     assert [p.name for p in real.parent.iterdir()] == ["mlp.safetensors"]
+
+
+def test_plan_changed_is_computed_once(mlp_path: Path) -> None:
+    """50,000 layers took 397 s in a terminal: ``changed`` was rebuilt per progress update."""
+    with open_checkpoint(mlp_path) as ckpt:
+        plan = plan_normalization(ckpt, NormalizeOptions())
+    assert plan.changed is plan.changed
+    assert [p.name for p in plan.changed] == [p.name for p in plan.layers]
