@@ -82,6 +82,14 @@ FormatOpt = Annotated[
     OutputFormat,
     typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
 ]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="If another sncli process is writing this checkpoint, fail at once (exit 1) "
+        "instead of waiting for it to finish.",
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No notes or progress bar on stderr.")
 ]
