@@ -263,7 +263,9 @@ def open_checkpoint(
 
 #: Formats read by a module of ``sncli.formats`` that returns ``FormatContents``: the format
 #: ``sniff_format`` names → "module:function" (imported only when such a file is opened).
-FORMAT_READERS: dict[str, str] = {}
+FORMAT_READERS: dict[str, str] = {
+    "onnx": "sncli.formats.onnx:read_onnx",
+}
 
 
 def _open_format(path: Path, kind: str, *, key: str | None) -> Checkpoint:
