@@ -10,9 +10,11 @@ import typer
 
 from sncli.cli import options as opt
 from sncli.cli.app import app
+from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import EXIT_BOUND_EXCEEDED
+from sncli.graph_lipschitz import is_graph_model
 from sncli.lipschitz import ConvPolicy, LipschitzOptions, Padding, lipschitz_report
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
@@ -108,6 +110,17 @@ def lipschitz(
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        run_graph_lipschitz(
+            checkpoint,
+            grid=grid,
+            seed=seed,
+            certified=certified,
+            fail_above=fail_above,
+            output_format=output_format,
+            sink=sink,
+        )
+        return
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
