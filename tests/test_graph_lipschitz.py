@@ -494,3 +494,53 @@ def test_transformer_and_lstm_exports_not_certified(tmp_path: Path, module: type
     assert ops & (
         {"MatMul", "LayerNormalization", "Softmax", "Mul", "Div"} if module is Block else {"LSTM"}
     )
+
+
+@pytest.mark.parametrize("order", [("x", "s"), ("s", "x")])
+def test_silu_pattern(tmp_path: Path, order: tuple[str, str]) -> None:
+    """Mul(x, Sigmoid(x)) is SiLU (1.0999), not a product of two activations."""
+    path = save(
+        tmp_path / "silu.onnx",
+        [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", list(order), ["y"])],
+        [("x", [1, 40001])],
+        [("y", [1, 40001])],
+    )
+    report = bound_of(path)
+    assert report.certified and report.bound == pytest.approx(1.099839, rel=1e-4)
+    x = np.linspace(-8, 8, 40001).reshape(1, -1)
+    quotient = np.abs(run(path, x + 1e-3)[0] - run(path, x)[0]).max() / 1e-3
+    assert quotient <= report.bound * (1 + 1e-3)  # float32 evaluation
+
+
+def test_large_input_conv_uses_the_torus_bound(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    path = save(
+        tmp_path / "big.onnx",
+        [helper.make_node("Conv", ["x", "k"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        [("x", [1, 2, 160, 160])],
+        [("y", [1, 2, 160, 160])],
+        [("k", rng.standard_normal((2, 2, 3, 3)))],
+    )
+    report = bound_of(path)
+    node = report.nodes[0]
+    assert "certified upper bound τ*" in node.source and node.lower is not None
+    assert node.lower <= report.bound <= 1.02 * node.lower
+
+
+def test_lower_bound_power_iteration_matches_full_jacobian(tmp_path: Path) -> None:
+    """The torch power iteration and the finite-difference Jacobian find the same ‖J(x)‖."""
+    from sncli.formats.onnx import read_onnx_graph
+    from sncli.graph_lipschitz import _Context, _pass_one, _Probe, _topological
+
+    torch.manual_seed(0)
+    model = Residual()
+    _bn_stats(model)
+    path = export(model, torch.randn(1, 2, 8, 8), tmp_path / "r.onnx")
+    graph = read_onnx_graph(path)
+    order = _topological(graph)
+    ctx = _Context(graph, None)
+    _pass_one(ctx, order)
+    probe = _Probe(graph, 0)
+    power = probe.power(order, ctx.constants, 16)
+    full = probe.finite_differences(10_000)
+    assert power == pytest.approx(full, rel=2e-2)
