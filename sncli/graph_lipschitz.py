@@ -178,6 +178,8 @@ class GraphLipschitzReport:
     notes: list[str] = field(default_factory=list)
     #: ∏ of the proven factors on every node (the "product of layer σ" of a state dict).
     product: float | None = None
+    #: Wall seconds of the bound ("bound") and of the lower-bound search ("lower").
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def bound(self) -> float | None:
@@ -266,21 +268,22 @@ def chain_bound(weights: Sequence[np.ndarray], alpha: float, beta: float) -> tup
     return product, "product of σ (≤ ECLipsE-Fast here)"
 
 
-def _pool_matrix(n: int, k: int, s: int, d: int, begin: int, out: int, include: bool) -> Any:
-    """The 1-D average-pool matrix (out × n); the divisor is the number of inputs the window
-    covers (of the padded input when ``include``), which only raises entries over PyTorch's and
-    ONNX's divisors at overhanging windows — a valid upper bound (entrywise larger, ≥ 0)."""
+def _pool_matrix(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Any:
+    """The 1-D average-pool matrix (out × n). The divisor is the number of taps inside the
+    input (``include``: inside the padded input [−begin, n + end)), as PyTorch and onnxruntime
+    divide; any smaller divisor would only raise the entries (≥ 0), so σ stays an upper bound."""
     import numpy as np
 
+    begin, end = pads
     matrix = np.zeros((out, n))
     for j in range(out):
         taps = [j * s - begin + i * d for i in range(k)]
         valid = [t for t in taps if 0 <= t < n]
-        count = len(taps) if include else len(valid)
-        if include:
-            count = len([t for t in taps if -begin <= t < n + begin]) or 1
+        inside = [t for t in taps if -begin <= t < n + end] if include else valid
         for t in valid:
-            matrix[j, t] += 1.0 / max(count, 1)
+            matrix[j, t] += 1.0 / max(len(inside), 1)
     return matrix
 
 
@@ -609,7 +612,13 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
     total = 1.0
     for i in range(dims):
         matrix = _pool_matrix(
-            shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], out[2 + i], include
+            shape[2 + i],
+            kernel[i],
+            strides[i],
+            dilations[i],
+            (pads[i], pads[i + dims]),
+            out[2 + i],
+            include,
         )
         total *= float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
     return total * (1 + ROUNDING), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
@@ -1051,7 +1060,7 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
         if out in outputs or len(users) != 1:
             return None
         user = users[0]
-        if user.name in ctx.folded:
+        if _passthrough(ctx, user):
             return single_next(user)
         return user
 
@@ -1062,8 +1071,12 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
         start = produced.get(ctx.linears[node.name].var_input)
         if start is not None and start.name in ctx.slopes:
             previous = produced.get(start.inputs[0])
-            if previous is not None and previous.name in ctx.folded:
-                previous = ctx.folded[previous.name]
+            while previous is not None and _passthrough(ctx, previous):
+                if previous.name in ctx.folded:
+                    previous = ctx.folded[previous.name]
+                    continue
+                var = next(n for n in previous.inputs if not ctx.is_const(n))
+                previous = produced.get(var)
             if (
                 previous is not None
                 and previous.name in ctx.linears
@@ -1089,11 +1102,29 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
     return chains
 
 
+def _passthrough(ctx: _Context, node: OnnxNode) -> bool:
+    """A node that does not change a chain's Lipschitz constant: a BatchNorm folded into the
+    linear before it, or the Add of a constant bias."""
+    if node.name in ctx.folded:
+        return True
+    if node.op_type != "Add" or len(node.inputs) != 2:
+        return False
+    factor = ctx.factors.get(node.name)
+    variables = [n for n in node.inputs if not ctx.is_const(n)]
+    return (
+        len(variables) == 1
+        and factor is not None
+        and factor.proven
+        and (_broadcast_factor(ctx, variables[0], node.outputs[0]) == 1.0)
+    )
+
+
 def _chain_end_output(ctx: _Context, node: OnnxNode) -> str:
     out = node.outputs[0]
     users = ctx.consumers.get(out, [])
-    if len(users) == 1 and users[0].name in ctx.folded:
-        return users[0].outputs[0]
+    while len(users) == 1 and _passthrough(ctx, users[0]):
+        out = users[0].outputs[0]
+        users = ctx.consumers.get(out, [])
     return out
 
 
@@ -1202,6 +1233,9 @@ def graph_lipschitz(
     progress: Callable[[str], None] | None = None,
 ) -> GraphLipschitzReport:
     """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound."""
+    import time
+
+    began = time.perf_counter()
     path = Path(path)
     graph = read_onnx_graph(path)
     if not graph.outputs:
@@ -1231,6 +1265,7 @@ def graph_lipschitz(
     path_steps = _path(ctx, bounds, shown.name) if shown is not None else []
     proven = [n.factor for n in nodes if n.factor is not None and n.proven]
     product = math.prod(proven) if proven else None
+    seconds = {"bound": time.perf_counter() - began}
     found = None
     if lower:
         if progress:
@@ -1238,6 +1273,7 @@ def graph_lipschitz(
         found = lower_bound_search(
             graph, seed=seed, budget=budget, order=order, constants=ctx.constants
         )
+        seconds["lower"] = time.perf_counter() - began - seconds["bound"]
     report = GraphLipschitzReport(
         checkpoint=str(path),
         nodes=nodes,
@@ -1249,6 +1285,7 @@ def graph_lipschitz(
         caveats=[f"node {n.name} ({n.op}): {n.why}" for n in nodes if not n.proven],
         notes=list(graph.notes),
         product=product,
+        seconds=seconds,
     )
     return report
 
@@ -1301,7 +1338,8 @@ def lower_bound_search(
     best, method = 0.0, ""
     if order is not None and constants is not None:
         try:
-            best = probe.power(order, constants, max(2, min(16, budget // 8)))
+            iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
+            best = probe.power(order, constants, iterations)
             method = "Jacobian power iteration (torch) verified"
         except Exception:  # an op the torch evaluator lacks, or AD fails: fall back
             best = 0.0
@@ -1399,7 +1437,7 @@ class _Probe:
 
         from sncli.graph_eval import power_direction, torch_function
 
-        dtype = torch.float64 if self.total <= 200_000 else torch.float32
+        dtype = torch.float64 if self.total <= 20_000 else torch.float32
         f = torch_function(self.graph, order, dict(constants), dtype)
         names = [v.name for v in self.graph.inputs]
         fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}

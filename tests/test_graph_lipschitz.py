@@ -544,3 +544,27 @@ def test_lower_bound_power_iteration_matches_full_jacobian(tmp_path: Path) -> No
     power = probe.power(order, ctx.constants, 16)
     full = probe.finite_differences(10_000)
     assert power == pytest.approx(full, rel=2e-2)
+
+
+def test_chain_through_bias_adds(tmp_path: Path) -> None:
+    """MatMul → Add(bias) → Relu → MatMul → Add(bias), as the dynamo exporter writes Linear on
+    3-D inputs, is one chain; its bound is ≥ the sampled Jacobian norms."""
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((4, 6)), rng.standard_normal((6, 3))
+    path = save(
+        tmp_path / "mm.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["a"]),
+            helper.make_node("Add", ["a", "b1"], ["b"]),
+            helper.make_node("Relu", ["b"], ["c"]),
+            helper.make_node("MatMul", ["c", "w2"], ["d"]),
+            helper.make_node("Add", ["b2", "d"], ["y"]),
+        ],
+        [("x", [1, 5, 4])],
+        [("y", [1, 5, 3])],
+        [("w1", w1), ("b1", np.ones(6)), ("w2", w2), ("b2", np.ones(3))],
+    )
+    report = bound_of(path)
+    assert len(report.chains) == 1 and len(report.chains[0].nodes) == 3
+    product = np.linalg.norm(w1, 2) * np.linalg.norm(w2, 2)
+    assert report.bound == pytest.approx(product, rel=1e-6)
