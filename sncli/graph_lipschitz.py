@@ -684,10 +684,29 @@ def _scaling(ctx: _Context, node: OnnxNode, variables: list[str], out: str) -> N
         value = 1.0 / value
     top = float(value.max()) if value.size else 0.0
     factor = _broadcast_terms(ctx, [var], out)[0][1]
+    exact = _scaling_exact(ctx, value, var, out) if factor != 1 else None
+    if exact is not None:
+        source = f"{op} by a constant, broadcast: max over entries of √(Σ c² over its copies)"
+        return NodeFactor(node.name, op, exact, source, True)
     source = f"{op} by a constant: max|c| = {top:g}" + (
         f", × √{factor * factor:g} broadcast" if factor != 1 else ""
     )
     return NodeFactor(node.name, op, top * factor, source, True)
+
+
+def _scaling_exact(ctx: _Context, value: Any, var: str, out: str) -> float | None:
+    """The exact norm of x ↦ c ⊙ broadcast(x): its columns are orthogonal (each output reads
+    one input entry), so it is the largest √(Σ c²) over the copies of one entry."""
+    import numpy as np
+
+    shape, target = _static(ctx.shape(var)), _static(ctx.shape(out))
+    if shape is None or target is None:
+        return None
+    padded = (1,) * (len(target) - len(shape)) + shape
+    squares = np.broadcast_to(value * value, target)
+    axes = tuple(i for i, (a, b) in enumerate(zip(padded, target, strict=True)) if a == 1 < b)
+    total = squares.sum(axis=axes) if axes else squares
+    return float(np.sqrt(total.max())) * (1 + ROUNDING) if total.size else 0.0
 
 
 def _is_silu(ctx: _Context, node: OnnxNode) -> bool:

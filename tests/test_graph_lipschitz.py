@@ -568,3 +568,77 @@ def test_chain_through_bias_adds(tmp_path: Path) -> None:
     assert len(report.chains) == 1 and len(report.chains[0].nodes) == 3
     product = np.linalg.norm(w1, 2) * np.linalg.norm(w2, 2)
     assert report.bound == pytest.approx(product, rel=1e-6)
+
+
+def _ints(name: str, values: list[int]) -> tuple[str, np.ndarray]:
+    return name, np.asarray(values)
+
+
+LINEAR_OPS = [
+    # (nodes, input shape, integer initializers, float initializers, exact?)
+    ([helper.make_node("GlobalAveragePool", ["x"], ["y"])], [1, 2, 3, 4], [], [], True),
+    (
+        [helper.make_node("ReduceMean", ["x", "ax"], ["y"])],
+        [1, 2, 3, 4],
+        [("ax", [2, 3])],
+        [],
+        True,
+    ),
+    ([helper.make_node("ReduceSum", ["x", "ax"], ["y"])], [1, 2, 3, 4], [("ax", [1])], [], True),
+    (
+        [helper.make_node("Gather", ["x", "ix"], ["y"], axis=1)],
+        [2, 4],
+        [("ix", [0, 2, 2, 2])],
+        [],
+        True,
+    ),
+    (
+        [helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest")],
+        [1, 1, 2, 3],
+        [],
+        [("sc", [1, 1, 2, 3])],
+        True,
+    ),
+    ([helper.make_node("Expand", ["x", "sh"], ["y"])], [1, 3], [("sh", [4, 3])], [], True),
+    ([helper.make_node("Tile", ["x", "rp"], ["y"])], [2, 3], [("rp", [2, 2])], [], True),
+    ([helper.make_node("Pad", ["x", "pd"], ["y"])], [1, 3], [("pd", [0, 1, 0, 2])], [], True),
+    ([helper.make_node("Mul", ["x", "c"], ["y"])], [1, 3], [], [("c", [[2.0], [-5.0]])], True),
+    ([helper.make_node("Div", ["x", "c"], ["y"])], [2, 3], [], [("c", [0.5, -4.0, 1.0])], True),
+    (
+        [helper.make_node("Slice", ["x", "st", "en"], ["y"])],
+        [2, 5],
+        [("st", [0, 1]), ("en", [1, 4])],
+        [],
+        False,
+    ),
+    (
+        [helper.make_node("ConvTranspose", ["x", "k"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1])],
+        [1, 2, 4, 4],
+        [],
+        [("k", np.random.default_rng(7).standard_normal((2, 3, 3, 3)))],
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", LINEAR_OPS, ids=lambda c: c[0][0].op_type)
+def test_linear_op_factor_against_its_matrix(tmp_path: Path, case) -> None:
+    """Each linear op's bound ≥ σ of its matrix (built from onnxruntime runs), tight if exact."""
+    nodes, shape, ints, floats, exact = case
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F, shape)],
+        [helper.make_tensor_value_info("y", F, None)],
+        [numpy_helper.from_array(np.asarray(v, dtype=np.int64), k) for k, v in ints]
+        + [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k) for k, v in floats],
+    )
+    path = tmp_path / "op.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path.write_bytes(model.SerializeToString())
+    report = bound_of(path)
+    assert report.certified, report.statement()
+    true = np.linalg.norm(_operator_matrix(path, tuple(shape)), 2)
+    assert true <= report.bound * (1 + 1e-6)
+    if exact:
+        assert report.bound == pytest.approx(true, rel=1e-6)
