@@ -111,6 +111,9 @@ def lipschitz(
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        given = (("--filter", include), ("--exclude", exclude), ("--input-size", input_size))
+        for flag in [flag for flag, value in given if value]:
+            sink.note(f"{flag} is ignored for ONNX models: the bound covers the whole graph")
         run_graph_lipschitz(
             checkpoint,
             grid=grid,

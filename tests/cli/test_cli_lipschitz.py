@@ -86,3 +86,36 @@ def test_lipschitz_onnx_subprocess(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("name,op,factor,proven")
+
+
+def test_lipschitz_onnx_bad_graph_is_one_line(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["a"], name="n1"),
+        helper.make_node("Relu", ["a"], ["b"], name="n2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])],
+    )
+    path = tmp_path / "cycle.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    code, out, err = invoke("lipschitz", str(path))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "cycle through node 'n1'" in err
+
+
+def test_lipschitz_onnx_filter_is_ignored_with_a_note(tmp_path: Path) -> None:
+    path = _onnx_mlp(tmp_path / "m.onnx")
+    code, _, err = invoke("lipschitz", str(path), "--filter", "w1", "--format", "json")
+    assert code == 0 and "--filter is ignored for ONNX models" in err
+
+
+def test_normalize_refuses_onnx(tmp_path: Path) -> None:
+    path = _onnx_mlp(tmp_path / "m.onnx")
+    code, _, err = invoke("normalize", str(path), "-o", str(tmp_path / "out.onnx"))
+    assert code != 0 and not (tmp_path / "out.onnx").exists()
+    assert err.count("\n") == 1
