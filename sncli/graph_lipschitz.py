@@ -336,8 +336,10 @@ class _Context:
         )
 
     def shape(self, name: str) -> tuple[Any, ...] | None:
-        if self.is_const(name):
-            return tuple(int(d) for d in self.const(name).shape)
+        if name in self.constants:
+            return tuple(int(d) for d in self.constants[name].shape)
+        if self.is_const(name):  # an initializer: its shape without reading its data
+            return self.graph.initializers[name][0]
         value = self.graph.values.get(name)
         return None if value is None else value.shape
 
