@@ -262,7 +262,10 @@ def chain_bound(weights: Sequence[np.ndarray], alpha: float, beta: float) -> tup
         from sncli.numerics.eclipse import eclipse_fast_bound  # type: ignore[import-not-found]
     except ImportError:
         return product, "product of σ (ECLipsE-Fast not available)"
-    eclipse = float(eclipse_fast_bound(list(weights), alpha, beta))
+    try:
+        eclipse = float(eclipse_fast_bound(list(weights), alpha, beta))
+    except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
+        return product, "product of σ (ECLipsE-Fast refused this chain)"
     if math.isfinite(eclipse) and eclipse < product:
         return eclipse, "ECLipsE-Fast"
     return product, "product of σ (≤ ECLipsE-Fast here)"
