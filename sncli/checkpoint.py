@@ -245,6 +245,10 @@ def open_checkpoint(
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CheckpointError(f"cannot access: {clean_text(detail)}", path) from exc
     if not exists:
+        from sncli.hub import looks_like_repo_id
+
+        if looks_like_repo_id(os.fspath(path)):
+            return _open_hub_model(os.fspath(path), key=key, skip_objects=skip_objects)
         raise CheckpointError("no such file or directory", path)
     if not os.access(path, os.R_OK):
         raise CheckpointError("permission denied", path)
@@ -261,9 +265,36 @@ def open_checkpoint(
     return _open_torch([path], path, index=None, key=key, skip_objects=skip_objects)
 
 
+def _open_hub_model(text: str, *, key: str | None, skip_objects: bool) -> Checkpoint:
+    """A Hugging Face model id (no such path exists): its snapshot in the local hub cache."""
+    from sncli.hub import resolve_repo_id
+
+    model = resolve_repo_id(text)
+    try:
+        ckpt = open_checkpoint(model.snapshot, key=key, skip_objects=skip_objects)
+    except CheckpointError as exc:
+        if "folder holds no checkpoint" not in exc.message:
+            raise
+        raise CheckpointError(
+            f"the cached snapshot of '{model.repo_id}' holds no weights file (only some files "
+            f"were fetched?); fetch them with `huggingface-cli download {model.repo_id}`",
+            text,
+        ) from exc
+    ckpt.notes.insert(
+        0, f"'{model.repo_id}' ({model.revision}) from the Hugging Face cache: {model.snapshot}"
+    )
+    return ckpt
+
+
 #: Formats read by a module of ``sncli.formats`` that returns ``FormatContents``: the format
 #: ``sniff_format`` names → "module:function" (imported only when such a file is opened).
 FORMAT_READERS: dict[str, str] = {
+    "npy": "sncli.formats.npy:read_npy",
+    "npz": "sncli.formats.npy:read_npz",
+    "gguf": "sncli.formats.gguf:read_gguf",
+    "torchscript": "sncli.formats.torchscript:read_torchscript",
+    "keras": "sncli.formats.keras:read_keras",
+    "hdf5": "sncli.formats.keras:read_hdf5",
     "onnx": "sncli.formats.onnx:read_onnx",
 }
 

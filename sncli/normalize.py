@@ -145,6 +145,12 @@ class NormalizePlan:
         dropped = sum(1 for n in others if n in edits.dropped)
         return len(others) - rewritten - dropped, rewritten, dropped
 
+    def to_pandas(self) -> Any:
+        """The planned layers as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, ("expected_after",), checkpoint=self.checkpoint)
+
     def nothing_to_normalize(self) -> str | None:
         """Why writing would be pointless — every selected layer is skipped (non-finite, zero,
         not supported), so the output would be a copy — or None when there is work to do."""
@@ -182,6 +188,12 @@ class NormalizeResult:
     @property
     def worst_sigma(self) -> float | None:
         return max((o.sigma_after for o in self.layers), default=None)
+
+    def to_pandas(self) -> Any:
+        """The written layers (σ measured again) as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, checkpoint=self.plan.checkpoint, outputs=self.outputs)
 
 
 def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
@@ -544,7 +556,7 @@ def resolve_outputs(
 
 
 #: The formats ``normalize`` can write back (``Checkpoint.format``).
-WRITABLE_FORMATS = frozenset({"safetensors", "torch"})
+WRITABLE_FORMATS = frozenset({"safetensors", "torch", "gguf"})
 
 
 def ensure_writable(checkpoint: Checkpoint) -> None:
@@ -559,8 +571,8 @@ def ensure_writable(checkpoint: Checkpoint) -> None:
     """
     if checkpoint.format not in WRITABLE_FORMATS:
         raise CheckpointError(
-            f"cannot write a normalized copy: normalize writes safetensors and PyTorch files, "
-            f"not {checkpoint.format}; nothing written",
+            f"cannot write a normalized copy: normalize writes safetensors, PyTorch and GGUF "
+            f"files, not {checkpoint.format}; nothing written",
             checkpoint.path,
         )
     if checkpoint.placeholders:
@@ -637,10 +649,7 @@ def normalize_checkpoint(
                 new.update(tensors)
                 outcomes.append(outcome)
                 done += 1
-            if checkpoint.format == "safetensors":
-                staged = _write_safetensors(source, target, new, edits, plan)
-            else:
-                staged = _write_torch(checkpoint, source, target, new, edits, warnings)
+            staged = _write_file(checkpoint, source, target, new, edits, plan, warnings)
             pending.append(staged)
             _verify_file(checkpoint, staged.temp, source, edits, outcomes, plan)
         if checkpoint.index_path is not None:
@@ -670,6 +679,34 @@ def _write_safetensors(
         write_edited_safetensors(
             source, handle, new, renames=edits.renames, dropped=edits.dropped, metadata=extra
         )
+    return staged
+
+
+def _write_file(
+    checkpoint: Checkpoint,
+    source: Path,
+    target: Path,
+    new: dict[str, torch.Tensor],
+    edits: _Edits,
+    plan: NormalizePlan,
+    warnings: list[str],
+) -> PendingFile:
+    if checkpoint.format == "safetensors":
+        return _write_safetensors(source, target, new, edits, plan)
+    if checkpoint.format == "gguf":
+        return _write_gguf(source, target, new)
+    return _write_torch(checkpoint, source, target, new, edits, warnings)
+
+
+def _write_gguf(source: Path, target: Path, new: dict[str, torch.Tensor]) -> PendingFile:
+    """A byte-for-byte copy with the scaled tensors' data replaced (same types and offsets)."""
+    from sncli.formats.gguf import gguf_write_refusal, write_edited_gguf
+
+    why = gguf_write_refusal(source, list(new))
+    if why is not None:
+        raise CheckpointError(f"cannot write a normalized copy: {why}; nothing written", source)
+    with staged_write(target) as (handle, staged):
+        write_edited_gguf(source, handle, new)
     return staged
 
 

@@ -120,6 +120,18 @@ TOLERANCES: dict[str, dict[str, Tolerance | Callable[[dict[str, Any]], Tolerance
         "running_log10": LOG,
         "log10_bound": LOG,
     },
+    "diff": {
+        "sigma_a": _sigma_tolerance,
+        "sigma_b": _sigma_tolerance,
+        "delta_sigma": lambda record: (
+            FLOAT64 if record.get("delta_bound") == "exact" else ITERATIVE
+        ),
+        "relative": ITERATIVE,
+        "delta_frobenius": FLOAT64,
+        "relative_frobenius": FLOAT64,
+        "subspace_cosines": (0.0, 1e-9),
+        "min_subspace_cosine": (0.0, 1e-9),
+    },
     "normalize": {
         "sigma_before": FLOAT64,
         "scale": FLOAT64,
@@ -202,6 +214,16 @@ def _cases() -> list[Case]:
         f"lipschitz {DISC} --padding circular --input-size 32x32 --format json",
     )
     add("mlp-method-exact", f"lipschitz {MLP} --method exact --format json")
+
+    # diff: the sample MLP against its pretend fine-tune, in every format; the same file twice.
+    tuned = "sample_models/mlp_finetuned.safetensors"
+    for fmt in ("json", "csv", "table"):
+        add("mlp-finetuned", f"diff {MLP} {tuned} --format {fmt}")
+    add(
+        "mlp-finetuned-exact-fail-above",
+        f"diff {MLP} {tuned} -m exact --fail-above 0.3 --format json",
+    )
+    add("mlp-same", f"diff {MLP} {MLP} --format json")
 
     # normalize: the plan (--dry-run) in json, and real writes in json and table (the formats
     # normalize has; csv is refused), whose written files are pinned by sha256.

@@ -8,7 +8,7 @@ in ``options``, everything written to stderr goes through ``sink``.
 from __future__ import annotations
 
 # Importing the command modules registers the commands, in this order.
-from sncli.cli import inspect, lipschitz, normalize  # noqa: F401
+from sncli.cli import diff, inspect, lipschitz, normalize, report  # noqa: F401
 from sncli.cli.app import app
 
 __all__ = ["app", "main"]

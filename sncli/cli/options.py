@@ -87,6 +87,27 @@ QuietOpt = Annotated[
 ]
 
 
+def plot_file(value: str | None) -> str | None:
+    """``--plot``: a .png, .svg or .pdf name (checked before any work is done)."""
+    if value is not None:
+        from pathlib import Path
+
+        if Path(value).suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise typer.BadParameter(f"{value!r}: use a .png, .svg or .pdf file name")
+    return value
+
+
+PlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        metavar="FILE",
+        help="Also draw the result as a figure (.png, .svg or .pdf, from the extension).",
+        callback=plot_file,
+    ),
+]
+
+
 def selection(
     include: list[str] | None, exclude: list[str] | None, transposed: list[str] | None
 ) -> dict[str, tuple[str, ...]]:

@@ -70,7 +70,7 @@ def load_torch_object(
         raise CheckpointError("is a safetensors file, not a PyTorch file", path)
     crcs: dict[int, set[int]] = {}
     use_mmap = False
-    if kind == "torch-zip":
+    if kind in ("torch-zip", "torchscript"):  # check_zip refuses TorchScript with a reason
         check = check_zip(path)
         crcs, use_mmap = check.record_crcs, check.mmap_ok
     scan: PickleScan | None = None
