@@ -570,7 +570,12 @@ def test_chain_through_bias_adds(tmp_path: Path) -> None:
     report = bound_of(path)
     assert len(report.chains) == 1 and len(report.chains[0].nodes) == 3
     product = np.linalg.norm(w1, 2) * np.linalg.norm(w2, 2)
-    assert report.bound == pytest.approx(product, rel=1e-6)
+    assert report.bound <= product * (1 + 1e-9)  # ECLipsE-Fast when present, else the product
+    sampled = 0.0
+    for _ in range(200):
+        mask = (rng.standard_normal(6) + 1 > 0).astype(float)
+        sampled = max(sampled, np.linalg.norm(w2.T @ np.diag(mask) @ w1.T, 2))
+    assert sampled <= report.bound
 
 
 def _ints(name: str, values: list[int]) -> tuple[str, np.ndarray]:
