@@ -248,7 +248,9 @@ def _sigma_upper(matrix: np.ndarray) -> tuple[float, float, str]:
     return interval.upper, interval.lower, interval.upper_method
 
 
-def chain_bound(weights: Sequence[np.ndarray], alpha: float, beta: float) -> tuple[float, str]:
+def chain_bound(
+    weights: Sequence[np.ndarray], alpha: float, beta: float, product: float | None = None
+) -> tuple[float, str]:
     """A certified bound for W_l ∘ act ∘ … ∘ act ∘ W_1, activations slope-restricted in [α, β].
 
     The product ∏σ(W_i)·max(|α|, |β|)^(l−1) always holds; ECLipsE-Fast
@@ -257,7 +259,8 @@ def chain_bound(weights: Sequence[np.ndarray], alpha: float, beta: float) -> tup
     chain method.
     """
     slope = max(abs(alpha), abs(beta))
-    product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
+    if product is None:  # the caller may pass the product of its certified factors
+        product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
     try:
         from sncli.numerics.eclipse import eclipse_fast_bound  # type: ignore[import-not-found]
     except ImportError:
@@ -1165,8 +1168,8 @@ def _pass_two(
         acts = [ctx.slopes[n.name] for n in chain if n.name in ctx.slopes]
         alpha, beta = min(a for a, _ in acts), max(b for _, b in acts)
         weights = [ctx.linears[n.name].matrix for n in linears]
-        value, method = chain_bound(weights, alpha, beta)
         product = math.prod(ctx.factors[n.name].factor or 0.0 for n in chain)
+        value, method = chain_bound(weights, alpha, beta, product)
         value = min(value, product)
         start = ctx.linears[chain[0].name].var_input
         ends[_chain_end_output(ctx, chain[-1])] = (start, value, True)
