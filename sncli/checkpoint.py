@@ -315,6 +315,7 @@ FORMAT_READERS: dict[str, str] = {
     "torchscript": "sncli.formats.torchscript:read_torchscript",
     "keras": "sncli.formats.keras:read_keras",
     "hdf5": "sncli.formats.keras:read_hdf5",
+    "onnx": "sncli.formats.onnx:read_onnx",
 }
 
 

@@ -895,6 +895,80 @@ def fifo_instead_of_file(folder: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- ONNX models
+
+
+def onnx_model_bytes(weight_location: str | None = None, dims: tuple[int, ...] = (4, 4)) -> bytes:
+    """A one-node ONNX model y = x·Wᵀ; W embedded, or external at ``weight_location``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "fc.weight")
+    if weight_location is not None or dims != (4, 4):
+        del weight.dims[:]
+        weight.dims.extend(dims)
+    if weight_location is not None:
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", weight_location), ("offset", "0"), ("length", "64")):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+    node = helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transB=1)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+@case(message="truncated or malformed protobuf")
+def onnx_truncated(folder: Path) -> Path:
+    data = onnx_model_bytes()
+    return _write(folder / "model.onnx", data[: len(data) // 2 + 3])
+
+
+@case(message="leaves the model's folder")
+def onnx_external_escape(folder: Path) -> Path:
+    inner = folder / "inner"
+    inner.mkdir()
+    (folder / "secret.bin").write_bytes(b"\0" * 64)
+    return _write(inner / "model.onnx", onnx_model_bytes("../secret.bin"))
+
+
+@case(message="leaves the model's folder")
+def onnx_external_symlink_escape(folder: Path) -> Path:
+    inner = folder / "inner"
+    inner.mkdir()
+    (folder / "secret.bin").write_bytes(b"\0" * 64)
+    (inner / "model.onnx.data").symlink_to(folder / "secret.bin")
+    return _write(inner / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="not a relative path")
+def onnx_external_absolute(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes("/etc/passwd"))
+
+
+@case(message="is missing")
+def onnx_external_missing(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="past the end")
+def onnx_external_truncated(folder: Path) -> Path:
+    (folder / "model.onnx.data").write_bytes(b"\0" * 10)
+    return _write(folder / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="needs 4000000000000000 bytes")
+def onnx_huge_claimed_dims(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes(dims=(1000000, 1000000000)))
+
+
 def _unreadable(folder: Path) -> Case:
     path = _write(folder / "model.safetensors", valid_safetensors())
     path.chmod(0)

@@ -10,9 +10,11 @@ import typer
 
 from sncli.cli import options as opt
 from sncli.cli.app import app
+from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import EXIT_BOUND_EXCEEDED
+from sncli.graph_lipschitz import is_graph_model
 from sncli.lipschitz import (
     Assumption,
     ConvPolicy,
@@ -135,6 +137,20 @@ def lipschitz(
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        given = (("--filter", include), ("--exclude", exclude), ("--input-size", input_size))
+        for flag in [flag for flag, value in given if value]:
+            sink.note(f"{flag} is ignored for ONNX models: the bound covers the whole graph")
+        run_graph_lipschitz(
+            checkpoint,
+            grid=grid,
+            seed=seed,
+            certified=certified,
+            fail_above=fail_above,
+            output_format=output_format,
+            sink=sink,
+        )
+        return
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
