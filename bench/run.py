@@ -5,6 +5,7 @@
     python bench/run.py --large    # adds a 1B-parameter float32 (4 GB) checkpoint
     python bench/run.py --lipschitz  # only: sncli lipschitz / inspect on ResNet-18 and VGG-11
     python bench/run.py --spectrum   # only: sncli spectrum vs svdvals loop and WeightWatcher
+    python bench/run.py --graph      # only: lipschitz over ONNX graphs (MLP, ResNet-18, LSTM)
 
 Checkpoints are generated (seeded, bench/synth.py) into a temporary folder that is deleted
 afterwards (``--keep`` keeps it). Every measurement runs in its own subprocess, so each reports
@@ -563,6 +564,23 @@ def benchmark(args: argparse.Namespace) -> None:
             if not args.keep and not args.workdir:
                 shutil.rmtree(folder, ignore_errors=True)
         return
+    if args.graph:
+        from graph import graph_section
+
+        folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        info = environment()
+        print(f"# sncli graph benchmark ({info['cpu']}, {info['cores']} cores)")
+        print(f"load average at start: {info['loadavg']}", flush=True)
+        try:
+            report = {"environment": info, "graph": graph_section(folder)}
+            report["loadavg_end"] = os.getloadavg()
+            print(f"\ntotal {time.perf_counter() - began:.0f} s; load at end: {os.getloadavg()}")
+            _save_report(report, args.json, "graph")
+        finally:
+            if not args.keep and not args.workdir:
+                shutil.rmtree(folder, ignore_errors=True)
+        return
     if args.lipschitz:
         folder = Path(args.workdir or tempfile.mkdtemp(prefix="sncli-bench-"))
         folder.mkdir(parents=True, exist_ok=True)
@@ -677,6 +695,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only sncli spectrum (full spectra) vs a float64 svdvals loop and WeightWatcher "
         "analyze() on the 302M-parameter checkpoint (--quick: a small one)",
+    )
+    size.add_argument(
+        "--graph",
+        action="store_true",
+        help="only the bound over ONNX graphs: MNIST MLP, ResNet-18 at 224, LSTM (bench/graph.py)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of sncli exact/auto (median)")
     parser.add_argument("--workdir", help="generate checkpoints here and keep them")

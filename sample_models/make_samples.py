@@ -129,12 +129,23 @@ def save_sharded(state: dict[str, torch.Tensor], folder: Path, shards: int = 2) 
     (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
 
 
+def fine_tuned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The MLP after a pretend fine-tune, for ``sncli diff``: a rank-1 update of spectral norm
+    0.3 on the middle layer (unit u, v in float64), the head scaled by 1.05, the rest as is."""
+    generator = torch.Generator().manual_seed(1)
+    tuned = dict(state)
+    middle = state["2.weight"].double()
+    u = torch.randn(middle.shape[0], generator=generator, dtype=torch.float64)
+    v = torch.randn(middle.shape[1], generator=generator, dtype=torch.float64)
+    tuned["2.weight"] = (middle + 0.3 * torch.outer(u / u.norm(), v / v.norm())).float()
+    tuned["4.weight"] = (state["4.weight"].double() * 1.05).float()
+    return tuned
+
+
 def main() -> None:
-    save_file(
-        {k: v.contiguous() for k, v in mlp().state_dict().items()},
-        str(HERE / "mlp.safetensors"),
-        metadata={"format": "pt"},
-    )
+    state = {k: v.contiguous() for k, v in mlp().state_dict().items()}
+    save_file(state, str(HERE / "mlp.safetensors"), metadata={"format": "pt"})
+    save_file(fine_tuned(state), str(HERE / "mlp_finetuned.safetensors"), metadata={"format": "pt"})
 
     disc = discriminator(nn.utils.parametrizations.spectral_norm)
     train_a_little(disc)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
@@ -133,6 +133,14 @@ class InspectReport:
     @property
     def largest(self) -> LayerSigma | None:
         return max(self.layers, key=lambda layer: layer.sigma, default=None)
+
+    def to_pandas(self) -> Any:
+        """The layers as a pandas DataFrame (pandas optional); ``skipped`` is in ``attrs``."""
+        from sncli.tables import to_frame
+
+        skipped = {s.name: s.reason for s in self.skipped}
+        attrs = {"checkpoint": self.checkpoint, "format": self.format, "method": self.method}
+        return to_frame(self.layers, ("sigma_upper",), **attrs, skipped=skipped)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from sncli.errors import CheckpointError
 from sncli.formats import sniff_format
 from sncli.formats.common import FormatContents, describe, quote, shown_names
 from sncli.formats.pickle_scan import dangerous_names
-from sncli.formats.safetensors import read_safetensors_header
+from sncli.formats.safetensors import SafetensorsStreamReader, read_safetensors_header
 from sncli.formats.sharded import check_shards_hold, read_index, resolve_directory
 from sncli.formats.torch_file import load_torch_file, load_torch_object, unsupported_reason
 from sncli.formats.torch_wrappers import (
@@ -35,9 +36,14 @@ from sncli.formats.torch_wrappers import (
 from sncli.formats.torch_zip import storage_crc32
 from sncli.messages import Level, Message, clean_text
 from sncli.parametrizations import WeightNormPair, weight_norm_pairs
+from sncli.transaction import refuse_unfinished
 
 if TYPE_CHECKING:
     import torch
+
+
+#: The key of ``Checkpoint._handles`` holding the safetensors stream reader.
+_STREAM = Path("\0stream")
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class Checkpoint:
             if self._contents is not None:
                 return self._contents.load(info.key).detach()
             if self.format == "safetensors":
+                if sys.byteorder == "little":
+                    # Read, not mapped: no SIGBUS if the file is truncated meanwhile, no pages
+                    # left resident, and file names that are not UTF-8 work.
+                    return self._safetensors_reader().read(info.file, info.key)
                 return self._safetensors_handle(info.file).get_tensor(info.key)
             tensor = self._state_dict(info.file)[info.key]
             self._verify_crc(info, tensor)
@@ -162,6 +172,12 @@ class Checkpoint:
             )
         self._verified.add(key)
 
+    def _safetensors_reader(self) -> SafetensorsStreamReader:
+        reader = self._handles.get(_STREAM)
+        if reader is None:
+            reader = self._handles[_STREAM] = SafetensorsStreamReader()
+        return reader
+
     def _safetensors_handle(self, file: Path) -> Any:
         handle = self._handles.get(file)
         if handle is None:
@@ -184,6 +200,9 @@ class Checkpoint:
     def close(self) -> None:
         if self._contents is not None and self._contents.close is not None:
             self._contents.close()
+        reader = self._handles.get(_STREAM)
+        if reader is not None:
+            reader.close()
         self._handles.clear()
         self._state_dicts.clear()
         self._containers.clear()
@@ -245,11 +264,16 @@ def open_checkpoint(
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise CheckpointError(f"cannot access: {clean_text(detail)}", path) from exc
     if not exists:
+        from sncli.hub import looks_like_repo_id
+
+        if looks_like_repo_id(os.fspath(path)):
+            return _open_hub_model(os.fspath(path), key=key, skip_objects=skip_objects)
         raise CheckpointError("no such file or directory", path)
     if not os.access(path, os.R_OK):
         raise CheckpointError("permission denied", path)
     if path.is_dir():
         path = resolve_directory(path)
+    refuse_unfinished(path)  # an interrupted multi-file write: old and new files mixed
     if path.name.endswith(".json"):
         return _open_index(path, key=key, skip_objects=skip_objects)
     kind = sniff_format(path)
@@ -261,9 +285,38 @@ def open_checkpoint(
     return _open_torch([path], path, index=None, key=key, skip_objects=skip_objects)
 
 
+def _open_hub_model(text: str, *, key: str | None, skip_objects: bool) -> Checkpoint:
+    """A Hugging Face model id (no such path exists): its snapshot in the local hub cache."""
+    from sncli.hub import resolve_repo_id
+
+    model = resolve_repo_id(text)
+    try:
+        ckpt = open_checkpoint(model.snapshot, key=key, skip_objects=skip_objects)
+    except CheckpointError as exc:
+        if "folder holds no checkpoint" not in exc.message:
+            raise
+        raise CheckpointError(
+            f"the cached snapshot of '{model.repo_id}' holds no weights file (only some files "
+            f"were fetched?); fetch them with `huggingface-cli download {model.repo_id}`",
+            text,
+        ) from exc
+    ckpt.notes.insert(
+        0, f"'{model.repo_id}' ({model.revision}) from the Hugging Face cache: {model.snapshot}"
+    )
+    return ckpt
+
+
 #: Formats read by a module of ``sncli.formats`` that returns ``FormatContents``: the format
 #: ``sniff_format`` names → "module:function" (imported only when such a file is opened).
-FORMAT_READERS: dict[str, str] = {}
+FORMAT_READERS: dict[str, str] = {
+    "npy": "sncli.formats.npy:read_npy",
+    "npz": "sncli.formats.npy:read_npz",
+    "gguf": "sncli.formats.gguf:read_gguf",
+    "torchscript": "sncli.formats.torchscript:read_torchscript",
+    "keras": "sncli.formats.keras:read_keras",
+    "hdf5": "sncli.formats.keras:read_hdf5",
+    "onnx": "sncli.formats.onnx:read_onnx",
+}
 
 
 def _open_format(path: Path, kind: str, *, key: str | None) -> Checkpoint:

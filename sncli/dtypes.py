@@ -51,9 +51,18 @@ FLOAT_DTYPES = frozenset(UNIT_ROUNDOFF)
 
 _BITS = {name: bits for bits, name in SAFETENSORS_DTYPES.values()}
 
+#: The label of a quantized tensor that its reader dequantizes to float32 (``Q4_K (dequantized)``).
+DEQUANTIZED = " (dequantized)"
+
+
+def analysed_dtype(dtype: str) -> str:
+    """The dtype a tensor is loaded as: float32 for dequantized labels, else the dtype itself."""
+    return "float32" if dtype.endswith(DEQUANTIZED) else dtype
+
 
 def bits_per_element(dtype: str) -> int:
-    """Storage bits of one element; dtypes safetensors cannot store are asked of torch."""
+    """Bits of one element as loaded; dtypes safetensors cannot store are asked of torch."""
+    dtype = analysed_dtype(dtype)
     bits = _BITS.get(dtype)
     if bits is not None:
         return bits

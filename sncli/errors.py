@@ -19,7 +19,17 @@ class SncliError(Exception):
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
         self.message = message
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        shown = None if self.path is None else printable_path(self.path)
+        super().__init__(f"{shown}: {message}" if shown else message)
+
+
+def printable_path(path: str | Path) -> str:
+    """A path made safe for one line on a terminal: control characters (escapes, newlines) and
+    undecodable bytes (non-UTF-8 names) written as Python escapes, nothing dropped."""
+    text = str(path)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class CheckpointError(SncliError):

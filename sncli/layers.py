@@ -25,7 +25,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
-from sncli.dtypes import FLOAT_DTYPES
+from sncli.dtypes import FLOAT_DTYPES, analysed_dtype
 from sncli.errors import NumericalError
 from sncli.numerics.spectral import Method, as_matrix, largest_singular_value
 from sncli.parametrizations import (
@@ -77,6 +77,9 @@ EMBEDDING_MODULES = frozenset(
         "position_embeddings",
         "token_type_embeddings",
         "relative_attention_bias",  # T5: an nn.Embedding indexed by relative-position bucket
+        "token_embd",  # llama.cpp (GGUF) names: token, position and token-type embeddings
+        "position_embd",
+        "token_types",
     }
 )
 #: Words (``_``-separated) of a module name that mark an embedding table.
@@ -442,7 +445,7 @@ def _dtype_problem(dtype: str) -> str | None:
         return f"integer/bool tensor ({dtype})"
     if dtype.startswith("complex"):
         return f"complex tensor ({dtype}) not supported"
-    if dtype not in FLOAT_DTYPES:
+    if analysed_dtype(dtype) not in FLOAT_DTYPES:
         return f"dtype {dtype} not supported"
     return None
 

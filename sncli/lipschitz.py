@@ -1,11 +1,15 @@
 """The product Lipschitz bound ∏ σ_l of a checkpoint's layers, and when it is one.
 
 For a feed-forward composition f = f_L ∘ … ∘ f_1 of linear/conv layers and 1-Lipschitz
-activations, Lip(f) ≤ ∏ Lip(f_l) in ℓ2. A state dict records names and shapes only, so the layers
-are taken in key order and the architecture is judged from names: attention (not globally
-Lipschitz, Kim et al. 2021) and residual connections (a block contributes 1 + L) make the product
-no bound at all, and the report says so. The product is accumulated in log10, since hundreds of
-factors overflow floating point.
+activations, Lip(f) ≤ ∏ Lip(f_l) in ℓ2. A state dict records names and shapes only, not the
+architecture, so no product of its tensors is a proof: by default the product is *conditional*
+on a plain sequential chain (layers in key order, 1-Lipschitz activations, no branches, skips,
+pools or recurrence) and never certified. ``--assume sequential`` (``LipschitzOptions.assume``)
+lets a user assert that chain; the assertion is refused, like the product itself, when names or
+shapes contradict it: attention (not globally Lipschitz, Kim et al. 2021), residual connections
+(a block contributes 1 + L), recurrent weights (``weight_ih``/``weight_hh``), heads side by side
+(consecutive linear layers reading the same input), LayerNorm. The product is accumulated in
+log10, since hundreds of factors overflow floating point.
 
 Per layer the factor is, by policy:
 * linear: σ of the weight (SN layers: of W/σ̂, the weight the model uses);
@@ -13,17 +17,19 @@ Per layer the factor is, by policy:
   circular padding at a given input size (Sedghi et al. 2019), else a certified upper bound on the
   torus norm, valid for zero padding at any input size, stride and dilation;
 * conv, ``--conv reshape``: σ of the reshaped kernel, which is *not* a bound on the operator;
-* BatchNorm in eval mode: the diagonal map γ/√(var + ε), L = max |γ_c|/√(var_c + ε).
+* BatchNorm in eval mode: the diagonal map γ/√(var + ε), L = max |γ_c|/√(var_c + ε);
+* PReLU (its slopes are in the file): max(1, max |a_c|), exact.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
@@ -67,6 +73,26 @@ RESIDUAL_NAME = re.compile(
     re.IGNORECASE,
 )
 LAYERNORM_NAME = re.compile(r"(layer_?norm|rms_?norm|(^|[._])ln(_\w+|\d*)([._]|$)|norm\d*\.)")
+#: Recurrent weights: nn.LSTM/GRU/RNN (``weight_ih_l0``, ``weight_hh_l1_reverse``, ``weight_hr_l0``)
+#: and the cells (``lstm_cell.weight_ih``, Silero VAD), biases alike.
+RECURRENT_NAME = re.compile(r"(^|\.)(weight_(?:ih|hh|hr)(?:_l\d+)?(?:_reverse)?)$")
+#: A module named as a head (``cls_head``, ``bbox_head``, ``head``); several of them read one trunk.
+HEAD_NAME = re.compile(r"(^|[._])([A-Za-z0-9]*_?head_?[A-Za-z0-9]*)\.")
+#: The children of a ModuleList of heads (``heads.0``, ``heads.1``).
+HEADS_LIST = re.compile(r"(^|[._])(heads)\.(\d+)\.")
+
+#: What the product of a state dict's factors assumes about the model, which the file does not
+#: record (a graph such as ONNX does).
+CHAIN_ASSUMPTION = (
+    "the network is a plain sequential chain of these layers in key order: no branches, heads, "
+    "skips, concatenations, pools or recurrence"
+)
+ACTIVATION_ASSUMPTION = "activations are 1-Lipschitz (ReLU, LeakyReLU, tanh, …)"
+#: How to get a proof instead: export the model's graph.
+ONNX_HINT = (
+    'export it to ONNX (torch.onnx.export(model, x, "m.onnx")) and run sncli lipschitz on the '
+    "graph for a proof"
+)
 
 
 class ConvPolicy(str, Enum):
@@ -77,6 +103,12 @@ class ConvPolicy(str, Enum):
 class Padding(str, Enum):
     ZEROS = "zeros"
     CIRCULAR = "circular"
+
+
+class Assumption(str, Enum):
+    """What a user asserts about the architecture a state dict does not record."""
+
+    SEQUENTIAL = "sequential"
 
 
 @dataclass(frozen=True)
@@ -95,6 +127,12 @@ class LipschitzOptions:
     transposed: tuple[str, ...] = ()
     #: factors computed concurrently, each with single-threaded torch (None: one per core)
     workers: int | None = None
+    #: The user asserts the model is a plain sequential chain (``--assume sequential``); without
+    #: it the product of a state dict is conditional and never certified.
+    assume: Assumption | None = None
+    #: ECLipsE-Fast over the chain when every factor is a linear layer (``--mlp``), for
+    #: activations slope-restricted to [0, 1].
+    mlp: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +164,18 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class ChainBound:
+    """A bound over a whole chain of linear layers at once (``--mlp``): ECLipsE-Fast (Xu &
+    Sivaranjani, NeurIPS 2024), proven in float64 by :mod:`sncli.numerics.eclipse`, for
+    activations slope-restricted to ``slopes``. It holds under the same chain assumption as the
+    product, and is usually much tighter."""
+
+    value: float
+    method: str
+    slopes: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class LipschitzReport:
     checkpoint: str
     options: LipschitzOptions
@@ -137,6 +187,42 @@ class LipschitzReport:
     notes: list[str] = field(default_factory=list)
     #: Layers (and BatchNorms) of the model that --filter/--exclude left out of the product.
     unselected: list[str] = field(default_factory=list)
+    #: ECLipsE-Fast over the whole chain of linear layers (``--mlp``), when it applies.
+    chain: ChainBound | None = None
+    #: Why ``--mlp`` did not apply ("" when it did or was not asked for).
+    chain_note: str = ""
+
+    @property
+    def best_log10(self) -> float:
+        """log10 of the tightest bound held: ECLipsE-Fast's (``--mlp``) or the product."""
+        if self.chain is None:
+            return self.log10_bound
+        value = self.chain.value
+        return min(self.log10_bound, math.log10(value) if value > 0 else -math.inf)
+
+    @property
+    def best_bound(self) -> float:
+        """10^best_log10; ``inf`` when it overflows float64."""
+        log = self.best_log10
+        if log == -math.inf:
+            return 0.0
+        return math.inf if log > 308 else 10.0**log
+
+    @property
+    def assumed(self) -> bool:
+        """The user asserted a sequential chain and nothing in the file contradicts it."""
+        return self.options.assume is Assumption.SEQUENTIAL and self.valid_architecture
+
+    @property
+    def refused(self) -> bool:
+        """``--assume sequential`` was given, but names or shapes contradict it."""
+        return self.options.assume is not None and not self.valid_architecture
+
+    @property
+    def architecture(self) -> str | None:
+        """ "assumed" when the chain was asserted (and not refused); None: no architecture is
+        known (a state dict records none), so nothing is certified."""
+        return "assumed" if self.assumed else None
 
     @property
     def partial(self) -> bool:
@@ -152,12 +238,19 @@ class LipschitzReport:
         return (
             self.valid_architecture
             and not self.partial
-            and all(f.is_upper_bound for f in self.factors)
+            and (self.chain is not None or all(f.is_upper_bound for f in self.factors))
         )
 
     @property
     def log10_bound(self) -> float:
         return sum(f.log10 for f in self.factors)
+
+    def to_pandas(self) -> Any:
+        """The factors as a pandas DataFrame (pandas optional); the bound is in ``attrs``."""
+        from sncli.tables import to_frame
+
+        attrs = {"checkpoint": self.checkpoint, "log10_bound": self.log10_bound}
+        return to_frame(self.factors, ("log10", "is_upper_bound"), **attrs)
 
     @property
     def bound(self) -> float:
@@ -168,11 +261,19 @@ class LipschitzReport:
         return math.inf if log > 308 else 10.0**log
 
     @property
+    def valid_bound(self) -> bool:
+        """The product bounds the model under the stated assumptions (else a diagnostic)."""
+        return self.valid_architecture and not self.partial
+
+    @property
     def certified(self) -> bool:
-        """True only when every factor is a proven upper bound, the architecture fits and no
-        layer was left out by --filter/--exclude."""
+        """True only when the chain is asserted (``--assume sequential``, not refused), every
+        factor is a proven upper bound and no layer was left out by --filter/--exclude. A state
+        dict does not record its architecture, so without the assertion nothing is certified."""
         return (
-            self.valid_architecture and not self.partial and all(f.certified for f in self.factors)
+            self.assumed
+            and not self.partial
+            and (self.chain is not None or all(f.certified for f in self.factors))
         )
 
     def running_log10(self) -> list[float]:
@@ -195,15 +296,33 @@ class LipschitzReport:
 
     def statement(self) -> str:
         """One plain sentence on what the number means and whether it holds."""
+        text = self._statement()
+        if self.chain is not None and self.valid_bound:
+            ratio = 10.0 ** (self.best_log10 - self.log10_bound) if self.bound > 0 else 1.0
+            text += (
+                " With --mlp, L is ECLipsE-Fast's bound over the whole chain of linear layers "
+                "(Xu & Sivaranjani 2024; proven in float64), "
+                f"{ratio:.3g}× the product of σ; it also assumes every activation is "
+                "slope-restricted to [0, 1] (ReLU, LeakyReLU, tanh, sigmoid, ELU, softplus; not "
+                "GELU or SiLU)."
+            )
+        elif self.chain_note:
+            text += f" --mlp does not apply: {self.chain_note}."
+        return text
+
+    def _statement(self) -> str:
         what = (
             "For any two inputs x, y, ‖f(x) − f(y)‖ ≤ L·‖x − y‖ (ℓ2): L bounds how much the "
             "network can stretch a change of its input"
         )
         if not self.valid_architecture:
+            refused = "--assume sequential is refused: " if self.refused else ""
             return (
-                f"{what}. Here the product is NOT a valid bound: "
+                f"{what}. Here the product is NOT a valid bound: {refused}"
                 + "; ".join(self.caveats)
-                + ". The per-layer numbers are still shown (diagnostic only)."
+                + ". The per-layer numbers are still shown (diagnostic only); "
+                + ONNX_HINT.replace("export it", "export the model")
+                + "."
             )
         if self.partial:
             return (
@@ -212,35 +331,56 @@ class LipschitzReport:
                 "bound on the model and not certified: a left-out layer can stretch its input "
                 "by any factor."
             )
-        if self.certified:
-            proof = "every factor is a proven upper bound, so this L is certified"
-        else:
-            fixes = []
-            if any(f.source.startswith("reshaped") for f in self.factors):
-                fixes.append("--conv operator")
-            if any(f.source.startswith("circular") for f in self.factors):
-                fixes.append("--padding zeros")
-            if any(
-                not f.certified and not f.source.startswith(("reshaped", "circular"))
-                for f in self.factors
-            ):
-                fixes.append("--certified")
-            if self.upper_bound:
-                proof = (
-                    "every factor is an upper bound under the assumptions below, but not every "
-                    "one is proven (see the certified column), so this L is not certified; use "
-                    + " and ".join(fixes)
-                    + " for a proof"
-                )
-            else:
-                proof = (
-                    "not every factor is a proven upper bound (see the certified column), so "
-                    "this L is an estimate; use " + " and ".join(fixes) + " for a proof"
-                )
-        return (
-            f"{what}. The product holds if the network is the sequential composition of these "
-            f"layers in this order with 1-Lipschitz activations (ReLU, LeakyReLU, tanh…); {proof}."
+        fixes = []
+        if any(f.source.startswith("reshaped") for f in self.factors):
+            fixes.append("--conv operator")
+        if any(f.source.startswith("circular") for f in self.factors):
+            fixes.append("--padding zeros")
+        if any(
+            not f.certified and not f.source.startswith(("reshaped", "circular"))
+            for f in self.factors
+        ):
+            fixes.append("--certified")
+        chain = (
+            f"{what}. The product holds if the network is a plain sequential chain of these "
+            "layers in this order (no branches, heads, skips, pools or recurrence) with "
+            "1-Lipschitz activations (ReLU, LeakyReLU, tanh…"
+            + (
+                "; the PReLU slopes are factors"
+                if any(f.kind == "prelu" for f in self.factors)
+                else ""
+            )
+            + ")"
         )
+        if not self.assumed:
+            factors = ""
+            if not self.upper_bound:
+                factors = (
+                    "; besides, not every factor is a proven upper bound (see the certified "
+                    "column), so it is an estimate (" + " and ".join(fixes) + " for proven factors)"
+                )
+            return (
+                f"{chain}. A state dict does not record the architecture, so this L is "
+                f"conditional, not certified{factors}: pass --assume sequential if the model is "
+                "such a chain, or " + ONNX_HINT + "."
+            )
+        if self.certified and self.chain is not None:
+            proof = "the bound over the chain (below) is proven, so this L is certified"
+        elif self.certified:
+            proof = "every factor is a proven upper bound, so this L is certified"
+        elif self.upper_bound:
+            proof = (
+                "every factor is an upper bound under the assumptions below, but not every "
+                "one is proven (see the certified column), so this L is not certified; use "
+                + " and ".join(fixes)
+                + " for a proof"
+            )
+        else:
+            proof = (
+                "not every factor is a proven upper bound (see the certified column), so "
+                "this L is an estimate; use " + " and ".join(fixes) + " for a proof"
+            )
+        return f"{chain}, as asserted with --assume sequential; {proof}."
 
 
 def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]:
@@ -513,10 +653,24 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
             "residual/skip connections",
             "a residual block x + g(x) contributes 1 + Lip(g), not Lip(g)",
         ),
+        (
+            RECURRENT_NAME,
+            "recurrent layers",
+            "a recurrent layer applies its weights once per time step, so its weights are no "
+            "chain of linear layers",
+        ),
     ):
         found = sorted({m.group(2) for n in names if (m := pattern.search(n))})
         if found:
             caveats.append(f"the names show {what} ({', '.join(found[:4])}); {why}")
+    heads = sorted({n[: m.end(2)] for n in names if (m := HEAD_NAME.search(n))}, key=natural_key)
+    heads += sorted({n[: m.end(3)] for n in names if (m := HEADS_LIST.search(n))}, key=natural_key)
+    if len(heads) > 1:
+        shown = ", ".join(heads[:4]) + (", …" if len(heads) > 4 else "")
+        caveats.append(
+            f"the names show several heads ({shown}); heads side by side read the same input, "
+            "so the product multiplies maps that are not composed"
+        )
     # A module with running statistics is a BatchNorm, whatever its name (DenseNet's norm1).
     batchnorms = {
         n.rpartition(".")[0] for n in names if n.endswith((".running_var", ".running_mean"))
@@ -527,6 +681,87 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
             "(vacuous), and they are not in the product"
         )
     return caveats
+
+
+def chain_caveats(layers: Iterable[Layer]) -> list[str]:
+    """Heads side by side, judged by shapes: two linear layers of one parent module, next to each
+    other in key order, that read the same width while neither's output fits the other's input
+    (MTCNN's ``dense6_1``/``dense6_2``/``dense6_3`` on a 256-wide trunk). Such layers are not
+    composed, so their product can be below the largest of them. Other shape mismatches are not
+    judged: key order need not be the order of the model (``classifier`` sorts before
+    ``features``)."""
+    ordered = sorted(
+        (
+            layer
+            for layer in layers
+            if layer.kind is LayerKind.LINEAR and not RECURRENT_NAME.search(layer.name)
+        ),
+        key=lambda layer: natural_key(layer.name),
+    )
+    side = []
+    for first, second in itertools.pairwise(ordered):
+        if (
+            first.name.rpartition(".")[0].rpartition(".")[0]
+            != (second.name.rpartition(".")[0].rpartition(".")[0])
+        ):
+            continue
+        (out_a, in_a), (out_b, in_b) = first.shape, second.shape
+        if in_a == in_b and out_a != in_b and out_b != in_a:
+            side.append((first, second))
+    if not side:
+        return []
+    first, second = side[0]
+    more = f", and {len(side) - 1} more such pair(s)" if len(side) > 1 else ""
+    return [
+        f"the shapes show layers side by side, such as heads on one trunk ({first.short_name} "
+        f"and {second.short_name} both read a {first.shape[1]}-wide input and neither reads the "
+        f"other's output{more}); maps side by side are not composed, and the product of their σ "
+        "can be below the largest of them"
+    ]
+
+
+#: Slopes ECLipsE-Fast assumes under ``--mlp``: ReLU, LeakyReLU (0 ≤ a ≤ 1), tanh, sigmoid….
+MLP_SLOPES = (0.0, 1.0)
+
+
+def _chain_bound(
+    checkpoint: Checkpoint, layers: list[Layer], factors: list[Factor]
+) -> tuple[ChainBound | None, str]:
+    """ECLipsE-Fast over the linear layers in key order (their effective weights), or why not."""
+    from sncli.numerics.eclipse import eclipse_fast_certificate
+
+    others = sorted({f.kind for f in factors if f.kind != "linear"})
+    if others:
+        return None, "it bounds chains of linear layers only, and this one has " + ", ".join(others)
+    by_name = {layer.name: layer for layer in layers}
+    weights = []
+    for factor in factors:
+        weight, _ = effective_weight(checkpoint, by_name[factor.name])
+        weights.append(as_matrix(weight, 0).double().numpy())
+    try:
+        result = eclipse_fast_certificate(weights, *MLP_SLOPES)
+    except ValueError as exc:
+        return None, str(exc)
+    return ChainBound(result.bound, result.method, MLP_SLOPES), ""
+
+
+def _prelu_factor(checkpoint: Checkpoint, key: str) -> Factor:
+    """PReLU(x) = max(x, 0) + a·min(x, 0) per channel: Lipschitz max(1, max|a|), exact."""
+    import torch
+
+    slopes = checkpoint.load(key).to(torch.float64)
+    check_finite(slopes)
+    value = max(1.0, float(slopes.abs().max())) if slopes.numel() else 1.0
+    return Factor(
+        key,
+        checkpoint.short_name(key),
+        "prelu",
+        value,
+        value,
+        value,
+        True,
+        "PReLU slopes: max(1, max|a|), exact",
+    )
 
 
 def _selection_caveats(checkpoint: Checkpoint, left_out: list[str]) -> list[str]:
@@ -582,7 +817,15 @@ def lipschitz_report(
         },
         key=natural_key,
     )
+    all_prelus = [s.name for s in classification.skipped if s.reason == "PReLU slope"]
+    prelus = [
+        key
+        for key in all_prelus
+        if matches(key, options.include, options.exclude, checkpoint.short_name(key))
+    ]
+    left_out = sorted(set(left_out) | (set(all_prelus) - set(prelus)), key=natural_key)
     bn_keys = {k for keys in batchnorms.values() for k in keys if k}
+    bn_keys |= set(prelus)
     bn_keys |= {f"{p}.running_mean" for p in batchnorms} | {
         f"{p}.num_batches_tracked" for p in batchnorms
     }
@@ -591,7 +834,7 @@ def lipschitz_report(
         Skipped(s.name, s.reason + (" (not a Lipschitz factor)" if s.reason == "bias" else ""))
         for s in excluded
     ]
-    if not layers and not batchnorms:
+    if not layers and not batchnorms and not prelus:
         raise NoLayersMatchedError(
             "nothing to bound: no linear or conv layer matched", checkpoint.path
         )
@@ -601,6 +844,12 @@ def lipschitz_report(
     ] + [(keys[0], None, keys) for keys in batchnorms.values()]
     work.sort(key=lambda item: natural_key(item[0]))
     factors, bad = _compute_factors(checkpoint, work, options, progress)
+    for key in prelus:
+        try:
+            factors.append(_prelu_factor(checkpoint, key))
+        except NumericalError as exc:
+            bad.append(f"{key} ({exc.message})")
+    factors.sort(key=lambda f: natural_key(f.name))
     if bad:
         raise NumericalError(
             "no meaningful bound: non-finite weights in "
@@ -608,13 +857,24 @@ def lipschitz_report(
             + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
             checkpoint.path,
         )
-    caveats = architecture_caveats(checkpoint.tensors)
+    caveats = architecture_caveats(checkpoint.tensors) + chain_caveats(classification.layers)
     valid = not caveats
     caveats += _selection_caveats(checkpoint, left_out)
-    assumptions = [
-        "layers compose sequentially in key order",
-        "activations are 1-Lipschitz (ReLU, LeakyReLU, tanh, …)",
-    ]
+    if options.assume is Assumption.SEQUENTIAL and valid:
+        chain = f"{CHAIN_ASSUMPTION} (asserted with --assume sequential)"
+    elif options.assume is Assumption.SEQUENTIAL:
+        chain = f"{CHAIN_ASSUMPTION} (asserted with --assume sequential, but refused: see caveats)"
+    else:
+        chain = (
+            f"{CHAIN_ASSUMPTION} (a state dict does not record it, so the bound is conditional "
+            "on it and not certified)"
+        )
+    assumptions = [chain, ACTIVATION_ASSUMPTION]
+    if prelus:
+        assumptions[1] = (
+            "activations other than the PReLUs are 1-Lipschitz (ReLU, LeakyReLU, tanh, …); each "
+            "PReLU is a factor max(1, max|a|)"
+        )
     if any(f.kind.startswith("conv") for f in factors):
         if options.conv is ConvPolicy.RESHAPE:
             assumptions.append(
@@ -640,6 +900,15 @@ def lipschitz_report(
     if any(f.sigma == 0 for f in factors):
         assumptions.append("a zero layer makes the network constant: the bound is 0")
     excluded.sort(key=lambda s: natural_key(s.name))
+    chain, chain_note = None, ""
+    if options.mlp and valid and not left_out:
+        chain, chain_note = _chain_bound(checkpoint, layers, factors)
+    elif options.mlp:
+        chain_note = "the product is no bound on the model here, so neither is a chain bound"
+    if chain is not None:
+        assumptions.append(
+            "for --mlp (ECLipsE-Fast): every activation is slope-restricted to [0, 1]"
+        )
     return LipschitzReport(
         checkpoint=str(checkpoint.path),
         options=options,
@@ -650,4 +919,6 @@ def lipschitz_report(
         assumptions=assumptions,
         notes=list(checkpoint.notes),
         unselected=left_out,
+        chain=chain,
+        chain_note=chain_note,
     )

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,7 @@ from sncli.errors import (
 from sncli.formats import sniff_format
 from sncli.formats.common import copy_range, shown_names
 from sncli.formats.safetensors import write_edited_safetensors
+from sncli.formats.sharded import resolve_directory
 from sncli.layers import (
     BATCHNORM_EPS,
     Layer,
@@ -41,7 +46,7 @@ from sncli.layers import (
     matches,
     select,
 )
-from sncli.messages import ProgressCallback
+from sncli.messages import ProgressCallback, clean_text
 from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
@@ -52,7 +57,7 @@ from sncli.numerics.spectral import (
     largest_singular_value,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
-from sncli.writer import PendingFile, staged_write
+from sncli.transaction import StagedFile, Transaction, writer_lock
 
 if TYPE_CHECKING:
     import torch
@@ -125,7 +130,7 @@ class NormalizePlan:
     skipped: list[Skipped]
     notes: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def changed(self) -> list[LayerPlan]:
         """Layers whose tensors are rewritten: scaled ones, and with --bake every baked one."""
         return [
@@ -144,6 +149,12 @@ class NormalizePlan:
         rewritten = sum(1 for n in others if n in edits.replaced)
         dropped = sum(1 for n in others if n in edits.dropped)
         return len(others) - rewritten - dropped, rewritten, dropped
+
+    def to_pandas(self) -> Any:
+        """The planned layers as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, ("expected_after",), checkpoint=self.checkpoint)
 
     def nothing_to_normalize(self) -> str | None:
         """Why writing would be pointless — every selected layer is skipped (non-finite, zero,
@@ -182,6 +193,12 @@ class NormalizeResult:
     @property
     def worst_sigma(self) -> float | None:
         return max((o.sigma_after for o in self.layers), default=None)
+
+    def to_pandas(self) -> Any:
+        """The written layers (σ measured again) as a pandas DataFrame (pandas optional)."""
+        from sncli.tables import to_frame
+
+        return to_frame(self.layers, checkpoint=self.plan.checkpoint, outputs=self.outputs)
 
 
 def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
@@ -513,23 +530,29 @@ def _provenance(plan: NormalizePlan) -> str:
 def resolve_outputs(
     checkpoint: Checkpoint, output: Path | None, *, in_place: bool, force: bool
 ) -> dict[Path, Path]:
-    """Map each input file (and index) to the path it will be written to; refuse unsafe targets."""
+    """Map each input file (and index) to the path it will be written to; refuse unsafe targets.
+
+    ``--in-place`` writes through symlinks to their targets, which must stay inside the
+    checkpoint's folder for a sharded checkpoint (an index entry linking elsewhere would rewrite
+    another folder's file). A sharded ``-o`` keeps the index's relative layout of shards.
+    """
     sources = list(checkpoint.files)
     if checkpoint.index_path is not None:
         sources.append(checkpoint.index_path)
     if in_place:
         if output is not None:
             raise SncliError("give either -o/--output or --in-place, not both")
-        return {s: s for s in sources}
+        return {s: _in_place_target(checkpoint, s) for s in sources}
     if output is None:
         raise SncliError("say where to write: -o/--output PATH, or --in-place to overwrite")
     output = Path(output)
     sharded = checkpoint.index_path is not None
     if sharded:
+        assert checkpoint.index_path is not None
         if output.exists() and not output.is_dir():
             raise SncliError("a sharded checkpoint needs an output folder", output)
-        folder = output
-        mapping = {s: folder / s.name for s in sources}
+        home = checkpoint.index_path.parent
+        mapping = {s: output / os.path.relpath(s, home) for s in sources}
     else:
         target = output / sources[0].name if output.is_dir() else output
         mapping = {sources[0]: target}
@@ -543,8 +566,38 @@ def resolve_outputs(
     return mapping
 
 
+def _in_place_target(checkpoint: Checkpoint, source: Path) -> Path:
+    """The file ``--in-place`` rewrites for ``source``: the symlink's target, kept inside the
+    checkpoint's folder when the checkpoint has an index."""
+    resolved = Path(os.path.realpath(source))
+    if checkpoint.index_path is None or source == checkpoint.index_path:
+        return resolved
+    home = Path(os.path.realpath(checkpoint.index_path.parent))
+    if not resolved.is_relative_to(home):
+        raise WriteError(
+            f"refusing --in-place: shard {clean_text(os.fsdecode(source.name))!r} is a link to "
+            f"{clean_text(os.fsdecode(resolved), 200)!r}, outside the checkpoint's folder; "
+            "nothing was changed (write a copy with -o instead)",
+            checkpoint.index_path,
+        )
+    return resolved
+
+
+def write_anchor(path: Path) -> Path | None:
+    """The file whose writer lock and journal guard an in-place write of ``path`` (the index or
+    the single file, symlinks resolved); None when ``path`` is not there (opening will say)."""
+    try:
+        if path.is_dir():
+            path = resolve_directory(path)
+        if not path.exists():
+            return None
+    except (OSError, ValueError, CheckpointError):
+        return None
+    return Path(os.path.realpath(path))
+
+
 #: The formats ``normalize`` can write back (``Checkpoint.format``).
-WRITABLE_FORMATS = frozenset({"safetensors", "torch"})
+WRITABLE_FORMATS = frozenset({"safetensors", "torch", "gguf"})
 
 
 def ensure_writable(checkpoint: Checkpoint) -> None:
@@ -559,8 +612,8 @@ def ensure_writable(checkpoint: Checkpoint) -> None:
     """
     if checkpoint.format not in WRITABLE_FORMATS:
         raise CheckpointError(
-            f"cannot write a normalized copy: normalize writes safetensors and PyTorch files, "
-            f"not {checkpoint.format}; nothing written",
+            f"cannot write a normalized copy: normalize writes safetensors, PyTorch and GGUF "
+            f"files, not {checkpoint.format}; nothing written",
             checkpoint.path,
         )
     if checkpoint.placeholders:
@@ -581,8 +634,11 @@ def normalize_checkpoint(
     in_place: bool = False,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    wait: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> NormalizeResult:
-    """Write the normalized checkpoint (all files staged, verified, then renamed into place).
+    """Write the normalized checkpoint: every file staged and verified, then all of them
+    replaced in one transaction (``sncli.transaction``) under the output's writer lock.
 
     Raises ``NoLayersMatchedError`` (exit 4), writing nothing, when every selected layer was
     skipped (``NormalizePlan.nothing_to_normalize``).
@@ -596,13 +652,27 @@ def normalize_checkpoint(
     if any(not t.parent.exists() for t in targets):
         parent = next(t.parent for t in targets if not t.parent.exists())
         if checkpoint.index_path is not None and not in_place:
-            parent.mkdir(parents=True, exist_ok=True)
+            for target in targets:
+                target.parent.mkdir(parents=True, exist_ok=True)
         else:
             raise WriteError("output folder does not exist", parent)
+    anchor = mapping[checkpoint.index_path or checkpoint.files[0]]
+    with writer_lock(anchor, wait=wait, on_wait=on_wait):
+        return _write_all(checkpoint, plan, mapping, anchor, progress)
+
+
+def _write_all(
+    checkpoint: Checkpoint,
+    plan: NormalizePlan,
+    mapping: dict[Path, Path],
+    anchor: Path,
+    progress: ProgressCallback | None,
+) -> NormalizeResult:
     edits = _edits(plan)
     by_file: dict[Path, list[LayerPlan]] = {}
     for layer in plan.changed:
         by_file.setdefault(checkpoint.tensors[layer.name].file, []).append(layer)
+    layer_plans = {p.name: p for p in plan.layers}
     baked: dict[str, Layer] = {}
     if plan.options.bake:
         baked = {
@@ -610,77 +680,145 @@ def normalize_checkpoint(
             for layer in classify(checkpoint, transposed=plan.options.transposed).layers
             if layer.spectral_norm is not None
         }
+    touched_files = {checkpoint.tensors[n].file for n in (*edits.dropped, *edits.renames)}
     warnings: list[str] = []
     outcomes: list[LayerOutcome] = []
-    pending: list[PendingFile] = []
     data_sizes: dict[Path, int] = {}
+    total_changed = len(plan.changed)
     done = 0
-    try:
+    command = " ".join(["sncli", *sys.argv[1:]]) if sys.argv else "sncli"
+    with Transaction(anchor, command=clean_text(command, 500)) as tx:
         for source in checkpoint.files:
             target = mapping[source]
             layers = by_file.get(source, [])
-            touched = bool(layers) or any(
-                checkpoint.tensors[n].file == source for n in (*edits.dropped, *edits.renames)
-            )
+            touched = bool(layers) or source in touched_files
             data_sizes[source] = _data_bytes(checkpoint, source, edits.dropped)
             if not touched:
-                if source != target:
-                    pending.append(_copy_file(source, target))
+                if source.resolve() != target.resolve():
+                    _copy_file(tx, source, target)
                 continue
-            new: dict[str, torch.Tensor] = {}
-            for layer in layers:
+            file_outcomes: list[LayerOutcome] = []
+
+            def compute(
+                layer: LayerPlan, file_outcomes: list[LayerOutcome] = file_outcomes
+            ) -> dict[str, torch.Tensor]:
+                nonlocal done
                 if progress is not None:
-                    progress(done, len(plan.changed), layer.short_name)
+                    progress(done, total_changed, layer.short_name)
                 tensors, outcome = _new_tensors(
                     checkpoint, layer, plan.options, baked.get(layer.name)
                 )
-                new.update(tensors)
-                outcomes.append(outcome)
+                file_outcomes.append(outcome)
                 done += 1
+                return tensors
+
             if checkpoint.format == "safetensors":
-                staged = _write_safetensors(source, target, new, edits, plan)
+                lazy = _LazyTensors(layers, compute, plan)
+                staged = _write_safetensors(tx, source, target, lazy, edits, plan)
+            elif checkpoint.format == "gguf":
+                new_gguf: dict[str, torch.Tensor] = {}
+                for layer in layers:
+                    new_gguf.update(compute(layer))
+                staged = _write_gguf(tx, source, target, new_gguf)
+                del new_gguf
             else:
-                staged = _write_torch(checkpoint, source, target, new, edits, warnings)
-            pending.append(staged)
-            _verify_file(checkpoint, staged.temp, source, edits, outcomes, plan)
+                new: dict[str, torch.Tensor] = {}
+                for layer in layers:
+                    new.update(compute(layer))
+                staged = _write_torch(tx, checkpoint, source, target, new, edits, warnings)
+                del new
+            outcomes.extend(file_outcomes)
+            _verify_file(checkpoint, staged.temp, source, edits, file_outcomes, layer_plans, plan)
         if checkpoint.index_path is not None:
             index_target = mapping[checkpoint.index_path]
-            pending.append(_write_index(checkpoint, index_target, edits, sum(data_sizes.values())))
-        for staged in pending:
-            staged.commit()
-    except BaseException:
-        for staged in pending:
-            staged.discard()
-        raise
+            _write_index(tx, checkpoint, index_target, edits, sum(data_sizes.values()))
+        tx.commit()
+        outputs = sorted({s.target for s in tx.staged}, key=lambda p: natural_key(str(p)))
     if progress is not None:
-        progress(len(plan.changed), len(plan.changed), "")
-    outputs = sorted({p.target for p in pending}, key=lambda p: natural_key(str(p)))
+        progress(total_changed, total_changed, "")
     return NormalizeResult(plan, outputs, outcomes, warnings, verified=True)
 
 
+class _LazyTensors(Mapping[str, "torch.Tensor"]):
+    """The replacement tensors of one safetensors file, computed when the writer reaches them
+    (one layer at a time: memory of one layer, not of the file) and then forgotten."""
+
+    def __init__(
+        self,
+        layers: list[LayerPlan],
+        compute: Callable[[LayerPlan], dict[str, torch.Tensor]],
+        plan: NormalizePlan,
+    ) -> None:
+        self._compute = compute
+        self._owner: dict[str, LayerPlan] = {}
+        for layer in layers:
+            self._owner[layer.name] = layer
+            if layer.spectral_norm is not None and not plan.options.bake:
+                for key in (layer.u_key, layer.v_key):
+                    if key:
+                        self._owner[key] = layer
+        self._ready: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._ready:
+            self._ready.update(self._compute(self._owner[name]))
+        return self._ready.pop(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
 def _write_safetensors(
+    tx: Transaction,
     source: Path,
     target: Path,
-    new: dict[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
     edits: _Edits,
     plan: NormalizePlan,
-) -> PendingFile:
-    extra = {"sncli": _provenance(plan)} if new or edits.dropped else {}
-    with staged_write(target) as (handle, staged):
+) -> StagedFile:
+    extra = {"sncli": _provenance(plan)} if len(new) or edits.dropped else {}
+    with tx.stage(target) as (handle, staged):
         write_edited_safetensors(
-            source, handle, new, renames=edits.renames, dropped=edits.dropped, metadata=extra
+            source,
+            handle,
+            new,
+            renames=edits.renames,
+            dropped=edits.dropped,
+            metadata=extra,
+            same_layout=True,  # scaling keeps dtypes and shapes
         )
     return staged
 
 
+def _write_gguf(
+    tx: Transaction, source: Path, target: Path, new: dict[str, torch.Tensor]
+) -> StagedFile:
+    """A byte-for-byte copy with the scaled tensors' data replaced (same types and offsets)."""
+    from sncli.formats.gguf import gguf_write_refusal, write_edited_gguf
+
+    why = gguf_write_refusal(source, list(new))
+    if why is not None:
+        raise CheckpointError(f"cannot write a normalized copy: {why}; nothing written", source)
+    with tx.stage(target) as (handle, staged):
+        write_edited_gguf(source, handle, new)
+    return staged
+
+
 def _write_torch(
+    tx: Transaction,
     checkpoint: Checkpoint,
     source: Path,
     target: Path,
     new: dict[str, torch.Tensor],
     edits: _Edits,
     warnings: list[str],
-) -> PendingFile:
+) -> StagedFile:
     import torch
 
     container = checkpoint.container(source)
@@ -701,11 +839,19 @@ def _write_torch(
         k in container for k in ("optimizer_states", "optimizer", "optimizer_state_dict")
     ):
         warnings.append(
-            f"{target}: optimizer state was kept but no longer matches the rescaled weights"
+            f"{clean_text(os.fsdecode(target), 300)}: optimizer state was kept but no longer "
+            "matches the rescaled weights"
         )
     legacy = sniff_format(source) == "torch-legacy"
-    with staged_write(target) as (handle, staged):
-        torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
+    with tx.stage(target) as (handle, staged):
+        try:
+            torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
+        except RecursionError as exc:
+            raise WriteError(
+                "cannot write: the checkpoint's non-tensor contents (e.g. hyper_parameters) "
+                "are nested too deeply to save; nothing was changed",
+                source,
+            ) from exc
     return staged
 
 
@@ -731,13 +877,16 @@ def _replace_within(container: Any, key: str | None, state: Any) -> Any:
     return rebuild(container, 0)
 
 
-def _copy_file(source: Path, target: Path) -> PendingFile:
-    with staged_write(target) as (handle, staged), source.open("rb") as original:
+def _copy_file(tx: Transaction, source: Path, target: Path) -> StagedFile:
+    stage = tx.stage(target)
+    with stage as (handle, staged), source.open("rb") as original:
         copy_range(original, 0, source.stat().st_size, handle)
     return staged
 
 
-def _write_index(checkpoint: Checkpoint, target: Path, edits: _Edits, total: int) -> PendingFile:
+def _write_index(
+    tx: Transaction, checkpoint: Checkpoint, target: Path, edits: _Edits, total: int
+) -> StagedFile:
     """The index json with renamed/dropped keys and ``total_size`` recomputed."""
     assert checkpoint.index_path is not None
     data = json.loads(checkpoint.index_path.read_text(encoding="utf-8"))
@@ -750,7 +899,7 @@ def _write_index(checkpoint: Checkpoint, target: Path, edits: _Edits, total: int
     data.setdefault("metadata", {})
     if isinstance(data["metadata"], dict):
         data["metadata"]["total_size"] = total
-    with staged_write(target) as (handle, staged):
+    with tx.stage(target) as (handle, staged):
         handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
     return staged
 
@@ -771,6 +920,7 @@ def _verify_file(
     source: Path,
     edits: _Edits,
     outcomes: list[LayerOutcome],
+    layer_plans: dict[str, LayerPlan],
     plan: NormalizePlan,
 ) -> None:
     """Re-open a written file: same keys (after renames), shapes, dtypes; σ ≤ target."""
@@ -788,7 +938,7 @@ def _verify_file(
         for outcome in outcomes:
             if outcome.output_name not in found:
                 continue
-            layer = next(p for p in plan.layers if p.name == outcome.name)
+            layer = layer_plans[outcome.name]
             running_var = reopened.load(layer.running_var) if layer.running_var else None
             sigma = _measure(reopened.load(outcome.output_name), layer.reshape_dim, running_var)
             if not sigma <= limit:

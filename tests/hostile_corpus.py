@@ -472,13 +472,17 @@ def zip_that_is_not_torch(folder: Path) -> Path:
     return path
 
 
-@case(message="TorchScript")
-def torchscript_archive(folder: Path) -> Path:
+def _torchscript_archive(folder: Path) -> Case:
+    """Read (its parameters only, nothing of its code is run), with a note saying so."""
     import torch
 
     path = folder / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(path))
-    return path
+    return Case("torchscript_archive", path, 0, "graph (code/) was not analysed", succeeds=True)
+
+
+_torchscript_archive.__name__ = "torchscript_archive"
+case()(_torchscript_archive)
 
 
 @case(message="damaged or unreadable PyTorch file")
@@ -593,6 +597,274 @@ for _legacy in (False, True):
         _malicious(_kind, _legacy, True, f"Warning: {_name} can run code", exit_code=0)
 
 
+# --------------------------------------------------------------------------- NumPy .npy / .npz
+
+
+def _npy_bytes(array: Any, header: dict[str, Any] | None = None) -> bytes:
+    """A .npy file of ``array``; ``header`` replaces the header numpy would write."""
+    import io
+
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    buffer = io.BytesIO()
+    if header is None:
+        np.save(buffer, array)
+        return buffer.getvalue()
+    npformat.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + array.tobytes()
+
+
+@case(message="truncated .npy file")
+def npy_truncated(folder: Path) -> Path:
+    import numpy as np
+
+    return _write(folder / "w.npy", _npy_bytes(np.ones((8, 8), dtype=np.float32))[:-40])
+
+
+@case(message="truncated .npy file: its header claims 9671406556917033397649408 bytes")
+def npy_huge_claimed_shape(folder: Path) -> Path:
+    import numpy as np
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2**40, 2**41)}
+    return _write(folder / "w.npy", _npy_bytes(np.ones(4, dtype=np.float32), header))
+
+
+@case(message="object array, which only pickle can read")
+def npz_object_array(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez(path, w=np.eye(2), x=np.array([_Payload(os.system, ("touch PWNED",))], dtype=object))
+    return path
+
+
+@case(message="points outside the archive")
+def npz_member_path_escape(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("../../escape.npy", _npy_bytes(np.eye(2)))
+    return path
+
+
+@case(message="more than the file can hold")
+def npz_member_claims_more_than_file(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez_compressed(path, w=np.zeros((64, 64), dtype=np.float32))
+    blob = bytearray(path.read_bytes())
+    struct.pack_into("<I", blob, 22, 2**32 - 1)
+    central = blob.find(b"PK\x01\x02")
+    struct.pack_into("<I", blob, central + 24, 2**32 - 1)
+    return _write(path, bytes(blob))
+
+
+@case(message="no layer could be measured")
+def npz_all_nan(folder: Path) -> Path:
+    import numpy as np
+
+    path = folder / "weights.npz"
+    np.savez(path, **{"fc.weight": np.full((4, 4), np.nan, dtype=np.float32)})
+    return path
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def _gguf_bytes(folder: Path, values: Any) -> bytes:
+    """A GGUF file with one float32 tensor ``blk.0.attn_q.weight`` holding ``values``."""
+    import gguf
+
+    path = folder / "source.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    blob = path.read_bytes()
+    path.unlink()
+    return blob
+
+
+def _gguf_dims_at(blob: bytes) -> int:
+    name = b"blk.0.attn_q.weight"
+    return blob.index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4
+
+
+@case(message="beyond the end of the")
+def gguf_truncated(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.eye(32, dtype=np.float32))
+    return _write(folder / "model.gguf", blob[:-512])
+
+
+@case(message="claims 4398046511104 bytes")
+def gguf_huge_claimed_tensor(folder: Path) -> Path:
+    import numpy as np
+
+    blob = bytearray(_gguf_bytes(folder, np.eye(32, dtype=np.float32)))
+    struct.pack_into("<QQ", blob, _gguf_dims_at(bytes(blob)), 2**20, 2**20)
+    return _write(folder / "model.gguf", bytes(blob))
+
+
+@case(message="tensor 'blk.0.attn_q.weight' has GGML type id 4242")
+def gguf_unknown_type_id(folder: Path) -> Path:
+    import numpy as np
+
+    blob = bytearray(_gguf_bytes(folder, np.eye(32, dtype=np.float32)))
+    struct.pack_into("<I", blob, _gguf_dims_at(bytes(blob)) + 16, 4242)
+    return _write(folder / "model.gguf", bytes(blob))
+
+
+@case(message="corrupt GGUF header: claims 4611686018427387904 tensors")
+def gguf_lying_tensor_count(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.eye(32, dtype=np.float32))
+    return _write(folder / "model.gguf", blob[:8] + struct.pack("<Q", 2**62) + blob[16:])
+
+
+@case(message="no layer could be measured")
+def gguf_all_inf(folder: Path) -> Path:
+    import numpy as np
+
+    blob = _gguf_bytes(folder, np.full((32, 32), np.inf, dtype=np.float32))
+    return _write(folder / "model.gguf", blob)
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+def _scripted_archive(folder: Path, replace: dict[str, bytes] | None = None) -> Path:
+    """A torch.jit.save archive of a Linear, with members (by name suffix) replaced."""
+    import io
+    import warnings
+
+    import torch
+
+    path = folder / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(8, 4)), str(path))
+    if replace:
+        source = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+        with zipfile.ZipFile(path, "w") as out:
+            for info in source.infolist():
+                new = next((v for k, v in replace.items() if info.filename.endswith(k)), None)
+                out.writestr(info, source.read(info) if new is None else new)
+    return path
+
+
+def _torchscript_payload(folder: Path) -> Case:
+    state = {"weight": _payload("exec", folder / MARKER)}
+    path = _scripted_archive(folder, {"/data.pkl": pickle.dumps(state, protocol=2)})
+    return Case("torchscript_payload_exec", path, 1, "builtins.exec can run code", payload=True)
+
+
+_torchscript_payload.__name__ = "torchscript_payload_exec"
+case()(_torchscript_payload)
+
+
+@case(message="holds 4 bytes, not 128")
+def torchscript_storage_lies(folder: Path) -> Path:
+    return _scripted_archive(folder, {"/data/0": b"\0" * 4})
+
+
+@case(message="damaged zip archive")
+def torchscript_truncated(folder: Path) -> Path:
+    path = _scripted_archive(folder)
+    return _write(path, path.read_bytes()[:-200])
+
+
+# --------------------------------------------------------------------------- Keras / HDF5
+
+
+@case(message="points to another file; refused")
+def hdf5_external_link(folder: Path) -> Path:
+    """An external link to a file outside the model's folder: never followed."""
+    import h5py
+    import numpy as np
+
+    outside = folder / "outside"
+    outside.mkdir()
+    with h5py.File(outside / "secret.h5", "w") as h5:
+        h5["kernel"] = np.eye(3, dtype=np.float32)
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5["dense/dense/kernel:0"] = np.eye(3, dtype=np.float32)
+        h5["dense/dense/bias:0"] = h5py.ExternalLink("outside/secret.h5", "/kernel")
+    return path
+
+
+@case(message="is virtual (maps other files); refused")
+def hdf5_virtual_dataset(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    with h5py.File(folder / "source.h5", "w") as h5:
+        h5["data"] = np.ones((4, 4), np.float32)
+    layout = h5py.VirtualLayout(shape=(4, 4), dtype=np.float32)
+    layout[:] = h5py.VirtualSource("source.h5", "data", shape=(4, 4))
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_virtual_dataset("layers/dense/vars/0", layout)
+    return path
+
+
+@case(message="claims 4398046511104 bytes")
+def hdf5_huge_unwritten_dataset(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset(
+            "layers/dense/vars/0", shape=(2**20, 2**20), dtype=np.float32, chunks=True
+        )
+    return path
+
+
+@case(message="cannot read Keras/HDF5 weights")
+def hdf5_truncated(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    path = folder / "weights.h5"
+    with h5py.File(path, "w") as h5:
+        h5["layers/dense/vars/0"] = np.ones((64, 64), np.float32)
+    return _write(path, path.read_bytes()[:4000])
+
+
+@case(message="more than the file can hold")
+def keras_member_claims_more_than_file(folder: Path) -> Path:
+    import h5py
+    import numpy as np
+
+    weights = folder / "model.weights.h5"
+    with h5py.File(weights, "w") as h5:
+        h5["layers/dense/vars/0"] = np.ones((4, 4), np.float32)
+    path = folder / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.write(weights, "model.weights.h5")
+    weights.unlink()
+    blob = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("model.weights.h5")
+    struct.pack_into("<I", blob, info.header_offset + 22, 2**32 - 1)
+    position = blob.find(b"PK\x01\x02")
+    while position != -1:
+        name_len = struct.unpack_from("<H", blob, position + 28)[0]
+        if bytes(blob[position + 46 : position + 46 + name_len]) == b"model.weights.h5":
+            struct.pack_into("<I", blob, position + 24, 2**32 - 1)
+        position = blob.find(b"PK\x01\x02", position + 4)
+    return _write(path, bytes(blob))
+
+
 # --------------------------------------------------------------------------- file-system cases
 
 
@@ -621,6 +893,80 @@ def fifo_instead_of_file(folder: Path) -> Path:
     path = folder / "model.safetensors"
     os.mkfifo(path)
     return path
+
+
+# --------------------------------------------------------------------------- ONNX models
+
+
+def onnx_model_bytes(weight_location: str | None = None, dims: tuple[int, ...] = (4, 4)) -> bytes:
+    """A one-node ONNX model y = x·Wᵀ; W embedded, or external at ``weight_location``."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "fc.weight")
+    if weight_location is not None or dims != (4, 4):
+        del weight.dims[:]
+        weight.dims.extend(dims)
+    if weight_location is not None:
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", weight_location), ("offset", "0"), ("length", "64")):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+    node = helper.make_node("Gemm", ["x", "fc.weight"], ["y"], transB=1)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+@case(message="truncated or malformed protobuf")
+def onnx_truncated(folder: Path) -> Path:
+    data = onnx_model_bytes()
+    return _write(folder / "model.onnx", data[: len(data) // 2 + 3])
+
+
+@case(message="leaves the model's folder")
+def onnx_external_escape(folder: Path) -> Path:
+    inner = folder / "inner"
+    inner.mkdir()
+    (folder / "secret.bin").write_bytes(b"\0" * 64)
+    return _write(inner / "model.onnx", onnx_model_bytes("../secret.bin"))
+
+
+@case(message="leaves the model's folder")
+def onnx_external_symlink_escape(folder: Path) -> Path:
+    inner = folder / "inner"
+    inner.mkdir()
+    (folder / "secret.bin").write_bytes(b"\0" * 64)
+    (inner / "model.onnx.data").symlink_to(folder / "secret.bin")
+    return _write(inner / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="not a relative path")
+def onnx_external_absolute(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes("/etc/passwd"))
+
+
+@case(message="is missing")
+def onnx_external_missing(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="past the end")
+def onnx_external_truncated(folder: Path) -> Path:
+    (folder / "model.onnx.data").write_bytes(b"\0" * 10)
+    return _write(folder / "model.onnx", onnx_model_bytes("model.onnx.data"))
+
+
+@case(message="needs 4000000000000000 bytes")
+def onnx_huge_claimed_dims(folder: Path) -> Path:
+    return _write(folder / "model.onnx", onnx_model_bytes(dims=(1000000, 1000000000)))
 
 
 def _unreadable(folder: Path) -> Case:

@@ -275,12 +275,18 @@ def test_recompressed_pt_is_not_misread(tmp_path: Path) -> None:
         assert_same_tensors(ckpt, state)
 
 
-def test_torchscript_is_refused_clearly(tmp_path: Path) -> None:
+def test_torchscript_goes_to_its_own_reader(tmp_path: Path) -> None:
+    """open_checkpoint reads TorchScript archives (formats/torchscript.py); the torch.save
+    loader itself still refuses them, so torch.load never hands one to torch.jit.load."""
+    from sncli.formats.torch_file import load_torch_file
+
     path = tmp_path / "scripted.pt"
     with pytest.warns(DeprecationWarning):
         torch.jit.save(torch.jit.script(mlp()), str(path))
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.format == "torchscript"
     with pytest.raises(CheckpointError, match="TorchScript archive, not a state dict"):
-        open_checkpoint(path)
+        load_torch_file(path)
 
 
 def test_tensor_only_file_is_not_a_state_dict(tmp_path: Path) -> None:

@@ -152,6 +152,18 @@ TOLERANCES: dict[str, dict[str, Tolerance | Callable[[dict[str, Any]], Tolerance
         "log_alpha_norm": LOG,
         "error_estimate": ESTIMATE,
     },
+    "diff": {
+        "sigma_a": _sigma_tolerance,
+        "sigma_b": _sigma_tolerance,
+        "delta_sigma": lambda record: (
+            FLOAT64 if record.get("delta_bound") == "exact" else ITERATIVE
+        ),
+        "relative": ITERATIVE,
+        "delta_frobenius": FLOAT64,
+        "relative_frobenius": FLOAT64,
+        "subspace_cosines": (0.0, 1e-9),
+        "min_subspace_cosine": (0.0, 1e-9),
+    },
     "normalize": {
         "sigma_before": FLOAT64,
         "scale": FLOAT64,
@@ -245,6 +257,16 @@ def _cases() -> list[Case]:
         "transformer-filter-sort-alpha",
         rf"spectrum {TRANSFORMER} --filter self_attn --sort alpha --top 4 --format csv",
     )
+
+    # diff: the sample MLP against its pretend fine-tune, in every format; the same file twice.
+    tuned = "sample_models/mlp_finetuned.safetensors"
+    for fmt in ("json", "csv", "table"):
+        add("mlp-finetuned", f"diff {MLP} {tuned} --format {fmt}")
+    add(
+        "mlp-finetuned-exact-fail-above",
+        f"diff {MLP} {tuned} -m exact --fail-above 0.3 --format json",
+    )
+    add("mlp-same", f"diff {MLP} {MLP} --format json")
 
     # normalize: the plan (--dry-run) in json, and real writes in json and table (the formats
     # normalize has; csv is refused), whose written files are pinned by sha256.

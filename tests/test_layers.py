@@ -547,3 +547,28 @@ def test_low_precision_layers_sigma(tmp_path: Path, dtype: torch.dtype, safetens
         sigma = largest_singular_value(as_matrix(weight, layer.reshape_dim)).sigma
         reference = torch.linalg.svdvals(as_matrix(weight.double(), layer.reshape_dim))[0]
         assert sigma == pytest.approx(float(reference), rel=1e-10)
+
+
+def test_llama_cpp_names_classify_like_their_hugging_face_counterparts(tmp_path: Path) -> None:
+    """GGUF (llama.cpp) names: ``token_embd`` is ``embed_tokens``, ``blk.N.attn_q`` ``q_proj``,
+    ``ffn_gate/up/down`` the MLP, ``*_norm`` RMSNorm scales, ``output`` the LM head."""
+    llama_cpp = {
+        "token_embd.weight": (torch.randn(50, 8), LayerKind.EMBEDDING),
+        "position_embd.weight": (torch.randn(16, 8), LayerKind.EMBEDDING),
+        "token_types.weight": (torch.randn(2, 8), LayerKind.EMBEDDING),
+        "blk.0.attn_q.weight": (torch.randn(8, 8), LayerKind.LINEAR),
+        "blk.0.attn_output.weight": (torch.randn(8, 8), LayerKind.LINEAR),
+        "blk.0.ffn_gate.weight": (torch.randn(12, 8), LayerKind.LINEAR),
+        "blk.0.ffn_down.weight": (torch.randn(8, 12), LayerKind.LINEAR),
+        "output.weight": (torch.randn(50, 8), LayerKind.LINEAR),
+    }
+    norms = ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight")
+    state = {name: tensor for name, (tensor, _) in llama_cpp.items()}
+    state.update({name: torch.ones(8) for name in norms})
+    result = classify(open_checkpoint(save_pt(state, tmp_path / "m.pt")))
+    assert {layer.name: layer.kind for layer in result.layers} == {
+        name: kind for name, (_, kind) in llama_cpp.items()
+    }
+    assert {n: skipped_map(result.skipped)[n] for n in norms} == dict.fromkeys(
+        norms, "norm scale (1-D)"
+    )

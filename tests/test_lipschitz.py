@@ -17,6 +17,7 @@ from sncli.checkpoint import open_checkpoint
 from sncli.cli import app
 from sncli.errors import EXIT_BOUND_EXCEEDED, NumericalError
 from sncli.lipschitz import (
+    Assumption,
     ConvPolicy,
     LipschitzOptions,
     Padding,
@@ -36,20 +37,23 @@ def report_for(path: Path, **options: object):  # type: ignore[no-untyped-def]
         return lipschitz_report(ckpt, LipschitzOptions(**options))  # type: ignore[arg-type]
 
 
+SEQUENTIAL = Assumption.SEQUENTIAL
+
+
 def test_mlp_product_equals_product_of_float64_svd(mlp_path: Path) -> None:
-    report = report_for(mlp_path)
+    report = report_for(mlp_path, assume=SEQUENTIAL)
     tensors = load_file(str(mlp_path))
     truth = math.prod(svd_sigma(tensors[f"{i}.weight"]) for i in (0, 2, 4))
     assert report.bound == pytest.approx(truth, rel=1e-11)
     assert report.bound >= truth
-    assert report.certified and report.valid_architecture
+    assert report.certified and report.valid_architecture and report.architecture == "assumed"
     assert [f.name for f in report.factors] == ["0.weight", "2.weight", "4.weight"]
     assert sum(abs(s) for s in report.shares() if s is not None) == pytest.approx(1.0)
     assert report.running_log10()[-1] == pytest.approx(report.log10_bound)
 
 
 def test_certified_mode_upper_bounds_every_factor(mlp_path: Path) -> None:
-    report = report_for(mlp_path, certified=True)
+    report = report_for(mlp_path, certified=True, assume=SEQUENTIAL)
     tensors = load_file(str(mlp_path))
     for factor in report.factors:
         truth = svd_sigma(tensors[factor.name])
@@ -63,7 +67,7 @@ def test_certified_mode_upper_bounds_every_factor(mlp_path: Path) -> None:
 
 
 def test_power_method_product_is_an_estimate(mlp_path: Path) -> None:
-    report = report_for(mlp_path, method="power")
+    report = report_for(mlp_path, method="power", assume=SEQUENTIAL)
     assert not report.certified
     assert "estimate" in report.statement()
 
@@ -148,6 +152,7 @@ def test_zero_layer_gives_zero_bound(tmp_path: Path) -> None:
 
 
 def test_fail_above_gate_exit_code(mlp_path: Path) -> None:
+    # Without --certified the gate compares the (conditional) bound.
     result = runner.invoke(app, ["lipschitz", str(mlp_path), "--fail-above", "1.0"])
     assert result.exit_code == EXIT_BOUND_EXCEEDED
     assert "exceeds --fail-above" in result.stderr
@@ -156,11 +161,14 @@ def test_fail_above_gate_exit_code(mlp_path: Path) -> None:
 
 
 def test_json_contract(mlp_path: Path) -> None:
-    result = runner.invoke(app, ["lipschitz", str(mlp_path), "--format", "json"])
+    args = ["lipschitz", str(mlp_path), "--format", "json", "--assume", "sequential"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert {"log10_bound", "bound", "certified", "layers", "statement"} <= set(data)
-    assert data["certified"] is True
+    assert {"lower", "outputs", "architecture"} <= set(data)
+    assert data["lower"] is None and data["outputs"] == []
+    assert data["certified"] is True and data["architecture"] == "assumed"
     for layer in data["layers"]:
         assert {"name", "sigma", "sigma_lower", "sigma_upper"} <= set(layer)
         assert layer["sigma_lower"] <= layer["sigma"] <= layer["sigma_upper"]
@@ -176,7 +184,7 @@ def explicit_conv_norm(kernel: torch.Tensor, n: int, padding: int, stride: int) 
 
 def test_discriminator_operator_bound_above_explicit_truth(disc_parametrized_path: Path) -> None:
     """Acceptance: reshape and operator side by side; certified bound ≥ truth."""
-    report = report_for(disc_parametrized_path, certified=True)
+    report = report_for(disc_parametrized_path, certified=True, assume=SEQUENTIAL)
     state = torch.load(disc_parametrized_path, weights_only=True)
     assert report.certified
     for factor in report.factors:

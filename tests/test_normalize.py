@@ -402,3 +402,80 @@ def test_norm_scales_and_embeddings_only_when_asked(transformer_index_path: Path
     assert "model.norm.weight" in wide_names
     norm = next(p for p in wide.layers if p.name == "model.norm.weight")
     assert norm.sigma_before == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ paths (issue 16 §3)
+
+
+def _sharded(folder: Path, shards: list[str]) -> Path:
+    """An index over ``shards`` (relative paths), one 12×8 weight each, σ ≈ 10."""
+    generator = torch.Generator().manual_seed(1)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        path = folder / shard
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({f"l{i}.weight": torch.randn(12, 8, generator=generator) * 3}, str(path))
+        weight_map[f"l{i}.weight"] = shard
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return index
+
+
+def test_sharded_output_keeps_the_relative_layout(tmp_path: Path) -> None:
+    """Two shards both named model.safetensors in different subfolders: both kept."""
+    index = _sharded(tmp_path / "in", ["a/model.safetensors", "b/model.safetensors", "c.st"])
+    out = tmp_path / "out"
+    run(index, out)
+    for shard in ("a/model.safetensors", "b/model.safetensors", "c.st"):
+        (tensor,) = load_file(str(out / shard)).values()
+        assert svd_sigma(tensor) <= 1 + MEASURE
+    with open_checkpoint(out) as reopened:
+        assert sorted(reopened.tensors) == ["l0.weight", "l1.weight", "l2.weight"]
+
+
+def test_in_place_refuses_a_shard_linked_outside_the_folder(tmp_path: Path) -> None:
+    index = _sharded(tmp_path / "ckpt", ["s0.safetensors", "s1.safetensors"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shard = index.parent / "s1.safetensors"
+    shard.rename(elsewhere / "s1.safetensors")
+    shard.symlink_to(elsewhere / "s1.safetensors")
+    before = {
+        p.name: p.read_bytes()
+        for p in (index.parent / "s0.safetensors", elsewhere / "s1.safetensors")
+    }
+    with pytest.raises(WriteError, match="outside the checkpoint's folder"):
+        run(index, None, in_place=True)
+    after = {
+        p.name: p.read_bytes()
+        for p in (index.parent / "s0.safetensors", elsewhere / "s1.safetensors")
+    }
+    assert after == before
+
+
+def test_in_place_writes_through_a_symlink_and_keeps_mode_and_owner(
+    mlp_path: Path, tmp_path: Path
+) -> None:
+    real = tmp_path / "store" / "mlp.safetensors"
+    real.parent.mkdir()
+    real.write_bytes(mlp_path.read_bytes())
+    real.chmod(0o640)
+    link = tmp_path / "mlp.safetensors"
+    link.symlink_to(real)
+    owner = (real.stat().st_uid, real.stat().st_gid)
+    run(link, None, in_place=True)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert (real.stat().st_uid, real.stat().st_gid) == owner
+    for name, tensor in load_file(str(real)).items():
+        if tensor.dim() == 2:
+            assert svd_sigma(tensor) <= 1 + MEASURE, name
+    assert [p.name for p in real.parent.iterdir()] == ["mlp.safetensors"]
+
+
+def test_plan_changed_is_computed_once(mlp_path: Path) -> None:
+    """50,000 layers took 397 s in a terminal: ``changed`` was rebuilt per progress update."""
+    with open_checkpoint(mlp_path) as ckpt:
+        plan = plan_normalization(ckpt, NormalizeOptions())
+    assert plan.changed is plan.changed
+    assert [p.name for p in plan.changed] == [p.name for p in plan.layers]

@@ -95,6 +95,7 @@ def inspect(
     ] = False,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Report the largest singular value σ of every layer's weight matrix."""
@@ -133,3 +134,7 @@ def inspect(
         sys.stdout.write(inspect_to_csv(layers))
     else:
         print_inspect_table(report, layers, stdout_console())
+    if plot is not None:
+        from sncli.render.plots import inspect_figure, save_figure
+
+        sink.note(f"figure written to {save_figure(inspect_figure(report), plot)}")

@@ -10,10 +10,18 @@ import typer
 
 from sncli.cli import options as opt
 from sncli.cli.app import app
+from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import EXIT_BOUND_EXCEEDED
-from sncli.lipschitz import ConvPolicy, LipschitzOptions, Padding, lipschitz_report
+from sncli.graph_lipschitz import is_graph_model
+from sncli.lipschitz import (
+    Assumption,
+    ConvPolicy,
+    LipschitzOptions,
+    Padding,
+    lipschitz_report,
+)
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
 from sncli.render.lipschitz import (
@@ -27,7 +35,7 @@ from sncli.render.lipschitz import (
 @app.command(
     epilog="Examples:\n\n"
     "  sncli lipschitz sample_models/sngan_disc_parametrized.pt\n\n"
-    "  sncli lipschitz ckpt.pt --certified --fail-above 1e3   # CI gate\n\n"
+    "  sncli lipschitz ckpt.pt --assume sequential --certified --fail-above 1e3   # CI gate\n\n"
     "  sncli lipschitz gan.pt --padding circular --input-size 32x32\n\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 bound above --fail-above, 4 no layer matched."
 )
@@ -85,6 +93,26 @@ def lipschitz(
             "finest of 64/32/16 that keeps the cost moderate for the layer's size.",
         ),
     ] = None,
+    assume: Annotated[
+        Assumption | None,
+        typer.Option(
+            "--assume",
+            help="sequential: assert that the model is a plain chain of its layers in key order "
+            "(1-Lipschitz activations; no branches, heads, skips, pools or recurrence), which a "
+            "state dict does not record; without it the bound is conditional and never "
+            "certified. Refused when names or shapes contradict it.",
+            case_sensitive=False,
+        ),
+    ] = None,
+    mlp: Annotated[
+        bool,
+        typer.Option(
+            "--mlp",
+            help="When every layer is linear: ECLipsE-Fast's bound over the whole chain "
+            "(Xu & Sivaranjani 2024, proven in float64), usually far below the product; "
+            "assumes activations slope-restricted to [0, 1] (ReLU, LeakyReLU, tanh, sigmoid).",
+        ),
+    ] = False,
     fail_above: Annotated[
         float | None,
         typer.Option(
@@ -103,11 +131,26 @@ def lipschitz(
     transposed: opt.TransposedOpt = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        given = (("--filter", include), ("--exclude", exclude), ("--input-size", input_size))
+        for flag in [flag for flag, value in given if value]:
+            sink.note(f"{flag} is ignored for ONNX models: the bound covers the whole graph")
+        run_graph_lipschitz(
+            checkpoint,
+            grid=grid,
+            seed=seed,
+            certified=certified,
+            fail_above=fail_above,
+            output_format=output_format,
+            sink=sink,
+        )
+        return
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
@@ -123,6 +166,8 @@ def lipschitz(
         padding=padding,
         input_size=size,
         grid=grid,
+        assume=assume,
+        mlp=mlp,
         **chosen,
     )
     with (
@@ -136,17 +181,30 @@ def lipschitz(
         sys.stdout.write(lipschitz_to_csv(report))
     else:
         print_lipschitz_table(report, stdout_console())
+    if plot is not None and report.factors:
+        from sncli.render.plots import lipschitz_figure, save_figure
+
+        sink.note(f"figure written to {save_figure(lipschitz_figure(report), plot)}")
     if fail_above is not None:
-        shown = fmt_bound(report.log10_bound)
+        shown = fmt_bound(report.best_log10)
         if not report.valid_architecture:
             sink.error(
                 f"{checkpoint}: --fail-above cannot pass: the product ({shown}) is not a "
                 "Lipschitz bound for this architecture"
+                + (" (--assume sequential refused)" if report.refused else "")
             )
             raise typer.Exit(EXIT_BOUND_EXCEEDED)
         if certified and not report.certified:
-            sink.error(f"{checkpoint}: --fail-above with --certified: the product is not certified")
+            why = (
+                ": a state dict does not record the architecture (--assume sequential asserts "
+                "a plain chain; an ONNX export gives a proof)"
+                if not report.assumed and not report.partial
+                else ""
+            )
+            sink.error(
+                f"{checkpoint}: --fail-above with --certified: the product is not certified{why}"
+            )
             raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if report.log10_bound > math.log10(max(fail_above, 1e-300)):
+        if report.best_log10 > math.log10(max(fail_above, 1e-300)):
             sink.error(f"{checkpoint}: Lipschitz bound {shown} exceeds --fail-above {fail_above:g}")
             raise typer.Exit(EXIT_BOUND_EXCEEDED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -23,10 +24,13 @@ from sncli.normalize import (
     ensure_writable,
     normalize_checkpoint,
     plan_normalization,
+    write_anchor,
 )
 from sncli.numerics.spectral import Method
 from sncli.render.common import progress_bar, stdout_console, write_json
 from sncli.render.normalize import normalize_to_dict, print_normalize_table
+from sncli.render.recover import recovery_line
+from sncli.transaction import recover, writer_lock
 
 
 class NormalizeFormat(str, Enum):
@@ -119,6 +123,7 @@ def normalize(
     ] = NormalizeFormat.TABLE,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    no_wait: opt.NoWaitOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Rewrite a checkpoint with spectrally normalized weights: W ← target·W/σ(W)."""
@@ -142,6 +147,47 @@ def normalize(
         norms=norms,
         bake=bake,
     )
+    # --in-place holds the writer lock from reading to renaming, so no concurrent write is lost;
+    # an interrupted write of this checkpoint is completed (or undone) first.
+    anchor = write_anchor(Path(checkpoint)) if in_place and not dry_run else None
+    lock = (
+        nullcontext()
+        if anchor is None
+        else writer_lock(anchor, wait=not no_wait, on_wait=sink.note)
+    )
+    with lock:
+        if anchor is not None:
+            for recovery in recover(anchor):
+                sink.note(recovery_line(recovery))
+        _run(
+            checkpoint,
+            output,
+            in_place,
+            force,
+            dry_run,
+            output_format,
+            key,
+            skip_objects,
+            no_wait,
+            options,
+            sink,
+        )
+
+
+def _run(
+    checkpoint: str,
+    output: str | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    output_format: NormalizeFormat,
+    key: str | None,
+    skip_objects: bool,
+    no_wait: bool,
+    options: NormalizeOptions,
+    sink: Sink,
+) -> None:
+    quiet = sink.quiet
     # Not open_and_report: the plan's notes (the checkpoint's among them) come after planning.
     with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
         if not dry_run:
@@ -165,6 +211,8 @@ def normalize(
                     in_place=in_place,
                     force=force,
                     progress=progress,
+                    wait=not no_wait,
+                    on_wait=sink.note,
                 )
             for warning in result.warnings:
                 sink.warning(warning)

@@ -82,8 +82,37 @@ FormatOpt = Annotated[
     OutputFormat,
     typer.Option("--format", help="json and csv are plain, on stdout.", case_sensitive=False),
 ]
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-wait",
+        help="If another sncli process is writing this checkpoint, fail at once (exit 1) "
+        "instead of waiting for it to finish.",
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No notes or progress bar on stderr.")
+]
+
+
+def plot_file(value: str | None) -> str | None:
+    """``--plot``: a .png, .svg or .pdf name (checked before any work is done)."""
+    if value is not None:
+        from pathlib import Path
+
+        if Path(value).suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise typer.BadParameter(f"{value!r}: use a .png, .svg or .pdf file name")
+    return value
+
+
+PlotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plot",
+        metavar="FILE",
+        help="Also draw the result as a figure (.png, .svg or .pdf, from the extension).",
+        callback=plot_file,
+    ),
 ]
 
 

@@ -12,11 +12,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Collection, Iterable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import typer
 
-from sncli.errors import EXIT_ERROR, SncliError
+from sncli.errors import EXIT_ERROR, SncliError, printable_path
 from sncli.messages import Level, Message, level_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,7 +56,60 @@ class Sink:
 
 
 def _write(line: str) -> None:
-    sys.stderr.write(f"{line}\n")
+    with suppress(OSError, ValueError, AttributeError):  # stderr closed: nowhere to say it
+        sys.stderr.write(f"{line}\n")
+
+
+#: Exit status when stdout's reader went away (128 + SIGPIPE, what a shell reports).
+EXIT_BROKEN_PIPE = 141
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null (a closed or broken stdout), so exit's flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if sys.stdout is not None:
+            os.dup2(devnull, sys.stdout.fileno())
+        else:
+            sys.stdout = open(devnull, "w")  # noqa: SIM115 - lives until exit
+    except (OSError, ValueError):
+        pass
+
+
+_SIGBUS_HANDLER: Any = None
+
+
+def catch_sigbus(path: str) -> None:
+    """Turn SIGBUS (a memory-mapped file truncated or changed while being read: torch.load's
+    mmap) into one line naming ``path`` and exit 1, instead of a silent death (exit -7).
+
+    The handler is a C callback (ctypes): a Python-level ``signal.signal`` handler would run
+    only after the faulting instruction, which is retried forever. Staged temporary files are
+    removed by the write's watchdog once this process is gone.
+    """
+    global _SIGBUS_HANDLER
+    import ctypes
+    import signal
+
+    message = (
+        f"sncli: error: {printable_path(path)}: the file was truncated or changed while sncli "
+        "was reading it (SIGBUS); nothing was written\n"
+    ).encode("utf-8", "replace")
+
+    def on_sigbus(_signum: int) -> None:
+        os.write(2, message)
+        os._exit(EXIT_ERROR)
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
+        handler = handler_type(on_sigbus)
+        libc.signal.argtypes = [ctypes.c_int, handler_type]
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal(signal.SIGBUS, handler)
+        _SIGBUS_HANDLER = handler  # keep the callback alive
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def handle_errors(command: F) -> F:
@@ -63,6 +117,8 @@ def handle_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if isinstance(kwargs.get("checkpoint"), str):
+            catch_sigbus(kwargs["checkpoint"])
         try:
             return command(*args, **kwargs)
         except SncliError as exc:
@@ -73,6 +129,11 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             Sink().error("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # Whoever read stdout stopped (`| head`): end quietly, as Unix tools do. Anything
+            # written to disk was complete before the report was printed.
+            silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except Exception as exc:

@@ -18,6 +18,14 @@ ZIP_MAGIC = b"PK\x03\x04"
 _ONNX_SECOND_FIELD = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
 
+#: Why a torch.export archive is refused (README "Graph inputs").
+PT2_REFUSED = (
+    "torch.export .pt2 archives are refused: torch.export.load unpickles parts of them "
+    "(torch.load weights_only=False, pickle.loads); export the model to ONNX instead: "
+    "torch.onnx.export(model, (x,), 'model.onnx', dynamo=True)"
+)
+
+
 def _first_zip_entry(path: Path) -> str:
     """The name in a zip's first local file header ('' when it cannot be read)."""
     try:
@@ -31,6 +39,17 @@ def _first_zip_entry(path: Path) -> str:
         return ""
 
 
+def _zip_names(path: Path) -> list[str]:
+    """A zip's member names ([] when its directory cannot be read: the reader will say why)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return []
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     return (
         len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 15 and head[2] in _ONNX_SECOND_FIELD
@@ -38,10 +57,11 @@ def _looks_like_onnx(head: bytes) -> bool:
 
 
 def sniff_format(path: Path) -> str:
-    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip' or 'torch-legacy'.
+    """Tell a file's format from its first bytes: 'safetensors', 'torch-zip', 'torch-legacy',
+    or a format of ``sncli.checkpoint.FORMAT_READERS`` ('npy', 'npz', 'onnx', …).
 
-    Formats that are recognised but not read yet (NumPy ``.npz``, ONNX) are a ``CheckpointError``
-    saying so, rather than "unrecognised" or "damaged zip".
+    torch.export ``.pt2`` archives are recognised and refused (a ``CheckpointError`` saying why),
+    rather than "unrecognised" or "damaged zip".
     """
     try:
         regular_file_size(path)
@@ -51,9 +71,22 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"cannot read file: {exc.strerror or exc}", path) from exc
     if not head:
         raise CheckpointError("empty file, not a checkpoint", path)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
     if head.startswith(ZIP_MAGIC):
         if path.suffix.lower() == ".npz" or _first_zip_entry(path).endswith(".npy"):
-            raise CheckpointError("NumPy .npz archives are not supported yet", path)
+            return "npz"
+        names = _zip_names(path)
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "torchscript"
+        if path.suffix.lower() == ".pt2":
+            raise CheckpointError(PT2_REFUSED, path)
+        if "model.weights.h5" in names:
+            return "keras"
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
@@ -63,7 +96,7 @@ def sniff_format(path: Path) -> str:
     if path.suffix == ".safetensors":
         return "safetensors"
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
-        raise CheckpointError("ONNX models are not supported yet", path)
+        return "onnx"
     raise CheckpointError(
         "not a checkpoint: neither safetensors nor a PyTorch file (unrecognised first bytes)", path
     )

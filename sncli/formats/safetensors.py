@@ -264,11 +264,15 @@ def write_edited_safetensors(
     renames: Mapping[str, str],
     dropped: Set[str],
     metadata: Mapping[str, str],
+    same_layout: bool = False,
 ) -> None:
     """Write ``source`` to ``handle`` with tensors replaced (``new``), renamed or dropped.
 
     Every other tensor is copied byte for byte in its original order; ``__metadata__`` is kept and
     updated with ``metadata`` (an absent one stays absent when there is nothing to add).
+    With ``same_layout`` every replacement keeps its source's dtype and shape, so ``new`` is
+    read once per key, in file order, while writing: a lazy mapping can then compute one
+    tensor at a time (memory of one tensor, not of the file).
     """
     header = read_safetensors_header(source)
     merged = {**(header.metadata or {}), **metadata}
@@ -277,7 +281,7 @@ def write_edited_safetensors(
     for name, (code, shape, (begin, end)) in ordered:
         if name in dropped:
             continue
-        if name in new:
+        if name in new and not same_layout:
             tensor = new[name]
             code = TORCH_TO_SAFETENSORS[str(tensor.dtype).removeprefix("torch.")]
             shape = tuple(tensor.shape)
@@ -292,6 +296,9 @@ def write_edited_safetensors(
             if name in dropped:
                 continue
             if name in new:
-                handle.write(tensor_bytes(new[name]))
+                data = tensor_bytes(new[name])
+                if same_layout and len(data) != end - begin:
+                    raise WriteError(f"replacement for {name!r} changed its size", source)
+                handle.write(data)
             else:
                 copy_range(original, header.data_start + begin, end - begin, handle)

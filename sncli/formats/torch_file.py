@@ -11,13 +11,14 @@ from sncli.errors import CheckpointError, UnsafePickleError
 from sncli.formats import sniff_format
 from sncli.formats.common import describe, shown_names
 from sncli.formats.pickle_scan import (
+    MAX_PICKLE_DEPTH,
     PickleScan,
     blocked_names,
     dangerous_names,
     inert_placeholder,
     scan_pickles,
 )
-from sncli.formats.torch_zip import check_zip
+from sncli.formats.torch_zip import ZipCheck, check_record_sizes, check_zip
 from sncli.messages import clean_text
 
 if TYPE_CHECKING:
@@ -35,16 +36,42 @@ def scan_pickle_globals(path: Path) -> list[str]:
     return _scan_file(path).globals
 
 
-def _scan_file(path: Path) -> PickleScan:
+def _scan_file(path: Path, check: ZipCheck | None = None) -> PickleScan:
     import io
-    import mmap
 
     kind = sniff_format(path)
     if kind == "torch-zip":
-        return scan_pickles(io.BytesIO(check_zip(path).pickle), 1)
-    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return scan_pickles(io.BytesIO((check or check_zip(path)).pickle), 1)
+    # Read, not mapped: a file truncated while mapped would kill the process (SIGBUS).
+    with path.open("rb") as handle:
         # legacy: magic number, protocol version, sys info, the object, the storage keys
-        return scan_pickles(data, 5)
+        return scan_pickles(handle, 5)
+
+
+def _refuse_before_loading(path: Path, scan: PickleScan, check: ZipCheck | None) -> None:
+    """What torch must never see: nesting that crashes its unpickler (SIGSEGV), calls that
+    allocate memory no bytes of the file back, records larger than their storages need."""
+    if scan.too_deep:
+        raise CheckpointError(
+            f"refused to unpickle: the pickle nests objects more than {MAX_PICKLE_DEPTH} levels "
+            "deep (or in a cycle), which crashes PyTorch's loader; nothing from the file was run",
+            path,
+        )
+    if scan.allocations:
+        raise CheckpointError(
+            f"refused to unpickle: the pickle calls {clean_text(scan.allocations[0])}, which "
+            "allocates memory that no bytes of the file back (a memory bomb, or uninitialized "
+            "values passed off as weights); nothing from the file was run",
+            path,
+        )
+    if check is not None:
+        if scan.end > 0 and len(check.pickle) - scan.end > 4096:
+            raise CheckpointError(
+                f"damaged zip archive: data.pkl holds {len(check.pickle) - scan.end} bytes "
+                "after its pickle ends (padding, as in a decompression bomb)",
+                path,
+            )
+        check_record_sizes(path, check, scan.storages)
 
 
 def load_torch_file(path: Path, *, skip_objects: bool = False) -> Any:
@@ -70,13 +97,14 @@ def load_torch_object(
         raise CheckpointError("is a safetensors file, not a PyTorch file", path)
     crcs: dict[int, set[int]] = {}
     use_mmap = False
-    if kind == "torch-zip":
+    check = None
+    if kind in ("torch-zip", "torchscript"):  # check_zip refuses TorchScript with a reason
         check = check_zip(path)
         crcs, use_mmap = check.record_crcs, check.mmap_ok
-    scan: PickleScan | None = None
+    scan = _scan_file(path, check)
+    _refuse_before_loading(path, scan, check)
     replaced: list[str] = []
     if skip_objects:
-        scan = _scan_file(path)
         unsafe = scan.unsafe()
         blocked = set(blocked_names(unsafe))
         replaced = [name for name in unsafe if name not in blocked]
@@ -87,15 +115,22 @@ def load_torch_object(
             with torch.serialization.safe_globals(placeholders):
                 obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as exc:
-        scan = scan or _scan_file(path)
         raise _refusal(path, exc, scan, skip_objects) from exc
     except CheckpointError:
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:
-        raise CheckpointError(f"damaged or unreadable PyTorch file: {describe(exc)}", path) from exc
+        detail = _unformatted(describe(exc))
+        raise CheckpointError(f"damaged or unreadable PyTorch file: {detail}", path) from exc
     return obj, replaced, crcs
+
+
+def _unformatted(text: str) -> str:
+    """Some torch errors carry printf placeholders never filled in ("size %ld"): show "?"."""
+    import re
+
+    return re.sub(r"%(?:l{0,2}|z|h)[diuxs]", "?", text)
 
 
 def _refusal(

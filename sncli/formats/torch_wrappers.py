@@ -89,6 +89,24 @@ def _nested_candidates(obj: Any, path: str = "", depth: int = 0) -> list[str]:
     return found
 
 
+def _deep_candidate(obj: Any, limit: int = 10_000) -> str | None:
+    """The first dict of tensors at any depth (breadth first, a bounded number of dicts)."""
+    queue: list[tuple[str, Any]] = [("", obj)]
+    seen = 0
+    while queue and seen < limit:
+        here, node = queue.pop(0)
+        seen += 1
+        if here and _tensor_count(node) > 0:
+            return here
+        if isinstance(node, Mapping):
+            queue += [
+                (f"{here}/{k}" if here else k, v)
+                for k, v in node.items()
+                if isinstance(k, str) and "/" not in k and isinstance(v, Mapping)
+            ]
+    return None
+
+
 def choose_state_dict(obj: Any, key: str | None, path: Path) -> tuple[str | None, list[str]]:
     """Pick the state dict inside a loaded object; return (wrapper key or None, notes)."""
     obj = unwrap_modules(obj)
@@ -110,6 +128,13 @@ def choose_state_dict(obj: Any, key: str | None, path: Path) -> tuple[str | None
             )
     if not candidates:
         if _tensor_count(obj) == 0:
+            deeper = _deep_candidate(obj)
+            if deeper is not None:
+                raise CheckpointError(
+                    f"holds no dict of tensors in its top 4 levels; one lies deeper, under "
+                    f"'{clean_text(deeper)}': pick it with --key '{clean_text(deeper)}'",
+                    path,
+                )
             raise CheckpointError("holds no tensors", path)
         return None, []
     chosen = candidates[0]

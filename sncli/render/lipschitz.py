@@ -21,14 +21,30 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
     """JSON for ``lipschitz`` (a stable contract; see README)."""
     shares = report.shares()
     running = report.running_log10()
-    log = report.log10_bound
+    log = report.best_log10
+    valid = report.valid_bound
+    chain = report.chain
+    mlp: dict[str, Any] = {}
+    if report.options.mlp:
+        mlp["mlp"] = (
+            {
+                "bound": finite_or_none(chain.value),
+                "method": chain.method,
+                "slopes": list(chain.slopes),
+                "product_log10": finite_or_none(report.log10_bound),
+            }
+            if chain is not None
+            else {"bound": None, "note": report.chain_note}
+        )
     return {
         "checkpoint": report.checkpoint,
         "method": "certified" if report.options.certified else report.options.method.value,
         "conv": report.options.conv.value,
-        "log10_bound": finite_or_none(log),
-        "bound": finite_or_none(report.bound),
+        "log10_bound": finite_or_none(log) if valid else None,
+        "bound": finite_or_none(report.best_bound) if valid else None,
         "certified": report.certified,
+        "lower": None,
+        "architecture": report.architecture,
         "valid_architecture": report.valid_architecture,
         "statement": report.statement(),
         "assumptions": report.assumptions,
@@ -50,6 +66,8 @@ def lipschitz_to_dict(report: LipschitzReport) -> dict[str, Any]:
             }
             for f, share, run in zip(report.factors, shares, running, strict=True)
         ],
+        "outputs": [],
+        **mlp,
         "excluded": [{"name": s.name, "reason": s.reason} for s in report.excluded],
     }
 
@@ -126,11 +144,18 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
         table.add_row(*row)
     console.print(table)
     log = report.log10_bound
+    if report.chain is not None and report.valid_bound:
+        console.print(
+            f"product of layer σ = {fmt_bound(log)}; ECLipsE-Fast over the chain (--mlp, "
+            f"activations slope-restricted to [0, 1]) = {fmt_bound(report.best_log10)}"
+        )
+        log = report.best_log10
     log_text = "-inf" if log == -math.inf else f"{log:.4f}"
     if not report.valid_architecture:
         console.print(
             f"[bold]product of layer σ = {fmt_bound(log)}[/]  (log10 = {log_text}) — "
             "diagnostic only, NOT a Lipschitz bound for this architecture"
+            + ("; --assume sequential refused" if report.refused else "")
         )
     elif report.partial:
         console.print(
@@ -140,7 +165,13 @@ def print_lipschitz_table(report: LipschitzReport, console: Console) -> None:
         )
     elif report.certified:
         console.print(
-            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — certified upper bound"
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — certified upper bound, for "
+            "the sequential chain asserted by --assume sequential"
+        )
+    elif report.upper_bound and not report.assumed:
+        console.print(
+            f"[bold]L ≤ {fmt_bound(log)}[/]  (log10 = {log_text}) — conditional on a plain "
+            "sequential chain, not certified (a state dict does not record the architecture)"
         )
     elif report.upper_bound:
         console.print(

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sncli.errors import printable_path
 from sncli.messages import clean_text
 from sncli.normalize import Action, NormalizeMode, NormalizePlan, NormalizeResult
 from sncli.numerics.floating import DENSE_ROUNDING
@@ -56,7 +57,7 @@ def print_normalize_table(
 ) -> None:
     outcomes = {o.name: o for o in result.layers} if result else {}
     title = "Normalization plan (dry run)" if result is None else "Normalized"
-    table = Table(title=f"{title}: {escape(plan.checkpoint)}", title_justify="left")
+    table = Table(title=f"{title}: {escape(printable_path(plan.checkpoint))}", title_justify="left")
     table.add_column("layer", overflow="fold")
     table.add_column("dtype")
     table.add_column("σ before", justify="right")
@@ -105,7 +106,8 @@ def print_normalize_table(
     if result is not None:
         worst = result.worst_sigma
         console.print(
-            f"Wrote {', '.join(escape(str(p)) for p in result.outputs)}; re-opened and verified: "
+            f"Wrote {', '.join(escape(printable_path(p)) for p in result.outputs)}; "
+            "re-opened and verified: "
             f"largest σ after = {fmt_sigma(worst, 12)} (float64 LAPACK on the stored values; "
             f"σ ≤ target within {DENSE_ROUNDING:g} relative)."
         )

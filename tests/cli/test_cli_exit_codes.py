@@ -101,24 +101,30 @@ def _onnx_bytes() -> bytes:
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.bin"])
-def test_onnx_is_not_supported_yet(tmp_path: Path, name: str) -> None:
+def test_truncated_onnx_is_one_line(tmp_path: Path, name: str) -> None:
+    """ONNX is read now (tests/formats/test_onnx.py); a truncated one is a one-line error."""
     path = tmp_path / name
-    path.write_bytes(_onnx_bytes())
+    path.write_bytes(_onnx_bytes()[:8])  # producer_name claims 7 bytes, 4 are there
     code, _, err = invoke("inspect", str(path))
     assert code == EXIT_ERROR
-    assert err == f"sncli: error: {path}: ONNX models are not supported yet\n"
+    assert err.startswith(f"sncli: error: {path}: not a valid ONNX model") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", ["weights.npz", "weights.bin"])
 @pytest.mark.parametrize("compressed", [False, True])
-def test_npz_is_not_supported_yet(tmp_path: Path, name: str, compressed: bool) -> None:
+def test_npz_is_read(tmp_path: Path, name: str, compressed: bool) -> None:
+    """A NumPy archive (recognised by its first member even when named .bin) is inspected."""
     path = tmp_path / name
-    arrays = {k: v.numpy() for k, v in _resnet_head().items()}
+    state = _resnet_head()
+    arrays = {k: v.numpy() for k, v in state.items()}
     with path.open("wb") as handle:
         (np.savez_compressed if compressed else np.savez)(handle, **arrays)
-    code, _, err = invoke("inspect", str(path))
-    assert code == EXIT_ERROR
-    assert err == f"sncli: error: {path}: NumPy .npz archives are not supported yet\n"
+    code, out, err = invoke("inspect", str(path), "--format", "json", "--method", "dense")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["format"] == "npz"
+    sigmas = {layer["name"]: layer["sigma"] for layer in report["layers"]}
+    assert sigmas == pytest.approx({k: svd_sigma(state[k]) for k in ("conv1.weight", "fc.weight")})
 
 
 # --- nn.Parameter tensors: no autograd warning, no crash ---------------------------------------
@@ -290,9 +296,11 @@ def test_top_keeps_the_summary_of_every_analysed_layer(tmp_path: Path) -> None:
 def test_partial_product_is_not_certified(tmp_path: Path) -> None:
     path = tmp_path / "resnet_head.safetensors"
     save_file(_resnet_head(), str(path))
-    code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q")
+    assume = ("--assume", "sequential")
+    code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q", *assume)
     assert code == 0 and json.loads(out)["certified"] is True
     for selection in (["--exclude", "^fc"], ["--filter", "conv1"], ["--exclude", "bn1"]):
+        selection = [*selection, *assume]
         code, out, _ = invoke("lipschitz", str(path), "--format", "json", "-q", *selection)
         assert code == 0
         data = json.loads(out)
@@ -317,9 +325,13 @@ def test_product_of_lower_bounds_is_printed_as_an_estimate(tmp_path: Path) -> No
     assert code == 0
     headline = next(line for line in out.splitlines() if line.startswith("L "))
     assert headline.startswith("L ≈ ") and "estimate" in headline
-    code, out, _ = invoke("lipschitz", str(path), "-q")
+    code, out, _ = invoke("lipschitz", str(path), "-q", "--assume", "sequential")
     headline = next(line for line in out.splitlines() if line.startswith("L "))
     assert headline.startswith("L ≤ ") and "certified upper bound" in headline
+    code, out, _ = invoke("lipschitz", str(path), "-q")
+    headline = next(line for line in out.splitlines() if line.startswith("L "))
+    assert headline.startswith("L ≤ ") and "conditional" in headline
+    assert "certified upper bound" not in out
 
 
 # --- normalize: SN without --bake, --bake counts, --skip-objects -------------------------------

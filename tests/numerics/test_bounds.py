@@ -265,3 +265,44 @@ def test_bounds_are_transpose_invariant(values: np.ndarray) -> None:
     a, b = sigma_interval(matrix), sigma_interval(matrix.T)
     assert max(a.lower, b.lower) <= min(a.upper, b.upper)
     assert a.upper >= ref * (1 - REF_TOL) and b.upper >= ref * (1 - REF_TOL)
+
+
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("n", [3, 40, 130])
+def test_hermitian_certificate_never_proves_a_level_below_lambda_max(n: int, single: bool) -> None:
+    """λ_max known by construction (Q diag Qᴴ, Q unitary from a QR in float64): at μ at or below
+    λ_max the certificate must fail, at 2% above it must succeed (double: also at 1e-9)."""
+    from sncli.numerics.bounds import certify_hermitian_batch
+
+    generator = torch.Generator().manual_seed(n)
+    batch = []
+    for b in range(4):
+        raw = torch.randn(n, n, generator=generator, dtype=torch.complex128)
+        q = torch.linalg.qr(raw).Q
+        eigenvalues = torch.rand(n, generator=generator, dtype=torch.float64) * (1 + b)
+        eigenvalues[0] = 2.0 + b  # the largest, with a gap
+        batch.append((q * eigenvalues) @ q.mH)
+    matrices = torch.stack(batch)
+    top = torch.linalg.eigvalsh(matrices)[:, -1]
+    error = torch.zeros(4, dtype=torch.float64)
+    for b in range(4):
+        lam = float(top[b])
+        for mu, expected in ((lam, False), (lam * (1 - 1e-6), False), (lam * 1.02, True)):
+            ok = certify_hermitian_batch(
+                matrices[b : b + 1].clone(), mu, error[:1], complex_arith=True, single=single
+            )
+            assert bool(ok[0]) is expected, (b, mu / lam)
+        if not single:
+            ok = certify_hermitian_batch(
+                matrices[b : b + 1].clone(), lam * (1 + 1e-9), error[:1], complex_arith=True
+            )
+            assert bool(ok[0])
+        # A stated error of 5% of λ_max must be honoured: 2% above is then not enough.
+        ok = certify_hermitian_batch(
+            matrices[b : b + 1].clone(),
+            lam * 1.02,
+            torch.tensor([0.05 * lam]),
+            complex_arith=True,
+            single=single,
+        )
+        assert not bool(ok[0])

@@ -10,7 +10,7 @@ import pytest
 from render_helpers import printed
 
 from sncli.layers import Skipped
-from sncli.lipschitz import ConvPolicy, Factor, LipschitzOptions, LipschitzReport
+from sncli.lipschitz import Assumption, ConvPolicy, Factor, LipschitzOptions, LipschitzReport
 from sncli.render.lipschitz import (
     LIPSCHITZ_CSV_COLUMNS,
     fmt_bound,
@@ -49,6 +49,13 @@ REPORT = LipschitzReport(
     valid_architecture=True,
     caveats=[],
     assumptions=["layers in key order", "1-Lipschitz activations"],
+)
+#: The same report with the chain asserted (--assume sequential).
+ASSUMED = LipschitzReport(
+    **{
+        **REPORT.__dict__,
+        "options": LipschitzOptions(conv=ConvPolicy.RESHAPE, assume=Assumption.SEQUENTIAL),
+    }
 )
 
 
@@ -133,7 +140,7 @@ def test_print_lipschitz_table_estimate() -> None:
     # A reshape factor is not an upper bound: the product is an estimate, not "L ≤" (issue 10).
     assert "L ≈ 1  (log10 = 0.0000) — an estimate, not a bound" in text
     assert "L ≤" not in text
-    assert REPORT.statement() in text.replace("\n", " ")
+    assert REPORT.statement() in " ".join(text.split())
     assert "Assumptions: layers in key order; 1-Lipschitz activations." in text
     assert "Excluded from the product: 2 bias." in text
 
@@ -151,9 +158,20 @@ def test_print_lipschitz_table_when_the_product_is_no_bound() -> None:
     text = printed(lambda console: print_lipschitz_table(report, console))
     assert "product of layer σ = 2  (log10 = 0.3010) — diagnostic only, NOT a Lipschitz" in text
     assert "L ≤" not in text and "σ reshape" not in text and "Excluded" not in text
-    certified = LipschitzReport(**{**report.__dict__, "valid_architecture": True})
+    assert lipschitz_to_dict(report)["bound"] is None
+    assert lipschitz_to_dict(report)["log10_bound"] is None
+    valid = LipschitzReport(**{**report.__dict__, "valid_architecture": True})
+    text = printed(lambda console: print_lipschitz_table(valid, console))
+    assert "L ≤ 2  (log10 = 0.3010) — conditional on a plain sequential chain" in text
+    assert "certified" not in " ".join(text.split()).replace("not certified", "")
+    certified = LipschitzReport(
+        **{**valid.__dict__, "options": LipschitzOptions(assume=Assumption.SEQUENTIAL)}
+    )
     text = printed(lambda console: print_lipschitz_table(certified, console))
     assert "L ≤ 2  (log10 = 0.3010) — certified upper bound" in text
+    refused = LipschitzReport(**{**certified.__dict__, "valid_architecture": False})
+    text = printed(lambda console: print_lipschitz_table(refused, console))
+    assert "NOT a Lipschitz bound for this architecture; --assume sequential refused" in text
 
 
 def test_headline_follows_what_the_report_says_the_product_is() -> None:
@@ -171,14 +189,19 @@ def test_headline_follows_what_the_report_says_the_product_is() -> None:
         "",
         True,
     )
-    upper = LipschitzReport(**{**REPORT.__dict__, "factors": [LINEAR, circular]})
+    upper = LipschitzReport(**{**ASSUMED.__dict__, "factors": [LINEAR, circular]})
     assert upper.upper_bound and not upper.certified
     text = printed(lambda console: print_lipschitz_table(upper, console))
     assert "L ≤ 1  (log10 = 0.0000) — an upper bound under the assumptions below" in text
     assert "every factor is an upper bound under the assumptions" in upper.statement()
-    certified = LipschitzReport(**{**REPORT.__dict__, "factors": [LINEAR]})
+    certified = LipschitzReport(**{**ASSUMED.__dict__, "factors": [LINEAR]})
     text = printed(lambda console: print_lipschitz_table(certified, console))
     assert "L ≤ 2  (log10 = 0.3010) — certified upper bound" in text
+    conditional = LipschitzReport(**{**REPORT.__dict__, "factors": [LINEAR]})
+    assert conditional.upper_bound and not conditional.certified
+    text = printed(lambda console: print_lipschitz_table(conditional, console))
+    assert "L ≤ 2  (log10 = 0.3010) — conditional on a plain sequential chain" in text
+    assert "--assume sequential" in conditional.statement() and "ONNX" in conditional.statement()
     partial = LipschitzReport(**{**certified.__dict__, "unselected": ["net.5.weight"]})
     assert partial.partial and not partial.certified and not partial.upper_bound
     assert lipschitz_to_dict(partial)["certified"] is False

@@ -1,0 +1,162 @@
+"""``sncli diff``: how two checkpoints of one model differ, layer by layer, spectrally."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from sncli.analysis import MethodOptions
+from sncli.cli import options as opt
+from sncli.cli.app import app
+from sncli.cli.opening import open_and_report
+from sncli.cli.sink import Sink, handle_errors
+from sncli.diff import (
+    DEFAULT_INTRUDER_THRESHOLD,
+    DEFAULT_TOP_K,
+    LayerDiff,
+    diff_checkpoints,
+    relative_change,
+)
+from sncli.errors import EXIT_BOUND_EXCEEDED
+from sncli.numerics.spectral import Method
+from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.diff import diff_to_csv, diff_to_dict, print_diff_table
+
+
+def _ordered(layers: list[LayerDiff], by_change: bool, top: int | None) -> list[LayerDiff]:
+    if by_change or top is not None:
+        layers = sorted(layers, key=lambda layer: -relative_change(layer))
+    return layers[:top] if top is not None else layers
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  sncli diff base.safetensors finetuned.safetensors\n\n"
+    "  sncli diff run/step1000.pt run/step2000.pt --top 10 --format json\n\n"
+    "  sncli diff base/ tuned/ --fail-above 0.05   # CI gate: no layer moves more than 5%\n\n"
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 a layer moved more than --fail-above, "
+    "4 no layer matched."
+)
+@handle_errors
+def diff(
+    checkpoint_a: Annotated[
+        str, typer.Argument(metavar="A", help="The reference checkpoint (any input inspect reads).")
+    ],
+    checkpoint_b: Annotated[
+        str, typer.Argument(metavar="B", help="The checkpoint compared with A.")
+    ],
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="How σ(A), σ(B) and ‖B−A‖₂ are computed, as for inspect: auto (to --tol), "
+            "exact, dense, lanczos or power. Iterative values are lower bounds.",
+            case_sensitive=False,
+        ),
+    ] = Method.AUTO,
+    tol: opt.TolOpt = None,
+    seed: opt.SeedOpt = 0,
+    certified: Annotated[
+        bool,
+        typer.Option("--certified", help="Add a proven upper bound on every ‖B−A‖₂."),
+    ] = False,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k",
+            min=0,
+            help="Compare the top-K left singular subspaces of A and B (principal angles, "
+            "intruder dimensions); 0 turns it off.",
+        ),
+    ] = DEFAULT_TOP_K,
+    intruder_threshold: Annotated[
+        float,
+        typer.Option(
+            "--intruder-threshold",
+            min=0.0,
+            max=1.0,
+            help="A top direction of B is an intruder when less than this fraction of its "
+            "length lies in A's top-K subspace.",
+        ),
+    ] = DEFAULT_INTRUDER_THRESHOLD,
+    output_format: opt.FormatOpt = OutputFormat.TABLE,
+    include: opt.FilterOpt = None,
+    exclude: opt.ExcludeOpt = None,
+    transposed: opt.TransposedOpt = None,
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help="Show only the N layers that moved most (relative)."),
+    ] = None,
+    by_change: Annotated[
+        bool, typer.Option("--sort-by-change", help="Order layers by relative change.")
+    ] = False,
+    fail_above: Annotated[
+        float | None,
+        typer.Option(
+            "--fail-above",
+            metavar="X",
+            help="Exit 3 when any layer's relative change ‖B−A‖₂/‖A‖₂ exceeds X, naming them.",
+            callback=opt.threshold,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Layer pairs compared at once (default: cores)."),
+    ] = None,
+    key: opt.KeyOpt = None,
+    skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
+    quiet: opt.QuietOpt = False,
+) -> None:
+    """Compare two checkpoints of one model: σ of both sides and of their difference per layer."""
+    chosen = opt.selection(include, exclude, transposed)
+    sink = Sink(quiet)
+    with (
+        open_and_report(checkpoint_a, key=key, skip_objects=skip_objects, sink=sink) as a,
+        open_and_report(checkpoint_b, key=key, skip_objects=skip_objects, sink=sink) as b,
+        progress_bar(not quiet, "diff") as progress,
+    ):
+        report = diff_checkpoints(
+            a,
+            b,
+            options=MethodOptions(
+                method=method, tol=tol, seed=seed, workers=workers, certify=certified
+            ),
+            **chosen,
+            top_k=top_k,
+            intruder_threshold=intruder_threshold,
+            progress=progress,
+        )
+    layers = _ordered(report.layers, by_change, top)
+    if output_format is OutputFormat.JSON:
+        write_json(diff_to_dict(report, layers, fail_above))
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(diff_to_csv(layers))
+    else:
+        print_diff_table(report, layers, stdout_console(), fail_above)
+    if plot is not None:
+        from sncli.render.plots import diff_figure, save_figure
+
+        sink.note(f"figure written to {save_figure(diff_figure(report, fail_above), plot)}")
+    for item in report.unmeasured:
+        sink.warning(f"{item.name}: not compared: {item.reason}")
+    if fail_above is not None:
+        offending = report.exceeding(fail_above)
+        if report.unmeasured:
+            names = ", ".join(item.name for item in report.unmeasured[:10])
+            sink.error(
+                f"--fail-above cannot pass: {len(report.unmeasured)} layer(s) could not be "
+                f"compared (non-finite weights): {names}"
+            )
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        if offending:
+            names = ", ".join(layer.name for layer in offending[:10])
+            more = f" and {len(offending) - 10} more" if len(offending) > 10 else ""
+            sink.error(
+                f"{len(offending)} layer(s) moved more than --fail-above {fail_above:g} "
+                f"(relative ‖B−A‖₂/‖A‖₂): {names}{more}"
+            )
+            raise typer.Exit(EXIT_BOUND_EXCEEDED)

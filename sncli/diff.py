@@ -1,0 +1,393 @@
+"""How two checkpoints of one model differ, spectrally: the library behind ``sncli diff``.
+
+Layers are matched by their displayed name (a ``module.``-style prefix on every key of one side
+is ignored, as ``inspect`` does). For every matched layer pair: σ of each side, ‖B − A‖₂ of the
+difference by the same methods and error control as ``inspect`` (``MethodOptions``), relative
+to ‖A‖₂, the Frobenius distances, and — with ``top_k`` — how much the top-K left singular
+subspaces overlap (cosines of the principal angles) and how many of B's top-K directions are
+nearly outside A's (intruder dimensions: ‖U_Aᵀu_j‖ < ``intruder_threshold``). Pairs stream
+through :mod:`sncli.pipeline` (a reader thread within a byte budget, single-threaded workers),
+so memory stays near one layer pair plus its difference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sncli.analysis import MethodOptions
+from sncli.checkpoint import Checkpoint, natural_key
+from sncli.dtypes import bits_per_element
+from sncli.errors import NoLayersMatchedError, NumericalError
+from sncli.layers import Layer, Skipped, classify, select
+from sncli.messages import ProgressCallback
+from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
+from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from sncli.formats.safetensors import SafetensorsStreamReader
+
+DEFAULT_TOP_K = 8
+#: B's direction u_j is an intruder when ‖U_Aᵀu_j‖ (its part inside A's top-K span) is below
+#: this: cos < 0.5 means more than 60° from every direction of A's top subspace.
+DEFAULT_INTRUDER_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A tensor both sides hold under one name but with different shapes or dtypes."""
+
+    name: str
+    shape_a: tuple[int, ...]
+    shape_b: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    #: True when the shapes agree (a dtype change): the layer is still compared.
+    compared: bool
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """One matched layer: both σ, the spectral and Frobenius norms of B − A, subspace overlap.
+
+    ``unchanged`` is True when the two tensors are byte-for-byte equal (then every distance is
+    0 and nothing was computed). ``delta_bound`` says whether ``delta_sigma`` is two-sided
+    (exact) or a lower bound, as for ``inspect``; ``delta_upper`` is a proven upper bound on
+    ‖B − A‖₂ when one is known. ``relative`` is None when ‖A‖₂ = 0.
+    """
+
+    name: str
+    key_a: str
+    key_b: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    matrix: str
+    matrix_shape: tuple[int, int]
+    unchanged: bool
+    sigma_a: float
+    sigma_b: float
+    delta_sigma: float
+    relative: float | None
+    delta_frobenius: float
+    relative_frobenius: float | None
+    delta_bound: BoundKind
+    delta_upper: float | None = None
+    certified: bool = False
+    algorithm: str = ""
+    subspace_cosines: tuple[float, ...] | None = None
+    intruders: int | None = None
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """Everything ``sncli diff`` found about two checkpoints."""
+
+    a: str
+    b: str
+    format_a: str
+    format_b: str
+    method: Method
+    top_k: int
+    intruder_threshold: float
+    layers: list[LayerDiff]
+    only_in_a: list[str]
+    only_in_b: list[str]
+    mismatched: list[Mismatch]
+    skipped: list[Skipped]
+    #: Matched layers that could not be compared (NaN/Inf on a side), with the reason: a CI gate
+    #: must fail on them, not pass because nothing was measured.
+    unmeasured: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    workers: int = 1
+    seconds: float | None = None
+
+    @property
+    def changed(self) -> list[LayerDiff]:
+        return [layer for layer in self.layers if not layer.unchanged]
+
+    def exceeding(self, threshold: float) -> list[LayerDiff]:
+        """Layers whose ``relative`` change is above ``threshold`` (a moved layer with ‖A‖₂ = 0
+        counts as above any threshold)."""
+
+        return [
+            layer
+            for layer in self.layers
+            if not layer.unchanged and relative_change(layer) > threshold
+        ]
+
+    def to_pandas(self) -> Any:
+        """The matched layers as a pandas DataFrame (pandas optional); the lists of tensors
+        only in A, only in B and mismatched are in ``attrs``."""
+        from sncli.tables import to_frame
+
+        return to_frame(
+            self.layers,
+            a=self.a,
+            b=self.b,
+            method=self.method,
+            only_in_a=self.only_in_a,
+            only_in_b=self.only_in_b,
+            mismatched=[m.name for m in self.mismatched],
+        )
+
+
+def relative_change(layer: LayerDiff) -> float:
+    """``relative`` for ordering and gates: +inf for a layer that moved from ‖A‖₂ = 0 (a
+    zero-initialised LoRA B, say), 0 for an unchanged one."""
+    if layer.relative is not None:
+        return layer.relative
+    return math.inf if layer.delta_sigma > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Pair:
+    name: str
+    layer_a: Layer
+    layer_b: Layer
+
+
+@dataclass
+class _LoadedPair:
+    pair: _Pair
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def _byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (no arithmetic: −0 ≠ +0, NaN payloads compared as bits)."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = a.contiguous(), b.contiguous()
+    return torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+
+
+def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
+    return largest_singular_value(
+        matrix,
+        options.method,
+        iters=options.iters,
+        tol=options.tol,
+        seed=options.seed,
+        certify=options.certify,
+    )
+
+
+def _compare(
+    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
+) -> LayerDiff:
+    import torch
+
+    from sncli.numerics.floating import check_finite
+    from sncli.numerics.subspaces import captured_fractions, principal_cosines, top_left_subspace
+
+    pair = loaded.pair
+    layer = pair.layer_a
+    common = {
+        "name": pair.name,
+        "key_a": pair.layer_a.name,
+        "key_b": pair.layer_b.name,
+        "kind": layer.kind.value,
+        "shape": layer.shape,
+        "dtype_a": pair.layer_a.dtype,
+        "dtype_b": pair.layer_b.dtype,
+        "matrix": layer.matrix_description,
+        "matrix_shape": layer.matrix_shape,
+    }
+    a = as_matrix(loaded.a, layer.reshape_dim)
+    b = as_matrix(loaded.b, pair.layer_b.reshape_dim)
+    for side, matrix in (("A", a), ("B", b)):
+        try:
+            check_finite(matrix)
+        except NumericalError as exc:
+            raise NumericalError(f"{exc.message} in {side}") from exc
+    if _byte_equal(loaded.a, loaded.b):
+        sigma = _sigma(a, options).sigma
+        return LayerDiff(
+            **common,
+            unchanged=True,
+            sigma_a=sigma,
+            sigma_b=sigma,
+            delta_sigma=0.0,
+            relative=0.0 if sigma > 0 else None,
+            delta_frobenius=0.0,
+            relative_frobenius=0.0 if sigma > 0 else None,
+            delta_bound=BoundKind.EXACT,
+            delta_upper=0.0,
+            certified=True,
+            algorithm="byte-equal",
+            subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
+            intruders=0 if top_k and sigma > 0 else None,
+        )
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    difference = b64 - a64  # one layer pair and its difference: the memory of this task
+    sigma_a = _sigma(a, options).sigma
+    sigma_b = _sigma(b, options).sigma
+    delta = _sigma(difference, options)
+    frob_a = float(torch.linalg.vector_norm(a64))
+    delta_frob = float(torch.linalg.vector_norm(difference))
+    del difference
+    cosines: tuple[float, ...] | None = None
+    intruders: int | None = None
+    if top_k:
+        space_a = top_left_subspace(a64, top_k, seed=options.seed)
+        space_b = top_left_subspace(b64, top_k, seed=options.seed)
+        if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
+            cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
+            captured = captured_fractions(space_a.vectors, space_b.vectors)
+            intruders = sum(1 for value in captured if value < threshold)
+    return LayerDiff(
+        **common,
+        unchanged=False,
+        sigma_a=sigma_a,
+        sigma_b=sigma_b,
+        delta_sigma=delta.sigma,
+        relative=delta.sigma / sigma_a if sigma_a > 0 else None,
+        delta_frobenius=delta_frob,
+        relative_frobenius=delta_frob / frob_a if frob_a > 0 else None,
+        delta_bound=delta.bound,
+        delta_upper=delta.upper if delta.upper is not None else None,
+        certified=delta.certified,
+        algorithm=delta.algorithm,
+        subspace_cosines=cosines,
+        intruders=intruders,
+    )
+
+
+def _pair_bytes(pair: _Pair) -> int:
+    """Both sides as stored, plus the float64 copies and their difference."""
+    size = math.prod(pair.layer_a.shape)
+    stored = size * (bits_per_element(pair.layer_a.dtype) + bits_per_element(pair.layer_b.dtype))
+    return stored // 8 + 3 * 8 * size
+
+
+def _load_pair(
+    a: Checkpoint, b: Checkpoint, pair: _Pair, reader: SafetensorsStreamReader | None
+) -> _LoadedPair:
+    return _LoadedPair(
+        pair,
+        load_weight(a, pair.layer_a.name, reader),
+        load_weight(b, pair.layer_b.name, reader if b.format == "safetensors" else None),
+    )
+
+
+def _tensor_names(checkpoint: Checkpoint) -> dict[str, str]:
+    """Displayed name → key, for every tensor (and composed weight-norm weight)."""
+    names = {checkpoint.short_name(key): key for key in checkpoint.tensors}
+    names.update({checkpoint.short_name(key): key for key in checkpoint.derived})
+    return names
+
+
+def diff_checkpoints(
+    a: Checkpoint,
+    b: Checkpoint,
+    *,
+    options: MethodOptions | None = None,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    transposed: Iterable[str] = (),
+    top_k: int = DEFAULT_TOP_K,
+    intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD,
+    progress: ProgressCallback | None = None,
+) -> DiffReport:
+    """Compare every layer the two checkpoints share (see the module docstring).
+
+    Tensors only one side holds, and same-named tensors whose shape or dtype differ, are listed
+    (``only_in_a``, ``only_in_b``, ``mismatched``). Raises ``NoLayersMatchedError`` when no
+    layer is left to compare, ``NumericalError`` when a compared weight holds NaN/Inf.
+    """
+    options = options or MethodOptions()
+    if top_k < 0:
+        raise ValueError(f"top_k must be ≥ 0, got {top_k}")
+    names_a, names_b = _tensor_names(a), _tensor_names(b)
+    only_a = sorted(set(names_a) - set(names_b), key=natural_key)
+    only_b = sorted(set(names_b) - set(names_a), key=natural_key)
+    mismatched: list[Mismatch] = []
+    for name in sorted(set(names_a) & set(names_b), key=natural_key):
+        info_a, info_b = a.tensors.get(names_a[name]), b.tensors.get(names_b[name])
+        if info_a is None or info_b is None:
+            continue
+        if info_a.shape != info_b.shape or info_a.dtype != info_b.dtype:
+            mismatched.append(
+                Mismatch(
+                    name,
+                    info_a.shape,
+                    info_b.shape,
+                    info_a.dtype,
+                    info_b.dtype,
+                    info_a.shape == info_b.shape,
+                )
+            )
+    classified_a = classify(a, transposed=transposed)
+    layers_a = {layer.short_name: layer for layer in classified_a.layers}
+    classified_b = classify(b, transposed=transposed)
+    layers_b = {layer.short_name: layer for layer in classified_b.layers}
+    selected = select(list(layers_a.values()), include, exclude)
+    pairs = [
+        _Pair(layer.short_name, layer, layers_b[layer.short_name])
+        for layer in selected
+        if layer.short_name in layers_b and layers_b[layer.short_name].shape == layer.shape
+    ]
+    if not pairs:
+        raise NoLayersMatchedError(
+            "nothing to compare: no layer with the same name and shape is in both checkpoints"
+            + (" after the filters" if (list(include) or list(exclude)) else ""),
+            b.path,
+        )
+    began = time.perf_counter()
+    workers = options.workers or max(1, min(available_cores(), len(pairs)))
+    largest = max(_pair_bytes(pair) for pair in pairs)
+    widest = max(pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1] for pair in pairs)
+
+    def compare(loaded: _LoadedPair) -> LayerDiff | Skipped:
+        try:
+            return _compare(loaded, options, top_k, intruder_threshold)
+        except NumericalError as exc:
+            return Skipped(loaded.pair.layer_a.name, exc.message)
+
+    with torch_threads(1):
+        outcomes = read_ahead_map(
+            a,
+            pairs,
+            nbytes=_pair_bytes,
+            load=lambda pair, reader: _load_pair(a, b, pair, reader),
+            compute=compare,
+            budget=budget_bytes(largest, widest),
+            workers=workers,
+            label=lambda pair: pair.name,
+            progress=progress,
+            thread_name="sncli-diff",
+        )
+    results = [item for item in outcomes if isinstance(item, LayerDiff)]
+    failed = [item for item in outcomes if isinstance(item, Skipped)]
+    if not results:
+        raise NumericalError(
+            f"no layer could be compared: {failed[0].name}: {failed[0].reason}", a.path
+        )
+    notes = [f"A: {note}" for note in a.notes] + [f"B: {note}" for note in b.notes]
+    return DiffReport(
+        a=str(a.path),
+        b=str(b.path),
+        format_a=a.format,
+        format_b=b.format,
+        method=Method(options.method),
+        top_k=top_k,
+        intruder_threshold=intruder_threshold,
+        layers=results,
+        only_in_a=only_a,
+        only_in_b=only_b,
+        mismatched=mismatched,
+        skipped=list(classified_a.skipped),
+        unmeasured=failed,
+        notes=notes,
+        workers=workers,
+        seconds=time.perf_counter() - began,
+    )

@@ -1,0 +1,407 @@
+"""ONNX models: the weight initializers (for ``inspect``) and the graph (for ``lipschitz``).
+
+Parsed with the ``onnx`` package (``load_external_data=False``: sncli reads external data
+itself). Weights may be embedded (``raw_data`` or the typed fields) or external, as torch's
+dynamo exporter writes them (``model.onnx`` + ``model.onnx.data``). Before any data is read:
+
+* every tensor's dims are non-negative and its byte size matches what the file holds
+  (``raw_data`` length, typed field length, or the external ``length`` and the data file's
+  size), so a header never allocates more than the files contain;
+* an external ``location`` is a relative path that stays inside the model's folder once
+  symlinks are resolved, and names a regular file.
+
+A truncated or malformed protobuf, a missing data file or a bad location is a
+``CheckpointError`` naming the file. The graph is given as plain dataclasses (``OnnxGraph``)
+with shapes from ONNX shape inference, so the engine walking it needs no ``onnx`` types.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sncli.errors import CheckpointError
+from sncli.formats.common import FormatContents, describe, quote, regular_file_size
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: ONNX TensorProto.DataType → (torch dtype name, numpy dtype name, bytes per element).
+#: bfloat16 is read as uint16 and reinterpreted by torch.
+ONNX_DTYPES: dict[int, tuple[str, str, int]] = {
+    1: ("float32", "float32", 4),
+    2: ("uint8", "uint8", 1),
+    3: ("int8", "int8", 1),
+    4: ("uint16", "uint16", 2),
+    5: ("int16", "int16", 2),
+    6: ("int32", "int32", 4),
+    7: ("int64", "int64", 8),
+    9: ("bool", "bool", 1),
+    10: ("float16", "float16", 2),
+    11: ("float64", "float64", 8),
+    12: ("uint32", "uint32", 4),
+    13: ("uint64", "uint64", 8),
+    16: ("bfloat16", "uint16", 2),
+}
+#: Typed storage fields of a TensorProto, by data type (used when raw_data is empty).
+_TYPED_FIELD = {
+    1: "float_data",
+    2: "int32_data",
+    3: "int32_data",
+    4: "int32_data",
+    5: "int32_data",
+    6: "int32_data",
+    7: "int64_data",
+    9: "int32_data",
+    10: "int32_data",
+    11: "double_data",
+    12: "uint64_data",
+    13: "uint64_data",
+    16: "int32_data",
+}
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class OnnxValue:
+    """A graph input, output or intermediate value: its dtype and shape, as far as known.
+
+    ``shape`` holds ints for static dims, the symbol (``"batch"``) for named dynamic ones and
+    None for unknown ones; ``shape`` itself is None when the rank is unknown.
+    """
+
+    name: str
+    dtype: str | None
+    shape: tuple[Dim, ...] | None
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """One node: op, inputs/outputs by value name ('' = an omitted optional input) and attributes
+    as plain Python values (ints, floats, strings, lists; a tensor attribute as a numpy array;
+    a subgraph as the string ``"<graph>"``)."""
+
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OnnxGraph:
+    """The main graph of an ONNX model, ready to walk (nodes in file order)."""
+
+    path: Path
+    files: list[Path]
+    opset: int
+    inputs: list[OnnxValue]
+    outputs: list[OnnxValue]
+    nodes: list[OnnxNode]
+    values: dict[str, OnnxValue]
+    initializers: dict[str, tuple[tuple[int, ...], str]]
+    load: Callable[[str], np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """Where one initializer's bytes are: embedded in the proto, or a range of a data file."""
+
+    name: str
+    shape: tuple[int, ...]
+    data_type: int
+    file: Path | None = None
+    offset: int = 0
+    length: int = 0
+
+
+def _parse_model(path: Path) -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - onnx is a dependency
+        raise CheckpointError("reading ONNX models needs the 'onnx' package", path) from exc
+    size = regular_file_size(path)
+    if size == 0:
+        raise CheckpointError("empty file, not an ONNX model", path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError and friends: protobuf gives no common base
+        raise CheckpointError(
+            f"not a valid ONNX model (truncated or malformed protobuf: {describe(exc)})", path
+        ) from exc
+    if not model.HasField("graph"):
+        raise CheckpointError("not a valid ONNX model: no graph", path)
+    return model
+
+
+def _numel(shape: tuple[int, ...], name: str, path: Path) -> int:
+    if any(d < 0 for d in shape):
+        raise CheckpointError(f"tensor {quote(name)} has a negative dimension {shape}", path)
+    return math.prod(shape)
+
+
+def _external_file(location: str, name: str, folder: Path, path: Path) -> Path:
+    """The data file a location names, refused unless it stays inside the model's folder."""
+    if not location or os.path.isabs(location) or "\x00" in location:
+        raise CheckpointError(
+            f"tensor {quote(name)}: external data location {quote(location)} is not a relative "
+            "path inside the model's folder",
+            path,
+        )
+    candidate = folder / location
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"tensor {quote(name)}: external data file {quote(location)} is missing", path
+        ) from exc
+    if not resolved.is_relative_to(folder.resolve()):
+        raise CheckpointError(
+            f"tensor {quote(name)}: external data location {quote(location)} leaves the model's "
+            "folder (refused)",
+            path,
+        )
+    return resolved
+
+
+def _tensor_entry(proto: Any, path: Path, sizes: dict[Path, int]) -> _Tensor:
+    """Check one TensorProto's claims against the bytes it has and say where they are."""
+    name = proto.name
+    shape = tuple(int(d) for d in proto.dims)
+    numel = _numel(shape, name, path)
+    if proto.data_type not in ONNX_DTYPES:
+        return _Tensor(name, shape, proto.data_type)
+    itemsize = ONNX_DTYPES[proto.data_type][2]
+    expected = numel * itemsize
+    if proto.data_location == 1:  # EXTERNAL
+        info = {entry.key: entry.value for entry in proto.external_data}
+        file = _external_file(info.get("location", ""), name, path.parent, path)
+        if file not in sizes:
+            sizes[file] = regular_file_size(file)
+        try:
+            offset = int(info.get("offset", "0") or 0)
+            length = int(info.get("length", str(expected)) or expected)
+        except ValueError as exc:
+            message = f"tensor {quote(name)}: bad external offset/length"
+            raise CheckpointError(message, path) from exc
+        if offset < 0 or length != expected:
+            raise CheckpointError(
+                f"tensor {quote(name)}: external data claims {length} bytes at offset {offset}, "
+                f"its shape {list(shape)} needs {expected}",
+                path,
+            )
+        if offset + length > sizes[file]:
+            raise CheckpointError(
+                f"tensor {quote(name)}: external data ends at byte {offset + length}, past the "
+                f"end of {file.name} ({sizes[file]} bytes; truncated?)",
+                path,
+            )
+        return _Tensor(name, shape, proto.data_type, file, offset, length)
+    if proto.raw_data:
+        held = len(proto.raw_data)
+    else:  # typed fields hold one entry per element
+        held = len(getattr(proto, _TYPED_FIELD[proto.data_type])) * itemsize
+    if held != expected:
+        raise CheckpointError(
+            f"tensor {quote(name)}: shape {list(shape)} needs {expected} bytes, the file holds "
+            f"{held}",
+            path,
+        )
+    return _Tensor(name, shape, proto.data_type)
+
+
+def _to_numpy(tensor: _Tensor, proto: Any) -> np.ndarray:
+    """The tensor's values as a numpy array (bfloat16 as its uint16 bit pattern)."""
+    import numpy as np
+
+    np_name = ONNX_DTYPES[tensor.data_type][1]
+    if tensor.file is not None:
+        with tensor.file.open("rb") as handle:
+            handle.seek(tensor.offset)
+            data = handle.read(tensor.length)
+        if len(data) != tensor.length:
+            raise OSError(5, "data file ended early")
+        return np.frombuffer(data, dtype=np.dtype(np_name).newbyteorder("<")).reshape(tensor.shape)
+    if proto.raw_data:
+        raw = np.frombuffer(proto.raw_data, dtype=np.dtype(np_name).newbyteorder("<"))
+        return raw.reshape(tensor.shape)
+    values = getattr(proto, _TYPED_FIELD[tensor.data_type])
+    if tensor.data_type in (10, 16):  # fp16/bf16 bit patterns stored in int32_data
+        return np.asarray(values, dtype=np.uint16).view(np_name).reshape(tensor.shape)
+    return np.asarray(values, dtype=np_name).reshape(tensor.shape)
+
+
+class _Store:
+    """The initializers of one model, checked, with their data read on demand."""
+
+    def __init__(self, model: Any, path: Path) -> None:
+        self.path = path
+        self.protos: dict[str, Any] = {}
+        self.entries: dict[str, _Tensor] = {}
+        sizes: dict[Path, int] = {}
+        for proto in model.graph.initializer:
+            if proto.name in self.entries:
+                raise CheckpointError(f"duplicate initializer {quote(proto.name)}", path)
+            self.entries[proto.name] = _tensor_entry(proto, path, sizes)
+            self.protos[proto.name] = proto
+        self.files = [path, *sorted(sizes)]
+
+    def numpy(self, name: str) -> np.ndarray:
+        entry = self.entries[name]
+        if entry.data_type not in ONNX_DTYPES:
+            raise CheckpointError(
+                f"tensor {quote(name)}: ONNX data type {entry.data_type} is not supported",
+                self.path,
+            )
+        try:
+            return _to_numpy(entry, self.protos[name])
+        except OSError as exc:
+            raise CheckpointError(
+                f"tensor {quote(name)}: cannot read its data: {exc.strerror or exc}", self.path
+            ) from exc
+
+    def torch(self, name: str) -> Any:
+        import torch
+
+        array = self.numpy(name)
+        tensor = torch.from_numpy(array.copy())
+        if self.entries[name].data_type == 16:
+            tensor = tensor.view(torch.bfloat16)
+        return tensor
+
+    def table(self) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+        tensors, unsupported = {}, {}
+        for name, entry in self.entries.items():
+            known = ONNX_DTYPES.get(entry.data_type)
+            tensors[name] = (entry.shape, known[0] if known else f"onnx-type-{entry.data_type}")
+            if known is None:
+                unsupported[name] = f"ONNX data type {entry.data_type} is not supported"
+        return tensors, unsupported
+
+
+def read_onnx(path: Path) -> FormatContents:
+    """The model's initializers as a checkpoint's tensors (``inspect`` lists them)."""
+    model = _parse_model(path)
+    store = _Store(model, path)
+    tensors, unsupported = store.table()
+    notes = [
+        f"{path.name}: ONNX model ({len(model.graph.node)} nodes); its initializers are listed as "
+        "tensors ('sncli lipschitz' bounds the graph itself)"
+    ]
+    return FormatContents(
+        format="onnx",
+        files=store.files,
+        tensors=tensors,
+        load=store.torch,
+        notes=notes,
+        unsupported=unsupported,
+    )
+
+
+def _value(info: Any) -> OnnxValue:
+    kind = info.type.WhichOneof("value") if info.HasField("type") else None
+    if kind != "tensor_type":
+        return OnnxValue(info.name, None, None)
+    tensor_type = info.type.tensor_type
+    known = ONNX_DTYPES.get(tensor_type.elem_type)
+    shape: tuple[Dim, ...] | None = None
+    if tensor_type.HasField("shape"):
+        dims: list[Dim] = []
+        for dim in tensor_type.shape.dim:
+            which = dim.WhichOneof("value")
+            if which == "dim_value":
+                dims.append(int(dim.dim_value))
+            elif which == "dim_param":
+                dims.append(str(dim.dim_param))
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return OnnxValue(info.name, known[0] if known else None, shape)
+
+
+def _attribute(attribute: Any, node: str, path: Path) -> Any:
+    import onnx
+
+    kind = attribute.type
+    types = onnx.AttributeProto
+    if kind in (types.GRAPH, types.GRAPHS):
+        return "<graph>"
+    if kind == types.TENSOR:
+        store_path = path
+        entry = _tensor_entry(attribute.t, store_path, {})
+        if entry.file is not None or entry.data_type not in ONNX_DTYPES:
+            raise CheckpointError(
+                f"node {quote(node)}: constant tensor attribute stored externally or of an "
+                "unsupported type",
+                path,
+            )
+        array = _to_numpy(entry, attribute.t)
+        return array.view("uint16") if entry.data_type == 16 else array
+    if kind in (types.SPARSE_TENSOR, types.SPARSE_TENSORS, types.TENSORS, types.TYPE_PROTO):
+        return f"<{types.AttributeType.Name(kind).lower()}>"
+    value = onnx.helper.get_attribute_value(attribute)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _inferred(model: Any, notes: list[str]) -> Any:
+    """The model with ONNX shape inference applied (the model as is when inference fails)."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # inference is best effort: the engine reports what stays unknown
+        notes.append(f"ONNX shape inference failed ({describe(exc)}); shapes as stored")
+        return model
+
+
+def read_onnx_graph(path: Path) -> OnnxGraph:
+    """The main graph as plain data, with shapes from ONNX shape inference."""
+    model = _parse_model(path)
+    store = _Store(model, path)
+    notes: list[str] = []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    inferred = _inferred(model, notes)
+    graph = inferred.graph
+    values: dict[str, OnnxValue] = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        values[info.name] = _value(info)
+    nodes = []
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        attributes = {a.name: _attribute(a, name, path) for a in node.attribute}
+        nodes.append(
+            OnnxNode(
+                name,
+                node.op_type,
+                node.domain,
+                tuple(node.input),
+                tuple(node.output),
+                attributes,
+            )
+        )
+    tensors, _ = store.table()
+    inputs = [values[i.name] for i in graph.input if i.name not in tensors]
+    outputs = [values[o.name] for o in graph.output]
+    return OnnxGraph(
+        path=path,
+        files=store.files,
+        opset=opset,
+        inputs=inputs,
+        outputs=outputs,
+        nodes=nodes,
+        values=values,
+        initializers=tensors,
+        load=store.numpy,
+        notes=notes,
+    )

@@ -1,0 +1,224 @@
+"""Tables, JSON and CSV for ``sncli diff``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sncli.diff import DiffReport, LayerDiff, relative_change
+from sncli.messages import clean_text
+from sncli.numerics.spectral import BoundKind
+from sncli.render.common import fmt_shape, fmt_sigma, plural
+
+CSV_FIELDS = (
+    "name",
+    "kind",
+    "shape",
+    "unchanged",
+    "sigma_a",
+    "sigma_b",
+    "delta_sigma",
+    "delta_bound",
+    "relative",
+    "delta_frobenius",
+    "relative_frobenius",
+    "min_subspace_cosine",
+    "intruders",
+)
+
+
+def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
+    """The JSON object for one matched layer (a stable contract; see README)."""
+    item: dict[str, Any] = {
+        "name": layer.name,
+        "key_a": layer.key_a,
+        "key_b": layer.key_b,
+        "kind": layer.kind,
+        "shape": list(layer.shape),
+        "dtype_a": layer.dtype_a,
+        "dtype_b": layer.dtype_b,
+        "matrix": layer.matrix,
+        "unchanged": layer.unchanged,
+        "sigma_a": layer.sigma_a,
+        "sigma_b": layer.sigma_b,
+        "delta_sigma": layer.delta_sigma,
+        "delta_bound": layer.delta_bound.value,
+        "relative": layer.relative,
+        "delta_frobenius": layer.delta_frobenius,
+        "relative_frobenius": layer.relative_frobenius,
+        "certified": layer.certified,
+    }
+    if layer.delta_upper is not None:
+        item["delta_upper"] = layer.delta_upper
+    if layer.algorithm:
+        item["algorithm"] = layer.algorithm
+    if layer.subspace_cosines is not None:
+        item["subspace_cosines"] = list(layer.subspace_cosines)
+        item["intruders"] = layer.intruders
+    return item
+
+
+def diff_to_dict(
+    report: DiffReport, layers: list[LayerDiff], fail_above: float | None = None
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "a": report.a,
+        "b": report.b,
+        "format_a": report.format_a,
+        "format_b": report.format_b,
+        "method": report.method.value,
+        "top_k": report.top_k,
+        "intruder_threshold": report.intruder_threshold,
+        "layers": [layer_to_dict(layer) for layer in layers],
+        "only_in_a": report.only_in_a,
+        "only_in_b": report.only_in_b,
+        "mismatched": [
+            {
+                "name": m.name,
+                "shape_a": list(m.shape_a),
+                "shape_b": list(m.shape_b),
+                "dtype_a": m.dtype_a,
+                "dtype_b": m.dtype_b,
+                "compared": m.compared,
+            }
+            for m in report.mismatched
+        ],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
+        "unmeasured": [{"name": s.name, "reason": s.reason} for s in report.unmeasured],
+    }
+    changed = report.changed
+    largest = max(changed, key=relative_change, default=None)
+    data["summary"] = {
+        "compared": len(report.layers),
+        "unchanged": len(report.layers) - len(changed),
+        "changed": len(changed),
+        "largest_relative": None
+        if largest is None
+        else {"name": largest.name, "relative": largest.relative},
+    }
+    if fail_above is not None:
+        data["summary"]["fail_above"] = fail_above
+        data["summary"]["exceeding"] = [layer.name for layer in report.exceeding(fail_above)]
+    return data
+
+
+def diff_to_csv(layers: list[LayerDiff]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for layer in layers:
+        cosines = layer.subspace_cosines
+        writer.writerow(
+            [
+                layer.name,
+                layer.kind,
+                "x".join(str(d) for d in layer.shape),
+                layer.unchanged,
+                repr(layer.sigma_a),
+                repr(layer.sigma_b),
+                repr(layer.delta_sigma),
+                layer.delta_bound.value,
+                "" if layer.relative is None else repr(layer.relative),
+                repr(layer.delta_frobenius),
+                "" if layer.relative_frobenius is None else repr(layer.relative_frobenius),
+                "" if not cosines else repr(min(cosines)),
+                "" if layer.intruders is None else layer.intruders,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _relative(value: float | None) -> str:
+    return "--" if value is None else f"{value:.3g}"
+
+
+def print_diff_table(
+    report: DiffReport,
+    layers: list[LayerDiff],
+    console: Console,
+    fail_above: float | None = None,
+) -> None:
+    title = f"{escape(clean_text(report.a))}  →  {escape(clean_text(report.b))}"
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("layer", overflow="fold")
+    table.add_column("shape")
+    table.add_column("σ(A)", justify="right")
+    table.add_column("σ(B)", justify="right")
+    table.add_column("‖B−A‖₂", justify="right")
+    table.add_column("relative", justify="right")
+    table.add_column("rel. Frobenius", justify="right")
+    if report.top_k:
+        table.add_column(f"top-{report.top_k} min cos", justify="right")
+        table.add_column("intruders", justify="right")
+    exceeding = {layer.name for layer in report.exceeding(fail_above)} if fail_above else set()
+    for layer in layers:
+        style = "bold red" if layer.name in exceeding else ("dim" if layer.unchanged else None)
+        delta = "unchanged" if layer.unchanged else fmt_sigma(layer.delta_sigma)
+        if not layer.unchanged and layer.delta_bound is BoundKind.LOWER:
+            delta = "≥ " + delta
+        row = [
+            escape(clean_text(layer.name)),
+            fmt_shape(layer.shape),
+            fmt_sigma(layer.sigma_a),
+            fmt_sigma(layer.sigma_b),
+            delta,
+            "∞ (σ(A) = 0)"
+            if layer.relative is None and layer.delta_sigma > 0
+            else _relative(layer.relative),
+            _relative(layer.relative_frobenius),
+        ]
+        if report.top_k:
+            cosines = layer.subspace_cosines
+            row += [
+                "--" if not cosines else f"{min(cosines):.3f}",
+                "--" if layer.intruders is None else str(layer.intruders),
+            ]
+        table.add_row(*row, style=style)
+    console.print(table)
+    changed = report.changed
+    parts = [
+        plural(len(report.layers), "layer") + " compared",
+        f"{len(report.layers) - len(changed)} unchanged (byte-equal)",
+    ]
+    if report.only_in_a:
+        parts.append(f"{len(report.only_in_a)} only in A")
+    if report.only_in_b:
+        parts.append(f"{len(report.only_in_b)} only in B")
+    if report.mismatched:
+        parts.append(f"{len(report.mismatched)} mismatched")
+    if report.unmeasured:
+        parts.append(f"{len(report.unmeasured)} NOT compared (non-finite)")
+    console.print(", ".join(parts), style="dim")
+    for label, names in (("only in A", report.only_in_a), ("only in B", report.only_in_b)):
+        if names:
+            shown = ", ".join(clean_text(n, 60) for n in names[:8])
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            console.print(f"{label}: {escape(shown)}{more}", style="dim")
+    for item in report.unmeasured:
+        console.print(
+            f"not compared: {escape(clean_text(item.name, 80))}: {escape(item.reason)}",
+            style="bold red",
+        )
+    for m in report.mismatched:
+        what = (
+            f"dtype {m.dtype_a} → {m.dtype_b} (compared)"
+            if m.compared
+            else f"shape {fmt_shape(m.shape_a)} → {fmt_shape(m.shape_b)} (not compared)"
+        )
+        console.print(f"mismatched: {escape(clean_text(m.name, 80))}: {what}", style="dim")
+    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
+    caption = f"‖B−A‖₂ by --method {report.method.value}"
+    if lower:
+        caption += "; '≥' marks lower bounds (iterative estimates)"
+    if report.top_k:
+        caption += (
+            f"; min cos: smallest cosine of the principal angles between the top-{report.top_k} "
+            f"left singular subspaces (1 = same directions); intruders: B's top directions "
+            f"with less than {report.intruder_threshold:g} of their length inside A's subspace"
+        )
+    console.print(caption, style="dim")

@@ -1,0 +1,230 @@
+"""The self-contained HTML report of ``sncli report``: inline CSS and SVG, no script, nothing
+fetched from anywhere, so it opens offline and can be attached to a ticket.
+
+Large checkpoints stay readable: figures are drawn per layer but their ticks thin out, and tables
+beyond ``OPEN_ROWS`` rows are folded in ``<details>`` elements (which work without JavaScript).
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Any
+
+from sncli import __version__
+from sncli.messages import clean_text
+from sncli.render.common import fmt_shape, fmt_sigma
+from sncli.report import ModelReport
+
+#: Tables longer than this start folded (a click on the summary line opens them).
+OPEN_ROWS = 200
+
+_CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1b1b1b;
+       max-width: 1180px; margin: 2em auto; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.2em; margin-top: 2em; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: .25em 1.2em; }
+dl.summary dt { font-weight: 600; color: #555; } dl.summary dd { margin: 0; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; }
+th, td { padding: .25em .6em; border-bottom: 1px solid #e3e3e3; text-align: right; }
+th:first-child, td:first-child { text-align: left; word-break: break-all; }
+th { background: #f4f4f4; position: sticky; top: 0; }
+tr.unchanged td { color: #888; } tr.flag td { color: #b00020; font-weight: 600; }
+figure { margin: 1.2em 0; } figure svg { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 13px; }
+.statement { background: #f6f8fa; border-left: 4px solid #1f77b4; padding: .6em 1em; }
+.warn { border-left-color: #d62728; }
+code, pre { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; }
+pre { background: #f6f8fa; padding: .6em 1em; overflow-x: auto; }
+footer { margin-top: 3em; color: #777; font-size: 12px; }
+"""
+
+
+def _text(value: object) -> str:
+    return escape(clean_text(str(value), 400))
+
+
+def _figure(svg: str | None, caption: str) -> str:
+    if svg is None:
+        return ""
+    return f"<figure>{svg}<figcaption>{_text(caption)}</figcaption></figure>"
+
+
+def _table(headers: list[str], rows: list[tuple[str, list[str]]], what: str) -> str:
+    """An HTML table; ``rows`` are (css class, cells already escaped)."""
+    head = "".join(f"<th>{_text(h)}</th>" for h in headers)
+    body = "".join(
+        f'<tr class="{css}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+        for css, cells in rows
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if len(rows) > OPEN_ROWS:
+        summary = f"<summary>{len(rows)} {_text(what)} (click to show)</summary>"
+        return f"<details>{summary}{table}</details>"
+    return table
+
+
+def _summary(report: ModelReport) -> str:
+    inspect = report.inspect
+    largest = inspect.largest
+    items: list[tuple[str, str]] = [
+        ("checkpoint", f"<code>{_text(report.checkpoint)}</code>"),
+        ("format", _text(report.format)),
+        ("parameters", f"{report.parameters:,} in {report.tensors:,} tensors"),
+        ("layers analysed", f"{len(inspect.layers):,} ({len(inspect.skipped):,} tensors skipped)"),
+    ]
+    if largest is not None:
+        items.append(
+            ("largest σ", f"{fmt_sigma(largest.sigma)} (<code>{_text(largest.short_name)}</code>)")
+        )
+    if report.lipschitz is not None:
+        items.append(("Lipschitz", _text(_lipschitz_line(report.lipschitz))))
+    elif report.lipschitz_error:
+        items.append(("Lipschitz", f"not computed: {_text(report.lipschitz_error)}"))
+    if report.diff is not None:
+        diff = report.diff
+        items.append(
+            (
+                "compared with",
+                f"<code>{_text(diff.b)}</code>: {len(diff.changed)} of {len(diff.layers)} "
+                "layers changed",
+            )
+        )
+    return (
+        '<dl class="summary">'
+        + "".join(f"<dt>{_text(k)}</dt><dd>{v}</dd>" for k, v in items)
+        + "</dl>"
+    )
+
+
+def _lipschitz_line(lipschitz: Any) -> str:
+    """The headline the lipschitz table prints, in words (what the report object says)."""
+    log10 = lipschitz.log10_bound
+    if not math.isfinite(log10):
+        return "no finite product"
+    value = 10.0**log10 if log10 < 300 else math.inf
+    shown = fmt_sigma(value) if math.isfinite(value) else f"10^{log10:.1f}"
+    if not lipschitz.valid_bound:
+        return f"product of layer factors {shown}: NOT a Lipschitz bound (see the statement)"
+    if lipschitz.certified:
+        return f"L ≤ {shown}, certified"
+    if lipschitz.upper_bound:
+        return f"L ≤ {shown}, conditional on the assumptions in the statement (not certified)"
+    return f"L ≈ {shown}, an estimate (not every factor is an upper bound)"
+
+
+def _inspect_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
+    return [
+        (
+            "",
+            [
+                _text(layer.short_name),
+                _text(layer.kind.value),
+                fmt_shape(layer.shape),
+                _text(layer.dtype),
+                fmt_sigma(layer.sigma) + ("" if layer.bound.value == "exact" else " (≥)"),
+                _text(layer.method.value),
+            ],
+        )
+        for layer in report.inspect.layers
+    ]
+
+
+def _lipschitz_rows(lipschitz: Any) -> list[tuple[str, list[str]]]:
+    rows = []
+    for factor, running in zip(lipschitz.factors, lipschitz.running_log10(), strict=True):
+        rows.append(
+            (
+                "",
+                [
+                    _text(factor.short_name),
+                    _text(factor.kind),
+                    fmt_sigma(factor.sigma),
+                    "yes" if factor.certified else "no",
+                    _text(factor.source),
+                    f"{running:.4g}",
+                ],
+            )
+        )
+    return rows
+
+
+def _diff_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
+    assert report.diff is not None
+    rows = []
+    for layer in report.diff.layers:
+        rows.append(
+            (
+                "unchanged" if layer.unchanged else "",
+                [
+                    _text(layer.name),
+                    fmt_sigma(layer.sigma_a),
+                    fmt_sigma(layer.sigma_b),
+                    "unchanged" if layer.unchanged else fmt_sigma(layer.delta_sigma),
+                    "--" if layer.relative is None else f"{layer.relative:.3g}",
+                    "--" if not layer.subspace_cosines else f"{min(layer.subspace_cosines):.3f}",
+                ],
+            )
+        )
+    return rows
+
+
+def report_html(report: ModelReport, figures: dict[str, str]) -> str:
+    """The whole page. ``figures`` maps a section ('inspect', 'heatmap', 'lipschitz', 'diff')
+    to its inline SVG (see :mod:`sncli.render.plots`)."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>sncli report: {_text(report.checkpoint)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Spectral report: <code>{_text(report.checkpoint)}</code></h1>",
+        _summary(report),
+        "<h2>σ of every layer</h2>",
+        _figure(
+            figures.get("inspect"),
+            "Largest singular value of each layer's weight matrix in model order (log scale); "
+            "hollow markers are lower bounds from iterative methods; shading groups blocks.",
+        ),
+        _figure(figures.get("heatmap"), "σ_max by block (rows) and module (columns), log colour."),
+        _table(
+            ["layer", "kind", "shape", "dtype", "σ", "method"],
+            _inspect_rows(report),
+            "layers",
+        ),
+    ]
+    if report.lipschitz is not None:
+        warn = "" if report.lipschitz.certified else " warn"
+        parts += [
+            "<h2>Lipschitz bound</h2>",
+            f'<p class="statement{warn}">{_text(report.lipschitz.statement())}</p>',
+            _figure(
+                figures.get("lipschitz"),
+                "log10 of each layer's factor (blue: proven upper bound) and of the running "
+                "product; red ticks: σ of the reshaped conv kernel, shown, never multiplied.",
+            ),
+            _table(
+                ["layer", "kind", "factor", "proven", "source", "log10 running product"],
+                _lipschitz_rows(report.lipschitz),
+                "factors",
+            ),
+        ]
+    if report.diff is not None:
+        parts += [
+            f"<h2>Compared with <code>{_text(report.diff.b)}</code></h2>",
+            _figure(figures.get("diff"), "Relative change ‖B−A‖₂/‖A‖₂ per layer."),
+            _table(
+                ["layer", "σ(A)", "σ(B)", "‖B−A‖₂", "relative", f"top-{report.diff.top_k} min cos"],
+                _diff_rows(report),
+                "layers",
+            ),
+        ]
+    elif report.diff_error:
+        parts.append(f"<h2>Comparison</h2><p>not computed: {_text(report.diff_error)}</p>")
+    parts += [
+        "<h2>Command</h2>",
+        f"<pre>{_text(report.command)}</pre>",
+        f"<footer>sncli {escape(__version__)}</footer>",
+        "</body></html>",
+    ]
+    return "\n".join(part for part in parts if part) + "\n"

@@ -1,0 +1,170 @@
+"""``sncli report`` and ``--plot``: the HTML file is self-contained (no script, no remote
+resource), holds the layer names, works on every sample and on a sharded checkpoint; one test
+renders it in a real headless browser when one is installed (``.ci/run`` installs Debian's
+chromium-headless-shell)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from cli_helpers import invoke
+
+from sncli.checkpoint import open_checkpoint
+from sncli.layers import classify
+
+SAMPLE_FILES = [
+    "mlp.safetensors",
+    "sngan_disc_parametrized.pt",
+    "sngan_disc_legacy.pt",
+    "lightning_cnn.ckpt",
+    "tiny_transformer/model.safetensors.index.json",
+]
+
+
+class _Resources(HTMLParser):
+    """Every tag name and every URL-valued attribute in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href", "data", "action") and value:
+                self.urls.append(value)
+
+
+def _check_page(path: Path, names: list[str]) -> str:
+    text = path.read_text(encoding="utf-8")
+    parser = _Resources()
+    parser.feed(text)
+    assert "script" not in parser.tags and "link" not in parser.tags and "iframe" not in parser.tags
+    # fragments and inline data only (matplotlib embeds raster images as data: URIs)
+    assert all(url.startswith(("#", "data:")) for url in parser.urls), parser.urls
+    assert not re.search(r"url\((?!#)", text)  # no CSS fetches
+    for name in names:
+        assert name in text
+    return text
+
+
+@pytest.mark.parametrize("sample", SAMPLE_FILES)
+def test_report_on_every_sample(samples: Path, tmp_path: Path, sample: str) -> None:
+    path = samples / sample
+    out = tmp_path / "report.html"
+    code, _, err = invoke("report", str(path), "-o", str(out), "-q")
+    assert code == 0, err
+    with open_checkpoint(path) as ckpt:
+        names = [
+            layer.short_name for layer in classify(ckpt).layers if layer.kind.value != "embedding"
+        ]
+    text = _check_page(out, names)
+    assert text.count("<svg") >= 2  # σ per layer and the Lipschitz factors
+    assert "sncli report" in text  # the command that produced it
+
+
+def test_report_with_a_second_checkpoint_adds_the_diff(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "change.html"
+    code, _, err = invoke(
+        "report",
+        str(samples / "mlp.safetensors"),
+        str(samples / "mlp_finetuned.safetensors"),
+        "-o",
+        str(out),
+        "-q",
+    )
+    assert code == 0, err
+    text = _check_page(out, ["2.weight", "4.weight"])
+    assert "Compared with" in text and text.count("<svg") == 3
+
+
+def test_report_refuses_to_overwrite_without_force(mlp_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    out.write_text("keep me")
+    code, _, err = invoke("report", str(mlp_path), "-o", str(out))
+    assert code == 1 and "--force" in err
+    assert out.read_text() == "keep me"
+    code, _, _ = invoke("report", str(mlp_path), "-o", str(out), "--force", "-q")
+    assert code == 0 and out.read_text().startswith("<!doctype html>")
+
+
+def test_plot_option_writes_figures(mlp_path: Path, samples: Path, tmp_path: Path) -> None:
+    code, _, _ = invoke("inspect", str(mlp_path), "--plot", str(tmp_path / "s.svg"), "-q")
+    assert code == 0 and (tmp_path / "s.svg").read_bytes().startswith(b"<?xml")
+    code, _, _ = invoke(
+        "diff",
+        str(mlp_path),
+        str(samples / "mlp_finetuned.safetensors"),
+        "--plot",
+        str(tmp_path / "d.png"),
+        "-q",
+    )
+    assert code == 0 and (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")
+    code, _, _ = invoke("lipschitz", str(mlp_path), "--plot", str(tmp_path / "l.pdf"), "-q")
+    assert code == 0 and (tmp_path / "l.pdf").read_bytes().startswith(b"%PDF")
+    code, _, _ = invoke("inspect", str(mlp_path), "--plot", str(tmp_path / "x.gif"))
+    assert code == 2 and not (tmp_path / "x.gif").exists()
+
+
+def _browser() -> str | None:
+    for name in ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    for candidate in ("/usr/lib/chromium/chromium-headless-shell", "/usr/lib/chromium/chromium"):
+        if Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium installed")
+def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> None:
+    """Screenshot not blank; the DOM the browser built holds the layer names; no request left
+    the machine (the page is loaded from file:// with the network blocked)."""
+    out = tmp_path / "report.html"
+    code, _, err = invoke(
+        "report",
+        str(samples / "tiny_transformer" / "model.safetensors.index.json"),
+        "-o",
+        str(out),
+        "-q",
+    )
+    assert code == 0, err
+    browser = _browser()
+    assert browser is not None
+    common = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--proxy-server=127.0.0.1:9",  # any remote fetch would fail, not leave the machine
+        "--proxy-bypass-list=<-loopback>",
+    ]
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.exists() and shot.stat().st_size > 5000
+    from PIL import Image  # matplotlib's dependency
+
+    with Image.open(shot) as image:
+        colours = image.convert("L").getextrema()
+    assert colours[0] < 100 < colours[1]  # dark text on a light page: not blank
+    dom = subprocess.run(
+        [*common, "--dump-dom", out.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    assert "model.layers.1.self_attn.q_proj.weight" in dom
+    assert "<script" not in dom

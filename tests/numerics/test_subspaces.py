@@ -1,0 +1,89 @@
+"""Top singular subspaces and principal angles against float64 LAPACK SVD and closed forms.
+
+Tolerances: cosines of exactly known angles to 1e-10 (dense eigh of the Gram squares the
+condition, ~1e-13 here); subspace-iteration vectors to 1e-8 of the LAPACK subspace.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sncli.numerics import subspaces
+from sncli.numerics.subspaces import captured_fractions, principal_cosines, top_left_subspace
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(rows, cols, generator=generator, dtype=torch.float64)).Q
+
+
+def _matrix(u: torch.Tensor, values: list[float], v: torch.Tensor) -> torch.Tensor:
+    return (u * torch.tensor(values, dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize("shape", [(30, 20), (20, 30)])
+def test_top_subspace_spans_the_lapack_singular_vectors(shape: tuple[int, int]) -> None:
+    m, n = shape
+    k = min(m, n)
+    values = [10.0 / (i + 1) for i in range(k)]
+    u, v = _orthonormal(m, k, 1), _orthonormal(n, k, 2)
+    space = top_left_subspace(_matrix(u, values, v), 4)
+    cosines = principal_cosines(space.vectors, u[:, :4])
+    assert cosines == pytest.approx([1.0] * 4, abs=1e-10)
+    assert space.values.tolist() == pytest.approx(values[:4], rel=1e-12)
+    assert space.residual < 1e-12
+
+
+def test_subspace_iteration_agrees_with_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    u, v = _orthonormal(60, 40, 3), _orthonormal(50, 40, 4)
+    values = [2.0**-i for i in range(40)]  # gaps of 2: converges fast
+    matrix = _matrix(u, values, v)
+    monkeypatch.setattr(subspaces, "DENSE_SIDE", 10)
+    space = top_left_subspace(matrix, 5)
+    assert "subspace iteration" in space.method
+    assert principal_cosines(space.vectors, u[:, :5]) == pytest.approx([1.0] * 5, abs=1e-8)
+
+
+def test_rotated_directions_have_known_principal_angles() -> None:
+    """B's top direction rotated by θ in the plane of A's first and (k+1)-th: the smallest
+    cosine is cos θ and the rotated direction keeps cos θ of its length in A's top-k span."""
+    k, theta = 3, 0.7
+    u = _orthonormal(20, 10, 5)
+    v = _orthonormal(12, 10, 6)
+    values = [9.0, 8.0, 7.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    rotated = u.clone()
+    rotated[:, 0] = math.cos(theta) * u[:, 0] + math.sin(theta) * u[:, k]
+    rotated[:, k] = -math.sin(theta) * u[:, 0] + math.cos(theta) * u[:, k]
+    a = top_left_subspace(_matrix(u, values, v), k)
+    b = top_left_subspace(_matrix(rotated, values, v), k)
+    cosines = principal_cosines(a.vectors, b.vectors)
+    assert min(cosines) == pytest.approx(math.cos(theta), abs=1e-10)
+    captured = sorted(captured_fractions(a.vectors, b.vectors))
+    assert captured[0] == pytest.approx(math.cos(theta), abs=1e-10)
+    assert captured[1:] == pytest.approx([1.0, 1.0], abs=1e-10)
+
+
+def test_orthogonal_subspaces_have_zero_cosines() -> None:
+    basis = torch.eye(6, dtype=torch.float64)
+    assert principal_cosines(basis[:, :2], basis[:, 2:4]) == pytest.approx([0.0, 0.0])
+    assert captured_fractions(basis[:, :2], basis[:, 2:4]) == pytest.approx([0.0, 0.0])
+
+
+def test_rank_deficient_and_zero_matrices_are_cut_to_their_rank() -> None:
+    """A tall rank-1 matrix has a 1-dimensional top subspace (not 8 noisy columns), equal to
+    itself with cosine 1; a zero matrix has none."""
+    generator = torch.Generator().manual_seed(11)
+    u = torch.randn(100, generator=generator, dtype=torch.float64)
+    v = torch.randn(20, generator=generator, dtype=torch.float64)
+    space = top_left_subspace(torch.outer(u, v), 8)
+    assert space.vectors.shape == (100, 1)
+    assert principal_cosines(space.vectors, space.vectors) == pytest.approx([1.0])
+    assert principal_cosines(space.vectors, (u / u.norm())[:, None]) == pytest.approx([1.0])
+    empty = top_left_subspace(torch.zeros(30, 10, dtype=torch.float64), 4)
+    assert empty.vectors.shape == (30, 0)
+    assert principal_cosines(empty.vectors, space.vectors[:30]) == []
