@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -96,7 +97,15 @@ def catch_sigbus(path: str) -> None:
         "was reading it (SIGBUS); nothing was written\n"
     ).encode("utf-8", "replace")
 
+    fired: list[bool] = []
+
     def on_sigbus(_signum: int) -> None:
+        # Several threads can fault on the same pages (torch's intra-op threads); the first one
+        # reports (os.write releases the GIL), the others wait for its _exit.
+        if fired:
+            while True:
+                time.sleep(1.0)
+        fired.append(True)
         os.write(2, message)
         os._exit(EXIT_ERROR)
 
