@@ -1,4 +1,5 @@
-"""Everything ``sncli report`` puts in one HTML file: inspect, lipschitz and (with B) diff.
+"""Everything ``sncli report`` puts in one HTML file: inspect, lipschitz, spectrum and (with B)
+diff.
 
 The engines run as their commands would with default options; a failing part (no Lipschitz
 bound for a checkpoint without linear/conv layers, say) is recorded with its one-line reason
@@ -16,6 +17,7 @@ from sncli.diff import DiffReport, diff_checkpoints
 from sncli.errors import SncliError
 from sncli.lipschitz import LipschitzReport, lipschitz_report
 from sncli.messages import ProgressCallback
+from sncli.spectrum import SpectrumReport, spectra
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class ModelReport:
     inspect: InspectReport
     lipschitz: LipschitzReport | None
     lipschitz_error: str | None
+    spectrum: SpectrumReport | None
+    spectrum_error: str | None
     diff: DiffReport | None
     diff_error: str | None
     command: str
@@ -49,6 +53,12 @@ def build_report(
         lipschitz = lipschitz_report(checkpoint)
     except SncliError as exc:
         lipschitz_error = exc.message
+    spectrum: SpectrumReport | None = None
+    spectrum_error = None
+    try:
+        spectrum = spectra(checkpoint)
+    except SncliError as exc:
+        spectrum_error = exc.message
     diff: DiffReport | None = None
     diff_error = None
     if other is not None:
@@ -64,6 +74,8 @@ def build_report(
         inspect=inspect,
         lipschitz=lipschitz,
         lipschitz_error=lipschitz_error,
+        spectrum=spectrum,
+        spectrum_error=spectrum_error,
         diff=diff,
         diff_error=diff_error,
         command=command,

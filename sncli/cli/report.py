@@ -51,6 +51,7 @@ def report(
         heatmap_figure,
         inspect_figure,
         lipschitz_figure,
+        spectrum_figure,
     )
     from sncli.writer import staged_write
 
@@ -74,13 +75,18 @@ def report(
         figures["heatmap"] = figure_svg(heat)
     if result.lipschitz is not None and result.lipschitz.factors:
         figures["lipschitz"] = figure_svg(lipschitz_figure(result.lipschitz))
+    if result.spectrum is not None and result.spectrum.layers:
+        figures["alpha"] = figure_svg(spectrum_figure(result.spectrum, "alpha"))
+        ranks = heatmap_figure(result.spectrum, "stable_rank")
+        if ranks is not None:
+            figures["stable_rank"] = figure_svg(ranks)
     if result.diff is not None:
         figures["diff"] = figure_svg(diff_figure(result.diff))
     page = report_html(result, figures).encode("utf-8")
     with staged_write(target) as (handle, staged):
         handle.write(page)
     staged.commit()
-    for problem in (result.lipschitz_error, result.diff_error):
+    for problem in (result.lipschitz_error, result.spectrum_error, result.diff_error):
         if problem:
             sink.warning(f"left out of the report: {problem}")
     sink.note(f"report written to {target} ({len(page) / 1024:,.0f} KB)")

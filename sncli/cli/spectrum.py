@@ -16,6 +16,7 @@ from sncli.render.spectrum import print_spectrum_table, spectrum_to_csv, spectru
 from sncli.spectrum import (
     TOP_K_TOL,
     SpectrumOptions,
+    SpectrumReport,
     SpectrumSortKey,
     check_spectra_target,
     save_spectra,
@@ -91,9 +92,35 @@ def spectrum(
     ] = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
+    plot: opt.PlotOpt = None,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="What --plot draws per layer: sigma_max, stable_rank, alpha, effective_rank, "
+            "condition_number or alpha_weighted.",
+        ),
+    ] = "sigma_max",
+    plot_layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            metavar="NAME",
+            help="With --plot: that layer's log-log ESD with the fitted power law and the "
+            "Marchenko–Pastur edge, instead of the per-layer metric.",
+        ),
+    ] = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Report every layer's singular-value spectrum: ranks, norms, WeightWatcher's α and more."""
+    from sncli.render.plots import SPECTRUM_METRICS
+
+    if metric not in SPECTRUM_METRICS:
+        raise typer.BadParameter(
+            f"{metric!r} is not one of {', '.join(SPECTRUM_METRICS)}", param_hint="--metric"
+        )
+    if plot_layer is not None and plot is None:
+        raise typer.BadParameter("--layer chooses what --plot draws; give --plot FILE too")
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     with (
@@ -125,3 +152,22 @@ def spectrum(
         sys.stdout.write(spectrum_to_csv(layers))
     else:
         print_spectrum_table(report, layers, stdout_console())
+    if plot is not None:
+        _plot(report, plot, metric, plot_layer, sink)
+
+
+def _plot(report: SpectrumReport, path: str, metric: str, name: str | None, sink: Sink) -> None:
+    from sncli.render.plots import esd_figure, save_figure, spectrum_figure
+
+    if name is None:
+        figure = spectrum_figure(report, metric)
+    else:
+        found = [layer for layer in report.layers if name in (layer.name, layer.short_name)]
+        if not found:
+            raise typer.BadParameter(f"no analysed layer is named {name!r}", param_hint="--layer")
+        if not found[0].complete:
+            raise typer.BadParameter(
+                "the ESD needs the layer's full spectrum: drop --top-k", param_hint="--layer"
+            )
+        figure = esd_figure(found[0], report.checkpoint)
+    sink.note(f"figure written to {save_figure(figure, path)}")

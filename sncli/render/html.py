@@ -149,6 +149,28 @@ def _lipschitz_rows(lipschitz: Any) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _number(value: float | int | None, digits: int = 4) -> str:
+    return "--" if value is None else f"{value:.{digits}g}"
+
+
+def _spectrum_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
+    assert report.spectrum is not None
+    return [
+        (
+            "",
+            [
+                _text(layer.short_name),
+                fmt_sigma(layer.sigma_max),
+                _number(layer.stable_rank),
+                _number(layer.effective_rank),
+                _number(layer.alpha, 3),
+                _number(layer.mp_spikes),
+            ],
+        )
+        for layer in report.spectrum.layers
+    ]
+
+
 def _diff_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
     assert report.diff is not None
     rows = []
@@ -209,6 +231,23 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
                 "factors",
             ),
         ]
+    if report.spectrum is not None:
+        parts += [
+            "<h2>Spectra</h2>",
+            _figure(
+                figures.get("alpha"),
+                "Power-law exponent α of each layer's eigenvalue tail (WeightWatcher's fit; "
+                "α ≈ 2–4 is typical of well-trained layers, > 6 of under-trained ones).",
+            ),
+            _figure(figures.get("stable_rank"), "Stable rank ‖W‖_F²/σ_max² by block and module."),
+            _table(
+                ["layer", "σ_max", "stable rank", "effective rank", "α", "spikes above MP edge"],
+                _spectrum_rows(report),
+                "layers",
+            ),
+        ]
+    elif report.spectrum_error:
+        parts.append(f"<h2>Spectra</h2><p>not computed: {_text(report.spectrum_error)}</p>")
     if report.diff is not None:
         parts += [
             f"<h2>Compared with <code>{_text(report.diff.b)}</code></h2>",

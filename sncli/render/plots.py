@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sncli.analysis import InspectReport
     from sncli.diff import DiffReport
     from sncli.lipschitz import LipschitzReport
+    from sncli.spectrum import LayerSpectrum, SpectrumReport
 
 #: File formats ``--plot`` writes, from the file's extension.
 PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -163,14 +164,108 @@ def inspect_figure(report: InspectReport) -> Figure:
     return figure
 
 
-def heatmap_figure(report: InspectReport) -> Figure | None:
-    """Blocks × module kind of σ_max (log colour), for checkpoints with repeated blocks whose
-    modules recur (transformers); None otherwise."""
+#: What ``spectrum --metric`` can show per layer, with its axis label and whether a log scale fits.
+SPECTRUM_METRICS = {
+    "sigma_max": ("σ_max", True),
+    "stable_rank": ("stable rank ‖W‖_F²/σ_max²", True),
+    "alpha": ("power-law exponent α of the ESD tail (WeightWatcher)", False),
+    "effective_rank": ("effective rank (Roy & Vetterli)", True),
+    "condition_number": ("condition number σ_max/σ_min", True),
+    "alpha_weighted": ("α·log10 λ_max", False),
+}
+
+
+def spectrum_figure(report: SpectrumReport, metric: str = "sigma_max") -> Figure:
+    """One metric of every layer's spectrum in model order (α on a linear axis, the rest log)."""
+    label, log_scale = SPECTRUM_METRICS[metric]
+    layers = report.layers
+    names = [layer.short_name for layer in layers]
+    figure = _figure(max(6.4, min(16.0, 0.18 * len(layers) + 4)), 4.2)
+    axes = figure.add_subplot()
+    _shade_blocks(axes, names)
+    points = [
+        (i, float(value))
+        for i, layer in enumerate(layers)
+        if (value := getattr(layer, metric)) is not None
+        and math.isfinite(value)
+        and (value > 0 or not log_scale)
+    ]
+    axes.scatter([p[0] for p in points], [p[1] for p in points], s=18, color="#1f77b4")
+    if log_scale:
+        axes.set_yscale("log")
+    missing = len(layers) - len(points)
+    title = f"{metric} per layer — {_short(report.checkpoint)}"
+    if missing:
+        title += f" ({missing} without a value)"
+    axes.set_title(title, fontsize=11)
+    axes.set_ylabel(label + (", log scale" if log_scale else ""))
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.set_xlim(-0.5, len(layers) - 0.5)
+    _ticks(axes, names)
+    return figure
+
+
+def esd_figure(layer: LayerSpectrum, checkpoint: str = "") -> Figure:
+    """One layer's empirical spectral density of λ = σ² on log-log axes, with the fitted power
+    law from xmin (WeightWatcher's fit, drawn as the tail's density) and the MP bulk edge."""
+    import numpy as np
+
+    lam = np.asarray(layer.values, dtype=np.float64) ** 2
+    lam = lam[lam > 1e-5 * max(float(lam.max()), 1e-300)] if lam.size else lam
+    figure = _figure(6.4, 4.4)
+    axes = figure.add_subplot()
+    if lam.size >= 2:
+        bins = np.logspace(np.log10(lam.min()), np.log10(lam.max()), min(60, max(8, lam.size // 4)))
+        axes.hist(
+            lam,
+            bins=bins,
+            density=True,
+            color="#9ecae1",
+            edgecolor="#3182bd",
+            label=f"ESD ({lam.size} eigenvalues)",
+        )
+        if layer.alpha is not None and layer.xmin is not None and layer.xmin > 0:
+            tail = lam[lam >= layer.xmin]
+            grid = np.logspace(np.log10(layer.xmin), np.log10(lam.max()), 50)
+            scale = tail.size / lam.size * (layer.alpha - 1) / layer.xmin
+            axes.plot(
+                grid,
+                scale * (grid / layer.xmin) ** (-layer.alpha),
+                color="#d62728",
+                label=f"power law α = {layer.alpha:.2f} from xmin = {layer.xmin:.3g}",
+            )
+            axes.axvline(layer.xmin, color="#d62728", linestyle=":", linewidth=1)
+        if layer.mp_edge is not None and layer.mp_edge > 0:
+            axes.axvline(
+                layer.mp_edge,
+                color="#2ca02c",
+                linestyle="--",
+                label=f"Marchenko–Pastur bulk edge {layer.mp_edge:.3g}",
+            )
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.legend(fontsize=8, loc="lower left")
+    axes.set_xlabel("eigenvalue λ = σ² of WᵀW, log scale")
+    axes.set_ylabel("density, log scale")
+    where = f" — {_short(checkpoint)}" if checkpoint else ""
+    axes.set_title(f"ESD of {_label(layer.short_name)}{where}", fontsize=11)
+    return figure
+
+
+def heatmap_figure(report: Any, metric: str = "sigma_max") -> Figure | None:
+    """Blocks × module kind of a per-layer value (log colour; σ_max from an inspect report, or
+    any ``SPECTRUM_METRICS`` entry of a spectrum report), for checkpoints with repeated blocks
+    whose modules recur (transformers); None otherwise."""
     cells: dict[tuple[int, str], float] = {}
     for layer in report.layers:
         parts = split_block(layer.short_name)
-        if parts.block is not None:
-            cells[(parts.block, parts.module)] = layer.sigma
+        value = (
+            layer.sigma
+            if metric == "sigma_max" and hasattr(layer, "sigma")
+            else getattr(layer, metric, None)
+        )
+        if parts.block is not None and value is not None and math.isfinite(value):
+            cells[(parts.block, parts.module)] = float(value)
     blocks = sorted({b for b, _ in cells})
     modules = [m for m in dict.fromkeys(m for _, m in cells) if sum(k[1] == m for k in cells) > 1]
     if len(blocks) < 2 or len(modules) < 2:
@@ -194,9 +289,9 @@ def heatmap_figure(report: InspectReport) -> Figure | None:
     axes.set_yticklabels([str(b) for b in blocks[::step]], fontsize=7)
     axes.set_xlabel("module within the block")
     axes.set_ylabel("block")
-    axes.set_title(f"σ_max by block and module — {_short(report.checkpoint)}", fontsize=11)
+    axes.set_title(f"{metric} by block and module — {_short(report.checkpoint)}", fontsize=11)
     colourbar = figure.colorbar(image, ax=axes)
-    colourbar.set_label("σ_max (log scale)")
+    colourbar.set_label(f"{metric} (log scale)")
     return figure
 
 

@@ -81,7 +81,8 @@ def test_report_with_a_second_checkpoint_adds_the_diff(samples: Path, tmp_path: 
     )
     assert code == 0, err
     text = _check_page(out, ["2.weight", "4.weight"])
-    assert "Compared with" in text and text.count("<svg") == 3
+    # σ, Lipschitz factors, α per layer, the diff (the MLP has no repeated blocks: no heat maps)
+    assert "Compared with" in text and text.count("<svg") == 4
 
 
 def test_report_refuses_to_overwrite_without_force(mlp_path: Path, tmp_path: Path) -> None:
@@ -168,3 +169,25 @@ def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> 
     ).stdout
     assert "model.layers.1.self_attn.q_proj.weight" in dom
     assert "<script" not in dom
+
+
+def test_spectrum_plot_options(mlp_path: Path, tmp_path: Path) -> None:
+    code, _, err = invoke(
+        "spectrum", str(mlp_path), "--plot", str(tmp_path / "a.svg"), "--metric", "alpha", "-q"
+    )
+    assert code == 0, err
+    assert (tmp_path / "a.svg").read_bytes().startswith(b"<?xml")
+    code, _, err = invoke(
+        "spectrum", str(mlp_path), "--plot", str(tmp_path / "e.png"), "--layer", "2.weight", "-q"
+    )
+    assert code == 0 and (tmp_path / "e.png").read_bytes().startswith(b"\x89PNG")
+    code, _, _ = invoke(
+        "spectrum", str(mlp_path), "--plot", str(tmp_path / "x.png"), "--layer", "nope"
+    )
+    assert code == 2 and not (tmp_path / "x.png").exists()
+    code, _, _ = invoke(
+        "spectrum", str(mlp_path), "--plot", str(tmp_path / "x.png"), "--metric", "bogus"
+    )
+    assert code == 2
+    code, _, _ = invoke("spectrum", str(mlp_path), "--layer", "2.weight")
+    assert code == 2

@@ -132,3 +132,31 @@ def test_many_layers_are_lines_not_bars(tmp_path: Path) -> None:
     heights = [segment[1][1] for segment in lines.get_segments()]
     # blocks.0 is unchanged (zero in both); the others moved by 1 %
     assert heights[0] == 0 and heights[1:] == pytest.approx([0.01] * 599, rel=1e-4)
+
+
+def test_spectrum_figures_show_the_report_values(
+    transformer_index_path: Path, mlp_path: Path
+) -> None:
+    from sncli.spectrum import spectra
+
+    with open_checkpoint(transformer_index_path) as ckpt:
+        report = spectra(ckpt)
+    axes = plots.spectrum_figure(report, "stable_rank").axes[0]
+    assert axes.get_yscale() == "log" and "stable rank" in axes.get_ylabel()
+    drawn = sorted(float(y) for _, y in axes.collections[0].get_offsets())
+    assert drawn == pytest.approx(sorted(layer.stable_rank for layer in report.layers))
+    alpha = plots.spectrum_figure(report, "alpha").axes[0]
+    assert alpha.get_yscale() == "linear"
+    heat = plots.heatmap_figure(report, "stable_rank")
+    assert heat is not None and "stable_rank" in heat.axes[0].get_title()
+    with open_checkpoint(mlp_path) as ckpt:
+        layer = spectra(ckpt).layers[1]
+    esd = plots.esd_figure(layer, str(mlp_path)).axes[0]
+    assert esd.get_xscale() == "log" and esd.get_yscale() == "log"
+    counts = sum(patch.get_height() * patch.get_width() for patch in esd.patches)
+    assert counts == pytest.approx(1.0, rel=1e-9)  # a density over the drawn eigenvalues
+    lines = esd.get_lines()
+    assert any(list(line.get_xdata()) == [layer.mp_edge] * 2 for line in lines)
+    assert any(list(line.get_xdata()) == [layer.xmin] * 2 for line in lines)
+    legend = [text.get_text() for text in esd.get_legend().get_texts()]
+    assert any(f"α = {layer.alpha:.2f}" in text for text in legend)
