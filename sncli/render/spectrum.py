@@ -129,6 +129,22 @@ def _num(value: float | int | None, digits: int = 4) -> str:
     return fmt_sigma(value, digits)
 
 
+_SPARKS = "▁▂▃▄▅▆▇█"
+#: How many of the largest singular values the table's sparkline shows.
+SPARKLINE_VALUES = 8
+
+
+def sparkline(values: Any, count: int = SPARKLINE_VALUES) -> str:
+    """The ``count`` largest singular values as bars relative to σ_max (█ = σ_max, ▁ ≤ 1/8):
+    a flat line is a spread spectrum, a single tall bar a dominant direction."""
+    top = sorted((float(v) for v in values), reverse=True)[:count]
+    if not top or top[0] <= 0:
+        return ""
+    return "".join(
+        _SPARKS[max(0, min(len(_SPARKS) - 1, round(v / top[0] * len(_SPARKS)) - 1))] for v in top
+    )
+
+
 def print_spectrum_table(
     report: SpectrumReport, layers: list[LayerSpectrum], console: Console
 ) -> None:
@@ -149,6 +165,7 @@ def print_spectrum_table(
         table.add_column("stable rank", justify="right")
         table.add_column("est. error", justify="right")
     table.add_column("MP spikes", justify="right")
+    table.add_column(f"top {SPARKLINE_VALUES} σ", no_wrap=True)
     for layer in layers:
         matrix = fmt_shape(layer.matrix_shape)
         if layer.kind.is_conv:
@@ -181,6 +198,7 @@ def print_spectrum_table(
         if layer.mp_spikes is None and not full:
             spikes = f"≥ {layer.count}"
         row.append(spikes)
+        row.append(sparkline(layer.values))
         table.add_row(*row)
     console.print(table)
     footer = f"{plural(len(report.layers), 'layer')} analysed"

@@ -102,3 +102,11 @@ def test_top_k_table_marks_lower_bounds() -> None:
     text = printed(lambda c: print_spectrum_table(report([TOP], 2), [TOP], c))
     assert "(top 2)" in text and "≥ 3" in text and "≥ 2" in text and "3e-09" in text
     assert "embedding*" in text and "omitted" in text
+
+
+def test_sparkline_scales_to_sigma_max() -> None:
+    from sncli.render.spectrum import sparkline
+
+    assert sparkline([4.0, 4.0, 2.0, 0.5, 0.0]) == "██▄▁▁"
+    assert sparkline([1.0] * 20) == "█" * 8  # the 8 largest only
+    assert sparkline([]) == "" and sparkline([0.0, 0.0]) == ""
