@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError
+from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
-from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.layers import Layer, LayerKind, Skipped, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.numerics.spectral import (
@@ -349,25 +349,7 @@ def spectral_norms(
     not a result a CI gate should pass.
     """
     options = options or MethodOptions()
-    classification = classify(checkpoint, transposed=transposed)
-    selected = select(classification.layers, include, exclude)
-    if kinds is not None:
-        wanted = set(kinds)
-        selected = [layer for layer in selected if layer.kind in wanted]
-    if not selected:
-        found = len(classification.layers)
-        reason = (
-            f"none of its {found} layers matched the filters"
-            if found
-            else "it holds no weight matrices"
-            + (
-                f" (only {len(classification.skipped)} other tensor"
-                + ("s)" if len(classification.skipped) != 1 else ")")
-                if classification.skipped
-                else ""
-            )
-        )
-        raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
+    selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
     began = time.perf_counter()
     device, device_note = resolve_device(options.device)
     workers = _worker_count(options, len(selected), device)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
 from sncli.dtypes import FLOAT_DTYPES, analysed_dtype
-from sncli.errors import NumericalError
+from sncli.errors import NoLayersMatchedError, NumericalError
 from sncli.numerics.spectral import Method, as_matrix, largest_singular_value
 from sncli.parametrizations import (
     SpectralNormInfo,
@@ -473,6 +473,32 @@ def select(
     neither matches an ``exclude`` regex."""
     include, exclude = tuple(include), tuple(exclude)
     return [layer for layer in layers if matches(layer.name, include, exclude, layer.short_name)]
+
+
+def select_or_refuse(
+    checkpoint: Checkpoint,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    transposed: Iterable[str] = (),
+    kinds: Iterable[LayerKind] | None = None,
+) -> tuple[list[Layer], Classification]:
+    """Classify, then keep the layers the filters (and ``kinds``) select; with none left, raise
+    ``NoLayersMatchedError`` saying whether the filters or the file's contents are why."""
+    classification = classify(checkpoint, transposed=transposed)
+    selected = select(classification.layers, include, exclude)
+    if kinds is not None:
+        wanted = set(kinds)
+        selected = [layer for layer in selected if layer.kind in wanted]
+    if not selected:
+        found, others = len(classification.layers), len(classification.skipped)
+        reason = (
+            f"none of its {found} layers matched the filters"
+            if found
+            else "it holds no weight matrices"
+            + (f" (only {others} other tensor{'s' if others != 1 else ''})" if others else "")
+        )
+        raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
+    return selected, classification
 
 
 def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:

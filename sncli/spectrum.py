@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError, WriteError
-from sncli.layers import Layer, LayerKind, Skipped, classify, select
+from sncli.errors import NumericalError, WriteError
+from sncli.layers import Layer, LayerKind, Skipped, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.esd import MIN_EVALS, partial_metrics, spectrum_metrics
 from sncli.numerics.spectral import DEFAULT_SEED, as_matrix
@@ -320,31 +320,6 @@ def _layer_bytes(layer: Layer) -> int:
     return total
 
 
-def _selected(
-    checkpoint: Checkpoint,
-    include: Iterable[str],
-    exclude: Iterable[str],
-    transposed: Iterable[str],
-    kinds: Iterable[LayerKind] | None,
-) -> tuple[list[Layer], list[Skipped]]:
-    classification = classify(checkpoint, transposed=transposed)
-    selected = select(classification.layers, include, exclude)
-    if kinds is not None:
-        wanted = set(kinds)
-        selected = [layer for layer in selected if layer.kind in wanted]
-    if not selected:
-        found = len(classification.layers)
-        others = len(classification.skipped)
-        reason = (
-            f"none of its {found} layers matched the filters"
-            if found
-            else "it holds no weight matrices"
-            + (f" (only {others} other tensor{'s' if others != 1 else ''})" if others else "")
-        )
-        raise NoLayersMatchedError(f"nothing to analyse: {reason}", checkpoint.path)
-    return selected, list(classification.skipped)
-
-
 def spectra(
     checkpoint: Checkpoint,
     *,
@@ -365,7 +340,8 @@ def spectra(
     options = options or SpectrumOptions()
     if options.top_k is not None and options.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {options.top_k}")
-    selected, skipped = _selected(checkpoint, include, exclude, transposed, kinds)
+    selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
+    skipped = list(classification.skipped)
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(selected)))
     largest = max(_layer_bytes(layer) for layer in selected)

@@ -88,6 +88,7 @@ def effective_rank(sigma: np.ndarray) -> float | None:
     if total == 0.0:
         return None
     p = sigma[sigma > 0] / total
+    p = p[p > 0]  # a subnormal σ over a large total underflows to 0 (0·ln 0 = 0, not NaN)
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
