@@ -82,3 +82,12 @@ def test_only_cli_and_render_import_rich_and_only_cli_imports_typer() -> None:
                 if top in allowed and where not in allowed[top]:
                     offenders.append(f"{path.relative_to(package)} imports {name}")
     assert offenders == []
+
+
+def test_help_shows_no_type_for_on_off_flags() -> None:
+    """A flag takes no value: ``--certified <bool>`` in help read as if it wanted one."""
+    for command in ("inspect", "lipschitz", "normalize", "diff", "spectrum", "report"):
+        code, out, _ = invoke(command, "--help")
+        assert code == 0 and "<bool>" not in out, command
+    code, out, _ = invoke("inspect", "--help")
+    assert "<auto|exact" in out  # options with values keep their type
