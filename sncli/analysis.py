@@ -16,7 +16,7 @@ from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
-from sncli.layers import Layer, LayerKind, Skipped, select_or_refuse
+from sncli.layers import Layer, LayerKind, Skipped, refuse_if_none_measured, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.floating import DENSE_ROUNDING
 from sncli.numerics.spectral import (
@@ -325,10 +325,6 @@ def _run(
     )
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
-
-
 def spectral_norms(
     checkpoint: Checkpoint,
     *,
@@ -360,14 +356,7 @@ def spectral_norms(
         outcomes = _run(checkpoint, selected, options, device, workers, progress)
     results = [item for item in outcomes if isinstance(item, LayerSigma)]
     failed = [s for s in outcomes if isinstance(s, Skipped)]
-    if not results:
-        shown = ", ".join(f"{s.name} ({s.reason})" for s in failed[:2])
-        more = f" and {len(failed) - 2} more" if len(failed) > 2 else ""
-        raise NumericalError(
-            f"no layer could be measured: all {_plural(len(failed), 'selected layer')} failed: "
-            f"{shown}{more}",
-            checkpoint.path,
-        )
+    refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = list(classification.skipped) + failed
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)

@@ -501,6 +501,21 @@ def select_or_refuse(
     return selected, classification
 
 
+def refuse_if_none_measured(measured: int, failed: list[Skipped], path: object) -> None:
+    """With selected layers but none measured (all NaN/Inf), raise ``NumericalError``: "0 layers
+    analysed" is not a result a CI gate should pass."""
+    if measured:
+        return
+    count = len(failed)
+    shown = ", ".join(f"{s.name} ({s.reason})" for s in failed[:2])
+    more = f" and {count - 2} more" if count > 2 else ""
+    raise NumericalError(
+        f"no layer could be measured: all {count} selected layer{'s' if count != 1 else ''} "
+        f"failed: {shown}{more}",
+        path,
+    )
+
+
 def effective_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
     """The weight a model really uses, and PyTorch's σ̂ = uᵀWv when spectral norm divides by it.
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NumericalError, WriteError
-from sncli.layers import Layer, LayerKind, Skipped, select_or_refuse
+from sncli.layers import Layer, LayerKind, Skipped, refuse_if_none_measured, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.esd import MIN_EVALS, partial_metrics, spectrum_metrics
 from sncli.numerics.spectral import DEFAULT_SEED, as_matrix
@@ -371,15 +371,7 @@ def spectra(
         )
     results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
     failed = [item for item in outcomes if isinstance(item, Skipped)]
-    if not results:
-        shown = ", ".join(f"{s.name} ({s.reason})" for s in failed[:2])
-        more = f" and {len(failed) - 2} more" if len(failed) > 2 else ""
-        count = len(failed)
-        raise NumericalError(
-            f"no layer could be measured: all {count} selected layer{'s' if count != 1 else ''} "
-            f"failed: {shown}{more}",
-            checkpoint.path,
-        )
+    refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
     few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]

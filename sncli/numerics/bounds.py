@@ -265,25 +265,43 @@ def certify_hermitian_batch(
     import torch
 
     n = matrices.shape[-1]
-    if single:
-        return _certify_single(matrices, mu, error, complex_arith=complex_arith)
-    g_chol = gamma(n + 1, complex_arith=complex_arith)
+    u = _SINGLE_ROUNDOFF if single else UNIT_ROUNDOFF  # of the factorization
+    k = 2 * (n + 1) + 2 if complex_arith else n + 1  # γ_{n+1}, complex as in floating.gamma
+    if k * u >= 0.1:
+        return torch.zeros(matrices.shape[:-2], dtype=torch.bool)
+    g_chol = k * u / (1.0 - k * u)
     diag = matrices.diagonal(dim1=-2, dim2=-1).real
     shifted = mu - diag
     ok = (shifted > 0).all(dim=-1)
     trace_up = shifted.clamp(min=0).sum(dim=-1) * (1.0 + gamma(n + 1)) * _SLACK
     peak = diag.max(dim=-1).values
+    conversion = torch.zeros_like(trace_up)
+    denominator = 1.0 - 2.01 * UNIT_ROUNDOFF
+    if single:  # (v): the float64 matrix rounded to single, and tr of the rounded one
+        entries = torch.view_as_real(matrices) if matrices.is_complex() else matrices
+        fro = torch.linalg.vector_norm(entries.reshape(*matrices.shape[:-2], -1), dim=-1)
+        fro = fro * (1.0 + gamma(2 * n * n + 2)) * _SLACK
+        root_n = math.sqrt(n) * (1.0 + 4 * UNIT_ROUNDOFF)
+        conversion = _SINGLE_ROUNDOFF * (math.sqrt(2.0) * fro + root_n * mu)
+        trace_up = trace_up * (1.0 + 2 * _SINGLE_ROUNDOFF)
+        denominator -= 1.01 * root_n * _SINGLE_ROUNDOFF
+    subnormal = _SINGLE_SUBNORMAL if single else _SMALLEST_SUBNORMAL
     c = (
         error
         + g_chol / (1.0 - g_chol) * trace_up
         + 2.01 * UNIT_ROUNDOFF * (mu + peak)
-        + 8 * (n + 1) * _SMALLEST_SUBNORMAL
-    ) / (1.0 - 2.01 * UNIT_ROUNDOFF)
+        + conversion
+        + 8 * (n + 1) * subnormal
+    ) / denominator
     c = c * _SLACK
-    matrix = matrices.neg_() if overwrite else -matrices
     new_diag = shifted - c.unsqueeze(-1)
+    if single:  # rounded to single, negated (exact), the diagonal rounded: fl₃₂(μI − M̂ − cI)
+        low = torch.complex64 if matrices.is_complex() else torch.float32
+        matrix = matrices.to(low).neg_()
+    else:
+        matrix = matrices.neg_() if overwrite else -matrices
     matrix.diagonal(dim1=-2, dim2=-1).copy_(new_diag.to(matrix.dtype))
-    if overwrite:
+    if single or overwrite:
         info = torch.empty(matrix.shape[:-2], dtype=torch.int32)
         torch.linalg.cholesky_ex(matrix, out=(matrix, info))
     else:
@@ -293,43 +311,6 @@ def certify_hermitian_batch(
 
 _SINGLE_ROUNDOFF = 2.0**-24
 _SINGLE_SUBNORMAL = 2.0**-149
-
-
-def _certify_single(
-    matrices: torch.Tensor, mu: float, error: torch.Tensor, *, complex_arith: bool
-) -> torch.Tensor:
-    """:func:`certify_hermitian_batch` with the Cholesky in single precision."""
-    import torch
-
-    n = matrices.shape[-1]
-    k = 2 * (n + 1) + 2 if complex_arith else n + 1
-    if k * _SINGLE_ROUNDOFF >= 0.1:
-        return torch.zeros(matrices.shape[:-2], dtype=torch.bool)
-    g_chol = k * _SINGLE_ROUNDOFF / (1.0 - k * _SINGLE_ROUNDOFF)
-    diag = matrices.diagonal(dim1=-2, dim2=-1).real
-    shifted = mu - diag
-    ok = (shifted > 0).all(dim=-1)
-    trace_up = shifted.clamp(min=0).sum(dim=-1) * (1.0 + gamma(n + 1)) * _SLACK
-    peak = diag.max(dim=-1).values
-    entries = torch.view_as_real(matrices) if matrices.is_complex() else matrices
-    fro = torch.linalg.vector_norm(entries.reshape(*matrices.shape[:-2], -1), dim=-1)
-    fro = fro * (1.0 + gamma(2 * n * n + 2)) * _SLACK
-    root_n = math.sqrt(n) * (1.0 + 4 * UNIT_ROUNDOFF)
-    c = (
-        error
-        + g_chol / (1.0 - g_chol) * trace_up * (1.0 + 2 * _SINGLE_ROUNDOFF)
-        + 2.01 * UNIT_ROUNDOFF * (mu + peak)
-        + _SINGLE_ROUNDOFF * (math.sqrt(2.0) * fro + root_n * mu)
-        + 8 * (n + 1) * _SINGLE_SUBNORMAL
-    ) / (1.0 - 2.01 * UNIT_ROUNDOFF - 1.01 * root_n * _SINGLE_ROUNDOFF)
-    c = c * _SLACK
-    new_diag = shifted - c.unsqueeze(-1)
-    # Rounding to single, then negating (exact), then the diagonal rounded: fl₃₂(μI − M̂ − cI).
-    matrix = matrices.to(torch.complex64 if matrices.is_complex() else torch.float32).neg_()
-    matrix.diagonal(dim1=-2, dim2=-1).copy_(new_diag.to(matrix.dtype))
-    info = torch.empty(matrix.shape[:-2], dtype=torch.int32)
-    torch.linalg.cholesky_ex(matrix, out=(matrix, info))
-    return ok & (info == 0) & (new_diag > 0).all(dim=-1)
 
 
 def cholesky_certificate(

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sncli.messages import ProgressCallback
 
@@ -68,6 +69,31 @@ def reason_group(reason: str) -> str:
     if reason.startswith("non-finite"):
         return "NON-FINITE"
     return reason.split(" (")[0]
+
+
+def print_name_decisions(notes: list[str], console: Console) -> None:
+    """ "Read from names: …" — each classification decision once, with how often it was made."""
+    from collections import Counter
+
+    decisions = Counter(note for note in notes if note)
+    if decisions:
+        console.print(
+            escape(
+                "Read from names: "
+                + "; ".join(
+                    note + (f" (×{count})" if count > 1 else "")
+                    for note, count in decisions.items()
+                )
+            ),
+            style="dim",
+        )
+
+
+def print_non_finite(skipped: list[Any], console: Console) -> None:
+    """The layers skipped for NaN/Inf weights, in red (names from the file escaped)."""
+    bad = [s.name for s in skipped if s.reason.startswith("non-finite")]
+    if bad:
+        console.print(f"[bold red]Non-finite weights[/] in: {escape(', '.join(bad))}")
 
 
 @contextmanager

@@ -15,7 +15,15 @@ from sncli.analysis import InspectReport, LayerSigma
 from sncli.layers import LayerKind
 from sncli.messages import clean_text
 from sncli.numerics.spectral import BoundKind, Method
-from sncli.render.common import finite_or_none, fmt_shape, fmt_sigma, plural, reason_group
+from sncli.render.common import (
+    finite_or_none,
+    fmt_shape,
+    fmt_sigma,
+    plural,
+    print_name_decisions,
+    print_non_finite,
+    reason_group,
+)
 
 
 def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
@@ -247,18 +255,7 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             "input is discrete (token ids), so its σ is informational.",
             style="dim",
         )
-    decisions = Counter(layer.note for layer in layers if layer.note)
-    if decisions:
-        console.print(
-            escape(
-                "Read from names: "
-                + "; ".join(
-                    note + (f" (×{count})" if count > 1 else "")
-                    for note, count in decisions.items()
-                )
-            ),
-            style="dim",
-        )
+    print_name_decisions([layer.note for layer in layers], console)
     if has_sn:
         console.print(
             "Spectral-norm layers: σ_max is the raw weight's; the model uses W/σ̂ with σ̂ from the "
@@ -266,6 +263,4 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             "u, v, which are not exactly unit vectors).",
             style="dim",
         )
-    if any(s.reason.startswith("non-finite") for s in report.skipped):
-        bad = [s.name for s in report.skipped if s.reason.startswith("non-finite")]
-        console.print(f"[bold red]Non-finite weights[/] in: {', '.join(bad)}")
+    print_non_finite(report.skipped, console)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from sncli.layers import LayerKind
 from sncli.messages import clean_text
-from sncli.render.common import fmt_shape, fmt_sigma, plural
+from sncli.render.common import fmt_shape, fmt_sigma, plural, print_name_decisions, print_non_finite
 from sncli.render.inspect import print_reshape_notes
 from sncli.spectrum import METRICS, LayerSpectrum, SpectrumReport
 
@@ -257,20 +256,7 @@ def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console
         print_reshape_notes(layers, console)  # type: ignore[arg-type]
     if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
         console.print("* embedding (recognised by its name and role).", style="dim")
-    decisions = Counter(layer.note for layer in layers if layer.note)
-    if decisions:
-        console.print(
-            escape(
-                "Read from names: "
-                + "; ".join(
-                    note + (f" (×{count})" if count > 1 else "")
-                    for note, count in decisions.items()
-                )
-            ),
-            style="dim",
-        )
+    print_name_decisions([layer.note for layer in layers], console)
     if any(layer.spectral_norm for layer in layers):
         console.print(f"Spectral-norm layers: {SPECTRAL_NORM_NOTE}.", style="dim")
-    if any(s.reason.startswith("non-finite") for s in report.skipped):
-        bad = [s.name for s in report.skipped if s.reason.startswith("non-finite")]
-        console.print(f"[bold red]Non-finite weights[/] in: {escape(', '.join(bad))}")
+    print_non_finite(report.skipped, console)
