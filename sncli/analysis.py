@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.cluster import ClusterRun, cluster_map, refuse_device_with_scheduler
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -153,7 +155,8 @@ class MethodOptions:
     ``workers``: layers measured concurrently, each with single-threaded torch (None: one per
     core, at most one per layer; 1 on a GPU). ``certify``: prove an upper bound
     per layer (float64 Gram + Cholesky; slower). ``warm_start``: seed iterations with the u/v
-    vectors stored in spectral-norm checkpoints.
+    vectors stored in spectral-norm checkpoints. ``scheduler``: the address of a Dask
+    scheduler to run the layers on as tasks (:mod:`sncli.cluster`; CPU workers only).
     """
 
     method: Method = Method.AUTO
@@ -164,6 +167,7 @@ class MethodOptions:
     workers: int | None = None
     certify: bool = False
     warm_start: bool = True
+    scheduler: str | None = None
 
 
 @dataclass
@@ -293,6 +297,19 @@ def _worker_count(options: MethodOptions, layers: int, device: str) -> int:
     return max(1, min(available_cores(), layers))
 
 
+def _measure_or_skip(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma | Skipped:
+    try:
+        return _measure(loaded, options, device)
+    except NumericalError as exc:
+        return Skipped(loaded.layer.name, exc.message)
+
+
+def _load_for_task(
+    checkpoints: tuple[Checkpoint, ...], layer: Layer, reader: SafetensorsStreamReader | None
+) -> _Loaded:
+    return _load_layer(checkpoints[0], layer, reader)
+
+
 def _run(
     checkpoint: Checkpoint,
     layers: list[Layer],
@@ -300,18 +317,25 @@ def _run(
     device: str,
     workers: int,
     progress: ProgressCallback | None,
-) -> list[LayerSigma | Skipped]:
-    """Measure every layer with a reader thread ahead of ``workers`` compute threads."""
+) -> tuple[list[LayerSigma | Skipped], ClusterRun | None]:
+    """Measure every layer with a reader thread ahead of ``workers`` compute threads, or as
+    tasks on the Dask cluster at ``options.scheduler``."""
     largest = max((_layer_bytes(layer) for layer in layers), default=0)
     widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
-
-    def measure(loaded: _Loaded) -> LayerSigma | Skipped:
-        try:
-            return _measure(loaded, options, device)
-        except NumericalError as exc:
-            return Skipped(loaded.layer.name, exc.message)
-
-    return read_ahead_map(
+    measure = partial(_measure_or_skip, options=options, device=device)
+    if options.scheduler is not None:
+        return cluster_map(
+            options.scheduler,
+            (checkpoint,),
+            layers,
+            nbytes=_layer_bytes,
+            load=_load_for_task,
+            compute=measure,
+            budget=budget_bytes(largest, widest),
+            label=lambda layer: layer.short_name,
+            progress=progress,
+        )
+    outcomes = read_ahead_map(
         checkpoint,
         layers,
         nbytes=_layer_bytes,
@@ -323,6 +347,7 @@ def _run(
         progress=progress,
         thread_name="sncli-sigma",
     )
+    return outcomes, None
 
 
 def spectral_norms(
@@ -348,12 +373,13 @@ def spectral_norms(
     selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
     began = time.perf_counter()
     device, device_note = resolve_device(options.device)
+    refuse_device_with_scheduler(options.scheduler, options.device)
     workers = _worker_count(options, len(selected), device)
     # Single-threaded torch on the CPU, parallel across layers: the block operations are many
     # small GEMMs, and 2 OpenMP threads on them ran 26× slower than 2 workers × 1 thread on a
     # loaded 2-core machine (302M-parameter checkpoint, auto: 87 s against 3.3 s).
     with torch_threads(1 if device == "cpu" else None):
-        outcomes = _run(checkpoint, selected, options, device, workers, progress)
+        outcomes, run = _run(checkpoint, selected, options, device, workers, progress)
     results = [item for item in outcomes if isinstance(item, LayerSigma)]
     failed = [s for s in outcomes if isinstance(s, Skipped)]
     refuse_if_none_measured(len(results), failed, checkpoint.path)
@@ -362,6 +388,9 @@ def spectral_norms(
     notes = list(checkpoint.notes)
     if device_note:
         notes.append(device_note)
+    if run is not None:
+        notes.append(run.note)
+        workers = run.threads
     return InspectReport(
         checkpoint=str(checkpoint.path),
         format=checkpoint.format,

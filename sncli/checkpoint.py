@@ -101,6 +101,9 @@ class Checkpoint:
     _skip_objects: bool = field(default=False, repr=False)
     _record_crcs: dict[Path, dict[int, set[int]]] = field(default_factory=dict, repr=False)
     _verified: set[tuple[Path, int]] = field(default_factory=set, repr=False)
+    #: (size, mtime_ns) of each file when it was opened: a Dask worker that sees other values
+    #: refuses to read it (sncli.cluster).
+    stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
     _contents: FormatContents | None = field(default=None, repr=False)
 
@@ -394,8 +397,20 @@ def _assemble(
         prefix=prefix,
         index_path=index,
         derived=weight_norm_pairs(ordered),
+        stamps=_stamps(files),
         **details,
     )
+
+
+def _stamps(files: list[Path]) -> dict[Path, tuple[int, int]]:
+    stamps = {}
+    for file in files:
+        try:
+            stat = os.stat(file)
+        except OSError:  # the reader already read it; a stamp is only a cross-check
+            continue
+        stamps[file] = (stat.st_size, stat.st_mtime_ns)
+    return stamps
 
 
 def _open_safetensors(files: list[Path], path: Path, *, index: Path | None) -> Checkpoint:

@@ -16,10 +16,12 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import MethodOptions
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.cluster import cluster_map
 from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
@@ -279,6 +281,21 @@ def _load_pair(
     )
 
 
+def _compare_or_skip(
+    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
+) -> LayerDiff | Skipped:
+    try:
+        return _compare(loaded, options, top_k, threshold)
+    except NumericalError as exc:
+        return Skipped(loaded.pair.layer_a.name, exc.message)
+
+
+def _load_for_task(
+    checkpoints: tuple[Checkpoint, ...], pair: _Pair, reader: SafetensorsStreamReader | None
+) -> _LoadedPair:
+    return _load_pair(checkpoints[0], checkpoints[1], pair, reader)
+
+
 def _tensor_names(checkpoint: Checkpoint) -> dict[str, str]:
     """Displayed name → key, for every tensor (and composed weight-norm weight)."""
     names = {checkpoint.short_name(key): key for key in checkpoint.tensors}
@@ -347,25 +364,35 @@ def diff_checkpoints(
     largest = max(_pair_bytes(pair) for pair in pairs)
     widest = max(pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1] for pair in pairs)
 
-    def compare(loaded: _LoadedPair) -> LayerDiff | Skipped:
-        try:
-            return _compare(loaded, options, top_k, intruder_threshold)
-        except NumericalError as exc:
-            return Skipped(loaded.pair.layer_a.name, exc.message)
-
-    with torch_threads(1):
-        outcomes = read_ahead_map(
-            a,
+    compare = partial(_compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold)
+    run = None
+    if options.scheduler is not None:
+        outcomes, run = cluster_map(
+            options.scheduler,
+            (a, b),
             pairs,
             nbytes=_pair_bytes,
-            load=lambda pair, reader: _load_pair(a, b, pair, reader),
+            load=_load_for_task,
             compute=compare,
             budget=budget_bytes(largest, widest),
-            workers=workers,
             label=lambda pair: pair.name,
             progress=progress,
-            thread_name="sncli-diff",
         )
+        workers = run.threads
+    else:
+        with torch_threads(1):
+            outcomes = read_ahead_map(
+                a,
+                pairs,
+                nbytes=_pair_bytes,
+                load=lambda pair, reader: _load_pair(a, b, pair, reader),
+                compute=compare,
+                budget=budget_bytes(largest, widest),
+                workers=workers,
+                label=lambda pair: pair.name,
+                progress=progress,
+                thread_name="sncli-diff",
+            )
     results = [item for item in outcomes if isinstance(item, LayerDiff)]
     failed = [item for item in outcomes if isinstance(item, Skipped)]
     if not results:
@@ -373,6 +400,8 @@ def diff_checkpoints(
             f"no layer could be compared: {failed[0].name}: {failed[0].reason}", a.path
         )
     notes = [f"A: {note}" for note in a.notes] + [f"B: {note}" for note in b.notes]
+    if run is not None:
+        notes.append(run.note)
     return DiffReport(
         a=str(a.path),
         b=str(b.path),

@@ -22,6 +22,11 @@ class SncliError(Exception):
         shown = None if self.path is None else printable_path(self.path)
         super().__init__(f"{shown}: {message}" if shown else message)
 
+    def __reduce__(self) -> tuple[type[SncliError], tuple[str, str | None]]:
+        # Pickled as (message, path), not the formatted text: an error raised on a Dask worker
+        # (sncli.cluster) reaches the client as the same one-line error.
+        return type(self), (self.message, self.path)
+
 
 def printable_path(path: str | Path) -> str:
     """A path made safe for one line on a terminal: control characters (escapes, newlines) and

@@ -29,9 +29,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.cluster import cluster_map
 from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -133,6 +135,8 @@ class LipschitzOptions:
     #: ECLipsE-Fast over the chain when every factor is a linear layer (``--mlp``), for
     #: activations slope-restricted to [0, 1].
     mlp: bool = False
+    #: The address of a Dask scheduler to compute the factors on as tasks (:mod:`sncli.cluster`).
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -599,11 +603,32 @@ def _layer_factor(task: _Task, options: LipschitzOptions) -> Factor:
     return factor
 
 
+def _task_factor(task: _Task, options: LipschitzOptions) -> Factor | str:
+    """The task's factor, or ``"name (reason)"`` for a non-finite weight."""
+    if task.bad is not None:
+        return f"{task.name} ({task.bad})"
+    if task.factor is not None:
+        return task.factor
+    try:
+        return _layer_factor(task, options)
+    except NumericalError as exc:
+        return f"{task.name} ({exc.message})"
+
+
+def _read_for_task(
+    checkpoints: tuple[Checkpoint, ...],
+    work: tuple[str, Layer | None, tuple[str, str, str] | None],
+    reader: SafetensorsStreamReader | None,
+) -> _Task:
+    return _read_task(checkpoints[0], work, reader)
+
+
 def _compute_factors(
     checkpoint: Checkpoint,
     work: list[tuple[str, Layer | None, tuple[str, str, str] | None]],
     options: LipschitzOptions,
     progress: ProgressCallback | None,
+    notes: list[str],
 ) -> tuple[list[Factor], list[str]]:
     """Every factor, in ``work``'s order, and the layers refused for non-finite values.
 
@@ -615,29 +640,35 @@ def _compute_factors(
     largest = max((_task_bytes(layer) for layer in layers), default=0)
     widest = max((math.prod(layer.shape) for layer in layers), default=0)
 
-    def compute(task: _Task) -> Factor | str:
-        if task.bad is not None:
-            return f"{task.name} ({task.bad})"
-        if task.factor is not None:
-            return task.factor
-        try:
-            return _layer_factor(task, options)
-        except NumericalError as exc:
-            return f"{task.name} ({exc.message})"
-
-    with torch_threads(1):
-        outcomes = read_ahead_map(
-            checkpoint,
+    compute = partial(_task_factor, options=options)
+    label = lambda item: checkpoint.short_name(item[0])  # noqa: E731
+    if options.scheduler is not None:
+        outcomes, run = cluster_map(
+            options.scheduler,
+            (checkpoint,),
             work,
             nbytes=lambda item: _task_bytes(item[1]),
-            load=lambda item, reader: _read_task(checkpoint, item, reader),
+            load=_read_for_task,
             compute=compute,
             budget=budget_bytes(largest, widest),
-            workers=max(1, options.workers or min(available_cores(), len(work))),
-            label=lambda item: checkpoint.short_name(item[0]),
+            label=label,
             progress=progress,
-            thread_name="sncli-lipschitz",
         )
+        notes.append(run.note)
+    else:
+        with torch_threads(1):
+            outcomes = read_ahead_map(
+                checkpoint,
+                work,
+                nbytes=lambda item: _task_bytes(item[1]),
+                load=lambda item, reader: _read_task(checkpoint, item, reader),
+                compute=compute,
+                budget=budget_bytes(largest, widest),
+                workers=max(1, options.workers or min(available_cores(), len(work))),
+                label=label,
+                progress=progress,
+                thread_name="sncli-lipschitz",
+            )
     factors = [item for item in outcomes if isinstance(item, Factor)]
     return factors, [item for item in outcomes if isinstance(item, str)]
 
@@ -843,7 +874,8 @@ def lipschitz_report(
         (layer.name, layer, None) for layer in layers
     ] + [(keys[0], None, keys) for keys in batchnorms.values()]
     work.sort(key=lambda item: natural_key(item[0]))
-    factors, bad = _compute_factors(checkpoint, work, options, progress)
+    run_notes: list[str] = []
+    factors, bad = _compute_factors(checkpoint, work, options, progress, run_notes)
     for key in prelus:
         try:
             factors.append(_prelu_factor(checkpoint, key))
@@ -917,7 +949,7 @@ def lipschitz_report(
         valid_architecture=valid,
         caveats=caveats,
         assumptions=assumptions,
-        notes=list(checkpoint.notes),
+        notes=list(checkpoint.notes) + run_notes,
         unselected=left_out,
         chain=chain,
         chain_note=chain_note,

@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
+from sncli.cluster import cluster_map
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NumericalError, WriteError
+from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, refuse_if_none_measured, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.esd import MIN_EVALS, partial_metrics, spectrum_metrics
@@ -233,13 +236,15 @@ class SpectrumOptions:
 
     ``top_k``: only the K largest singular values (block Lanczos, ``tol`` relative error each;
     the metrics that need the whole spectrum are then None). ``workers``: layers computed at
-    once, each single-threaded (None: one per core, at most one per layer).
+    once, each single-threaded (None: one per core, at most one per layer). ``scheduler``: the
+    address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.cluster`).
     """
 
     top_k: int | None = None
     tol: float = TOP_K_TOL
     seed: int = DEFAULT_SEED
     workers: int | None = None
+    scheduler: str | None = None
 
 
 def dtype_eps(dtype: str) -> float:
@@ -313,6 +318,22 @@ def layer_spectrum(
     )
 
 
+def _spectrum_or_skip(
+    loaded: tuple[Layer, Any], options: SpectrumOptions
+) -> LayerSpectrum | Skipped:
+    layer, weight = loaded
+    try:
+        return _spectrum_of(layer, weight, options)
+    except NumericalError as exc:
+        return Skipped(layer.name, exc.message)
+
+
+def _load_for_task(
+    checkpoints: tuple[Checkpoint, ...], layer: Layer, reader: SafetensorsStreamReader | None
+) -> tuple[Layer, Any]:
+    return layer, load_weight(checkpoints[0], layer.name, reader)
+
+
 def _layer_bytes(layer: Layer) -> int:
     total = math.prod(layer.shape) * bits_per_element(layer.dtype) // 8
     if layer.weight_norm is not None:  # the stored v, and W = g·v/‖v‖ composed in float64
@@ -347,33 +368,45 @@ def spectra(
     largest = max(_layer_bytes(layer) for layer in selected)
     widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
 
-    def compute(loaded: tuple[Layer, Any]) -> LayerSpectrum | Skipped:
-        layer, weight = loaded
-        try:
-            return _spectrum_of(layer, weight, options)
-        except NumericalError as exc:
-            return Skipped(layer.name, exc.message)
-
-    # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
-    # (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any core count.
-    with torch_threads(1):
-        outcomes = read_ahead_map(
-            checkpoint,
+    compute = partial(_spectrum_or_skip, options=options)
+    run = None
+    if options.scheduler is not None:
+        outcomes, run = cluster_map(
+            options.scheduler,
+            (checkpoint,),
             selected,
             nbytes=_layer_bytes,
-            load=lambda layer, reader: (layer, load_weight(checkpoint, layer.name, reader)),
+            load=_load_for_task,
             compute=compute,
             budget=budget_bytes(largest, widest),
-            workers=workers,
             label=lambda layer: layer.short_name,
             progress=progress,
-            thread_name="sncli-spectrum",
         )
+        workers = run.threads
+    else:
+        # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the
+        # cores (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any
+        # core count.
+        with torch_threads(1):
+            outcomes = read_ahead_map(
+                checkpoint,
+                selected,
+                nbytes=_layer_bytes,
+                load=lambda layer, reader: (layer, load_weight(checkpoint, layer.name, reader)),
+                compute=compute,
+                budget=budget_bytes(largest, widest),
+                workers=workers,
+                label=lambda layer: layer.short_name,
+                progress=progress,
+                thread_name="sncli-spectrum",
+            )
     results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
     failed = [item for item in outcomes if isinstance(item, Skipped)]
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
+    if run is not None:
+        notes.append(run.note)
     few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]
     if few:
         notes.append(

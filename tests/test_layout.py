@@ -16,7 +16,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sncli"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-LAZY = ("torch", "matplotlib", "onnx", "onnxruntime", "dask", "scipy", "numpy", "safetensors")
+LAZY = (
+    "torch",
+    "matplotlib",
+    "onnx",
+    "onnxruntime",
+    "dask",
+    "distributed",
+    "scipy",
+    "numpy",
+    "safetensors",
+)
 #: What ``formats/`` may import from sncli: shared leaves, never an engine, renderer or CLI.
 FORMAT_DEPENDENCIES = ("sncli.errors", "sncli.messages", "sncli.dtypes", "sncli.formats")
 

@@ -109,6 +109,7 @@ def diff(
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     plot: opt.PlotOpt = None,
+    scheduler: opt.SchedulerOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Compare two checkpoints of one model: σ of both sides and of their difference per layer."""
@@ -123,7 +124,12 @@ def diff(
             a,
             b,
             options=MethodOptions(
-                method=method, tol=tol, seed=seed, workers=workers, certify=certified
+                method=method,
+                tol=tol,
+                seed=seed,
+                workers=workers,
+                certify=certified,
+                scheduler=scheduler,
             ),
             **chosen,
             top_k=top_k,

@@ -96,6 +96,7 @@ def inspect(
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     plot: opt.PlotOpt = None,
+    scheduler: opt.SchedulerOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Report the largest singular value σ of every layer's weight matrix."""
@@ -114,6 +115,7 @@ def inspect(
                 seed=seed,
                 device=device,
                 workers=workers,
+                scheduler=scheduler,
                 certify=certified,
                 warm_start=not no_warm_start,
             ),

@@ -132,13 +132,19 @@ def lipschitz(
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     plot: opt.PlotOpt = None,
+    scheduler: opt.SchedulerOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
-        given = (("--filter", include), ("--exclude", exclude), ("--input-size", input_size))
+        given = (
+            ("--filter", include),
+            ("--exclude", exclude),
+            ("--input-size", input_size),
+            ("--scheduler", scheduler),
+        )
         for flag in [flag for flag, value in given if value]:
             sink.note(f"{flag} is ignored for ONNX models: the bound covers the whole graph")
         run_graph_lipschitz(
@@ -168,6 +174,7 @@ def lipschitz(
         grid=grid,
         assume=assume,
         mlp=mlp,
+        scheduler=scheduler,
         **chosen,
     )
     with (

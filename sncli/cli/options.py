@@ -77,6 +77,21 @@ TolOpt = Annotated[
         show_default=False,
     ),
 ]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        show_envvar=True,
+        help="Run the per-layer work as tasks on the Dask cluster at ADDRESS (e.g. "
+        "tcp://10.0.0.5:8786; needs pip install 'sncli[dask]'). The workers read the "
+        "checkpoint from the same path, so it must be on a shared filesystem; results are the "
+        "same as a local run. Worth it for checkpoints of many GB, not for small models: each "
+        "task costs a round trip (see README).",
+        show_default=False,
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
 FormatOpt = Annotated[
     OutputFormat,

@@ -110,6 +110,7 @@ def spectrum(
             "Marchenko–Pastur edge, instead of the per-layer metric.",
         ),
     ] = None,
+    scheduler: opt.SchedulerOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
     """Report every layer's singular-value spectrum: ranks, norms, WeightWatcher's α and more."""
@@ -131,7 +132,9 @@ def spectrum(
         with progress_bar(not quiet, "spectrum") as progress:
             report = spectra(
                 ckpt,
-                options=SpectrumOptions(top_k=top_k, tol=tol, seed=seed, workers=workers),
+                options=SpectrumOptions(
+                    top_k=top_k, tol=tol, seed=seed, workers=workers, scheduler=scheduler
+                ),
                 **chosen,
                 progress=progress,
             )

@@ -1,0 +1,352 @@
+"""Per-layer work as tasks on an existing Dask distributed cluster (``--scheduler ADDRESS``).
+
+The engines (inspect, spectrum, diff, state-dict lipschitz) hand :func:`cluster_map` the same
+``load`` and ``compute`` functions they run locally in :func:`sncli.pipeline.read_ahead_map`.
+A task carries a :class:`CheckpointRef` per checkpoint (path, options, each file's size and
+mtime), a group of items (layer descriptions: names, shapes, dtypes; never tensors) and the
+functions; the worker opens the checkpoint from the shared path itself (once per worker
+process), checks that it sees the same files, reads the group's tensors and computes them with
+single-threaded torch. Results are therefore the same numbers as a local run (same code, seeds
+and methods), returned in the items' order.
+
+Scheduling: items of at least ``task_bytes`` are one task each, smaller ones are grouped in key
+order up to that size; at most two tasks per worker thread and, per worker, the local byte
+budget are in flight (the rest wait on the client, so a worker's memory is bounded by the
+largest layers it holds, not by the checkpoint). A worker that dies is replaced by Dask, which
+reruns its tasks (at most ``distributed.scheduler.allowed-failures`` times, default 3); a task
+that fails on bad data returns its :class:`SncliError`, which is raised here as the same
+one-line error a local run gives. Ctrl-C cancels the submitted tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sncli.checkpoint import Checkpoint, open_checkpoint
+from sncli.errors import CheckpointError, SncliError
+from sncli.formats.safetensors import SafetensorsStreamReader
+from sncli.messages import ProgressCallback
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+Item = TypeVar("Item")
+Loaded = TypeVar("Loaded")
+Result = TypeVar("Result")
+
+#: Items smaller than this are grouped into one task up to this many bytes: a task's round trip
+#: costs ≈ 10 ms on a local cluster (bench/cluster.py), as long as reading ~40 MB at 4 GB/s.
+DEFAULT_TASK_BYTES = 64 << 20
+#: Tasks in flight per worker thread: one running, one queued on the worker.
+TASKS_PER_THREAD = 2
+#: Seconds to wait for the scheduler before giving up.
+CONNECT_TIMEOUT_S = 10
+#: dask/distributed#8559: on a machine without a route to the internet, Dask warns that it cannot
+#: find a public address; it is not an error for a cluster on a private network.
+_NO_ROUTE_WARNING = r"Couldn't detect a suitable IP address"
+
+
+class SchedulerError(SncliError):
+    """The Dask scheduler cannot be reached, or ``distributed`` is not installed."""
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file as the client saw it: a worker that sees another size or mtime refuses the task."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """What a worker needs to open the same checkpoint from the shared path."""
+
+    path: str
+    key: str | None
+    skip_objects: bool
+    stamps: tuple[FileStamp, ...]
+
+
+def checkpoint_ref(checkpoint: Checkpoint) -> CheckpointRef:
+    """The reference a task carries for ``checkpoint``: its resolved path and each file's size
+    and mtime when it was opened (``Checkpoint.stamps``)."""
+    stamps = []
+    for file in checkpoint.files:
+        stamp = checkpoint.stamps.get(file)
+        if stamp is None:
+            stat = os.stat(file)
+            stamp = (stat.st_size, stat.st_mtime_ns)
+        stamps.append(FileStamp(str(Path(file).resolve()), *stamp))
+    return CheckpointRef(
+        str(Path(checkpoint.path).resolve()),
+        checkpoint.wrapper_key,
+        checkpoint._skip_objects,
+        tuple(stamps),
+    )
+
+
+# Per worker process: opened checkpoints, kept while the ref is the same (a few at a time).
+_OPENED: dict[CheckpointRef, Checkpoint] = {}
+_OPENED_LOCK = threading.Lock()
+_OPENED_MAX = 4
+_THREADS_SET = False
+
+
+def _open_on_worker(ref: CheckpointRef) -> Checkpoint:
+    with _OPENED_LOCK:
+        found = _OPENED.get(ref)
+        if found is not None:
+            return found
+        for stamp in ref.stamps:
+            try:
+                stat = os.stat(stamp.path)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"a Dask worker cannot read it ({exc.strerror or exc}); is the path shared "
+                    "with the workers?",
+                    stamp.path,
+                ) from exc
+            if stat.st_size != stamp.size or stat.st_mtime_ns // 10**9 != stamp.mtime_ns // 10**9:
+                raise CheckpointError(
+                    "a Dask worker sees another file here (size or modification time differ); "
+                    "the workers must read the same files as this machine",
+                    stamp.path,
+                )
+        opened = open_checkpoint(ref.path, key=ref.key, skip_objects=ref.skip_objects)
+        while len(_OPENED) >= _OPENED_MAX:
+            _OPENED.pop(next(iter(_OPENED))).close()
+        _OPENED[ref] = opened
+        return opened
+
+
+def _single_threaded_torch() -> None:
+    """One BLAS thread per task, as locally (:mod:`sncli.pipeline`); set once per worker."""
+    global _THREADS_SET
+    if not _THREADS_SET:
+        import torch
+
+        torch.set_num_threads(1)
+        _THREADS_SET = True
+
+
+def run_task(
+    refs: tuple[CheckpointRef, ...],
+    items: Sequence[Any],
+    load: Callable[[tuple[Checkpoint, ...], Any, SafetensorsStreamReader | None], Any],
+    compute: Callable[[Any], Any],
+    version: str,
+) -> tuple[list[Any] | None, SncliError | None]:
+    """The worker's side: open the checkpoints, then ``compute(load(item))`` for each item.
+
+    Returns the results, or the first ``SncliError`` (bad data, unreadable file) as a value, so
+    Dask neither logs a traceback nor retries what would fail again.
+    """
+    import sncli
+
+    if version != sncli.__version__:
+        return None, SchedulerError(
+            f"a Dask worker runs sncli {sncli.__version__}, this machine {version}: install the "
+            "same version on the workers"
+        )
+    _single_threaded_torch()
+    try:
+        checkpoints = tuple(_open_on_worker(ref) for ref in refs)
+        primary = checkpoints[0]
+        reader = SafetensorsStreamReader() if primary.format == "safetensors" else None
+        try:
+            return [compute(load(checkpoints, item, reader)) for item in items], None
+        finally:
+            if reader is not None:
+                reader.close()
+    except SncliError as exc:
+        return None, exc
+
+
+def group_items(
+    items: Sequence[Item], nbytes: Callable[[Item], int], task_bytes: int
+) -> list[list[int]]:
+    """Indices of ``items`` per task: consecutive items up to ``task_bytes`` together, one task
+    for each item of at least that size."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for index, item in enumerate(items):
+        weight = nbytes(item)
+        if current and (weight >= task_bytes or size + weight > task_bytes):
+            groups.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += weight
+        if size >= task_bytes:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+@contextlib.contextmanager
+def connect(address: str) -> Iterator[Client]:
+    """A client of the scheduler at ``address``, closed afterwards; one-line errors when
+    ``distributed`` is missing or the scheduler does not answer."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise SchedulerError(
+            "--scheduler needs Dask: pip install 'sncli[dask]' (dask[distributed])"
+        ) from exc
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_ROUTE_WARNING)
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {detail}") from exc
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close(timeout=5)
+
+
+@dataclass(frozen=True)
+class ClusterRun:
+    """Where a run went: the workers the scheduler reported when it began, and the tasks."""
+
+    address: str
+    workers: int
+    threads: int
+    tasks: int
+
+    @property
+    def note(self) -> str:
+        """The line a report's notes carry about where it ran."""
+        return (
+            f"computed on the Dask cluster at {self.address}: {_count(self.tasks, 'task')} on "
+            f"{_count(self.workers, 'worker')} ({_count(self.threads, 'thread')})"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def cluster_map(
+    address: str,
+    checkpoints: Sequence[Checkpoint],
+    items: Sequence[Item],
+    *,
+    nbytes: Callable[[Item], int],
+    load: Callable[[tuple[Checkpoint, ...], Item, SafetensorsStreamReader | None], Loaded],
+    compute: Callable[[Loaded], Result],
+    budget: int,
+    label: Callable[[Item], str],
+    progress: ProgressCallback | None = None,
+    task_bytes: int | None = None,
+) -> tuple[list[Result], ClusterRun]:
+    """``[compute(load(checkpoints, item, reader)) for item in items]`` on the cluster at
+    ``address``; ``load`` and ``compute`` must be picklable (module-level functions or
+    ``functools.partial`` of them); ``task_bytes`` defaults to ``DEFAULT_TASK_BYTES``.
+    Raises the first ``SncliError`` a task returns."""
+    import sncli
+
+    task_bytes = DEFAULT_TASK_BYTES if task_bytes is None else task_bytes
+    refs = tuple(checkpoint_ref(checkpoint) for checkpoint in checkpoints)
+    groups = group_items(items, nbytes, task_bytes)
+    group_bytes = [sum(nbytes(items[i]) for i in group) for group in groups]
+    results: list[Any] = [None] * len(items)
+    with connect(address) as client:
+        from distributed import as_completed
+
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        if not workers:
+            raise SchedulerError(f"the Dask scheduler at {address} has no workers")
+        threads = sum(int(worker.get("nthreads", 1)) for worker in workers.values())
+        run = ClusterRun(address, len(workers), threads, len(groups))
+        max_tasks = TASKS_PER_THREAD * max(1, threads)
+        max_bytes = max(budget, 1) * len(workers)
+        if progress is not None and items:
+            progress(0, len(items), label(items[0]))
+        prefix = f"sncli-{uuid.uuid4().hex[:12]}"
+        pending = as_completed(loop=client.loop)
+        submitted: dict[Any, int] = {}
+        in_flight_bytes = 0
+        next_group = 0
+        done = 0
+        try:
+            while next_group < len(groups) or submitted:
+                while next_group < len(groups) and (
+                    not submitted
+                    or (
+                        len(submitted) < max_tasks
+                        and in_flight_bytes + group_bytes[next_group] <= max_bytes
+                    )
+                ):
+                    group = groups[next_group]
+                    future = client.submit(
+                        run_task,
+                        refs,
+                        [items[i] for i in group],
+                        load,
+                        compute,
+                        sncli.__version__,
+                        key=f"{prefix}-{next_group}",
+                        pure=False,
+                    )
+                    submitted[future] = next_group
+                    in_flight_bytes += group_bytes[next_group]
+                    pending.add(future)
+                    next_group += 1
+                future = next(pending)
+                index = submitted.pop(future)
+                in_flight_bytes -= group_bytes[index]
+                values, error = _result(future)
+                if error is not None:
+                    raise error
+                assert values is not None
+                for i, value in zip(groups[index], values, strict=True):
+                    results[i] = value
+                done += len(values)
+                if progress is not None:
+                    following = next_group < len(groups) and label(items[groups[next_group][0]])
+                    progress(done, len(items), following or "")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.cancel(list(submitted))
+            raise
+    return results, run
+
+
+def refuse_device_with_scheduler(scheduler: str | None, device: str) -> None:
+    """Tasks run on the workers' CPUs: a GPU request with ``--scheduler`` is refused."""
+    if scheduler is not None and device != "cpu":
+        raise SchedulerError(
+            f"--scheduler runs the layers on the Dask workers' CPUs; --device {device} is for "
+            "local runs"
+        )
+
+
+def _result(future: Any) -> tuple[list[Any] | None, SncliError | None]:
+    try:
+        return future.result()
+    except SncliError:
+        raise
+    except Exception as exc:
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            raise SchedulerError(
+                "Dask workers died running the same task repeatedly (out of memory?): "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+        raise
