@@ -9,8 +9,9 @@ process), checks that it sees the same files, reads the group's tensors and comp
 single-threaded torch. Results are therefore the same numbers as a local run (same code, seeds
 and methods), returned in the items' order.
 
-Scheduling: items of at least ``task_bytes`` are one task each, smaller ones are grouped in key
-order up to that size; at most two tasks per worker thread and, per worker, the local byte
+Scheduling: items of at least a task's size (:func:`task_size`: about four tasks per worker
+thread, 8–64 MB) are one task each, smaller ones are grouped in key order up to that size; at
+most two tasks per worker thread and, per worker, the local byte
 budget are in flight (the rest wait on the client, so a worker's memory is bounded by the
 largest layers it holds, not by the checkpoint). A worker that dies is replaced by Dask, which
 reruns its tasks (at most ``distributed.scheduler.allowed-failures`` times, default 3); a task
@@ -42,9 +43,13 @@ Item = TypeVar("Item")
 Loaded = TypeVar("Loaded")
 Result = TypeVar("Result")
 
-#: Items smaller than this are grouped into one task up to this many bytes: a task's round trip
-#: costs ≈ 10 ms on a local cluster (bench/cluster.py), as long as reading ~40 MB at 4 GB/s.
+#: Items smaller than a task's size are grouped in key order up to it. The size is the checkpoint
+#: split into ``TASKS_PER_THREAD_TARGET`` tasks per worker thread (load balance), but at least
+#: ``MIN_TASK_BYTES`` (a task's round trip is ≈ 11 ms on a local cluster, bench/cluster.py: the
+#: compute of ~2 MB at inspect's ~200 MB/s per thread) and at most ``DEFAULT_TASK_BYTES``.
 DEFAULT_TASK_BYTES = 64 << 20
+MIN_TASK_BYTES = 8 << 20
+TASKS_PER_THREAD_TARGET = 4
 #: Tasks in flight per worker thread: one running, one queued on the worker.
 TASKS_PER_THREAD = 2
 #: Seconds to wait for the scheduler before giving up.
@@ -195,6 +200,13 @@ def group_items(
     return groups
 
 
+def task_size(total_bytes: int, threads: int) -> int:
+    """Bytes per task: ``TASKS_PER_THREAD_TARGET`` tasks per thread, clamped to
+    [``MIN_TASK_BYTES``, ``DEFAULT_TASK_BYTES``] (read at call time, so tests can shrink it)."""
+    share = -(-total_bytes // (TASKS_PER_THREAD_TARGET * max(1, threads)))
+    return max(1, min(DEFAULT_TASK_BYTES, max(min(MIN_TASK_BYTES, DEFAULT_TASK_BYTES), share)))
+
+
 @contextlib.contextmanager
 def connect(address: str) -> Iterator[Client]:
     """A client of the scheduler at ``address``, closed afterwards; one-line errors when
@@ -256,14 +268,11 @@ def cluster_map(
 ) -> tuple[list[Result], ClusterRun]:
     """``[compute(load(checkpoints, item, reader)) for item in items]`` on the cluster at
     ``address``; ``load`` and ``compute`` must be picklable (module-level functions or
-    ``functools.partial`` of them); ``task_bytes`` defaults to ``DEFAULT_TASK_BYTES``.
+    ``functools.partial`` of them); ``task_bytes`` defaults to :func:`task_size`.
     Raises the first ``SncliError`` a task returns."""
     import sncli
 
-    task_bytes = DEFAULT_TASK_BYTES if task_bytes is None else task_bytes
     refs = tuple(checkpoint_ref(checkpoint) for checkpoint in checkpoints)
-    groups = group_items(items, nbytes, task_bytes)
-    group_bytes = [sum(nbytes(items[i]) for i in group) for group in groups]
     results: list[Any] = [None] * len(items)
     with connect(address) as client:
         from distributed import as_completed
@@ -272,6 +281,10 @@ def cluster_map(
         if not workers:
             raise SchedulerError(f"the Dask scheduler at {address} has no workers")
         threads = sum(int(worker.get("nthreads", 1)) for worker in workers.values())
+        if task_bytes is None:
+            task_bytes = task_size(sum(nbytes(item) for item in items), threads)
+        groups = group_items(items, nbytes, task_bytes)
+        group_bytes = [sum(nbytes(items[i]) for i in group) for group in groups]
         run = ClusterRun(address, len(workers), threads, len(groups))
         max_tasks = TASKS_PER_THREAD * max(1, threads)
         max_bytes = max(budget, 1) * len(workers)
