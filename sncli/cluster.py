@@ -11,12 +11,14 @@ and methods), returned in the items' order.
 
 Scheduling: items of at least a task's size (:func:`task_size`: about four tasks per worker
 thread, 8–64 MB) are one task each, smaller ones are grouped in key order up to that size; at
-most two tasks per worker thread and, per worker, the local byte
-budget are in flight (the rest wait on the client, so a worker's memory is bounded by the
-largest layers it holds, not by the checkpoint). A worker that dies is replaced by Dask, which
-reruns its tasks (at most ``distributed.scheduler.allowed-failures`` times, default 3); a task
-that fails on bad data returns its :class:`SncliError`, which is raised here as the same
-one-line error a local run gives. Ctrl-C cancels the submitted tasks.
+most two tasks per worker thread, and stored bytes up to :func:`in_flight_allowance` (per
+worker the local byte budget or a quarter of its memory limit), are in flight; the rest wait
+on the client, so the cluster's memory is bounded by the layers in flight, not the checkpoint.
+
+Faults: a worker that dies is replaced by Dask, which reruns its tasks (at most
+``distributed.scheduler.allowed-failures`` times, default 3); a task that fails on bad data
+returns its :class:`SncliError`, which is raised here as the same one-line error a local run
+gives. Ctrl-C cancels the submitted tasks.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -218,6 +220,21 @@ def group_items(
     return groups
 
 
+#: Stored bytes in flight per worker, as a fraction of its memory limit: a bf16 layer is held
+#: as float32 (2×) plus the method's work space (≈ 2× more), so ¼ keeps a worker within it.
+MEMORY_LIMIT_FRACTION = 0.25
+
+
+def in_flight_allowance(workers: Iterable[dict[str, Any]], budget: int) -> int:
+    """Stored bytes of submitted tasks, at most: per worker the local byte budget or a quarter
+    of its memory limit, whichever is larger (a limit of 0 means none was set)."""
+    total = 0
+    for worker in workers:
+        limit = int(worker.get("memory_limit") or 0)
+        total += max(budget, int(limit * MEMORY_LIMIT_FRACTION), 1)
+    return total
+
+
 def task_size(total_bytes: int, threads: int) -> int:
     """Bytes per task: ``TASKS_PER_THREAD_TARGET`` tasks per thread, clamped to
     [``MIN_TASK_BYTES``, ``DEFAULT_TASK_BYTES``] (read at call time, so tests can shrink it)."""
@@ -235,6 +252,13 @@ def connect(address: str) -> Iterator[Client]:
         raise SchedulerError(
             "--scheduler needs Dask: pip install 'sncli[dask]' (dask[distributed])"
         ) from exc
+    if not address.startswith("inproc://"):
+        from distributed.comm import get_address_host_port
+
+        try:  # before Client(): a half-built client hangs 20 s at exit when the address is bad
+            get_address_host_port(address)
+        except ValueError as exc:
+            raise SchedulerError(f"not a Dask scheduler address: {address!r} ({exc})") from exc
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_NO_ROUTE_WARNING)
         try:
@@ -305,7 +329,7 @@ def cluster_map(
         group_bytes = [sum(nbytes(items[i]) for i in group) for group in groups]
         run = ClusterRun(address, len(workers), threads, len(groups))
         max_tasks = TASKS_PER_THREAD * max(1, threads)
-        max_bytes = max(budget, 1) * len(workers)
+        max_bytes = in_flight_allowance(workers.values(), budget)
         if progress is not None and items:
             progress(0, len(items), label(items[0]))
         prefix = f"sncli-{uuid.uuid4().hex[:12]}"

@@ -334,3 +334,24 @@ def test_installed_sncli_reads_the_scheduler_from_the_environment(tmp_path, sche
     layers = json.loads(done.stdout)["layers"]
     local = spectra(open_checkpoint(index))
     assert [layer["sigma_max"] for layer in layers] == [layer.sigma_max for layer in local.layers]
+
+
+def test_task_size_aims_at_four_tasks_per_thread_within_8_to_64_mb():
+    mb = 1 << 20
+    assert cluster.task_size(800 * mb, threads=4) == 50 * mb  # 800 MB / (4 × 4)
+    assert cluster.task_size(10 * mb, threads=4) == 8 * mb  # never below 8 MB
+    assert cluster.task_size(10**12, threads=4) == 64 * mb  # never above 64 MB
+
+
+def test_in_flight_allowance_is_the_budget_or_a_quarter_of_each_memory_limit():
+    gb = 1 << 30
+    workers = [{"memory_limit": 128 * gb}, {"memory_limit": 0}, {}]
+    assert cluster.in_flight_allowance(workers, budget=4 * gb) == 32 * gb + 4 * gb + 4 * gb
+
+
+def test_a_malformed_address_is_refused_before_connecting(tmp_path):
+    checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    began = time.monotonic()
+    with pytest.raises(cluster.SchedulerError, match="not a Dask scheduler address: 'nonsense'"):
+        spectral_norms(checkpoint, options=MethodOptions(scheduler="nonsense"))
+    assert time.monotonic() - began < 10

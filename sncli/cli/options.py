@@ -85,7 +85,7 @@ SchedulerOpt = Annotated[
         envvar="DASK_SCHEDULER_ADDRESS",
         show_envvar=True,
         help="Run the per-layer work as tasks on the Dask cluster at ADDRESS (e.g. "
-        "tcp://10.0.0.5:8786; needs pip install 'sncli[dask]'). The workers read the "
+        "tcp://10.0.0.5:8786; needs pip install 'sncli\\[dask]'). The workers read the "
         "checkpoint from the same path, so it must be on a shared filesystem; results are the "
         "same as a local run. Worth it for checkpoints of many GB, not for small models: each "
         "task costs a round trip (see README).",
