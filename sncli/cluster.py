@@ -31,7 +31,6 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sncli.checkpoint import Checkpoint, open_checkpoint
@@ -86,7 +85,8 @@ class CheckpointRef:
 
 
 def checkpoint_ref(checkpoint: Checkpoint) -> CheckpointRef:
-    """The reference a task carries for ``checkpoint``: its resolved path and each file's size
+    """The reference a task carries for ``checkpoint``: its absolute path (symlinks kept, as in
+    the Hugging Face cache: the worker opens what this machine opened) and each file's size
     and mtime when it was opened (``Checkpoint.stamps``)."""
     stamps = []
     for file in checkpoint.files:
@@ -94,9 +94,9 @@ def checkpoint_ref(checkpoint: Checkpoint) -> CheckpointRef:
         if stamp is None:
             stat = os.stat(file)
             stamp = (stat.st_size, stat.st_mtime_ns)
-        stamps.append(FileStamp(str(Path(file).resolve()), *stamp))
+        stamps.append(FileStamp(os.path.abspath(file), *stamp))
     return CheckpointRef(
-        str(Path(checkpoint.path).resolve()),
+        os.path.abspath(checkpoint.path),
         checkpoint.wrapper_key,
         checkpoint._skip_objects,
         tuple(stamps),

@@ -355,3 +355,19 @@ def test_a_malformed_address_is_refused_before_connecting(tmp_path):
     with pytest.raises(cluster.SchedulerError, match="not a Dask scheduler address: 'nonsense'"):
         spectral_norms(checkpoint, options=MethodOptions(scheduler="nonsense"))
     assert time.monotonic() - began < 10
+
+
+def test_symlinked_files_like_the_hub_cache_are_opened_by_their_link(tmp_path, scheduler):
+    """The Hugging Face cache links snapshot/<name> → blobs/<hash>: a worker must open the link
+    (an index resolved to its blob would no longer be recognised as an index)."""
+    real = _sharded(tmp_path / "real")
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    for number, file in enumerate(sorted(real.parent.iterdir())):
+        blob = blobs / f"{number:040x}"
+        file.rename(blob)
+        (snapshot / file.name).symlink_to(blob)
+    checkpoint = open_checkpoint(snapshot)
+    remote = spectral_norms(checkpoint, options=MethodOptions(scheduler=scheduler))
+    assert remote.layers == spectral_norms(checkpoint).layers
