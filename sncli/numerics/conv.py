@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 IntOrTuple = int | tuple[int, ...]
 
 DEFAULT_GRID: int | None = None
-AUTO_GRIDS = (64, 32, 16)
+#: Grid factors auto_grid aims at, tightest first (what N = 64 / 32 / 16 gave 3×3 kernels
+#: under the earlier single-direction Bernstein factor).
+AUTO_TARGETS = (1.0048, 1.0197, 1.0835)
 AUTO_GRID_BUDGET = 4e9
 CERT_DELTA = 1e-9
 LOWER_BOUND_ITERATIONS = 8
@@ -92,7 +94,7 @@ class _GridMax:
     """Certified max over a frequency grid of σ_max of the computed-then-corrected symbol."""
 
     upper: float  # scaled: ≥ max σ_max(K̂(ω)) of the exact symbol, rounding included
-    lower: float  # scaled: ≤ that max, rounding included
+    lower: float | None  # scaled: ≤ that max, rounding included (None when not asked for)
     frequency: tuple[int, ...]  # where the max was found
     blocks: int
 
@@ -441,7 +443,7 @@ def _subspace_estimates(grams: torch.Tensor, width: int = 4, iterations: int = 6
     return torch.linalg.eigvalsh(ritz)[..., -1]
 
 
-def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float) -> _GridMax:
+def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool = True) -> _GridMax:
     """Certified max over the grid (2π/grid)·ℤ^d of σ_max(K̂(ω)), in scaled units.
 
     Frequencies are visited by decreasing ‖K̂‖_F, in chunks. Each block's Gram matrix comes from
@@ -452,7 +454,8 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float) -> _GridMax:
     new maximum — get a batched subspace estimate, the likeliest is refined by Lanczos, and the
     rest are re-certified against it, so most blocks cost one Cholesky. δ is raised (×100 up to
     1e-2) only when refinement stalls, with the trace bound as the last resort. Every block ends
-    up proved ≤ the returned bound.
+    up proved ≤ the returned bound. The lower bound (a Lanczos vector at the best block: 0.6 s
+    at 512 channels) only when ``lower``: the torus bound has no use for it.
     """
     import torch
 
@@ -533,7 +536,11 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float) -> _GridMax:
     upper = math.nextafter(math.sqrt(certified), math.inf) + error
     return _GridMax(
         upper=math.nextafter(upper * _SLACK, math.inf),
-        lower=max(0.0, _block_lower_bound(taps, grid, best_freq) - _symbol_error(taps) * _SLACK),
+        lower=(
+            max(0.0, _block_lower_bound(taps, grid, best_freq) - _symbol_error(taps) * _SLACK)
+            if lower
+            else None
+        ),
         frequency=best_freq,
         blocks=freqs.shape[0],
     )
@@ -590,20 +597,49 @@ def _threshold(best: float, delta: float) -> float:
 def bound_factor(
     kernel_size: tuple[int, ...], grid: tuple[int, ...], dilation: tuple[int, ...]
 ) -> float:
-    """1/(1 − ½[(π/2)Σ_j d_j(k_j−1)/N_j]²): τ* ≤ this × the max over the N-grid.
+    """Π_j sec(π·τ_j/N_j) with τ_j = d_j(k_j−1)/2: τ* ≤ this × the max of σ_max(K̂) on the grid.
 
-    Derivation: with (u*, v*) the top singular pair at the maximizer ω* and
-    c the kernel centre, g(ω) = Re(e^{iφ+ic·ω}u*ᴴK̂(ω)v*) ≤ σ_max(K̂(ω)), g(ω*) = τ*, ∇g(ω*) = 0, and
-    along any direction δ g is of exponential type Σ_j d_j(k_j−1)|δ_j|/2, so Bernstein's
-    inequality gives g'' ≥ −type²·τ*. The nearest grid point is within π/N_j per coordinate.
+    Derivation, one axis at a time. Let M_0 = τ* and M_j the sup of σ_max(K̂(ω)) over ω whose
+    first j coordinates lie on the grid (M_d is the grid max). M_{j−1} is attained at some ω'
+    (continuity, compactness) with top singular pair (u, v); along axis j through ω', with the
+    other coordinates fixed, h(t) = Re(e^{iφ+ic_j t}·uᴴK̂(ω' + t·e_j)v) (c_j the kernel centre,
+    φ making h(0) = M_{j−1}) is a real trigonometric polynomial in t of degree τ_j (in t/2 when
+    τ_j is a half-integer), and |h| ≤ σ_max(K̂) ≤ M_{j−1} on the whole line, because the line
+    keeps the first j−1 coordinates on the grid. The Bernstein–Szegő inequality
+    h'² + τ_j²h² ≤ τ_j²‖h‖²_∞ (Szegő 1928) makes arccos(h/M_{j−1}) τ_j-Lipschitz, so
+    h(t) ≥ M_{j−1}·cos(τ_j t) for τ_j|t| ≤ π; the nearest of the N_j grid values of axis j is
+    within π/N_j, hence M_j ≥ M_{j−1}·cos(πτ_j/N_j). Needs N_j > d_j(k_j−1) on every axis.
+    For 3×3 kernels: 1.0718 / 1.0396 / 1.0189 / 1.0047 at N = 12 / 16 / 23 / 46.
     """
-    x = (math.pi / 2) * sum(
-        d * (k - 1) / n for k, n, d in zip(kernel_size, grid, dilation, strict=True)
-    )
-    denominator = 1.0 - 0.5 * x * x
-    if denominator <= 0.0:
+    factor = _factor(kernel_size, grid, dilation)
+    if factor is None:
         raise ValueError(f"grid {grid} is too coarse for kernel {kernel_size}")
-    return math.nextafter(_SLACK / denominator, math.inf)
+    return factor
+
+
+def _factor(
+    kernel_size: tuple[int, ...], grid: tuple[int, ...], dilation: tuple[int, ...]
+) -> float | None:
+    """:func:`bound_factor`, rounded up (the angle and the cosines are within a few u, covered
+    by _SLACK = 1 + 64u); None when some axis has N_j ≤ d_j(k_j−1)."""
+    factor = 1.0
+    for k, n, d in zip(kernel_size, grid, dilation, strict=True):
+        span = d * (k - 1)
+        if span == 0:
+            continue
+        if n <= span:
+            return None
+        factor /= math.cos(math.pi * span / (2 * n))
+    return math.nextafter(factor * _SLACK, math.inf)
+
+
+def _grid_sizes(
+    kernel_size: tuple[int, ...], grid: int, dilation: tuple[int, ...]
+) -> tuple[int, ...]:
+    """N along every axis where the kernel spans more than one tap, 1 where K̂ is constant."""
+    return tuple(
+        1 if d * (k - 1) == 0 else grid for k, d in zip(kernel_size, dilation, strict=True)
+    )
 
 
 def _torus_grid(
@@ -612,39 +648,57 @@ def _torus_grid(
     """Grid sizes (1 along size-1 axes, where K̂ is constant) doubled until the factor is ≤ 2."""
     if grid < 1:
         raise ValueError(f"grid must be ≥ 1, got {grid}")
-    sizes = tuple(
-        1 if d * (k - 1) == 0 else grid for k, d in zip(kernel_size, dilation, strict=True)
-    )
+    sizes = _grid_sizes(kernel_size, grid, dilation)
     while True:
-        x = (math.pi / 2) * sum(
-            d * (k - 1) / n for k, n, d in zip(kernel_size, sizes, dilation, strict=True)
-        )
-        if 1.0 - 0.5 * x * x >= 0.5:
-            return sizes, bound_factor(kernel_size, sizes, dilation)
+        factor = _factor(kernel_size, sizes, dilation)
+        if factor is not None and factor <= 2.0:
+            return sizes, factor
         sizes = tuple(n if n == 1 else 2 * n for n in sizes)
 
 
+def _cheapest_grid(kernel_size: tuple[int, ...], dilation: tuple[int, ...], target: float) -> int:
+    """The smallest N (so the fewest frequency blocks) whose factor is ≤ ``target``."""
+    span = max((d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)), default=0)
+    if span == 0:
+        return 1
+
+    def reaches(n: int) -> bool:
+        factor = _factor(kernel_size, _grid_sizes(kernel_size, n, dilation), dilation)
+        return factor is not None and factor <= target
+
+    low, high = span, 2 * span + 2  # reaches(low) is False: N must exceed the span
+    while not reaches(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if reaches(middle) else (middle, high)
+    return high
+
+
 def auto_grid(kernel_shape: tuple[int, ...], dilation: IntOrTuple = 1) -> int:
-    """The finest grid in (64, 32, 16) whose cost stays ≤ 4e9 complex multiply-adds (≈3 s on
-    one core), else 16: for 3×3 kernels N=64 up to ~180 channels, 32 up to ~290, 16 beyond.
+    """The cheapest N reaching the tightest factor target in (1.0048, 1.0197, 1.0835) whose cost
+    stays ≤ 4e9 complex multiply-adds (≈3 s on one core), else the loosest target's N: for 3×3
+    kernels N=46 (factor 1.0047) up to ~230 channels, 23 (1.0189) up to ~370, 12 (1.0718) beyond.
 
     Cost ≈ blocks × (small³/3 + (2|H|+1)·small²/2) + T(T+1)/8·small²·large: one Cholesky and
     one difference-Gram sum per frequency block, and the tap-difference Grams once (T taps,
-    |H| ≤ (∏(2k−1) − 1)/2 differences; real products count ¼).
+    |H| ≤ (∏(2k−1) − 1)/2 differences; real products count ¼). Grids need not be powers of 2.
     """
     dims = len(kernel_shape) - 2
     dil = _per_dim(dilation, dims, "dilation")
+    kernel_size = tuple(kernel_shape[2:])
     out_ch, in_ch = kernel_shape[:2]
     small, large = min(out_ch, in_ch), max(out_ch, in_ch)
-    taps = math.prod(kernel_shape[2:])
-    half = (math.prod(2 * k - 1 for k in kernel_shape[2:]) - 1) // 2
+    taps = math.prod(kernel_size)
+    half = (math.prod(2 * k - 1 for k in kernel_size) - 1) // 2
     per_block = small**3 / 3 + (2 * half + 1) * small**2 / 2
     once = taps * (taps + 1) / 8 * small**2 * large
-    for grid in AUTO_GRIDS:
-        sizes, _ = _torus_grid(tuple(kernel_shape[2:]), grid, dil)
+    for target in AUTO_TARGETS:
+        grid = _cheapest_grid(kernel_size, dil, target)
+        sizes = _grid_sizes(kernel_size, grid, dil)
         if once + _block_count(sizes) * per_block <= AUTO_GRID_BUDGET:
             return grid
-    return AUTO_GRIDS[-1]
+    return grid
 
 
 def _block_count(sizes: tuple[int, ...]) -> int:
@@ -659,11 +713,11 @@ def torus_norm_upper_bound(
 
     τ* bounds the zero- or circular-padded convolution (or its transpose) at any input size,
     stride, padding and crop. Computed as the certified max of σ_max(K̂) over an N-grid per axis
-    (N = ``grid``; 1 along size-1 axes) times :func:`bound_factor` — 1.0835 / 1.0197 / 1.0048 for
-    a 3×3 kernel at N = 16 / 32 / 64. N is doubled while the factor would exceed 2.
-    ``grid=None`` picks N by cost (:func:`auto_grid`). Cost ≈ N^d/2 frequency blocks, each one
-    Cholesky of the smaller channel count: for 512×512×3×3 on one core about 4 s at N=16 and
-    16 s at N=32.
+    (N = ``grid``; 1 along size-1 axes) times :func:`bound_factor` — 1.0718 / 1.0396 / 1.0189 /
+    1.0047 for a 3×3 kernel at N = 12 / 16 / 23 / 46. N is doubled while the factor would exceed
+    2. ``grid=None`` picks N by cost (:func:`auto_grid`). Cost ≈ N^d/2 frequency blocks, each one
+    Cholesky of the smaller channel count: for 512×512×3×3 on one core about 2.5 s at N=12 and
+    4 s at N=16.
     """
     dims = _spatial(kernel)
     dil = _per_dim(dilation, dims, "dilation")
@@ -673,7 +727,7 @@ def torus_norm_upper_bound(
     if grid is None:
         grid = auto_grid(tuple(kernel.shape), dil)
     sizes, factor = _torus_grid(tuple(kernel.shape[2:]), grid, dil)
-    result = _grid_max(taps, sizes, CERT_DELTA)
+    result = _grid_max(taps, sizes, CERT_DELTA, lower=False)
     return math.nextafter(math.ldexp(result.upper * factor * _SLACK, taps.exponent), math.inf)
 
 
@@ -717,6 +771,7 @@ def _circular(
     grid = tuple(n // s for n, s in zip(size, strides, strict=True))
     result = _grid_max(_polyphase(taps, strides), grid, CERT_DELTA)
     upper = math.nextafter(math.ldexp(result.upper, taps.exponent), math.inf)
+    assert result.lower is not None
     lower = math.ldexp(result.lower, taps.exponent)
     return (math.nextafter(lower, 0.0) if lower < 2.0**-1022 else lower), upper
 
@@ -807,7 +862,7 @@ def conv_operator_norm(
     if grid is None:
         grid = auto_grid(tuple(kernel.shape), dil)
     sizes, factor = _torus_grid(kernel_size, grid, dil)
-    result = _grid_max(taps, sizes, CERT_DELTA)
+    result = _grid_max(taps, sizes, CERT_DELTA, lower=False)
     upper = math.nextafter(math.ldexp(result.upper * factor * _SLACK, taps.exponent), math.inf)
     lower = None
     if size is not None and padding == "zeros":

@@ -359,16 +359,40 @@ def test_coarse_grids_are_refined_until_the_factor_is_at_most_two() -> None:
     kernel = _kernel(2, 2, 7, 7, seed=1)
     upper = torus_norm_upper_bound(kernel, 2)
     assert upper >= circular_sigma(kernel, (8, 8))
-    assert bound_factor((3, 3), (32, 32), (1, 1)) == pytest.approx(1.0197, abs=1e-4)
+    assert bound_factor((3, 3), (32, 32), (1, 1)) == pytest.approx(
+        1 / math.cos(math.pi / 32) ** 2, rel=1e-14
+    )
     with pytest.raises(ValueError):
         bound_factor((7, 7), (2, 2), (1, 1))
+    with pytest.raises(ValueError):  # N must exceed d(k−1) on every axis: 6 = 2·(4−1)
+        bound_factor((3, 4), (16, 6), (1, 2))
 
 
 def test_auto_grid_follows_cost() -> None:
-    assert auto_grid((512, 512, 3, 3)) == 16
-    assert auto_grid((256, 256, 3, 3)) == 32
-    assert auto_grid((64, 64, 3, 3)) == 64
-    assert auto_grid((3, 64, 7, 7)) == 64
+    """The cheapest N reaching each target (the factor falls with N): 12/23/46 for 3×3."""
+    import sncli.numerics.conv as conv
+
+    assert auto_grid((512, 512, 3, 3)) == 12
+    assert auto_grid((256, 256, 3, 3)) == 23
+    assert auto_grid((64, 64, 3, 3)) == 46
+    for shape, dilation in (
+        ((512, 512, 3, 3), 1),
+        ((256, 256, 3, 3), 1),
+        ((64, 64, 3, 3), 1),
+        ((3, 64, 7, 7), 1),
+        ((8, 8, 2, 2), 1),
+        ((8, 8, 3, 3), 2),
+        ((4, 4, 5), 1),
+        ((4, 4, 3, 3, 3), 1),
+    ):
+        n = auto_grid(shape, dilation)
+        sizes, dims = shape[2:], len(shape) - 2
+        factor = bound_factor(sizes, (n,) * dims, (dilation,) * dims)
+        target = next(t for t in conv.AUTO_TARGETS if factor <= t)
+        assert (
+            n - 1 <= dilation * (max(sizes) - 1)
+            or bound_factor(sizes, (n - 1,) * dims, (dilation,) * dims) > target
+        )
 
 
 @pytest.mark.parametrize(("shape", "n", "stride"), [((52, 49, 3, 3), 4, 1), ((50, 49, 2, 2), 4, 2)])
