@@ -35,6 +35,8 @@ from sncli.numerics.bounds import certified_ratio, certify_hermitian_batch, lanc
 from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 IntOrTuple = int | tuple[int, ...]
@@ -492,13 +494,17 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
             value, top = _refine_top(grams, _REFINE_STEPS)
             if value > best:
                 best, best_freq = value, tuple(int(f) for f in block_freqs[top])
+        # The buffer still holds the whole chunk's Grams, in order, until a certificate
+        # overwrites it (refinement and the single-precision pass only read it).
+        fresh = buffer is not None
         pending = torch.arange(block_freqs.shape[0])
         stalls, step_delta = 0, delta
         for _ in range(block_freqs.shape[0] + 8):
             mu = _threshold(best, step_delta)
             ok = torch.zeros(pending.numel(), dtype=torch.bool)
-            if single and pending.numel() == block_freqs.shape[0]:
-                current = form(block_freqs[pending])[0] if buffer is not None else grams[pending]
+            whole = pending.numel() == block_freqs.shape[0]
+            if single and whole:
+                current = _select(form, grams, block_freqs, pending, fresh, buffer is not None)
                 ok = certify_hermitian_batch(
                     current, mu, error[pending], complex_arith=True, single=True
                 )
@@ -509,7 +515,9 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
             if rest.numel() > 0:
                 # The reused buffer is overwritten by the certificate and formed again later.
                 chosen = pending[rest]
-                current = form(block_freqs[chosen])[0] if buffer is not None else grams[chosen]
+                reuse = fresh and whole and rest.numel() == pending.numel()
+                current = _select(form, grams, block_freqs, chosen, reuse, buffer is not None)
+                fresh = False
                 ok[rest] = certify_hermitian_batch(
                     current, mu, error[chosen], complex_arith=True, overwrite=True
                 )
@@ -519,7 +527,8 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
             if pending.numel() == 0:
                 break
             if stalls < 2:
-                current = form(block_freqs[pending])[0] if buffer is not None else grams[pending]
+                fresh = False
+                current = _select(form, grams, block_freqs, pending, False, buffer is not None)
                 value, top = _refine_top(current, _REFINE_STEPS if stalls == 0 else small)
                 if value > best:
                     best, best_freq = value, tuple(int(f) for f in block_freqs[pending[top]])
@@ -544,6 +553,21 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
         frequency=best_freq,
         blocks=freqs.shape[0],
     )
+
+
+def _select(
+    form: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    grams: torch.Tensor,
+    freqs: torch.Tensor,
+    selection: torch.Tensor,
+    reuse: bool,
+    buffered: bool,
+) -> torch.Tensor:
+    """The Grams of freqs[selection]: ``grams`` itself when ``reuse`` (the buffer still holds the
+    whole chunk), else formed again into the reused buffer, or gathered from ``grams``."""
+    if reuse:
+        return grams
+    return form(freqs[selection])[0] if buffered else grams[selection]
 
 
 def _block_grams(
