@@ -23,6 +23,7 @@ Per layer the factor is, by policy:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
@@ -49,7 +50,7 @@ from sncli.layers import (
 )
 from sncli.messages import ProgressCallback
 from sncli.numerics.bounds import sigma_interval
-from sncli.numerics.conv import conv_operator_norm
+from sncli.numerics.conv import conv_operator_norm, torus_bound_cost
 from sncli.numerics.floating import DENSE_ROUNDING, check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
@@ -547,6 +548,20 @@ def _task_bytes(layer: Layer | None) -> int:
     return total
 
 
+def _task_cost(layer: Layer | None, options: LipschitzOptions) -> float:
+    """Rough multiply-adds of a factor, only to schedule the costliest first: the torus bound's
+    model for a conv operator norm, small²·large for a dense matrix σ, 0 for BatchNorm."""
+    if layer is None:
+        return 0.0
+    if layer.kind.is_conv and options.conv is not ConvPolicy.RESHAPE:
+        with contextlib.suppress(ValueError):  # a bad grid is reported when computed
+            return torus_bound_cost(layer.shape, grid=options.grid)
+        return 0.0
+    rows = layer.shape[layer.reshape_dim]
+    cols = math.prod(layer.shape) // max(rows, 1)
+    return float(min(rows, cols) ** 2 * max(rows, cols))
+
+
 def _read_task(
     checkpoint: Checkpoint,
     work: tuple[str, Layer | None, tuple[str, str, str] | None],
@@ -635,6 +650,8 @@ def _compute_factors(
     inspect's pipeline (:mod:`sncli.pipeline`): one reader thread streams tensors ahead within a
     byte budget, ``options.workers`` threads (default: one per core) compute the factors, each
     with single-threaded torch. The factors are the same as computed one by one on one thread.
+    Locally they are computed costliest first (:func:`_task_cost`), so that no large conv is
+    left to run alone at the end while the other workers idle, and returned in ``work``'s order.
     """
     layers = [layer for _, layer, _ in work if layer is not None]
     largest = max((_task_bytes(layer) for layer in layers), default=0)
@@ -642,6 +659,7 @@ def _compute_factors(
 
     compute = partial(_task_factor, options=options)
     label = lambda item: checkpoint.short_name(item[0])  # noqa: E731
+    outcomes: list[Factor | str]
     if options.scheduler is not None:
         outcomes, run = cluster_map(
             options.scheduler,
@@ -656,10 +674,11 @@ def _compute_factors(
         )
         notes.append(run.note)
     else:
+        order = sorted(range(len(work)), key=lambda i: -_task_cost(work[i][1], options))
         with torch_threads(1):
-            outcomes = read_ahead_map(
+            scheduled = read_ahead_map(
                 checkpoint,
-                work,
+                [work[i] for i in order],
                 nbytes=lambda item: _task_bytes(item[1]),
                 load=lambda item, reader: _read_task(checkpoint, item, reader),
                 compute=compute,
@@ -669,6 +688,9 @@ def _compute_factors(
                 progress=progress,
                 thread_name="sncli-lipschitz",
             )
+        outcomes = [""] * len(work)
+        for position, index in enumerate(order):
+            outcomes[index] = scheduled[position]
     factors = [item for item in outcomes if isinstance(item, Factor)]
     return factors, [item for item in outcomes if isinstance(item, str)]
 

@@ -711,18 +711,34 @@ def auto_grid(kernel_shape: tuple[int, ...], dilation: IntOrTuple = 1) -> int:
     dims = len(kernel_shape) - 2
     dil = _per_dim(dilation, dims, "dilation")
     kernel_size = tuple(kernel_shape[2:])
-    out_ch, in_ch = kernel_shape[:2]
-    small, large = min(out_ch, in_ch), max(out_ch, in_ch)
-    taps = math.prod(kernel_size)
-    half = (math.prod(2 * k - 1 for k in kernel_size) - 1) // 2
-    per_block = small**3 / 3 + (2 * half + 1) * small**2 / 2
-    once = taps * (taps + 1) / 8 * small**2 * large
     for target in AUTO_TARGETS:
         grid = _cheapest_grid(kernel_size, dil, target)
-        sizes = _grid_sizes(kernel_size, grid, dil)
-        if once + _block_count(sizes) * per_block <= AUTO_GRID_BUDGET:
+        if _cost(kernel_shape, _grid_sizes(kernel_size, grid, dil)) <= AUTO_GRID_BUDGET:
             return grid
     return grid
+
+
+def torus_bound_cost(
+    kernel_shape: tuple[int, ...], dilation: IntOrTuple = 1, grid: int | None = DEFAULT_GRID
+) -> float:
+    """Estimated complex multiply-adds of :func:`torus_norm_upper_bound` (see :func:`auto_grid`),
+    for scheduling: the largest jobs first."""
+    dims = len(kernel_shape) - 2
+    dil = _per_dim(dilation, dims, "dilation")
+    if grid is None:
+        grid = auto_grid(kernel_shape, dil)
+    sizes, _ = _torus_grid(tuple(kernel_shape[2:]), grid, dil)
+    return _cost(kernel_shape, sizes)
+
+
+def _cost(kernel_shape: tuple[int, ...], sizes: tuple[int, ...]) -> float:
+    out_ch, in_ch = kernel_shape[:2]
+    small, large = min(out_ch, in_ch), max(out_ch, in_ch)
+    taps = math.prod(kernel_shape[2:])
+    half = (math.prod(2 * k - 1 for k in kernel_shape[2:]) - 1) // 2
+    per_block = small**3 / 3 + (2 * half + 1) * small**2 / 2
+    once = taps * (taps + 1) / 8 * small**2 * large
+    return once + _block_count(sizes) * per_block
 
 
 def _block_count(sizes: tuple[int, ...]) -> int:
