@@ -702,7 +702,7 @@ def _cheapest_grid(kernel_size: tuple[int, ...], dilation: tuple[int, ...], targ
 def auto_grid(kernel_shape: tuple[int, ...], dilation: IntOrTuple = 1) -> int:
     """The cheapest N reaching the tightest factor target in (1.0048, 1.0197, 1.0835) whose cost
     stays ≤ 4e9 complex multiply-adds (≈3 s on one core), else the loosest target's N: for 3×3
-    kernels N=46 (factor 1.0047) up to ~230 channels, 23 (1.0189) up to ~370, 12 (1.0718) beyond.
+    kernels N=46 (factor 1.0047) below 208 channels, 23 (1.0189) below 328, 12 (1.0718) beyond.
 
     Cost ≈ blocks × (small³/3 + (2|H|+1)·small²/2) + T(T+1)/8·small²·large: one Cholesky and
     one difference-Gram sum per frequency block, and the tap-difference Grams once (T taps,
