@@ -627,12 +627,15 @@ def bound_factor(
     first j coordinates lie on the grid (M_d is the grid max). M_{j−1} is attained at some ω'
     (continuity, compactness) with top singular pair (u, v); along axis j through ω', with the
     other coordinates fixed, h(t) = Re(e^{iφ+ic_j t}·uᴴK̂(ω' + t·e_j)v) (c_j the kernel centre,
-    φ making h(0) = M_{j−1}) is a real trigonometric polynomial in t of degree τ_j (in t/2 when
-    τ_j is a half-integer), and |h| ≤ σ_max(K̂) ≤ M_{j−1} on the whole line, because the line
-    keeps the first j−1 coordinates on the grid. The Bernstein–Szegő inequality
-    h'² + τ_j²h² ≤ τ_j²‖h‖²_∞ (Szegő 1928) makes arccos(h/M_{j−1}) τ_j-Lipschitz, so
-    h(t) ≥ M_{j−1}·cos(τ_j t) for τ_j|t| ≤ π; the nearest of the N_j grid values of axis j is
-    within π/N_j, hence M_j ≥ M_{j−1}·cos(πτ_j/N_j). Needs N_j > d_j(k_j−1) on every axis.
+    φ making h(0) = M_{j−1}) has frequencies in [−τ_j, τ_j]: a real trigonometric polynomial of
+    degree τ_j (for a half-integer τ_j, h(2s) is one of degree 2τ_j in s, which gives the same
+    bound), and |h| ≤ σ_max(K̂) ≤ M_{j−1} on the whole line, because the line keeps the first
+    j−1 coordinates on the grid. The Bernstein–Szegő inequality h'² + τ_j²h² ≤ τ_j²‖h‖²_∞
+    (Szegő 1928; tested in tests/numerics/test_conv_factor.py) makes arccos(h/M_{j−1})
+    τ_j-Lipschitz, so h(t) ≥ M_{j−1}·cos(τ_j t) for τ_j|t| ≤ π; the nearest of the N_j grid
+    values of axis j is within π/N_j, hence M_j ≥ M_{j−1}·cos(πτ_j/N_j), and τ* ≤ Π_j sec·M_d.
+    Needs N_j > d_j(k_j−1) on every axis. The single-direction Bernstein argument used before
+    gave 1/(1 − ½(Σ_j πτ_j/N_j)²), about twice the excess (1.0835 for 3×3 at N = 16).
     For 3×3 kernels: 1.0718 / 1.0396 / 1.0189 / 1.0047 at N = 12 / 16 / 23 / 46.
     """
     factor = _factor(kernel_size, grid, dilation)
