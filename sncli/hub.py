@@ -60,6 +60,13 @@ def hub_cache() -> Path:
     return base / "huggingface" / "hub"
 
 
+def is_cache_blob(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` resolves to a blob of a hub cache (``models--org--name/blobs/<hash>``,
+    beside ``snapshots/``): content-addressed, and shared by every revision that holds it."""
+    real = Path(os.path.realpath(path))
+    return real.parent.name == "blobs" and (real.parent.parent / "snapshots").is_dir()
+
+
 def resolve_repo_id(text: str) -> HubModel:
     """The cached snapshot folder of a model id; a ``CheckpointError`` saying how to fetch it."""
     match = _REPO_ID.fullmatch(text)

@@ -35,6 +35,7 @@ from sncli.formats import sniff_format
 from sncli.formats.common import copy_range, shown_names
 from sncli.formats.safetensors import write_edited_safetensors
 from sncli.formats.sharded import resolve_directory
+from sncli.hub import is_cache_blob
 from sncli.layers import (
     BATCHNORM_EPS,
     Layer,
@@ -570,6 +571,13 @@ def _in_place_target(checkpoint: Checkpoint, source: Path) -> Path:
     """The file ``--in-place`` rewrites for ``source``: the symlink's target, kept inside the
     checkpoint's folder when the checkpoint has an index."""
     resolved = Path(os.path.realpath(source))
+    if is_cache_blob(source):
+        raise WriteError(
+            f"refusing --in-place: {clean_text(os.fsdecode(source.name))!r} is a file of the "
+            "Hugging Face cache (a content-addressed blob that other revisions may share, and "
+            "whose name is its hash); nothing was changed (write a copy with -o instead)",
+            source,
+        )
     if checkpoint.index_path is None or source == checkpoint.index_path:
         return resolved
     home = Path(os.path.realpath(checkpoint.index_path.parent))

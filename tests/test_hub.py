@@ -214,3 +214,27 @@ def test_missing_paths_are_not_taken_for_ids(
     for text in ("models/model.safetensors", "out/pytorch_model.bin", "a/b/c", "../x/y"):
         with pytest.raises(CheckpointError, match="no such file or directory"):
             open_checkpoint(text)
+
+
+@pytest.mark.parametrize("how", ["id", "snapshot path"])
+def test_normalize_in_place_refuses_cache_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A snapshot file links to a blob named by its hash and shared by revisions: rewriting it
+    in place would corrupt the cache. ``-o`` still works."""
+    from typer.testing import CliRunner
+
+    from sncli.cli import app
+
+    cache, repo = _cache(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    blobs = {blob: blob.read_bytes() for blob in (repo / "blobs").iterdir()}
+    target = "org/name" if how == "id" else str(repo / "snapshots" / COMMIT / "model.safetensors")
+    refused = CliRunner().invoke(app, ["normalize", target, "--in-place", "--quiet"])
+    assert refused.exit_code == 1
+    assert "refusing --in-place" in refused.stderr and "Hugging Face cache" in refused.stderr
+    assert {blob: blob.read_bytes() for blob in (repo / "blobs").iterdir()} == blobs
+    copied = CliRunner().invoke(app, ["normalize", target, "-o", str(tmp_path / "out.safetensors")])
+    assert copied.exit_code == 0, copied.output
+    assert {blob: blob.read_bytes() for blob in (repo / "blobs").iterdir()} == blobs
