@@ -15,18 +15,23 @@ most two tasks per worker thread, and stored bytes up to :func:`in_flight_allowa
 worker the local byte budget or a quarter of its memory limit), are in flight; the rest wait
 on the client, so the cluster's memory is bounded by the layers in flight, not the checkpoint.
 
-Faults: a worker that dies is replaced by Dask, which reruns its tasks (at most
+Faults: before any task, the workers' sncli sources are compared with this machine's
+(:func:`check_workers`); a worker that dies is replaced by Dask, which reruns its tasks (at most
 ``distributed.scheduler.allowed-failures`` times, default 3); a task that fails on bad data
 returns its :class:`SncliError`, which is raised here as the same one-line error a local run
-gives. Ctrl-C cancels the submitted tasks.
+gives; a cluster without workers for ``WORKERLESS_TIMEOUT_S``, or a lost scheduler, is a
+one-line :class:`SchedulerError`. Ctrl-C cancels the submitted tasks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import sys
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,7 +52,7 @@ Result = TypeVar("Result")
 
 #: Items smaller than a task's size are grouped in key order up to it. The size is the checkpoint
 #: split into ``TASKS_PER_THREAD_TARGET`` tasks per worker thread (load balance), but at least
-#: ``MIN_TASK_BYTES`` (a task's round trip is ≈ 11 ms on a local cluster, bench/cluster.py: the
+#: ``MIN_TASK_BYTES`` (a task's round trip is 13–16 ms on a local cluster, bench/cluster.py: the
 #: compute of ~2 MB at inspect's ~200 MB/s per thread) and at most ``DEFAULT_TASK_BYTES``.
 DEFAULT_TASK_BYTES = 64 << 20
 MIN_TASK_BYTES = 8 << 20
@@ -67,7 +72,8 @@ class SchedulerError(SncliError):
 
 @dataclass(frozen=True)
 class FileStamp:
-    """A file as the client saw it: a worker that sees another size or mtime refuses the task."""
+    """A file as the client saw it: a worker that sees another size or mtime (whole seconds:
+    file systems keep different sub-second precision) refuses the task."""
 
     path: str
     size: int
@@ -242,35 +248,125 @@ def task_size(total_bytes: int, threads: int) -> int:
     return max(1, min(DEFAULT_TASK_BYTES, max(min(MIN_TASK_BYTES, DEFAULT_TASK_BYTES), share)))
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Ask ``address`` who it is, within ``timeout`` seconds for the whole exchange (``Client``'s
+    own timeout covers the TCP connect only: a dashboard or web port would hang it)."""
+    import asyncio
+
+    from distributed.core import rpc
+    from distributed.security import Security
+
+    async def identity() -> dict[str, Any]:
+        async with rpc(address, connection_args=Security().get_connection_args("client")) as r:
+            return await r.identity()
+
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            outcome["answer"] = asyncio.run(asyncio.wait_for(identity(), timeout))
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    # On a thread of its own, so that Ctrl-C interrupts the wait at once (asyncio.run in the
+    # main thread held SIGINT until its timeout).
+    asker = threading.Thread(target=ask, name="sncli-probe", daemon=True)
+    asker.start()
+    asker.join(timeout + 5)
+    try:
+        if "error" in outcome:
+            raise outcome["error"]
+        if "answer" not in outcome:
+            raise TimeoutError
+        answer = outcome["answer"]
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        raise SchedulerError(
+            f"cannot reach the Dask scheduler at {address}: no answer as a Dask scheduler within "
+            f"{timeout:g} s (the dashboard port, 8787, is not the scheduler's, 8786)"
+        ) from exc
+    except Exception as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {detail}") from exc
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        kind = answer.get("type") if isinstance(answer, dict) else type(answer).__name__
+        raise SchedulerError(f"{address} is a Dask {kind}, not a scheduler")
+
+
 @contextlib.contextmanager
 def connect(address: str) -> Iterator[Client]:
     """A client of the scheduler at ``address``, closed afterwards; one-line errors when
-    ``distributed`` is missing or the scheduler does not answer."""
+    ``distributed`` is missing or ``address`` is not a scheduler that answers."""
     try:
         from distributed import Client
+        from distributed.comm import get_address_host_port
     except ImportError as exc:
         raise SchedulerError(
             "--scheduler needs Dask: pip install 'sncli[dask]' (dask[distributed])"
         ) from exc
-    if not address.startswith("inproc://"):
-        from distributed.comm import get_address_host_port
-
-        try:  # before Client(): a half-built client hangs 20 s at exit when the address is bad
-            get_address_host_port(address)
-        except ValueError as exc:
-            raise SchedulerError(f"not a Dask scheduler address: {address!r} ({exc})") from exc
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NO_ROUTE_WARNING)
-        try:
-            client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError, ValueError, TypeError) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {detail}") from exc
+    if address.startswith("inproc://"):
+        raise SchedulerError(
+            f"not a network address: {address!r}; --scheduler needs the address of a Dask "
+            "scheduler the workers share, e.g. tcp://10.0.0.5:8786"
+        )
+    try:  # before Client(): a half-built client hangs 20 s at exit when the address is bad
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise SchedulerError(f"not a Dask scheduler address: {address!r} ({exc})") from exc
+    quiet = logging.getLogger("distributed.client")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its reconnect errors become our one-line error
     try:
-        yield client
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NO_ROUTE_WARNING)
+            _probe(address, CONNECT_TIMEOUT_S)
+            try:
+                client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            except (OSError, TimeoutError, ValueError, TypeError) as exc:
+                detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise SchedulerError(
+                    f"cannot reach the Dask scheduler at {address}: {detail}"
+                ) from exc
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
     finally:
-        with contextlib.suppress(Exception):
-            client.close(timeout=5)
+        quiet.setLevel(level)
+
+
+#: An expression the workers evaluate with the standard library only (an older sncli there
+#: could not unpickle a new function): a hash of the installed sncli's source files, or None.
+_SOURCE_HASH = (
+    "(lambda spec: None if spec is None or not spec.origin else __import__('hashlib').sha256("
+    "b''.join(path.relative_to(__import__('pathlib').Path(spec.origin).parent).as_posix()"
+    ".encode() + b'\\0' + path.read_bytes() for path in sorted(__import__('pathlib')"
+    ".Path(spec.origin).parent.rglob('*.py')))).hexdigest())"
+    "(__import__('importlib.util').util.find_spec('sncli'))"
+)
+
+
+def source_hash() -> str | None:
+    """The hash of this machine's sncli sources (what :func:`check_workers` compares)."""
+    return eval(_SOURCE_HASH)
+
+
+def check_workers(client: Client) -> None:
+    """Refuse a cluster whose workers run another sncli (or none): such a worker could not even
+    unpickle a task, and Dask would retire it and wait for ever."""
+    mine = source_hash()
+    theirs = client.run(eval, _SOURCE_HASH, on_error="return")
+    for worker, value in sorted(theirs.items()):
+        if value is None or isinstance(value, BaseException):
+            raise SchedulerError(
+                f"the Dask worker {worker} has no sncli installed: install the same sncli on "
+                "the workers (pip install 'sncli[dask]')"
+            )
+        if value != mine:
+            raise SchedulerError(
+                f"the Dask worker {worker} runs another sncli than this machine (its source "
+                "files differ): install the same sncli version on the workers"
+            )
 
 
 @dataclass(frozen=True)
@@ -322,6 +418,7 @@ def cluster_map(
         workers = client.scheduler_info(n_workers=-1)["workers"]
         if not workers:
             raise SchedulerError(f"the Dask scheduler at {address} has no workers")
+        check_workers(client)
         threads = sum(int(worker.get("nthreads", 1)) for worker in workers.values())
         if task_bytes is None:
             task_bytes = task_size(sum(nbytes(item) for item in items), threads)
@@ -362,7 +459,7 @@ def cluster_map(
                     in_flight_bytes += group_bytes[next_group]
                     pending.add(future)
                     next_group += 1
-                future = next(pending)
+                future = _next_finished(pending, client, address)
                 index = submitted.pop(future)
                 in_flight_bytes -= group_bytes[index]
                 values, error = _result(future)
@@ -382,6 +479,36 @@ def cluster_map(
     return results, run
 
 
+#: Seconds a run waits while the cluster has no worker at all (a nanny restarts a killed worker
+#: within seconds; a cluster scaled to zero, or workers shut down, would wait for ever).
+WORKERLESS_TIMEOUT_S = 60.0
+_POLL_S = 0.01
+
+
+def _next_finished(pending: Any, client: Client, address: str) -> Any:
+    """The next finished future of ``pending`` (``as_completed``), polling so that a cluster left
+    without workers for ``WORKERLESS_TIMEOUT_S`` fails the run instead of hanging it."""
+    checked = time.monotonic()
+    workerless_since: float | None = None
+    while not pending.has_ready():
+        time.sleep(_POLL_S)
+        now = time.monotonic()
+        if now - checked < 1.0:
+            continue
+        checked = now
+        with contextlib.suppress(Exception):
+            if client.scheduler_info(n_workers=-1)["workers"]:
+                workerless_since = None
+            elif workerless_since is None:
+                workerless_since = now
+        if workerless_since is not None and now - workerless_since >= WORKERLESS_TIMEOUT_S:
+            raise SchedulerError(
+                f"the Dask cluster at {address} has had no workers for "
+                f"{WORKERLESS_TIMEOUT_S:g} s; start workers (dask worker {address}) and run again"
+            )
+    return next(pending)
+
+
 def refuse_device_with_scheduler(scheduler: str | None, device: str) -> None:
     """Tasks run on the workers' CPUs: a GPU request with ``--scheduler`` is refused."""
     if scheduler is not None and device != "cpu":
@@ -397,11 +524,18 @@ def _result(future: Any) -> tuple[list[Any] | None, SncliError | None]:
     except SncliError:
         raise
     except Exception as exc:
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
         from distributed.scheduler import KilledWorker
 
         if isinstance(exc, KilledWorker):
             raise SchedulerError(
                 "Dask workers died running the same task repeatedly (out of memory?): "
                 f"{str(exc).splitlines()[0]}"
+            ) from exc
+        if isinstance(exc, FutureCancelledError | CommClosedError | asyncio.CancelledError):
+            raise SchedulerError(
+                "lost the connection to the Dask scheduler (it stopped, or the network "
+                "failed); nothing was written, run again"
             ) from exc
         raise

@@ -51,6 +51,16 @@ def _local_cluster():
         )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hang_guard():
+    """A hung cluster test fails the run (traceback of every thread) instead of hanging CI."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(600, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
 @pytest.fixture(scope="module")
 def scheduler():
     local = _local_cluster()
@@ -200,10 +210,15 @@ def test_a_gpu_device_with_a_scheduler_is_refused(tmp_path):
 
 
 @pytest.mark.usefixtures("one_task_per_layer")
-def test_ctrl_c_cancels_the_submitted_tasks(tmp_path, scheduler):
+def test_ctrl_c_cancels_the_submitted_tasks(tmp_path, scheduler, monkeypatch):
+    """With the run's own client kept open, no sncli task is left on the scheduler (cancelled;
+    a mutation without the cancel passes too: the run's futures are released as it unwinds)."""
     from distributed import Client
 
     checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    kept: list[Client] = []
+    real_close = Client.close
+    monkeypatch.setattr(Client, "close", lambda self, *_a, **_k: kept.append(self))
 
     def interrupt(done: int, *_: object) -> None:
         if done >= 1:
@@ -211,16 +226,92 @@ def test_ctrl_c_cancels_the_submitted_tasks(tmp_path, scheduler):
 
     with pytest.raises(KeyboardInterrupt):
         spectra(checkpoint, options=SpectrumOptions(scheduler=scheduler), progress=interrupt)
-    with Client(scheduler, set_as_default=False) as client:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            left = client.run_on_scheduler(
-                lambda dask_scheduler: [k for k in dask_scheduler.tasks if "sncli-" in str(k)]
+    monkeypatch.setattr(Client, "close", real_close)
+    assert kept
+    try:
+        with Client(scheduler, set_as_default=False) as client:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                left = client.run_on_scheduler(
+                    lambda dask_scheduler: [k for k in dask_scheduler.tasks if "sncli-" in str(k)]
+                )
+                if not left:
+                    break
+                time.sleep(0.1)
+            assert left == []
+    finally:
+        for client in kept:
+            client.close()
+
+
+def test_a_cluster_left_without_workers_fails_instead_of_hanging(tmp_path, monkeypatch):
+    from distributed import Client
+
+    monkeypatch.setattr(cluster, "DEFAULT_TASK_BYTES", 1)
+    monkeypatch.setattr(cluster, "WORKERLESS_TIMEOUT_S", 2.0)
+    checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    local_cluster = _local_cluster()
+    try:
+        with Client(local_cluster.scheduler_address, set_as_default=False) as client:
+            client.submit(os.getpid, pure=False).result()
+
+        def retire_all(done: int, *_: object) -> None:
+            if done == 1:
+                local_cluster.scale(0)
+
+        began = time.monotonic()
+        with pytest.raises(cluster.SchedulerError, match="has had no workers for 2 s"):
+            spectra(
+                checkpoint,
+                options=SpectrumOptions(scheduler=local_cluster.scheduler_address),
+                progress=retire_all,
             )
-            if not left:
-                break
-            time.sleep(0.1)
-        assert left == []
+        assert time.monotonic() - began < 60
+    finally:
+        local_cluster.close()
+
+
+def test_a_service_that_is_not_a_scheduler_is_refused_in_time(tmp_path, monkeypatch):
+    """The dashboard or any web port: Client's own timeout covers only the TCP connect."""
+    import http.server
+    import threading
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    began = time.monotonic()
+    try:
+        with pytest.raises(cluster.SchedulerError, match="no answer as a Dask scheduler"):
+            spectral_norms(
+                checkpoint,
+                options=MethodOptions(scheduler=f"tcp://127.0.0.1:{server.server_port}"),
+            )
+    finally:
+        server.shutdown()
+    assert time.monotonic() - began < 20
+
+
+def test_workers_with_another_sncli_are_refused_before_any_task(tmp_path, scheduler, monkeypatch):
+    monkeypatch.setattr(cluster, "source_hash", lambda: "another build")
+    checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    with pytest.raises(cluster.SchedulerError, match="runs another sncli than this machine"):
+        spectral_norms(checkpoint, options=MethodOptions(scheduler=scheduler))
+
+
+def test_the_source_hash_is_the_workers_view_of_the_same_files(scheduler):
+    from distributed import Client
+
+    with Client(scheduler, set_as_default=False) as client:
+        theirs = set(client.run(eval, cluster._SOURCE_HASH).values())
+    assert theirs == {cluster.source_hash()}
+    assert len(cluster.source_hash()) == 64
+
+
+def test_inproc_addresses_are_refused(tmp_path):
+    checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
+    with pytest.raises(cluster.SchedulerError, match="not a network address"):
+        spectral_norms(checkpoint, options=MethodOptions(scheduler="inproc://x"))
 
 
 def test_a_worker_killed_mid_run_loses_nothing(tmp_path, monkeypatch):

@@ -115,6 +115,7 @@ def diff(
     """Compare two checkpoints of one model: σ of both sides and of their difference per layer."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    opt.note_ignored_workers(sink, scheduler, workers)
     with (
         open_and_report(checkpoint_a, key=key, skip_objects=skip_objects, sink=sink) as a,
         open_and_report(checkpoint_b, key=key, skip_objects=skip_objects, sink=sink) as b,

@@ -102,6 +102,7 @@ def inspect(
     """Report the largest singular value σ of every layer's weight matrix."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    opt.note_ignored_workers(sink, scheduler, workers)
     with (
         open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
         progress_bar(not quiet) as progress,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sncli.numerics.spectral import check_device
 from sncli.render.common import OutputFormat
+
+if TYPE_CHECKING:
+    from sncli.cli.sink import Sink
 
 CheckpointArg = Annotated[
     str,
@@ -184,3 +187,9 @@ def positive(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise typer.BadParameter(f"{value} is not a finite number > 0")
     return value
+
+
+def note_ignored_workers(sink: Sink, scheduler: str | None, workers: int | None) -> None:
+    """``--workers`` counts local threads; with ``--scheduler`` the cluster's threads decide."""
+    if scheduler and workers is not None:
+        sink.note("--workers is ignored with --scheduler: the cluster's worker threads decide")

@@ -124,6 +124,7 @@ def spectrum(
         raise typer.BadParameter("--layer chooses what --plot draws; give --plot FILE too")
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
+    opt.note_ignored_workers(sink, scheduler, workers)
     with (
         open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
     ):
