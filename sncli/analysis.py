@@ -14,7 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import ClusterRun, cluster_map, refuse_device_with_scheduler
+from sncli.cluster import ClusterRun, refuse_device_with_scheduler
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -34,7 +34,7 @@ from sncli.numerics.spectral import (
     resolve_device,
 )
 from sncli.parametrizations import SpectralNormStyle
-from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -322,32 +322,19 @@ def _run(
     tasks on the Dask cluster at ``options.scheduler``."""
     largest = max((_layer_bytes(layer) for layer in layers), default=0)
     widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
-    measure = partial(_measure_or_skip, options=options, device=device)
-    if options.scheduler is not None:
-        return cluster_map(
-            options.scheduler,
-            (checkpoint,),
-            layers,
-            nbytes=_layer_bytes,
-            load=_load_for_task,
-            compute=measure,
-            budget=budget_bytes(largest, widest),
-            label=lambda layer: layer.short_name,
-            progress=progress,
-        )
-    outcomes = read_ahead_map(
-        checkpoint,
+    return map_layers(
+        (checkpoint,),
         layers,
         nbytes=_layer_bytes,
-        load=lambda layer, reader: _load_layer(checkpoint, layer, reader),
-        compute=measure,
+        load=_load_for_task,
+        compute=partial(_measure_or_skip, options=options, device=device),
         budget=budget_bytes(largest, widest),
         workers=workers,
         label=lambda layer: layer.short_name,
         progress=progress,
         thread_name="sncli-sigma",
+        scheduler=options.scheduler,
     )
-    return outcomes, None
 
 
 def spectral_norms(

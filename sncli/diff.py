@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import MethodOptions
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import cluster_map
 from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
 from sncli.messages import ProgressCallback
 from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
-from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -364,35 +363,24 @@ def diff_checkpoints(
     largest = max(_pair_bytes(pair) for pair in pairs)
     widest = max(pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1] for pair in pairs)
 
-    compare = partial(_compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold)
-    run = None
-    if options.scheduler is not None:
-        outcomes, run = cluster_map(
-            options.scheduler,
+    with torch_threads(1):
+        outcomes, run = map_layers(
             (a, b),
             pairs,
             nbytes=_pair_bytes,
             load=_load_for_task,
-            compute=compare,
+            compute=partial(
+                _compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold
+            ),
             budget=budget_bytes(largest, widest),
+            workers=workers,
             label=lambda pair: pair.name,
             progress=progress,
+            thread_name="sncli-diff",
+            scheduler=options.scheduler,
         )
+    if run is not None:
         workers = run.threads
-    else:
-        with torch_threads(1):
-            outcomes = read_ahead_map(
-                a,
-                pairs,
-                nbytes=_pair_bytes,
-                load=lambda pair, reader: _load_pair(a, b, pair, reader),
-                compute=compare,
-                budget=budget_bytes(largest, widest),
-                workers=workers,
-                label=lambda pair: pair.name,
-                progress=progress,
-                thread_name="sncli-diff",
-            )
     results = [item for item in outcomes if isinstance(item, LayerDiff)]
     failed = [item for item in outcomes if isinstance(item, Skipped)]
     if not results:

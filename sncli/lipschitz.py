@@ -34,7 +34,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import cluster_map
 from sncli.dtypes import bits_per_element
 from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -60,7 +59,7 @@ from sncli.numerics.spectral import (
     as_matrix,
     largest_singular_value,
 )
-from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -650,47 +649,34 @@ def _compute_factors(
     inspect's pipeline (:mod:`sncli.pipeline`): one reader thread streams tensors ahead within a
     byte budget, ``options.workers`` threads (default: one per core) compute the factors, each
     with single-threaded torch. The factors are the same as computed one by one on one thread.
-    Locally they are computed costliest first (:func:`_task_cost`), so that no large conv is
-    left to run alone at the end while the other workers idle, and returned in ``work``'s order.
+    They are computed costliest first (:func:`_task_cost`; here and on a cluster), so that no
+    large conv is left to run alone at the end while the other workers idle, and returned in
+    ``work``'s order.
     """
     layers = [layer for _, layer, _ in work if layer is not None]
     largest = max((_task_bytes(layer) for layer in layers), default=0)
     widest = max((math.prod(layer.shape) for layer in layers), default=0)
 
-    compute = partial(_task_factor, options=options)
-    label = lambda item: checkpoint.short_name(item[0])  # noqa: E731
-    outcomes: list[Factor | str]
-    if options.scheduler is not None:
-        outcomes, run = cluster_map(
-            options.scheduler,
+    order = sorted(range(len(work)), key=lambda i: -_task_cost(work[i][1], options))
+    with torch_threads(1):
+        scheduled, run = map_layers(
             (checkpoint,),
-            work,
+            [work[i] for i in order],
             nbytes=lambda item: _task_bytes(item[1]),
             load=_read_for_task,
-            compute=compute,
+            compute=partial(_task_factor, options=options),
             budget=budget_bytes(largest, widest),
-            label=label,
+            workers=max(1, options.workers or min(available_cores(), len(work))),
+            label=lambda item: checkpoint.short_name(item[0]),
             progress=progress,
+            thread_name="sncli-lipschitz",
+            scheduler=options.scheduler,
         )
+    if run is not None:
         notes.append(run.note)
-    else:
-        order = sorted(range(len(work)), key=lambda i: -_task_cost(work[i][1], options))
-        with torch_threads(1):
-            scheduled = read_ahead_map(
-                checkpoint,
-                [work[i] for i in order],
-                nbytes=lambda item: _task_bytes(item[1]),
-                load=lambda item, reader: _read_task(checkpoint, item, reader),
-                compute=compute,
-                budget=budget_bytes(largest, widest),
-                workers=max(1, options.workers or min(available_cores(), len(work))),
-                label=label,
-                progress=progress,
-                thread_name="sncli-lipschitz",
-            )
-        outcomes = [""] * len(work)
-        for position, index in enumerate(order):
-            outcomes[index] = scheduled[position]
+    outcomes: list[Factor | str] = [""] * len(work)
+    for position, index in enumerate(order):
+        outcomes[index] = scheduled[position]
     factors = [item for item in outcomes if isinstance(item, Factor)]
     return factors, [item for item in outcomes if isinstance(item, str)]
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sncli.checkpoint import Checkpoint
+from sncli.cluster import ClusterRun, cluster_map
 from sncli.errors import CheckpointError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.messages import ProgressCallback
@@ -208,3 +209,49 @@ def read_ahead_map(
                 loads.get_nowait()
         thread.join(timeout=5)
     return results
+
+
+def map_layers(
+    checkpoints: tuple[Checkpoint, ...],
+    items: Sequence[Item],
+    *,
+    nbytes: Callable[[Item], int],
+    load: Callable[[tuple[Checkpoint, ...], Item, SafetensorsStreamReader | None], Loaded],
+    compute: Callable[[Loaded], Result],
+    budget: int,
+    workers: int,
+    label: Callable[[Item], str],
+    progress: ProgressCallback | None,
+    thread_name: str,
+    scheduler: str | None = None,
+) -> tuple[list[Result], ClusterRun | None]:
+    """``[compute(load(checkpoints, item, reader)) for item in items]``, here
+    (:func:`read_ahead_map`, reading ``checkpoints[0]``'s safetensors data through its stream
+    reader) or, with ``scheduler``, as tasks on that Dask cluster (:func:`sncli.cluster.
+    cluster_map`; ``load`` and ``compute`` must then be picklable). Returns the results in
+    ``items``' order and, for a cluster run, where it ran."""
+    if scheduler is not None:
+        return cluster_map(
+            scheduler,
+            checkpoints,
+            items,
+            nbytes=nbytes,
+            load=load,
+            compute=compute,
+            budget=budget,
+            label=label,
+            progress=progress,
+        )
+    outcomes = read_ahead_map(
+        checkpoints[0],
+        items,
+        nbytes=nbytes,
+        load=lambda item, reader: load(checkpoints, item, reader),
+        compute=compute,
+        budget=budget,
+        workers=workers,
+        label=label,
+        progress=progress,
+        thread_name=thread_name,
+    )
+    return outcomes, None

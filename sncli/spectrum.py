@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import cluster_map
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NumericalError, WriteError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -36,7 +35,7 @@ from sncli.numerics.svd import (
     singular_values,
     top_singular_values,
 )
-from sncli.pipeline import available_cores, budget_bytes, load_weight, read_ahead_map, torch_threads
+from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -368,38 +367,24 @@ def spectra(
     largest = max(_layer_bytes(layer) for layer in selected)
     widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
 
-    compute = partial(_spectrum_or_skip, options=options)
-    run = None
-    if options.scheduler is not None:
-        outcomes, run = cluster_map(
-            options.scheduler,
+    # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
+    # (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any core count.
+    with torch_threads(1):
+        outcomes, run = map_layers(
             (checkpoint,),
             selected,
             nbytes=_layer_bytes,
             load=_load_for_task,
-            compute=compute,
+            compute=partial(_spectrum_or_skip, options=options),
             budget=budget_bytes(largest, widest),
+            workers=workers,
             label=lambda layer: layer.short_name,
             progress=progress,
+            thread_name="sncli-spectrum",
+            scheduler=options.scheduler,
         )
+    if run is not None:
         workers = run.threads
-    else:
-        # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the
-        # cores (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any
-        # core count.
-        with torch_threads(1):
-            outcomes = read_ahead_map(
-                checkpoint,
-                selected,
-                nbytes=_layer_bytes,
-                load=lambda layer, reader: (layer, load_weight(checkpoint, layer.name, reader)),
-                compute=compute,
-                budget=budget_bytes(largest, widest),
-                workers=workers,
-                label=lambda layer: layer.short_name,
-                progress=progress,
-                thread_name="sncli-spectrum",
-            )
     results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
     failed = [item for item in outcomes if isinstance(item, Skipped)]
     refuse_if_none_measured(len(results), failed, checkpoint.path)
