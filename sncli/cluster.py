@@ -430,7 +430,9 @@ def cluster_map(
         if progress is not None and items:
             progress(0, len(items), label(items[0]))
         prefix = f"sncli-{uuid.uuid4().hex[:12]}"
-        pending = as_completed(loop=client.loop)
+        # with_results: a future counts as finished once its result is here (fetching it later
+        # from a worker that has left in the meantime would wait for ever).
+        pending = as_completed(loop=client.loop, with_results=True, raise_errors=False)
         submitted: dict[Any, int] = {}
         in_flight_bytes = 0
         next_group = 0
@@ -459,10 +461,10 @@ def cluster_map(
                     in_flight_bytes += group_bytes[next_group]
                     pending.add(future)
                     next_group += 1
-                future = _next_finished(pending, client, address)
+                future, outcome = _next_finished(pending, client, address)
                 index = submitted.pop(future)
                 in_flight_bytes -= group_bytes[index]
-                values, error = _result(future)
+                values, error = _result(outcome)
                 if error is not None:
                     raise error
                 assert values is not None
@@ -518,24 +520,25 @@ def refuse_device_with_scheduler(scheduler: str | None, device: str) -> None:
         )
 
 
-def _result(future: Any) -> tuple[list[Any] | None, SncliError | None]:
-    try:
-        return future.result()
-    except SncliError:
-        raise
-    except Exception as exc:
-        from distributed.client import FutureCancelledError
-        from distributed.comm.core import CommClosedError
-        from distributed.scheduler import KilledWorker
+def _result(outcome: Any) -> tuple[list[Any] | None, SncliError | None]:
+    """A task's ``run_task`` value, or its failure as a one-line error."""
+    if not isinstance(outcome, BaseException):
+        return outcome
+    if isinstance(outcome, SncliError):
+        raise outcome
+    from concurrent.futures import CancelledError
 
-        if isinstance(exc, KilledWorker):
-            raise SchedulerError(
-                "Dask workers died running the same task repeatedly (out of memory?): "
-                f"{str(exc).splitlines()[0]}"
-            ) from exc
-        if isinstance(exc, FutureCancelledError | CommClosedError | asyncio.CancelledError):
-            raise SchedulerError(
-                "lost the connection to the Dask scheduler (it stopped, or the network "
-                "failed); nothing was written, run again"
-            ) from exc
-        raise
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(outcome, KilledWorker):
+        raise SchedulerError(
+            "Dask workers died running the same task repeatedly (out of memory?): "
+            f"{str(outcome).splitlines()[0]}"
+        ) from outcome
+    if isinstance(outcome, CommClosedError | CancelledError | asyncio.CancelledError):
+        raise SchedulerError(
+            "lost the connection to the Dask scheduler (it stopped, or the network failed); "
+            "nothing was written, run again"
+        ) from outcome
+    raise outcome

@@ -56,7 +56,7 @@ def hang_guard():
     """A hung cluster test fails the run (traceback of every thread) instead of hanging CI."""
     import faulthandler
 
-    faulthandler.dump_traceback_later(600, exit=True)
+    faulthandler.dump_traceback_later(int(os.environ.get("SNCLI_TEST_HANG_S", "300")), exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
 
@@ -245,26 +245,36 @@ def test_ctrl_c_cancels_the_submitted_tasks(tmp_path, scheduler, monkeypatch):
 
 
 def test_a_cluster_left_without_workers_fails_instead_of_hanging(tmp_path, monkeypatch):
-    from distributed import Client
+    """The only worker is closed mid-run (no nanny to replace it: an in-process worker on TCP;
+    ``scale(0)`` would wait for ever for a place to move its results to)."""
+    from distributed import LocalCluster
 
     monkeypatch.setattr(cluster, "DEFAULT_TASK_BYTES", 1)
     monkeypatch.setattr(cluster, "WORKERLESS_TIMEOUT_S", 2.0)
     checkpoint = open_checkpoint(_sharded(tmp_path / "m"))
-    local_cluster = _local_cluster()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Couldn't detect a suitable IP address")
+        local_cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp://",
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+        )
     try:
-        with Client(local_cluster.scheduler_address, set_as_default=False) as client:
-            client.submit(os.getpid, pure=False).result()
+        worker = next(iter(local_cluster.workers.values()))
 
-        def retire_all(done: int, *_: object) -> None:
+        def close_the_worker(done: int, *_: object) -> None:
             if done == 1:
-                local_cluster.scale(0)
+                local_cluster.sync(worker.close)
 
         began = time.monotonic()
         with pytest.raises(cluster.SchedulerError, match="has had no workers for 2 s"):
             spectra(
                 checkpoint,
                 options=SpectrumOptions(scheduler=local_cluster.scheduler_address),
-                progress=retire_all,
+                progress=close_the_worker,
             )
         assert time.monotonic() - began < 60
     finally:
