@@ -285,7 +285,7 @@ def _same(a: object, b: object) -> bool:
             if isinstance(value, np.ndarray):
                 if not np.array_equal(value, other):
                     return False
-            elif value != other and value == value:
+            elif value != other and not (value != value and other != other):  # NaN == NaN
                 return False
     return True
 
