@@ -1,6 +1,6 @@
 """Per-layer spectral norms of a checkpoint: the library behind ``sncli inspect``.
 
-Layers are measured through :mod:`sncli.pipeline` (a reader thread ahead of single-threaded
+Layers are measured through :mod:`sncli.run` (a reader thread ahead of single-threaded
 workers, within a byte budget); bench/README.md has the numbers.
 """
 
@@ -14,7 +14,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import ClusterRun, refuse_device_with_scheduler
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -34,7 +33,8 @@ from sncli.numerics.spectral import (
     resolve_device,
 )
 from sncli.parametrizations import SpectralNormStyle
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run.dask import ClusterRun, refuse_device_with_scheduler
 
 if TYPE_CHECKING:
     import torch
@@ -156,7 +156,7 @@ class MethodOptions:
     core, at most one per layer; 1 on a GPU). ``certify``: prove an upper bound
     per layer (float64 Gram + Cholesky; slower). ``warm_start``: seed iterations with the u/v
     vectors stored in spectral-norm checkpoints. ``scheduler``: the address of a Dask
-    scheduler to run the layers on as tasks (:mod:`sncli.cluster`; CPU workers only).
+    scheduler to run the layers on as tasks (:mod:`sncli.run.dask`; CPU workers only).
     """
 
     method: Method = Method.AUTO

@@ -6,7 +6,7 @@ difference by the same methods and error control as ``inspect`` (``MethodOptions
 to ‖A‖₂, the Frobenius distances, and — with ``top_k`` — how much the top-K left singular
 subspaces overlap (cosines of the principal angles) and how many of B's top-K directions are
 nearly outside A's (intruder dimensions: ‖U_Aᵀu_j‖ < ``intruder_threshold``). Pairs stream
-through :mod:`sncli.pipeline` (a reader thread within a byte budget, single-threaded workers),
+through :mod:`sncli.run` (a reader thread within a byte budget, single-threaded workers),
 so memory stays near one layer pair plus its difference.
 """
 
@@ -26,7 +26,7 @@ from sncli.errors import NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
 from sncli.messages import ProgressCallback
 from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import torch

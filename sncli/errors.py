@@ -24,7 +24,7 @@ class SncliError(Exception):
 
     def __reduce__(self) -> tuple[type[SncliError], tuple[str, str | None]]:
         # Pickled as (message, path), not the formatted text: an error raised on a Dask worker
-        # (sncli.cluster) reaches the client as the same one-line error.
+        # (sncli.run.dask) reaches the client as the same one-line error.
         return type(self), (self.message, self.path)
 
 

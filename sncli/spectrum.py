@@ -3,7 +3,7 @@
 
 Layers are chosen and flattened exactly as ``inspect`` does (:mod:`sncli.layers`: linear, conv
 as the reshape ``(out, in·k…)``, embeddings included and marked; spectral-norm layers give their
-raw weight) and streamed through :mod:`sncli.pipeline` (a reader thread ahead of
+raw weight) and streamed through :mod:`sncli.run` (a reader thread ahead of
 single-threaded workers within a byte budget), so memory is bounded by the largest layers, not
 the file. Each worker computes the full spectrum in float64 (:func:`sncli.numerics.svd.
 singular_values`) or, with ``top_k``, the K largest values by block Lanczos, then the metrics of
@@ -35,7 +35,7 @@ from sncli.numerics.svd import (
     singular_values,
     top_singular_values,
 )
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,7 +236,7 @@ class SpectrumOptions:
     ``top_k``: only the K largest singular values (block Lanczos, ``tol`` relative error each;
     the metrics that need the whole spectrum are then None). ``workers``: layers computed at
     once, each single-threaded (None: one per core, at most one per layer). ``scheduler``: the
-    address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.cluster`).
+    address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.run.dask`).
     """
 
     top_k: int | None = None
@@ -368,7 +368,7 @@ def spectra(
     widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
 
     # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
-    # (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any core count.
+    # (see sncli.run); the float64 Gram and eigvalsh are then the same on any core count.
     with torch_threads(1):
         outcomes, run = map_layers(
             (checkpoint,),

@@ -9,7 +9,7 @@ import typer
 
 from sncli.cli.sink import Sink
 from sncli.errors import EXIT_BOUND_EXCEEDED
-from sncli.graph_lipschitz import graph_lipschitz
+from sncli.lipschitz import graph_lipschitz
 from sncli.render.common import OutputFormat, stdout_console, write_json
 from sncli.render.graph_lipschitz import graph_to_csv, graph_to_dict, print_graph_table
 

@@ -14,12 +14,12 @@ from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.errors import EXIT_BOUND_EXCEEDED
-from sncli.graph_lipschitz import is_graph_model
 from sncli.lipschitz import (
     Assumption,
     ConvPolicy,
     LipschitzOptions,
     Padding,
+    is_graph_model,
     lipschitz_report,
 )
 from sncli.numerics.spectral import Method
