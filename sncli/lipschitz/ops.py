@@ -122,17 +122,15 @@ def chain_bound(
     """A certified bound for W_l ∘ act ∘ … ∘ act ∘ W_1, activations slope-restricted in [α, β].
 
     The product ∏σ(W_i)·max(|α|, |β|)^(l−1) always holds; ECLipsE-Fast
-    (``sncli.numerics.eclipse.eclipse_fast_bound``, Xu & Sivaranjani 2024) when that module is
-    present, and the smaller of the two (both are proofs) is returned. The one switch for the
+    (``sncli.numerics.eclipse.eclipse_fast_bound``, Xu & Sivaranjani 2024) where its conditions
+    hold, and the smaller of the two (both are proofs) is returned. The one switch for the
     chain method.
     """
     slope = max(abs(alpha), abs(beta))
     if product is None:  # the caller may pass the product of its certified factors
         product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
-    try:
-        from sncli.numerics.eclipse import eclipse_fast_bound  # type: ignore[import-not-found]
-    except ImportError:
-        return product, "product of σ (ECLipsE-Fast not available)"
+    from sncli.numerics.eclipse import eclipse_fast_bound
+
     try:
         eclipse = float(eclipse_fast_bound(list(weights), alpha, beta))
     except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
