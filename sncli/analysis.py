@@ -33,8 +33,8 @@ from sncli.numerics.spectral import (
     resolve_device,
 )
 from sncli.parametrizations import SpectralNormStyle
-from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
-from sncli.run.dask import ClusterRun, refuse_device_with_scheduler
+from sncli.run import available_cores, load_weight, measure_layers, torch_threads
+from sncli.run.dask import refuse_device_with_scheduler
 
 if TYPE_CHECKING:
     import torch
@@ -310,33 +310,6 @@ def _load_for_task(
     return _load_layer(checkpoints[0], layer, reader)
 
 
-def _run(
-    checkpoint: Checkpoint,
-    layers: list[Layer],
-    options: MethodOptions,
-    device: str,
-    workers: int,
-    progress: ProgressCallback | None,
-) -> tuple[list[LayerSigma | Skipped], ClusterRun | None]:
-    """Measure every layer with a reader thread ahead of ``workers`` compute threads, or as
-    tasks on the Dask cluster at ``options.scheduler``."""
-    largest = max((_layer_bytes(layer) for layer in layers), default=0)
-    widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
-    return map_layers(
-        (checkpoint,),
-        layers,
-        nbytes=_layer_bytes,
-        load=_load_for_task,
-        compute=partial(_measure_or_skip, options=options, device=device),
-        budget=budget_bytes(largest, widest),
-        workers=workers,
-        label=lambda layer: layer.short_name,
-        progress=progress,
-        thread_name="sncli-sigma",
-        scheduler=options.scheduler,
-    )
-
-
 def spectral_norms(
     checkpoint: Checkpoint,
     *,
@@ -366,18 +339,28 @@ def spectral_norms(
     # small GEMMs, and 2 OpenMP threads on them ran 26× slower than 2 workers × 1 thread on a
     # loaded 2-core machine (302M-parameter checkpoint, auto: 87 s against 3.3 s).
     with torch_threads(1 if device == "cpu" else None):
-        outcomes, run = _run(checkpoint, selected, options, device, workers, progress)
-    results = [item for item in outcomes if isinstance(item, LayerSigma)]
-    failed = [s for s in outcomes if isinstance(s, Skipped)]
+        results, failed, workers, run_notes = measure_layers(
+            (checkpoint,),
+            selected,
+            measured=LayerSigma,
+            nbytes=_layer_bytes,
+            width=lambda layer: layer.matrix_shape[0] * layer.matrix_shape[1],
+            load=_load_for_task,
+            compute=partial(_measure_or_skip, options=options, device=device),
+            workers=workers,
+            label=lambda layer: layer.short_name,
+            progress=progress,
+            thread_name="sncli-sigma",
+            scheduler=options.scheduler,
+            threads=None,
+        )
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = list(classification.skipped) + failed
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
     if device_note:
         notes.append(device_note)
-    if run is not None:
-        notes.append(run.note)
-        workers = run.threads
+    notes += run_notes
     return InspectReport(
         checkpoint=str(checkpoint.path),
         format=checkpoint.format,

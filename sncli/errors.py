@@ -55,5 +55,12 @@ class NumericalError(SncliError):
     """A weight cannot give a meaningful number (NaN, Inf, zero where it matters)."""
 
 
+class BoundExceededError(SncliError):
+    """A ``--fail-above`` gate did not pass: the bound is above the threshold, or is no bound
+    (``gate()`` on the reports raises it)."""
+
+    exit_code = EXIT_BOUND_EXCEEDED
+
+
 class WriteError(SncliError):
     """Writing an output failed; the original files are untouched."""

@@ -35,7 +35,7 @@ from sncli.numerics.svd import (
     singular_values,
     top_singular_values,
 )
-from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, load_weight, measure_layers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -364,34 +364,26 @@ def spectra(
     skipped = list(classification.skipped)
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(selected)))
-    largest = max(_layer_bytes(layer) for layer in selected)
-    widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
 
     # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
     # (see sncli.run); the float64 Gram and eigvalsh are then the same on any core count.
-    with torch_threads(1):
-        outcomes, run = map_layers(
-            (checkpoint,),
-            selected,
-            nbytes=_layer_bytes,
-            load=_load_for_task,
-            compute=partial(_spectrum_or_skip, options=options),
-            budget=budget_bytes(largest, widest),
-            workers=workers,
-            label=lambda layer: layer.short_name,
-            progress=progress,
-            thread_name="sncli-spectrum",
-            scheduler=options.scheduler,
-        )
-    if run is not None:
-        workers = run.threads
-    results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
-    failed = [item for item in outcomes if isinstance(item, Skipped)]
+    results, failed, workers, run_notes = measure_layers(
+        (checkpoint,),
+        selected,
+        measured=LayerSpectrum,
+        nbytes=_layer_bytes,
+        width=lambda layer: layer.matrix_shape[0] * layer.matrix_shape[1],
+        load=_load_for_task,
+        compute=partial(_spectrum_or_skip, options=options),
+        workers=workers,
+        label=lambda layer: layer.short_name,
+        progress=progress,
+        thread_name="sncli-spectrum",
+        scheduler=options.scheduler,
+    )
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
-    notes = list(checkpoint.notes)
-    if run is not None:
-        notes.append(run.note)
+    notes = list(checkpoint.notes) + run_notes
     few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]
     if few:
         notes.append(

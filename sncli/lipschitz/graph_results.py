@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from sncli.errors import BoundExceededError
 from sncli.lipschitz.caveats import graph_statement
 
 
@@ -109,3 +110,21 @@ class GraphLipschitzReport:
     def statement(self) -> str:
         """One plain sentence on what the bound means and whether it is certified."""
         return graph_statement(self)
+
+    def gate(self, threshold: float, *, certified: bool = False, name: str | None = None) -> None:
+        """The ``--fail-above`` gate: raise :class:`BoundExceededError` unless there is a bound,
+        certified when ``certified``, at most ``threshold``; ``name`` is the model as the user
+        named it (default: the report's path)."""
+        where = self.checkpoint if name is None else name
+        if self.bound is None:
+            raise BoundExceededError(
+                "--fail-above cannot pass: the graph has no Lipschitz bound", where
+            )
+        if certified and not self.certified:
+            raise BoundExceededError(
+                "--fail-above with --certified: the bound is not certified", where
+            )
+        if self.bound > threshold or not math.isfinite(self.bound):
+            raise BoundExceededError(
+                f"Lipschitz bound {self.bound:.6g} exceeds --fail-above {threshold:g}", where
+            )

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
+from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError, SncliError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import (
     BATCHNORM_EPS,
@@ -274,6 +274,36 @@ class LipschitzReport:
     def statement(self) -> str:
         """One plain sentence on what the number means and whether it holds."""
         return product_statement(self)
+
+    def gate(
+        self, threshold: float, *, certified: bool = False, name: str | None = None, shown: str = ""
+    ) -> None:
+        """The ``--fail-above`` gate: raise :class:`BoundExceededError` unless the bound is one
+        for this architecture, certified when ``certified``, and at most ``threshold``.
+        ``name`` is the model as the user named it (default: the report's path), ``shown`` the
+        bound as displayed (default: ``%.6g``)."""
+        where = self.checkpoint if name is None else name
+        shown = shown or f"{self.best_bound:.6g}"
+        if not self.valid_architecture:
+            raise BoundExceededError(
+                f"--fail-above cannot pass: the product ({shown}) is not a Lipschitz bound for "
+                "this architecture" + (" (--assume sequential refused)" if self.refused else ""),
+                where,
+            )
+        if certified and not self.certified:
+            why = (
+                ": a state dict does not record the architecture (--assume sequential asserts "
+                "a plain chain; an ONNX export gives a proof)"
+                if not self.assumed and not self.partial
+                else ""
+            )
+            raise BoundExceededError(
+                f"--fail-above with --certified: the product is not certified{why}", where
+            )
+        if self.best_log10 > math.log10(max(threshold, 1e-300)):
+            raise BoundExceededError(
+                f"Lipschitz bound {shown} exceeds --fail-above {threshold:g}", where
+            )
 
 
 def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]:

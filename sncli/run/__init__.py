@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sncli.checkpoint import Checkpoint
 from sncli.errors import CheckpointError
@@ -133,3 +133,48 @@ def map_layers(
         thread_name=thread_name,
     )
     return outcomes, None
+
+
+def measure_layers(
+    checkpoints: tuple[Checkpoint, ...],
+    items: Sequence[Item],
+    *,
+    measured: type,
+    nbytes: Callable[[Item], int],
+    width: Callable[[Item], int],
+    load: Callable[[tuple[Checkpoint, ...], Item, SafetensorsStreamReader | None], Loaded],
+    compute: Callable[[Loaded], Any],
+    workers: int,
+    label: Callable[[Item], str],
+    progress: ProgressCallback | None,
+    thread_name: str,
+    scheduler: str | None,
+    threads: int | None = 1,
+) -> tuple[list[Any], list[Any], int, list[str]]:
+    """The engines' common run: :func:`map_layers` over ``items`` within the budget of the
+    largest item and the widest matrix (``width``: its entries), with ``threads`` torch threads
+    (one: parallel across layers, not within them); then the outcomes split into those of type
+    ``measured`` and the others (layers skipped for bad values), each in ``items``' order.
+    Returns (measured, skipped, workers used: the cluster's threads on a cluster, the run's notes).
+    """
+    largest = max((nbytes(item) for item in items), default=0)
+    widest = max((width(item) for item in items), default=0)
+    with torch_threads(threads):
+        outcomes, run = map_layers(
+            checkpoints,
+            items,
+            nbytes=nbytes,
+            load=load,
+            compute=compute,
+            budget=budget_bytes(largest, widest),
+            workers=workers,
+            label=label,
+            progress=progress,
+            thread_name=thread_name,
+            scheduler=scheduler,
+        )
+    results = [item for item in outcomes if isinstance(item, measured)]
+    failed = [item for item in outcomes if not isinstance(item, measured)]
+    if run is None:
+        return results, failed, workers, []
+    return results, failed, run.threads, [run.note]
