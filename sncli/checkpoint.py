@@ -102,7 +102,7 @@ class Checkpoint:
     _record_crcs: dict[Path, dict[int, set[int]]] = field(default_factory=dict, repr=False)
     _verified: set[tuple[Path, int]] = field(default_factory=set, repr=False)
     #: (size, mtime_ns) of each file when it was opened: a Dask worker that sees other values
-    #: refuses to read it (sncli.cluster).
+    #: refuses to read it (sncli.run.dask).
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
     _contents: FormatContents | None = field(default=None, repr=False)

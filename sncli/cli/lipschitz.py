@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import Annotated
 
 import typer
@@ -13,17 +11,16 @@ from sncli.cli.app import app
 from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
-from sncli.errors import EXIT_BOUND_EXCEEDED
-from sncli.graph_lipschitz import is_graph_model
 from sncli.lipschitz import (
     Assumption,
     ConvPolicy,
     LipschitzOptions,
     Padding,
+    is_graph_model,
     lipschitz_report,
 )
 from sncli.numerics.spectral import Method
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.lipschitz import (
     fmt_bound,
     lipschitz_to_csv,
@@ -182,36 +179,17 @@ def lipschitz(
         progress_bar(not quiet) as progress,
     ):
         report = lipschitz_report(ckpt, options, progress)
-    if output_format is OutputFormat.JSON:
-        write_json(lipschitz_to_dict(report))
-    elif output_format is OutputFormat.CSV:
-        sys.stdout.write(lipschitz_to_csv(report))
-    else:
-        print_lipschitz_table(report, stdout_console())
+    emit(
+        output_format,
+        lambda: lipschitz_to_dict(report),
+        lambda: lipschitz_to_csv(report),
+        lambda console: print_lipschitz_table(report, console),
+    )
     if plot is not None and report.factors:
         from sncli.render.plots import lipschitz_figure, save_figure
 
         sink.note(f"figure written to {save_figure(lipschitz_figure(report), plot)}")
     if fail_above is not None:
-        shown = fmt_bound(report.best_log10)
-        if not report.valid_architecture:
-            sink.error(
-                f"{checkpoint}: --fail-above cannot pass: the product ({shown}) is not a "
-                "Lipschitz bound for this architecture"
-                + (" (--assume sequential refused)" if report.refused else "")
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if certified and not report.certified:
-            why = (
-                ": a state dict does not record the architecture (--assume sequential asserts "
-                "a plain chain; an ONNX export gives a proof)"
-                if not report.assumed and not report.partial
-                else ""
-            )
-            sink.error(
-                f"{checkpoint}: --fail-above with --certified: the product is not certified{why}"
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if report.best_log10 > math.log10(max(fail_above, 1e-300)):
-            sink.error(f"{checkpoint}: Lipschitz bound {shown} exceeds --fail-above {fail_above:g}")
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        report.gate(
+            fail_above, certified=certified, name=checkpoint, shown=fmt_bound(report.best_log10)
+        )

@@ -685,3 +685,21 @@ def resolve_device(device: str) -> tuple[str, str | None]:
     ):
         return "cpu", f"device {device!r} does not exist; computed on the CPU"
     return str(probe), None
+
+
+def top_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit u, v with Wv = σu for σ = σ_max (float64, via the smaller Gram matrix)."""
+    import torch
+
+    w = matrix.to(torch.float64)
+    if w.shape[0] <= w.shape[1]:
+        _, vectors = torch.linalg.eigh(w @ w.T)
+        u = vectors[:, -1]
+        v = w.T @ u
+        v = v / torch.linalg.vector_norm(v)
+    else:
+        _, vectors = torch.linalg.eigh(w.T @ w)
+        v = vectors[:, -1]
+        u = w @ v
+        u = u / torch.linalg.vector_norm(u)
+    return u, v

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sncli.errors import CheckpointError  # noqa: E402
-from sncli.graph_lipschitz import chain_bound, graph_lipschitz  # noqa: E402
+from sncli.lipschitz import chain_bound, graph_lipschitz  # noqa: E402
 
 F = TensorProto.FLOAT
 
@@ -533,7 +533,9 @@ def test_large_input_conv_uses_the_torus_bound(tmp_path: Path) -> None:
 def test_lower_bound_power_iteration_matches_full_jacobian(tmp_path: Path) -> None:
     """The torch power iteration and the finite-difference Jacobian find the same ‖J(x)‖."""
     from sncli.formats.onnx import read_onnx_graph
-    from sncli.graph_lipschitz import _Context, _pass_one, _Probe, _topological
+    from sncli.lipschitz.graph import _pass_one, _topological
+    from sncli.lipschitz.lower import _Probe
+    from sncli.lipschitz.ops import _Context
 
     torch.manual_seed(0)
     model = Residual()
