@@ -18,6 +18,12 @@ ZIP_MAGIC = b"PK\x03\x04"
 _ONNX_SECOND_FIELD = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
 
+#: What sncli reads, for messages about a file that is none of it.
+READABLE = (
+    "sncli reads safetensors (a file, folder or sharded index), PyTorch .pt/.bin, TorchScript, "
+    "GGUF, NumPy .npy/.npz, Keras .keras/.h5, ONNX, TFLite and Hugging Face model ids"
+)
+
 #: Why a torch.export archive is refused (README "Graph inputs").
 PT2_REFUSED = (
     "torch.export .pt2 archives are refused: torch.export.load unpickles parts of them "
@@ -70,7 +76,10 @@ def sniff_format(path: Path) -> str:
     except OSError as exc:
         raise CheckpointError(f"cannot read file: {exc.strerror or exc}", path) from exc
     if not head:
-        raise CheckpointError("empty file, not a checkpoint", path)
+        raise CheckpointError(f"empty file, not a checkpoint ({READABLE})", path)
+    # First: a FlatBuffer's root offset may start with 0x80 (read as a pickle below).
+    if head[4:8] == b"TFL3":
+        return "tflite"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"GGUF"):
@@ -97,6 +106,9 @@ def sniff_format(path: Path) -> str:
         return "safetensors"
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
         return "onnx"
-    raise CheckpointError(
-        "not a checkpoint: neither safetensors nor a PyTorch file (unrecognised first bytes)", path
-    )
+    if path.suffix.lower() == ".tflite":
+        raise CheckpointError(
+            "not a TFLite model: no 'TFL3' identifier at byte 4 (truncated or another format)",
+            path,
+        )
+    raise CheckpointError(f"not a checkpoint (unrecognised first bytes): {READABLE}", path)

@@ -93,7 +93,9 @@ class FormatContents:
     ``load(name)`` returns that tensor as a CPU ``torch.Tensor`` (float32 for dequantized ones),
     reading only what it needs; ``files`` are every file the contents come from (the first is
     the one opened); ``unsupported`` names tensors that are present but cannot be read, with
-    the reason; ``notes`` go to the user (stderr).
+    the reason; ``notes`` go to the user (stderr). ``conv_layout_known`` says the reader knows
+    which op each conv weight feeds and gave it so that reshaping dim 0 first is right (TFLite:
+    a TRANSPOSE_CONV filter comes as (out, in, k…)), so no Conv/ConvTranspose guess is noted.
     """
 
     format: str
@@ -103,3 +105,4 @@ class FormatContents:
     notes: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     close: Callable[[], None] | None = None
+    conv_layout_known: bool = False
