@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sncli.errors import CheckpointError
-from sncli.formats.common import regular_file_size
+from sncli.formats.common import READABLE, regular_file_size
 
 ZIP_MAGIC = b"PK\x03\x04"
 #: An ONNX ModelProto starts with field 1 (ir_version, a small varint), then another field:
@@ -17,12 +17,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 #: graph (7) or opset_import (8).
 _ONNX_SECOND_FIELD = frozenset({0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42})
 
-
-#: What sncli reads, for messages about a file that is none of it.
-READABLE = (
-    "sncli reads safetensors (a file, folder or sharded index), PyTorch .pt/.bin, TorchScript, "
-    "GGUF, NumPy .npy/.npz, Keras .keras/.h5, ONNX, TFLite and Hugging Face model ids"
-)
 
 #: Why a torch.export archive is refused (README "Graph inputs").
 PT2_REFUSED = (

@@ -12,6 +12,12 @@ from typing import Any, BinaryIO
 from sncli.errors import CheckpointError
 from sncli.messages import clean_text
 
+#: What sncli reads, for messages about a file that is none of it.
+READABLE = (
+    "sncli reads safetensors (a file, folder or sharded index), PyTorch .pt/.bin, TorchScript, "
+    "GGUF, NumPy .npy/.npz, Keras .keras/.h5, ONNX, TFLite and Hugging Face model ids"
+)
+
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}

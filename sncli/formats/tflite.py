@@ -282,6 +282,8 @@ class _Model:
         ]
         self.subgraphs = model.tables(2, "subgraphs", _MAX_SUBGRAPHS)
         self.buffers = model.tables(4, "buffers", _MAX_TENSORS * 4)
+        for index in range(len(self.buffers)):  # all checked: a cut file fails here
+            self.buffer(index, f"buffer {index}")
 
     def _opcode(self, pos: int) -> int:
         code = self.flat.table(pos, "an operator code")
