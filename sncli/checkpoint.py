@@ -107,6 +107,11 @@ class Checkpoint:
     #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
     _contents: FormatContents | None = field(default=None, repr=False)
 
+    @property
+    def conv_layout_known(self) -> bool:
+        """Whether the reader knew each conv weight's op, so dim 0 first is its matrix's rows."""
+        return self._contents is not None and self._contents.conv_layout_known
+
     def short_name(self, name: str) -> str:
         """The name with a stripped common prefix (``module.``) removed."""
         return name[len(self.prefix) :] if self.prefix and name.startswith(self.prefix) else name
@@ -319,6 +324,7 @@ FORMAT_READERS: dict[str, str] = {
     "keras": "sncli.formats.keras:read_keras",
     "hdf5": "sncli.formats.keras:read_hdf5",
     "onnx": "sncli.formats.onnx:read_onnx",
+    "tflite": "sncli.formats.tflite:read_tflite",
 }
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sncli.errors import CheckpointError
-from sncli.formats.common import describe, quote, regular_file_size, show_value, strict_json_loads
+from sncli.formats.common import (
+    READABLE,
+    describe,
+    quote,
+    regular_file_size,
+    show_value,
+    strict_json_loads,
+)
 from sncli.formats.safetensors import SAFETENSORS_MAX_HEADER
 from sncli.formats.torch_file import TORCH_SUFFIXES
 
@@ -39,7 +46,7 @@ def resolve_directory(folder: Path) -> Path:
     if not weights:
         raise CheckpointError(
             "folder holds no checkpoint (looked for *.index.json, *.safetensors, "
-            "*.pt, *.pth, *.bin, *.ckpt)",
+            f"*.pt, *.pth, *.bin, *.ckpt); name the file of another format ({READABLE})",
             folder,
         )
     raise CheckpointError(
