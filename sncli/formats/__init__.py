@@ -88,8 +88,10 @@ def sniff_format(path: Path) -> str:
             return "torchscript"
         if path.suffix.lower() == ".pt2":
             raise CheckpointError(PT2_REFUSED, path)
-        if "model.weights.h5" in names:
-            return "keras"
+        if path.suffix.lower() == ".keras" or any(
+            n.rsplit("/", 1)[-1] == "model.weights.h5" for n in names
+        ):
+            return "keras"  # its reader says what is wrong with a damaged one
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
