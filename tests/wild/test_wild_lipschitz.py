@@ -89,7 +89,7 @@ _DYNAMIC = "#23: a dynamic input is probed at 1×1 (onnxruntime error, 'unexpect
     [
         pytest.param(m, id=m.id, marks=pytest.mark.xfail(strict=True, reason=_DYNAMIC))
         for m in GRAPHS
-        if m.id in ("silero_op15", "yolov8n")
+        if m.id == "silero_op15"  # yolov8n too, once it is fast: today 150 s to fail
     ],
 )
 def test_dynamic_input_without_input_shape_is_stated_or_refused(model: Model) -> None:
