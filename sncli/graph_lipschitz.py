@@ -22,13 +22,14 @@ A lower bound is found by a short seeded search with onnxruntime (:func:`lower_b
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sncli.errors import CheckpointError, SncliError
+from sncli.errors import CheckpointError, InputShapeError, SncliError
 from sncli.formats.common import describe, quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode, read_onnx_graph
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 #: BatchNormalization's default epsilon in ONNX.
 ONNX_BN_EPS = 1e-5
+#: The lower-bound search's wall-clock budget (seconds); what it found by then is kept.
+LOWER_SECONDS = 60.0
 #: Relative allowance for float64 rounding in σ of small matrices and folded weights.
 ROUNDING = 1e-12
 #: Known Lipschitz constants of smooth activations: max |f'|, rounded up (checked in tests).
@@ -274,23 +277,55 @@ def chain_bound(
     return product, "product of σ (≤ ECLipsE-Fast here)"
 
 
-def _pool_matrix(
-    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
-) -> Any:
-    """The 1-D average-pool matrix (out × n). The divisor is the number of taps inside the
-    input (``include``: inside the padded input [−begin, n + end)), as PyTorch and onnxruntime
-    divide; any smaller divisor would only raise the entries (≥ 0), so σ stays an upper bound."""
-    import numpy as np
+#: Up to this many outputs × inputs a 1-D pool's norm is the exact σ of its dense matrix;
+#: above, the Schur bound √(max row sum · max column sum) in O(out·k) time and O(n) memory.
+POOL_DENSE = 1 << 20
 
+
+def _pool_rows(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Iterator[tuple[list[int], float]]:
+    """Each output's (taps inside the input, weight per tap) of a 1-D average pool. The
+    divisor is the number of taps inside the input (``include``: inside the padded input
+    [−begin, n + end)), as PyTorch and onnxruntime divide; any smaller divisor would only raise
+    the entries (≥ 0), so σ stays an upper bound."""
     begin, end = pads
-    matrix = np.zeros((out, n))
     for j in range(out):
         taps = [j * s - begin + i * d for i in range(k)]
         valid = [t for t in taps if 0 <= t < n]
         inside = [t for t in taps if -begin <= t < n + end] if include else valid
+        yield valid, 1.0 / max(len(inside), 1)
+
+
+def _pool_matrix(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Any:
+    """The 1-D average-pool matrix (out × n), entries as :func:`_pool_rows` weights them."""
+    import numpy as np
+
+    matrix = np.zeros((out, n))
+    for j, (valid, weight) in enumerate(_pool_rows(n, k, s, d, pads, out, include)):
         for t in valid:
-            matrix[j, t] += 1.0 / max(len(inside), 1)
+            matrix[j, t] += weight
     return matrix
+
+
+def _pool_norm(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> tuple[float, bool]:
+    """(an upper bound on σ of the 1-D pool matrix, whether it is exact). Exact (dense SVD) up
+    to :data:`POOL_DENSE` entries; else the Schur test ‖P‖₂ ≤ √(‖P‖₁‖P‖∞) for a matrix of
+    non-negative entries (exact for non-overlapping windows of one size: 1/√k)."""
+    import numpy as np
+
+    if out * n <= POOL_DENSE:
+        matrix = _pool_matrix(n, k, s, d, pads, out, include)
+        return (float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0), True
+    rows, columns = 0.0, np.zeros(n)
+    for valid, weight in _pool_rows(n, k, s, d, pads, out, include):
+        rows = max(rows, weight * len(valid))
+        np.add.at(columns, valid, weight)
+    return math.sqrt(rows * float(columns.max(initial=0.0))), False
 
 
 @dataclass
@@ -604,8 +639,6 @@ def _gemm(ctx: _Context, node: OnnxNode) -> tuple[float, str, _Rule, float | Non
 
 
 def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
-    import numpy as np
-
     shape, out = _static(ctx.shape(var)), _static(ctx.shape(node.outputs[0]))
     if shape is None or out is None:
         raise _NoRule("AveragePool needs static input and output shapes (dynamic shape)")
@@ -617,9 +650,9 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
     if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _NoRule("AveragePool with auto_pad SAME is not supported")
     include = bool(_attr(node, "count_include_pad", 0))
-    total = 1.0
+    total, exact = 1.0, True
     for i in range(dims):
-        matrix = _pool_matrix(
+        norm, dense = _pool_norm(
             shape[2 + i],
             kernel[i],
             strides[i],
@@ -628,8 +661,13 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
             out[2 + i],
             include,
         )
-        total *= float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
-    return total * (1 + ROUNDING), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
+        total *= norm
+        exact = exact and dense
+    if exact:
+        return total * (
+            1 + ROUNDING
+        ), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
+    return total * (1 + ROUNDING), "AveragePool: Kronecker of 1-D pools, √(‖P‖₁‖P‖∞) per axis"
 
 
 def _maxpool(node: OnnxNode) -> tuple[float, str]:
@@ -717,6 +755,146 @@ def _scaling_exact(ctx: _Context, value: Any, var: str, out: str) -> float | Non
     return float(np.sqrt(total.max())) * (1 + ROUNDING) if total.size else 0.0
 
 
+@dataclass(frozen=True)
+class _Piecewise:
+    """A continuous piecewise-linear scalar function: knots (t, g(t)) in increasing t and the
+    slopes left of the first and right of the last knot."""
+
+    knots: tuple[tuple[float, float], ...]
+    left: float
+    right: float
+
+    def map(self, scale: float, shift: float) -> _Piecewise:
+        """t ↦ scale·g(t) + shift."""
+        return _Piecewise(
+            tuple((t, scale * y + shift) for t, y in self.knots),
+            scale * self.left,
+            scale * self.right,
+        )
+
+    def clip(self, low: float, high: float) -> _Piecewise:
+        """t ↦ min(max(g(t), low), high): knots added where g crosses a limit (the tails are
+        extended past their crossings first)."""
+        (t_first, y_first), (t_last, y_last) = self.knots[0], self.knots[-1]
+        reach = 1.0
+        for slope, y in ((self.left, y_first), (self.right, y_last)):
+            for limit in (low, high):
+                if slope != 0 and math.isfinite(limit):
+                    reach = max(reach, 2 * abs((limit - y) / slope))
+        points = [
+            (t_first - reach, y_first - self.left * reach),
+            *self.knots,
+            (t_last + reach, y_last + self.right * reach),
+        ]
+        clipped: list[tuple[float, float]] = []
+        for (t0, y0), (t1, y1) in itertools.pairwise(points):
+            clipped.append((t0, min(max(y0, low), high)))
+            for limit in (low, high):
+                if math.isfinite(limit) and (y0 - limit) * (y1 - limit) < 0:
+                    clipped.append((t0 + (limit - y0) * (t1 - t0) / (y1 - y0), limit))
+        clipped.append((points[-1][0], min(max(points[-1][1], low), high)))
+        left = self.left if low < points[0][1] < high else 0.0
+        right = self.right if low < points[-1][1] < high else 0.0
+        return _Piecewise(tuple(sorted(clipped)), left, right)
+
+    def product_slope(self) -> float | None:
+        """sup |d/dt (t·g(t))| (None when unbounded). On a piece g = a·t + b the derivative
+        2a·t + b is linear in t, so its largest |value| is at the piece's ends."""
+        pieces = list(itertools.pairwise(self.knots))
+        best = 0.0
+        for (t0, y0), (t1, y1) in pieces:
+            if t1 == t0:
+                continue
+            a = (y1 - y0) / (t1 - t0)
+            b = y0 - a * t0
+            best = max(best, abs(2 * a * t0 + b), abs(2 * a * t1 + b))
+        for slope, (_, y) in ((self.left, self.knots[0]), (self.right, self.knots[-1])):
+            if slope != 0:
+                return None  # t·(a·t + b) grows without bound
+            best = max(best, abs(y))
+        return best
+
+
+#: How far back a gate's scalar ops are followed to reach the gated tensor.
+_GATE_DEPTH = 8
+
+
+def _scalar_const(ctx: _Context, name: str) -> float | None:
+    """A constant input that is one number (or all of its entries equal)."""
+    if not name or not ctx.is_const(name):
+        return None
+    value = ctx.const(name)
+    if value.size == 0 or value.dtype.kind not in "fiu":
+        return None
+    flat = value.reshape(-1).astype("float64")
+    return float(flat[0]) if bool((flat == flat[0]).all()) and math.isfinite(flat[0]) else None
+
+
+def _gate_function(ctx: _Context, gate: str, x: str) -> _Piecewise | None:
+    """g with gate = g(x) elementwise, when only scalar piecewise-linear ops (Add/Sub/Mul/Div
+    by a number, Clip, Relu, HardSigmoid) lie between them; else None."""
+    steps = []
+    name = gate
+    for _ in range(_GATE_DEPTH):
+        if name == x:
+            break
+        node = ctx.producers.get(name)
+        if node is None:
+            return None
+        variables = [n for n in node.inputs if n and not ctx.is_const(n)]
+        if len(variables) != 1:
+            return None
+        steps.append((node, variables[0]))
+        name = variables[0]
+    else:
+        return None
+    g = _Piecewise(((0.0, 0.0),), 1.0, 1.0)
+    for node, var in reversed(steps):
+        op = node.op_type
+        if op in ("Add", "Sub", "Mul", "Div"):
+            other = node.inputs[1] if node.inputs[0] == var else node.inputs[0]
+            c = _scalar_const(ctx, other)
+            if c is None or (op == "Div" and (c == 0 or node.inputs[0] != var)):
+                return None
+            if op == "Add":
+                g = g.map(1.0, c)
+            elif op == "Sub":
+                g = g.map(1.0, -c) if node.inputs[0] == var else g.map(-1.0, c)
+            else:
+                g = g.map(c if op == "Mul" else 1.0 / c, 0.0)
+        elif op == "Clip":
+            bounds = []
+            for index, key, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+                given = node.inputs[index] if len(node.inputs) > index else ""
+                value = _scalar_const(ctx, given) if given else _attr(node, key, default)
+                if value is None:
+                    return None
+                bounds.append(float(value))
+            g = g.clip(*bounds)
+        elif op == "Relu":
+            g = g.clip(0.0, math.inf)
+        elif op == "HardSigmoid":
+            g = g.map(float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5)))
+            g = g.clip(0.0, 1.0)
+        else:
+            return None
+    return g
+
+
+def _gated_product(ctx: _Context, node: OnnxNode) -> tuple[float, str, str] | None:
+    """Mul(x, g(x)) with g piecewise linear (HardSwish as x·Clip(x + 3, 0, 6), x·HardSigmoid(x)):
+    (sup|d(t·g(t))/dt|, source, x); None for other products."""
+    a, b = node.inputs[0], node.inputs[1]
+    for gate, x in ((a, b), (b, a)):
+        g = _gate_function(ctx, gate, x)
+        if g is None:
+            continue
+        slope = g.product_slope()
+        if slope is not None:
+            return slope * (1 + ROUNDING), "x·g(x), g piecewise linear (HardSwish): max|f'|", x
+    return None
+
+
 def _is_silu(ctx: _Context, node: OnnxNode) -> bool:
     """Mul(x, Sigmoid(x)) in either order: SiLU as exporters write it."""
     a, b = node.inputs[0], node.inputs[1]
@@ -740,6 +918,11 @@ def _multi_input(
         how = "√(Σ L²) (elementwise max/min)" if mode == "rss" else "Σ L (sum of paths)"
         rule = _Rule(_broadcast_terms(ctx, variables, out), mode)
         return NodeFactor(node.name, op, 1.0, f"{op}: {how}", True), [rule]
+    if op == "Mul" and len(variables) > 1:
+        gated = _gated_product(ctx, node)
+        if gated is not None:
+            slope, source, x = gated
+            return NodeFactor(node.name, op, slope, source, True), [_Rule([(x, slope)])]
     if op in ("Mul", "Div"):
         factor = _scaling(ctx, node, variables, out)
         assert factor.factor is not None
@@ -939,7 +1122,13 @@ def _reference_run(ctx: _Context, node: OnnxNode) -> list[Any]:
 
     names = [n for n in node.inputs if n]
     feeds = {n: ctx.const(n) for n in names}
-    attributes = {k: v for k, v in node.attributes.items() if not isinstance(v, str | type(None))}
+    import numpy as np
+
+    attributes = {  # a tensor attribute (ConstantOfShape's value) goes back as a TensorProto
+        k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v
+        for k, v in node.attributes.items()
+        if not isinstance(v, str | type(None))
+    }
     attributes.update(
         {k: v for k, v in node.attributes.items() if isinstance(v, str) and not v.startswith("<")}
     )
@@ -1258,15 +1447,29 @@ def graph_lipschitz(
     lower: bool = True,
     budget: int = 192,
     progress: Callable[[str], None] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    lower_seconds: float = LOWER_SECONDS,
 ) -> GraphLipschitzReport:
-    """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound."""
+    """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound.
+
+    ``input_shapes`` fixes the inputs' dynamic dims (``--input-shape``; the key "" is the only
+    input); dims left dynamic after the defaults of :func:`read_onnx_graph` are refused with
+    an :class:`InputShapeError` naming each input, before any factor is computed.
+    """
     import time
 
     began = time.perf_counter()
     path = Path(path)
-    graph = read_onnx_graph(path)
+    graph = read_onnx_graph(path, input_shapes)
     if not graph.outputs:
         raise CheckpointError("the graph has no outputs", path)
+    if graph.dynamic:
+        raise InputShapeError(
+            f"the bound needs static input shapes, and {'; '.join(graph.dynamic)} "
+            f"{'is' if len(graph.dynamic) == 1 else 'are'} dynamic: give "
+            + ", ".join(f"--input-shape {_shape_hint(d)}" for d in graph.dynamic),
+            path,
+        )
     order = _topological(graph)
     ctx = _Context(graph, grid)
     if progress:
@@ -1294,12 +1497,20 @@ def graph_lipschitz(
     product = math.prod(proven) if proven else None
     seconds = {"bound": time.perf_counter() - began}
     found = None
+    notes = list(graph.notes)
     if lower:
         if progress:
             progress("lower bound")
-        found = lower_bound_search(
-            graph, seed=seed, budget=budget, order=order, constants=ctx.constants
+        found, why = lower_bound_or_why(
+            graph,
+            seed=seed,
+            budget=budget,
+            order=order,
+            constants=ctx.constants,
+            seconds=lower_seconds,
         )
+        if why:
+            notes.append(f"no lower bound: {why}")
         seconds["lower"] = time.perf_counter() - began - seconds["bound"]
     report = GraphLipschitzReport(
         checkpoint=str(path),
@@ -1310,7 +1521,7 @@ def graph_lipschitz(
         lower=found,
         assumptions=_assumptions(graph, nodes),
         caveats=[f"node {n.name} ({n.op}): {n.why}" for n in nodes if not n.proven],
-        notes=list(graph.notes),
+        notes=notes,
         product=product,
         seconds=seconds,
     )
@@ -1337,6 +1548,92 @@ def _assumptions(graph: OnnxGraph, nodes: list[NodeFactor]) -> list[str]:
 
 #: Inputs up to this size get the whole finite-difference Jacobian (one run per coordinate).
 FULL_JACOBIAN = 1024
+#: The share of the available memory the search may plan to use (checked before it allocates).
+LOWER_MEMORY_SHARE = 0.5
+
+
+def _shape_hint(dynamic: str) -> str:
+    """``'x' 1×3×?×?`` → ``x=1x3xHxW`` (the option's form, with letters for the unknowns)."""
+    name, _, dims = dynamic.rpartition(" ")
+    parts = dims.split("×")
+    unknown = [i for i, d in enumerate(parts) if not d.isdigit()]
+    letters = ["H", "W"] if len(unknown) == 2 and len(parts) == 4 else ["L"]
+    if len(unknown) > len(letters):
+        letters = [f"D{i + 1}" for i in range(len(unknown))]
+    for index, letter in zip(unknown, letters, strict=True):
+        parts[index] = letter
+    return f"{name.strip(chr(39))}={'x'.join(parts)}"
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes); 4 GiB where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+def _graph_values(graph: OnnxGraph) -> int:
+    """How many values the graph's tensors hold at its static shapes (known ones only)."""
+    total = 0
+    for value in graph.values.values():
+        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+            total += math.prod(value.shape)
+    return total
+
+
+def ort_cause(exc: BaseException) -> str:
+    """onnxruntime's message as one line without its status prefix (it names the node)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text[:300]
+
+
+def lower_bound_or_why(
+    graph: OnnxGraph,
+    *,
+    seed: int = 0,
+    budget: int = 192,
+    order: Sequence[OnnxNode] | None = None,
+    constants: dict[str, Any] | None = None,
+    seconds: float = LOWER_SECONDS,
+) -> tuple[LowerBound | None, str | None]:
+    """:func:`lower_bound_search` that never fails: (lower bound, None) or (None, why not).
+
+    The memory the search plans (the input vector and its few copies, the finite-difference
+    basis, the torch graph's activations) is checked against the available memory first; the
+    search stops at ``seconds`` with the best ratio found; an onnxruntime error is one line.
+    """
+    inputs = sum(math.prod(v.shape or ()) for v in graph.inputs)
+    allowed = _available_memory() * LOWER_MEMORY_SHARE
+    planned = 8 * inputs * (min(16, inputs) + 8)
+    if planned > allowed:
+        return None, (
+            f"the search would need about {planned / 2**30:.1f} GiB for the inputs' "
+            f"{inputs:,} values (over half of the memory available)"
+        )
+    torch_fits = 8 * 3 * max(_graph_values(graph), inputs) <= allowed
+    try:
+        found = lower_bound_search(
+            graph,
+            seed=seed,
+            budget=budget,
+            order=order if torch_fits else None,
+            constants=constants if torch_fits else None,
+            seconds=seconds,
+        )
+    except MemoryError:
+        return None, "out of memory during the search"
+    except _NoProbe as exc:
+        return None, str(exc)
+    if found is None:
+        return None, "no input direction changed the output (every ratio was 0 or not finite)"
+    return found, None
 
 
 def lower_bound_search(
@@ -1346,6 +1643,7 @@ def lower_bound_search(
     budget: int = 192,
     order: Sequence[OnnxNode] | None = None,
     constants: dict[str, Any] | None = None,
+    seconds: float = LOWER_SECONDS,
 ) -> LowerBound | None:
     """The largest ‖f(x + δ) − f(x)‖/‖δ‖ found by a short seeded search, evaluated by onnxruntime.
 
@@ -1354,50 +1652,59 @@ def lower_bound_search(
     Jacobian (whole, up to 1024 inputs; else sampled on random subspaces). Whatever found the
     direction, the reported ratio is that of two real evaluations of the model by onnxruntime,
     so it is a lower bound on its Lipschitz constant (up to the evaluations' float32 rounding).
-    None when the model cannot be run (no float input, onnxruntime refuses it).
+    None when every ratio was 0; ``_NoProbe`` (with the reason) when the model cannot be run.
+    The search stops after ``seconds`` with the best ratio found by then.
     """
-    import numpy as np
-
-    try:
-        probe = _Probe(graph, seed)
-    except _NoProbe:
-        return None
+    probe = _Probe(graph, seed, seconds)
     best, method = 0.0, ""
     if order is not None and constants is not None:
         try:
             iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
             best = probe.power(order, constants, iterations)
             method = "Jacobian power iteration (torch) verified"
-        except Exception:  # an op the torch evaluator lacks, or AD fails: fall back
-            best = 0.0
-    if best == 0.0 or probe.total <= FULL_JACOBIAN:
+        except _NoProbe:
+            raise
+        except Exception:  # an op the torch evaluator lacks, AD fails, out of time: fall back
+            best = max(0.0, probe.best)
+    if (best == 0.0 or probe.total <= FULL_JACOBIAN) and not probe.out_of_time():
         try:
             found = probe.finite_differences(budget)
-        except Exception:
-            found = 0.0
+        except _NoProbe:
+            raise
+        except _OutOfTime:
+            found = probe.best
         if found > best:
             best, method = found, "finite-difference Jacobian"
     if not math.isfinite(best) or best <= 0.0:
         return None
-    del np
+    stopped = "; stopped at the time budget" if probe.stopped else ""
     return LowerBound(
         best,
         probe.evaluations,
-        f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method}; {probe.evaluations} "
-        "evaluations, float32)",
+        f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method or 'best ratio found'}; "
+        f"{probe.evaluations} evaluations, float32{stopped})",
     )
 
 
 class _NoProbe(Exception):
+    """The model cannot be run for the search; the message says why (one line)."""
+
+
+class _OutOfTime(Exception):
     pass
 
 
 class _Probe:
     """The model under onnxruntime at a seeded point x, with the joint float input as a vector."""
 
-    def __init__(self, graph: OnnxGraph, seed: int) -> None:
+    def __init__(self, graph: OnnxGraph, seed: int, seconds: float = LOWER_SECONDS) -> None:
+        import time
+
         import numpy as np
 
+        self.deadline = time.monotonic() + seconds
+        self.stopped = False
+        self.best = 0.0
         try:
             import onnxruntime as ort
 
@@ -1407,14 +1714,17 @@ class _Probe:
                 str(graph.path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime refuses some valid graphs
-            raise _NoProbe from exc
+            raise _NoProbe(f"onnxruntime cannot load the model: {ort_cause(exc)}") from exc
         self.graph = graph
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.feeds: dict[str, Any] = {}
         self.floats: list[str] = []
+        static = {v.name: v.shape for v in graph.inputs}
         for value in self.session.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in value.shape]
+            shape = static.get(value.name)
+            if shape is None or not all(isinstance(d, int) for d in shape):
+                raise _NoProbe(f"input {quote(value.name)} has no static shape")
             if value.type in ("tensor(float)", "tensor(double)", "tensor(float16)"):
                 dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
                     value.type, np.float32
@@ -1424,19 +1734,27 @@ class _Probe:
             elif "int" in value.type:
                 self.feeds[value.name] = np.zeros(shape, dtype=np.int64)
             else:
-                raise _NoProbe
+                raise _NoProbe(f"input {quote(value.name)} is a {value.type}, not a tensor")
         if not self.floats:
-            raise _NoProbe
+            raise _NoProbe("the model has no float input")
         self.sizes = [self.feeds[n].size for n in self.floats]
         self.total = sum(self.sizes)
         self.x = np.concatenate([self.feeds[n].astype(np.float64).reshape(-1) for n in self.floats])
         self.evaluations = 0
-        self.base = self.run(self.x)
+        self.base = self.run(self.x, check_time=False)
         self.scale = max(1.0, float(np.linalg.norm(self.x)) / math.sqrt(self.total))
 
-    def run(self, vector: Any) -> Any:
+    def out_of_time(self) -> bool:
+        import time
+
+        return time.monotonic() > self.deadline
+
+    def run(self, vector: Any, *, check_time: bool = True) -> Any:
         import numpy as np
 
+        if check_time and self.out_of_time():
+            self.stopped = True
+            raise _OutOfTime
         local = dict(self.feeds)
         offset = 0
         for name, size in zip(self.floats, self.sizes, strict=True):
@@ -1444,8 +1762,17 @@ class _Probe:
             local[name] = part.astype(self.feeds[name].dtype)
             offset += size
         self.evaluations += 1
-        outputs = self.session.run(None, local)
+        try:
+            outputs = self._session_run(self.session, local)
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's errors name the node
+            raise _NoProbe(f"onnxruntime cannot run the model: {ort_cause(exc)}") from exc
         return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
+
+    @staticmethod
+    def _session_run(session: Any, feeds: dict[str, Any]) -> list[Any]:
+        return session.run(None, feeds)
 
     def ratio(self, direction: Any) -> float:
         """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction."""
@@ -1456,7 +1783,10 @@ class _Probe:
             delta = step * self.scale * direction
             norm = float(np.linalg.norm(delta))
             if norm > 0:
-                best = max(best, float(np.linalg.norm(self.run(self.x + delta) - self.base)) / norm)
+                change = float(np.linalg.norm(self.run(self.x + delta) - self.base))
+                best = max(best, change / norm)
+                if math.isfinite(best):
+                    self.best = max(self.best, best)
         return best
 
     def power(self, order: Sequence[OnnxNode], constants: dict[str, Any], iterations: int) -> float:
