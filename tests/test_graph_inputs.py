@@ -273,7 +273,7 @@ def test_long_average_pool_uses_no_dense_matrix(tmp_path: Path, monkeypatch) -> 
         [("y", None)],
     )
 
-    def refuse(*args, **kwargs):
+    def refuse(*_args, **_kwargs):
         raise AssertionError("a dense pool matrix at this size")
 
     monkeypatch.setattr(engine, "_pool_matrix", refuse)
@@ -313,7 +313,7 @@ def small_model(tmp_path: Path) -> Path:
 
 
 def test_runtime_failure_keeps_the_bound(tmp_path: Path, monkeypatch) -> None:
-    def fail(self, session, feeds):
+    def fail(_self, _session, _feeds):
         raise RuntimeError(
             "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while "
             "running Reshape node. Name:'/model/Reshape' Status Message: cannot reshape\nmore"
