@@ -64,3 +64,9 @@ class BoundExceededError(SncliError):
 
 class WriteError(SncliError):
     """Writing an output failed; the original files are untouched."""
+
+
+class InputShapeError(SncliError):
+    """A graph bound needs static input shapes the model does not fix (``--input-shape``)."""
+
+    exit_code = EXIT_USAGE

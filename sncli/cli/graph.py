@@ -13,13 +13,15 @@ def run_graph_lipschitz(
     *,
     grid: int | None,
     seed: int,
+    input_shapes: dict[str, tuple[int, ...]],
+    lower: bool,
     certified: bool,
     fail_above: float | None,
     output_format: OutputFormat,
     sink: Sink,
 ) -> None:
     """Bound the graph, render it, and apply the ``--fail-above`` gate (exit 3)."""
-    report = graph_lipschitz(path, grid=grid, seed=seed)
+    report = graph_lipschitz(path, grid=grid, seed=seed, input_shapes=input_shapes, lower=lower)
     sink.notes(report.notes)
     emit(
         output_format,

@@ -79,8 +79,30 @@ def lipschitz(
     ] = Padding.ZEROS,
     input_size: Annotated[
         str | None,
-        typer.Option("--input-size", metavar="HxW", help="Spatial input size, e.g. 32x32."),
+        typer.Option(
+            "--input-size",
+            metavar="HxW",
+            help="Spatial input size, e.g. 32x32 (state dicts; ONNX models: --input-shape).",
+        ),
     ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="ONNX models: the static shape of an input with dynamic dimensions, e.g. "
+            "images=1x3x320x320 (repeat for each input; a bare 1x3x320x320 when the model has "
+            "one). Without it a batch dimension is taken as 1 and an image size from the "
+            "model's metadata, said in a note; other dynamic dimensions are refused.",
+        ),
+    ] = None,
+    no_lower: Annotated[
+        bool,
+        typer.Option(
+            "--no-lower",
+            help="ONNX models: skip the lower-bound search (onnxruntime runs of the model).",
+        ),
+    ] = False,
     grid: Annotated[
         int | None,
         typer.Option(
@@ -136,10 +158,14 @@ def lipschitz(
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        if input_size is not None:
+            raise typer.BadParameter(
+                "ONNX models take --input-shape NAME=SHAPE (e.g. x=1x3x32x32)",
+                param_hint="--input-size",
+            )
         given = (
             ("--filter", include),
             ("--exclude", exclude),
-            ("--input-size", input_size),
             ("--scheduler", scheduler),
         )
         for flag in [flag for flag, value in given if value]:
@@ -148,12 +174,19 @@ def lipschitz(
             checkpoint,
             grid=grid,
             seed=seed,
+            input_shapes=opt.parse_input_shapes(input_shape),
+            lower=not no_lower,
             certified=certified,
             fail_above=fail_above,
             output_format=output_format,
             sink=sink,
         )
         return
+    if input_shape or no_lower:
+        raise typer.BadParameter(
+            "--input-shape and --no-lower are for ONNX models (a state dict has no graph)",
+            param_hint="--input-shape" if input_shape else "--no-lower",
+        )
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")

@@ -25,11 +25,11 @@ A lower bound is found by a short seeded search with onnxruntime
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sncli.errors import CheckpointError, SncliError
+from sncli.errors import CheckpointError, InputShapeError, SncliError
 from sncli.formats.common import describe, quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode, read_onnx_graph
 from sncli.lipschitz.caveats import graph_assumptions
@@ -40,7 +40,7 @@ from sncli.lipschitz.graph_results import (
     OutputBound,
     PathStep,
 )
-from sncli.lipschitz.lower import lower_bound_search
+from sncli.lipschitz.lower import LOWER_SECONDS, lower_bound_or_why
 from sncli.lipschitz.ops import (
     _broadcast_factor,
     _Context,
@@ -352,15 +352,30 @@ def graph_lipschitz(
     lower: bool = True,
     budget: int = 192,
     progress: Callable[[str], None] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    lower_seconds: float = LOWER_SECONDS,
 ) -> GraphLipschitzReport:
-    """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound."""
+    """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound.
+
+    ``input_shapes`` fixes the inputs' dynamic dims (``--input-shape``; the key "" is the only
+    input); dims left dynamic after the defaults of :func:`read_onnx_graph` are refused with
+    an :class:`InputShapeError` naming each input, before any factor is computed. The search
+    for a lower bound never costs the bound (:func:`lower_bound_or_why`).
+    """
     import time
 
     began = time.perf_counter()
     path = Path(path)
-    graph = read_onnx_graph(path)
+    graph = read_onnx_graph(path, input_shapes)
     if not graph.outputs:
         raise CheckpointError("the graph has no outputs", path)
+    if graph.dynamic:
+        raise InputShapeError(
+            f"the bound needs static input shapes, and {'; '.join(graph.dynamic)} "
+            f"{'is' if len(graph.dynamic) == 1 else 'are'} dynamic: give "
+            + ", ".join(f"--input-shape {_shape_hint(d)}" for d in graph.dynamic),
+            path,
+        )
     order = _topological(graph)
     ctx = _Context(graph, grid)
     if progress:
@@ -388,12 +403,20 @@ def graph_lipschitz(
     product = math.prod(proven) if proven else None
     seconds = {"bound": time.perf_counter() - began}
     found = None
+    notes = list(graph.notes)
     if lower:
         if progress:
             progress("lower bound")
-        found = lower_bound_search(
-            graph, seed=seed, budget=budget, order=order, constants=ctx.constants
+        found, why = lower_bound_or_why(
+            graph,
+            seed=seed,
+            budget=budget,
+            order=order,
+            constants=ctx.constants,
+            seconds=lower_seconds,
         )
+        if why:
+            notes.append(f"no lower bound: {why}")
         seconds["lower"] = time.perf_counter() - began - seconds["bound"]
     report = GraphLipschitzReport(
         checkpoint=str(path),
@@ -404,11 +427,24 @@ def graph_lipschitz(
         lower=found,
         assumptions=graph_assumptions(graph, nodes),
         caveats=[f"node {n.name} ({n.op}): {n.why}" for n in nodes if not n.proven],
-        notes=list(graph.notes),
+        notes=notes,
         product=product,
         seconds=seconds,
     )
     return report
+
+
+def _shape_hint(dynamic: str) -> str:
+    """``'x' 1×3×?×?`` → ``x=1x3xHxW`` (the option's form, with letters for the unknowns)."""
+    name, _, dims = dynamic.rpartition(" ")
+    parts = dims.split("×")
+    unknown = [i for i, d in enumerate(parts) if not d.isdigit()]
+    letters = ["H", "W"] if len(unknown) == 2 and len(parts) == 4 else ["L"]
+    if len(unknown) > len(letters):
+        letters = [f"D{i + 1}" for i in range(len(unknown))]
+    for index, letter in zip(unknown, letters, strict=True):
+        parts[index] = letter
+    return f"{name.strip(chr(39))}={'x'.join(parts)}"
 
 
 def is_graph_model(path: str | Path) -> bool:

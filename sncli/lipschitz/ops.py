@@ -7,13 +7,14 @@ constant subgraphs. :mod:`sncli.lipschitz.graph` walks the graph with these rule
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sncli.errors import SncliError
 from sncli.formats.common import quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode
+from sncli.lipschitz.gates import gated_product
 from sncli.lipschitz.graph_results import NodeFactor
 from sncli.numerics.floating import DENSE_ROUNDING
 
@@ -140,23 +141,55 @@ def chain_bound(
     return product, "product of σ (≤ ECLipsE-Fast here)"
 
 
-def _pool_matrix(
-    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
-) -> Any:
-    """The 1-D average-pool matrix (out × n). The divisor is the number of taps inside the
-    input (``include``: inside the padded input [−begin, n + end)), as PyTorch and onnxruntime
-    divide; any smaller divisor would only raise the entries (≥ 0), so σ stays an upper bound."""
-    import numpy as np
+#: Up to this many outputs × inputs a 1-D pool's norm is the exact σ of its dense matrix;
+#: above, the Schur bound √(max row sum · max column sum) in O(out·k) time and O(n) memory.
+POOL_DENSE = 1 << 20
 
+
+def _pool_rows(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Iterator[tuple[list[int], float]]:
+    """Each output's (taps inside the input, weight per tap) of a 1-D average pool. The
+    divisor is the number of taps inside the input (``include``: inside the padded input
+    [−begin, n + end)), as PyTorch and onnxruntime divide; any smaller divisor would only raise
+    the entries (≥ 0), so σ stays an upper bound."""
     begin, end = pads
-    matrix = np.zeros((out, n))
     for j in range(out):
         taps = [j * s - begin + i * d for i in range(k)]
         valid = [t for t in taps if 0 <= t < n]
         inside = [t for t in taps if -begin <= t < n + end] if include else valid
+        yield valid, 1.0 / max(len(inside), 1)
+
+
+def _pool_matrix(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Any:
+    """The 1-D average-pool matrix (out × n), entries as :func:`_pool_rows` weights them."""
+    import numpy as np
+
+    matrix = np.zeros((out, n))
+    for j, (valid, weight) in enumerate(_pool_rows(n, k, s, d, pads, out, include)):
         for t in valid:
-            matrix[j, t] += 1.0 / max(len(inside), 1)
+            matrix[j, t] += weight
     return matrix
+
+
+def _pool_norm(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> tuple[float, bool]:
+    """(an upper bound on σ of the 1-D pool matrix, whether it is exact). Exact (dense SVD) up
+    to :data:`POOL_DENSE` entries; else the Schur test ‖P‖₂ ≤ √(‖P‖₁‖P‖∞) for a matrix of
+    non-negative entries (exact for non-overlapping windows of one size: 1/√k)."""
+    import numpy as np
+
+    if out * n <= POOL_DENSE:
+        matrix = _pool_matrix(n, k, s, d, pads, out, include)
+        return (float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0), True
+    rows, columns = 0.0, np.zeros(n)
+    for valid, weight in _pool_rows(n, k, s, d, pads, out, include):
+        rows = max(rows, weight * len(valid))
+        np.add.at(columns, valid, weight)
+    return math.sqrt(rows * float(columns.max(initial=0.0))), False
 
 
 @dataclass
@@ -470,8 +503,6 @@ def _gemm(ctx: _Context, node: OnnxNode) -> tuple[float, str, _Rule, float | Non
 
 
 def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
-    import numpy as np
-
     shape, out = _static(ctx.shape(var)), _static(ctx.shape(node.outputs[0]))
     if shape is None or out is None:
         raise _NoRule("AveragePool needs static input and output shapes (dynamic shape)")
@@ -483,9 +514,9 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
     if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _NoRule("AveragePool with auto_pad SAME is not supported")
     include = bool(_attr(node, "count_include_pad", 0))
-    total = 1.0
+    total, exact = 1.0, True
     for i in range(dims):
-        matrix = _pool_matrix(
+        norm, dense = _pool_norm(
             shape[2 + i],
             kernel[i],
             strides[i],
@@ -494,9 +525,13 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
             out[2 + i],
             include,
         )
-        total *= float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
-    exact = "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
-    return total * (1 + DENSE_ROUNDING), exact
+        total *= norm
+        exact = exact and dense
+    if exact:
+        return total * (
+            1 + DENSE_ROUNDING
+        ), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
+    return total * (1 + DENSE_ROUNDING), "AveragePool: Kronecker of 1-D pools, √(‖P‖₁‖P‖∞) per axis"
 
 
 def _maxpool(node: OnnxNode) -> tuple[float, str]:
@@ -607,6 +642,11 @@ def _multi_input(
         how = "√(Σ L²) (elementwise max/min)" if mode == "rss" else "Σ L (sum of paths)"
         rule = _Rule(_broadcast_terms(ctx, variables, out), mode)
         return NodeFactor(node.name, op, 1.0, f"{op}: {how}", True), [rule]
+    if op == "Mul" and len(variables) > 1:
+        gated = gated_product(ctx, node)
+        if gated is not None:
+            slope, source, x = gated
+            return NodeFactor(node.name, op, slope, source, True), [_Rule([(x, slope)])]
     if op in ("Mul", "Div"):
         factor = _scaling(ctx, node, variables, out)
         assert factor.factor is not None
@@ -806,7 +846,13 @@ def _reference_run(ctx: _Context, node: OnnxNode) -> list[Any]:
 
     names = [n for n in node.inputs if n]
     feeds = {n: ctx.const(n) for n in names}
-    attributes = {k: v for k, v in node.attributes.items() if not isinstance(v, str | type(None))}
+    import numpy as np
+
+    attributes = {  # a tensor attribute (ConstantOfShape's value) goes back as a TensorProto
+        k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v
+        for k, v in node.attributes.items()
+        if not isinstance(v, str | type(None))
+    }
     attributes.update(
         {k: v for k, v in node.attributes.items() if isinstance(v, str) and not v.startswith("<")}
     )

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sncli.errors import CheckpointError  # noqa: E402
+from sncli.errors import CheckpointError, InputShapeError  # noqa: E402
 from sncli.lipschitz import chain_bound, graph_lipschitz  # noqa: E402
 
 F = TensorProto.FLOAT
@@ -197,8 +197,12 @@ def test_unknown_op_dynamic_shape_and_cycle(tmp_path: Path) -> None:
         [("x", ["n", 2, "h", "w"])],
         [("y", ["n", 2, 1, 1])],
     )
-    report = bound_of(path)
-    assert report.bound is None and "dynamic shape" in report.statement()
+    with pytest.raises(
+        InputShapeError, match=r"'x' 1×2×h×w is dynamic: give --input-shape x=1x2xHxW"
+    ):
+        bound_of(path)
+    report = bound_of(path, input_shapes={"x": (1, 2, 3, 3)})
+    assert report.bound == pytest.approx(1 / 3, rel=1e-9) and report.certified
     path = save(
         tmp_path / "cycle.onnx",
         [
