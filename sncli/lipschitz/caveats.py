@@ -93,38 +93,53 @@ def architecture_caveats(names: Iterable[str]) -> list[str]:
     return caveats
 
 
+def _widths(layer: Layer) -> tuple[int, int] | None:
+    """(outputs, inputs) of a linear layer (features) or a convolution (channels; a transposed
+    conv stores (in, out, k…)); None for other layers and recurrent weights."""
+    if RECURRENT_NAME.search(layer.name):
+        return None
+    if layer.kind is LayerKind.LINEAR:
+        return layer.shape[0], layer.shape[1]
+    if layer.kind.is_conv:
+        first, second = layer.shape[0], layer.shape[1]
+        return (second, first) if layer.transposed else (first, second)
+    return None
+
+
 def chain_caveats(layers: Iterable[Layer]) -> list[str]:
-    """Heads side by side, judged by shapes: two linear layers of one parent module, next to each
-    other in key order, that read the same width while neither's output fits the other's input
-    (MTCNN's ``dense6_1``/``dense6_2``/``dense6_3`` on a 256-wide trunk). Such layers are not
+    """Heads side by side, judged by shapes: two linear layers (or two convolutions) of one
+    parent module, next to each other in key order, that read the same width (channels) while
+    neither's output fits the other's input (MTCNN's ``dense6_1``/``dense6_2``/``dense6_3`` on a
+    256-wide trunk, PNet's ``conv4_1``/``conv4_2`` on 32 channels). Such layers are not
     composed, so their product can be below the largest of them. Other shape mismatches are not
     judged: key order need not be the order of the model (``classifier`` sorts before
     ``features``)."""
-    ordered = sorted(
-        (
-            layer
-            for layer in layers
-            if layer.kind is LayerKind.LINEAR and not RECURRENT_NAME.search(layer.name)
-        ),
-        key=lambda layer: natural_key(layer.name),
-    )
     side = []
-    for first, second in itertools.pairwise(ordered):
-        if (
-            first.name.rpartition(".")[0].rpartition(".")[0]
-            != (second.name.rpartition(".")[0].rpartition(".")[0])
-        ):
-            continue
-        (out_a, in_a), (out_b, in_b) = first.shape, second.shape
-        if in_a == in_b and out_a != in_b and out_b != in_a:
-            side.append((first, second))
+    for convs in (False, True):
+        ordered = sorted(
+            (
+                (layer, widths)
+                for layer in layers
+                if (widths := _widths(layer)) is not None
+                and (layer.kind is not LayerKind.LINEAR) == convs
+            ),
+            key=lambda pair: natural_key(pair[0].name),
+        )
+        for (first, (out_a, in_a)), (second, (out_b, in_b)) in itertools.pairwise(ordered):
+            if (
+                first.name.rpartition(".")[0].rpartition(".")[0]
+                != (second.name.rpartition(".")[0].rpartition(".")[0])
+            ):
+                continue
+            if in_a == in_b and out_a != in_b and out_b != in_a:
+                side.append((first, second, in_a, "channel" if convs else "wide"))
     if not side:
         return []
-    first, second = side[0]
+    first, second, width, unit = side[0]
     more = f", and {len(side) - 1} more such pair(s)" if len(side) > 1 else ""
     return [
         f"the shapes show layers side by side, such as heads on one trunk ({first.short_name} "
-        f"and {second.short_name} both read a {first.shape[1]}-wide input and neither reads the "
+        f"and {second.short_name} both read a {width}-{unit} input and neither reads the "
         f"other's output{more}); maps side by side are not composed, and the product of their σ "
         "can be below the largest of them"
     ]
