@@ -164,6 +164,10 @@ class _Probe:
         try:
             import onnxruntime as ort
 
+            # The session's level does not cover run-time errors, which onnxruntime logs itself
+            # (a red line on stderr before sncli's own one-line note): errors only, via the
+            # process-wide logger.
+            ort.set_default_logger_severity(4)
             options = ort.SessionOptions()
             options.log_severity_level = 3
             self.session = ort.InferenceSession(
