@@ -1,0 +1,48 @@
+"""The long-form rows of a track run: one per checkpoint × layer with one column per metric.
+The column list is a stable contract (README, "sncli track"): columns are only ever added."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sncli.track.engine import SPECTRUM_COLUMNS, TrackPoint
+
+#: Every column, in order. The spectrum columns are empty without ``--spectrum``, ``delta``
+#: and ``delta_relative`` without ``--delta`` and on the first checkpoint.
+COLUMNS = (
+    "step",
+    "checkpoint",
+    "layer",
+    "short_name",
+    "kind",
+    "rows",
+    "cols",
+    "sigma_max",
+    "bound",
+    "drift_first",
+    "drift_prev",
+    "delta",
+    "delta_relative",
+    *SPECTRUM_COLUMNS,
+)
+
+
+def point_row(point: TrackPoint) -> dict[str, Any]:
+    """One point as a dict of ``COLUMNS`` (None where not computed or undefined)."""
+    row: dict[str, Any] = {
+        "step": point.step,
+        "checkpoint": point.checkpoint,
+        "layer": point.name,
+        "short_name": point.short_name,
+        "kind": point.kind,
+        "rows": point.rows,
+        "cols": point.cols,
+        "sigma_max": point.sigma_max,
+        "bound": point.bound,
+        "drift_first": point.drift_first,
+        "drift_prev": point.drift_prev,
+        "delta": point.delta,
+        "delta_relative": point.delta_relative,
+    }
+    row.update({column: point.metrics.get(column) for column in SPECTRUM_COLUMNS})
+    return row
