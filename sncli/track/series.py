@@ -30,6 +30,8 @@ CHECKPOINT_SUFFIXES = (
 )
 _INTEGER = re.compile(r"\d+")
 _GLOB = re.compile(r"[*?\[]")
+#: A folder named like a training checkpoint (``checkpoint-1200``, ``step_50``, ``global_step7``).
+_STEP_FOLDER = re.compile(r"(?i)(?:checkpoint|ckpt|step|global_step|iter|iteration|epoch)[-_]?\d+")
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,14 @@ def _stem(path: Path) -> str:
 def step_of(path: str | Path) -> int | None:
     """The last integer in the checkpoint's name (``checkpoint-1200``, ``step_1200.pt`` →
     1200); for a file whose name has none (``checkpoint-1200/model.safetensors``), its
-    folder's. None when neither has one."""
+    folder's when the folder is named like a checkpoint (``checkpoint-N``, ``step_N``…; not
+    any folder with a digit). None otherwise."""
     path = Path(path)
-    for name in (_stem(path), path.parent.name):
-        found = _INTEGER.findall(name)
-        if found:
-            return int(found[-1])
+    found = _INTEGER.findall(_stem(path))
+    if found:
+        return int(found[-1])
+    if _STEP_FOLDER.search(path.parent.name):
+        return int(_INTEGER.findall(path.parent.name)[-1])
     return None
 
 
