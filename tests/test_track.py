@@ -130,7 +130,7 @@ def test_step_of(name: str, step: int | None) -> None:
     assert step_of(name) == step
 
 
-def test_discover_folder_glob_and_steps(run: Path, tmp_path: Path) -> None:
+def test_discover_folder_glob_and_steps(run: Path) -> None:
     by_folder = discover([str(run)])
     assert [item.step for item in by_folder] == list(STEPS)  # numeric, not text, order
     by_glob = discover([str(run / "step_*.safetensors")])
@@ -211,7 +211,7 @@ def test_cache_recomputes_a_changed_file(tmp_path: Path, counted: list[str]) -> 
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime
     report = track(run, options=DENSE, cache=cache)
     assert counted == ["step_0.safetensors", "step_100.safetensors", "step_100.safetensors"]
-    two = [p for p in report.points if p.name == "2.weight" and p.step == 100][0]
+    two = next(p for p in report.points if p.name == "2.weight" and p.step == 100)
     reference = numpy_sigma(load_file(str(target))["2.weight"])
     assert two.sigma_max == pytest.approx(reference, rel=F64)
     # touched only (same bytes, new mtime): recomputed too, never trusted over a changed stamp
@@ -224,7 +224,7 @@ def test_cache_recomputes_a_changed_file(tmp_path: Path, counted: list[str]) -> 
     "damage",
     [
         lambda text: text[: len(text) // 2],  # truncated
-        lambda text: "\x00\xff garbage",
+        lambda _: "\x00\xff garbage",
         lambda text: text.replace('"sigma_max": ', '"sigma_max": "x', 1),  # not JSON
         lambda text: json.dumps({**json.loads(text), "key": "0" * 64}),  # another entry's key
         lambda text: text.replace('"sigma_max": ', '"sigma_max": [', 1) + "]",
@@ -270,7 +270,7 @@ def test_cache_writes_are_atomic_json(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- in memory
 
 
-def test_tracker_equals_the_file_path(run: Path, tmp_path: Path) -> None:
+def test_tracker_equals_the_file_path(run: Path) -> None:
     import torch
 
     options = TrackOptions(method=MethodOptions(method=Method.DENSE), delta=True, spectrum=True)

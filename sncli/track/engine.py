@@ -17,6 +17,7 @@ from sncli.analysis import MethodOptions
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.messages import Level, Message, ProgressCallback, level_of
 from sncli.track.cache import TrackCache, cache_key, content_stamp
+from sncli.track.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
 from sncli.track.series import SeriesItem, discover
 
 __all__ = [
@@ -28,31 +29,6 @@ __all__ = [
     "Tracker",
     "track",
 ]
-
-#: The spectrum metrics ``--spectrum`` adds per point (``sncli.spectrum.METRICS`` but σ_max,
-#: which is inspect's measurement here).
-SPECTRUM_COLUMNS = (
-    "sigma_min",
-    "condition_number",
-    "frobenius",
-    "nuclear",
-    "stable_rank",
-    "effective_rank",
-    "numerical_rank",
-    "rank_tolerance",
-    "lambda_max",
-    "log_norm",
-    "log_spectral_norm",
-    "alpha",
-    "xmin",
-    "ks_distance",
-    "num_pl_spikes",
-    "alpha_weighted",
-    "log_alpha_norm",
-    "entropy",
-    "mp_edge",
-    "mp_spikes",
-)
 
 
 @dataclass(frozen=True)
@@ -179,8 +155,6 @@ class TrackReport:
             import pandas
         except ImportError as exc:  # pragma: no cover - pandas is installed in the test env
             raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        from sncli.track.rows import COLUMNS, point_row
-
         frame = pandas.DataFrame([point_row(p) for p in self.points], columns=list(COLUMNS))
         frame.attrs.update({"method": self.method, "steps": self.steps})
         return frame

@@ -5,7 +5,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from sncli.track.engine import SPECTRUM_COLUMNS, TrackPoint
+#: The spectrum metrics ``--spectrum`` adds per point (``sncli.spectrum.METRICS`` but σ_max,
+#: which is inspect's measurement here).
+SPECTRUM_COLUMNS = (
+    "sigma_min",
+    "condition_number",
+    "frobenius",
+    "nuclear",
+    "stable_rank",
+    "effective_rank",
+    "numerical_rank",
+    "rank_tolerance",
+    "lambda_max",
+    "log_norm",
+    "log_spectral_norm",
+    "alpha",
+    "xmin",
+    "ks_distance",
+    "num_pl_spikes",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "entropy",
+    "mp_edge",
+    "mp_spikes",
+)
+
 
 #: Every column, in order. The spectrum columns are empty without ``--spectrum``, ``delta``
 #: and ``delta_relative`` without ``--delta`` and on the first checkpoint.
@@ -27,8 +51,9 @@ COLUMNS = (
 )
 
 
-def point_row(point: TrackPoint) -> dict[str, Any]:
-    """One point as a dict of ``COLUMNS`` (None where not computed or undefined)."""
+def point_row(point: Any) -> dict[str, Any]:
+    """A :class:`~sncli.track.engine.TrackPoint` as a dict of ``COLUMNS`` (None where not
+    computed or undefined)."""
     row: dict[str, Any] = {
         "step": point.step,
         "checkpoint": point.checkpoint,
