@@ -156,6 +156,20 @@ def test_discover_refuses_what_has_no_step(run: Path, tmp_path: Path) -> None:
         discover([str(tmp_path / "nothing_*.pt")])
 
 
+def test_run_folder_ignores_other_folders(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_run(run, count=2)
+    (run / "logs2").mkdir()  # a digit, but no checkpoint inside
+    (run / "logs2" / "events.txt").write_text("")
+    (run / "checkpoint-500").mkdir()
+    write_step(run / "checkpoint-500", 2, step=1).rename(run / "checkpoint-500" / "model.bin")
+    assert [Path(i.path).name for i in discover([str(run)])] == [
+        "step_0.safetensors",
+        "step_100.safetensors",
+        "checkpoint-500",
+    ]
+
+
 def test_a_folder_checkpoint_is_one_checkpoint(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoint-700"
     folder.mkdir()

@@ -66,7 +66,7 @@ def step_of(path: str | Path) -> int | None:
 
 def _run_folder_entries(folder: Path) -> list[Path]:
     """The checkpoints a run folder holds: entries with an integer in their name that are
-    folders or checkpoint files. Empty when the folder is a checkpoint itself."""
+    checkpoint files or folders holding one. Empty when the folder is a checkpoint itself."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
@@ -75,9 +75,25 @@ def _run_folder_entries(folder: Path) -> list[Path]:
     for entry in entries:
         if entry.name.startswith(".") or not _INTEGER.search(_stem(entry)):
             continue
-        if entry.is_dir() or entry.name.lower().endswith(CHECKPOINT_SUFFIXES):
+        if _holds_checkpoint(entry) or (
+            entry.is_file() and entry.name.lower().endswith(CHECKPOINT_SUFFIXES)
+        ):
             found.append(entry)
     return found
+
+
+def _holds_checkpoint(folder: Path) -> bool:
+    """A folder with a checkpoint file (or a sharded index) directly inside: ``checkpoint-N/``,
+    not a cache or log folder that happens to have a digit in its name."""
+    if not folder.is_dir():
+        return False
+    try:
+        return any(
+            p.is_file() and p.name.lower().endswith((*CHECKPOINT_SUFFIXES, ".index.json"))
+            for p in folder.iterdir()
+        )
+    except OSError:
+        return False
 
 
 def _expand(argument: str) -> list[Path]:
