@@ -9,7 +9,16 @@ Shared options are in ``options``, everything written to stderr goes through ``s
 from __future__ import annotations
 
 # Importing the command modules registers the commands, in this order.
-from sncli.cli import diff, inspect, lipschitz, normalize, recover, report, spectrum  # noqa: F401
+from sncli.cli import (  # noqa: F401
+    diff,
+    inspect,
+    lipschitz,
+    normalize,
+    recover,
+    report,
+    spectrum,
+    track,
+)
 from sncli.cli.app import app
 
 __all__ = ["app", "main"]

@@ -37,7 +37,7 @@ app = typer.Typer(
         "Reads safetensors (single, sharded with an index json, or a folder), PyTorch state "
         "dicts (.pt/.pth/.bin/.ckpt, always with weights_only=True), ONNX graphs, GGUF, NumPy "
         ".npy/.npz, TorchScript and Keras weights, and Hugging Face model ids from the local "
-        "cache. Commands: inspect, spectrum, lipschitz, diff, normalize, report, recover."
+        "cache. Commands: inspect, spectrum, lipschitz, diff, track, normalize, report, recover."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -1,0 +1,73 @@
+"""The long-form rows of a track run: one per checkpoint × layer with one column per metric.
+The column list is a stable contract (README, "sncli track"): columns are only ever added."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The spectrum metrics ``--spectrum`` adds per point (``sncli.spectrum.METRICS`` but σ_max,
+#: which is inspect's measurement here).
+SPECTRUM_COLUMNS = (
+    "sigma_min",
+    "condition_number",
+    "frobenius",
+    "nuclear",
+    "stable_rank",
+    "effective_rank",
+    "numerical_rank",
+    "rank_tolerance",
+    "lambda_max",
+    "log_norm",
+    "log_spectral_norm",
+    "alpha",
+    "xmin",
+    "ks_distance",
+    "num_pl_spikes",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "entropy",
+    "mp_edge",
+    "mp_spikes",
+)
+
+
+#: Every column, in order. The spectrum columns are empty without ``--spectrum``, ``delta``
+#: and ``delta_relative`` without ``--delta`` and on the first checkpoint.
+COLUMNS = (
+    "step",
+    "checkpoint",
+    "layer",
+    "short_name",
+    "kind",
+    "rows",
+    "cols",
+    "sigma_max",
+    "bound",
+    "drift_first",
+    "drift_prev",
+    "delta",
+    "delta_relative",
+    *SPECTRUM_COLUMNS,
+)
+
+
+def point_row(point: Any) -> dict[str, Any]:
+    """A :class:`~sncli.track.engine.TrackPoint` as a dict of ``COLUMNS`` (None where not
+    computed or undefined)."""
+    row: dict[str, Any] = {
+        "step": point.step,
+        "checkpoint": point.checkpoint,
+        "layer": point.name,
+        "short_name": point.short_name,
+        "kind": point.kind,
+        "rows": point.rows,
+        "cols": point.cols,
+        "sigma_max": point.sigma_max,
+        "bound": point.bound,
+        "drift_first": point.drift_first,
+        "drift_prev": point.drift_prev,
+        "delta": point.delta,
+        "delta_relative": point.delta_relative,
+    }
+    row.update({column: point.metrics.get(column) for column in SPECTRUM_COLUMNS})
+    return row
