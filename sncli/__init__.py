@@ -25,6 +25,7 @@ from sncli.errors import (
 )
 from sncli.layers import Layer, LayerKind, classify
 from sncli.numerics.spectral import Method, SigmaEstimate, largest_singular_value
+from sncli.tracking import Tracker, TrackOptions, TrackReport, track
 
 __all__ = [
     "Checkpoint",
@@ -39,10 +40,14 @@ __all__ = [
     "NumericalError",
     "SigmaEstimate",
     "SncliError",
+    "TrackOptions",
+    "TrackReport",
+    "Tracker",
     "UnsafePickleError",
     "__version__",
     "classify",
     "largest_singular_value",
     "open_checkpoint",
     "spectral_norms",
+    "track",
 ]

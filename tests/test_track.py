@@ -15,7 +15,7 @@ import sncli
 from sncli.analysis import MethodOptions
 from sncli.errors import CheckpointError, SncliError
 from sncli.numerics.spectral import Method
-from sncli.track import TrackCache, Tracker, TrackOptions, discover, engine, step_of, track
+from sncli.tracking import TrackCache, Tracker, TrackOptions, discover, engine, step_of, track
 from tests.track_runs import SCALES, STEPS, make_run, numpy_sigma, write_step
 
 DENSE = TrackOptions(method=MethodOptions(method=Method.DENSE))
@@ -99,7 +99,7 @@ def test_spectrum_metrics_against_numpy(run: Path) -> None:
 
 
 def test_to_pandas_is_the_long_form(run: Path) -> None:
-    from sncli.track.rows import COLUMNS
+    from sncli.tracking.rows import COLUMNS
 
     frame = track(run, options=DENSE).to_pandas()
     assert list(frame.columns) == list(COLUMNS)

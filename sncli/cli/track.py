@@ -110,9 +110,9 @@ def track(
 ) -> None:
     """Follow every layer's σ_max (and spectrum metrics) over a training run's checkpoints."""
     from sncli.render.track import print_track_table, track_figure, track_to_csv, track_to_dict
-    from sncli.track import SPECTRUM_COLUMNS, TrackCache, TrackOptions
-    from sncli.track import track as run_track
-    from sncli.track.series import parse_steps
+    from sncli.tracking import SPECTRUM_COLUMNS, TrackCache, TrackOptions
+    from sncli.tracking import track as run_track
+    from sncli.tracking.series import parse_steps
 
     if metric not in BASE_METRICS + SPECTRUM_COLUMNS:
         raise typer.BadParameter(

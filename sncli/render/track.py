@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.render.common import fmt_sigma, plural
-from sncli.track.engine import TrackReport
-from sncli.track.rows import COLUMNS, point_row
+from sncli.tracking.engine import TrackReport
+from sncli.tracking.rows import COLUMNS, point_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

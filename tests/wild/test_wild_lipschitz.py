@@ -30,19 +30,7 @@ from wild_corpus import (
 
 require_wheels()
 
-_SHAPE = "#23: no --input-shape for ONNX"
-GRAPH_MISSING = {
-    "silero_onnx": _SHAPE,
-    "silero_op15": _SHAPE,
-    "silero_sequence": _SHAPE,
-    "silero_half": _SHAPE,
-    "silero_ifless": _SHAPE,
-    "silero_openvino": "#23: a static ConstantOfShape is 'malformed: list index out of range'",
-    "yolov8n": _SHAPE,
-    "ppocr_cls": _SHAPE,
-    "ppocr_det": _SHAPE,
-    "ppocr_rec": _SHAPE,
-}
+GRAPH_MISSING: dict[str, str] = {}
 GRAPHS = [m for m in MODELS if m.kind == "onnx"]
 STATE_DICTS = [m for m in MODELS if m.kind in ("torch", "torchscript", "safetensors")]
 
@@ -81,16 +69,9 @@ def test_graph_bound_holds_at_the_native_input_shape(model: Model) -> None:
         assert lower <= bound * (1 + 1e-3), (lower, bound)
 
 
-_DYNAMIC = "#23: a dynamic input is probed at 1×1 (onnxruntime error, 'unexpected'), not stated"
-
-
 @pytest.mark.parametrize(
     "model",
-    [
-        pytest.param(m, id=m.id, marks=pytest.mark.xfail(strict=True, reason=_DYNAMIC))
-        for m in GRAPHS
-        if m.id == "silero_op15"  # yolov8n too, once it is fast: today 150 s to fail
-    ],
+    [pytest.param(m, id=m.id) for m in GRAPHS if m.id in ("silero_op15", "yolov8n", "ppocr_cls")],
 )
 def test_dynamic_input_without_input_shape_is_stated_or_refused(model: Model) -> None:
     """Without --input-shape: a static shape that the output states, or a refusal that names
@@ -115,11 +96,6 @@ def test_pnet_graph_lower_bound_is_below_the_graph_bound() -> None:
     assert 0 < found < 1135
 
 
-def _pnet_heads_refused() -> object:
-    reason = "#23: --assume sequential does not see conv heads side by side (conv4_1, conv4_2)"
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 HEADS = {
     "pnet": ("conv4_1", "conv4_2"),
     "rnet": ("dense5_1", "dense5_2"),
@@ -132,10 +108,7 @@ HEADS = {
 
 @pytest.mark.parametrize(
     "model",
-    [
-        pytest.param(m, id=m.id, marks=_pnet_heads_refused() if m.id == "pnet" else ())
-        for m in STATE_DICTS
-    ],
+    [pytest.param(m, id=m.id) for m in STATE_DICTS],
 )
 def test_assume_sequential_is_refused_by_what_the_state_dict_shows(model: Model) -> None:
     """None of these is a plain chain: facenet's nets have heads on one trunk, silero an LSTM,

@@ -1,7 +1,7 @@
 """A training run's checkpoints as a series: σ_max per checkpoint × layer (inspect's
 measurement), drift against the first and the previous checkpoint, and optionally the spectrum
 metrics (``sncli spectrum``'s) and ‖W_t − W_{t−1}‖₂ (``sncli diff``'s), each checkpoint's
-results cached (:mod:`sncli.track.cache`) so a rerun computes only what is new or changed.
+results cached (:mod:`sncli.tracking.cache`) so a rerun computes only what is new or changed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 from sncli.analysis import MethodOptions
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.messages import Level, Message, ProgressCallback, level_of
-from sncli.track.cache import TrackCache, cache_key, content_stamp
-from sncli.track.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
-from sncli.track.series import SeriesItem, discover
+from sncli.tracking.cache import TrackCache, cache_key, content_stamp
+from sncli.tracking.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
+from sncli.tracking.series import SeriesItem, discover
 
 __all__ = [
     "SPECTRUM_COLUMNS",
@@ -396,7 +396,7 @@ def track(
     progress: ProgressCallback | None = None,
 ) -> TrackReport:
     """Measure every checkpoint of a run (paths, a run folder, or a glob; see
-    :func:`sncli.track.series.discover`) in step order. ``cache``: a :class:`TrackCache` or its
+    :func:`sncli.tracking.series.discover`) in step order. ``cache``: a :class:`TrackCache` or its
     folder; None computes everything. ``progress(done, total, checkpoint)`` per checkpoint."""
     options = options or TrackOptions()
     if isinstance(paths, str | Path):

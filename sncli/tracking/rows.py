@@ -52,7 +52,7 @@ COLUMNS = (
 
 
 def point_row(point: Any) -> dict[str, Any]:
-    """A :class:`~sncli.track.engine.TrackPoint` as a dict of ``COLUMNS`` (None where not
+    """A :class:`~sncli.tracking.engine.TrackPoint` as a dict of ``COLUMNS`` (None where not
     computed or undefined)."""
     row: dict[str, Any] = {
         "step": point.step,
