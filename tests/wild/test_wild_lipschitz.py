@@ -87,13 +87,25 @@ def test_dynamic_input_without_input_shape_is_stated_or_refused(model: Model) ->
         assert re.search(re.escape(name) + r"\W+(\d+\s*[×x]\s*)+\d+", text), (name, text)
 
 
-def test_pnet_graph_lower_bound_is_below_the_graph_bound() -> None:
-    """PNet rebuilt from its state dict in torch: the wheel's weights, a trunk and two heads. The
-    torch lower bound at its native 12×12 input is below the bound of the same weights that
-    sncli certifies for the graph (issue 23: 1135), and above σ of the first conv's reshape."""
+def test_pnet_exported_graph_bound_holds(tmp_path) -> None:
+    """PNet rebuilt from the wheel's state dict (a trunk and two heads), exported with
+    torch.onnx: sncli's certified graph bound at the native 12×12 input is at least the torch
+    lower bound of the same function, and above the product that --assume sequential wrongly
+    certified before (750.12, conv heads multiplied as a chain)."""
+    import torch
+
     model = next(m for m in MODELS if m.id == "pnet")
-    found = torch_lower_bound(pnet(model.path), (1, 3, 12, 12))
-    assert 0 < found < 1135
+    net = pnet(model.path)
+    path = tmp_path / "pnet.onnx"
+    torch.onnx.export(
+        net.float(), (torch.zeros(1, 3, 12, 12),), str(path), dynamo=False, input_names=["x"]
+    )
+    code, result, err = invoke_json("lipschitz", path)
+    assert code == 0, err
+    assert result["certified"], result["caveats"]
+    found = torch_lower_bound(net.double(), (1, 3, 12, 12))
+    assert 0 < found <= result["bound"]
+    assert result["bound"] > 750.12
 
 
 HEADS = {
