@@ -93,7 +93,9 @@ class FormatContents:
     ``load(name)`` returns that tensor as a CPU ``torch.Tensor`` (float32 for dequantized ones),
     reading only what it needs; ``files`` are every file the contents come from (the first is
     the one opened); ``unsupported`` names tensors that are present but cannot be read, with
-    the reason; ``notes`` go to the user (stderr).
+    the reason; ``notes`` go to the user (stderr); ``roles`` names, where the file has a graph
+    that says so (ONNX), the op that uses a tensor as its weight (``Conv``, ``ConvTranspose``,
+    ``Gemm``, ``MatMul``): that, not the tensor's name, then decides whether it is a layer.
     """
 
     format: str
@@ -103,3 +105,4 @@ class FormatContents:
     notes: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     close: Callable[[], None] | None = None
+    roles: dict[str, str] = field(default_factory=dict)
