@@ -76,7 +76,7 @@ def round_trip(address: str, checkpoint: object, count: int) -> float:
     from distributed import Client
 
     import sncli
-    from sncli.cluster import checkpoint_ref, run_task
+    from sncli.run.dask import checkpoint_ref, run_task
 
     refs = (checkpoint_ref(checkpoint),)
     with Client(address, set_as_default=False) as client:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from distributed import LocalCluster
 
-    import sncli.cluster as cluster
+    import sncli.run.dask as cluster
     from sncli.analysis import MethodOptions, spectral_norms
     from sncli.checkpoint import open_checkpoint
     from sncli.spectrum import SpectrumOptions, spectra

@@ -94,7 +94,7 @@ def _product_seconds(report, path: Path) -> tuple[float, float]:
     import numpy as np
 
     from sncli.formats.onnx import read_onnx_graph
-    from sncli.graph_lipschitz import _sigma_upper
+    from sncli.lipschitz.ops import _sigma_upper
 
     began = time.perf_counter()
     graph = read_onnx_graph(path)
@@ -110,7 +110,7 @@ def _product_seconds(report, path: Path) -> tuple[float, float]:
 
 
 def graph_section(folder: Path) -> dict:
-    from sncli.graph_lipschitz import graph_lipschitz
+    from sncli.lipschitz import graph_lipschitz
 
     lines = [
         "| model | inputs | graph bound (s) | lower search (s) | bound | certified | "

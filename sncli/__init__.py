@@ -13,8 +13,7 @@ Importing sncli does not import torch; it is loaded when a checkpoint is opened.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from sncli._version import __version__
 from sncli.analysis import InspectReport, LayerSigma, MethodOptions, spectral_norms
 from sncli.checkpoint import Checkpoint, open_checkpoint
 from sncli.errors import (

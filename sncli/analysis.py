@@ -1,6 +1,6 @@
 """Per-layer spectral norms of a checkpoint: the library behind ``sncli inspect``.
 
-Layers are measured through :mod:`sncli.pipeline` (a reader thread ahead of single-threaded
+Layers are measured through :mod:`sncli.run` (a reader thread ahead of single-threaded
 workers, within a byte budget); bench/README.md has the numbers.
 """
 
@@ -14,7 +14,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
-from sncli.cluster import ClusterRun, refuse_device_with_scheduler
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
 from sncli.formats.safetensors import SafetensorsStreamReader
@@ -34,7 +33,8 @@ from sncli.numerics.spectral import (
     resolve_device,
 )
 from sncli.parametrizations import SpectralNormStyle
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, load_weight, measure_layers, torch_threads
+from sncli.run.dask import refuse_device_with_scheduler
 
 if TYPE_CHECKING:
     import torch
@@ -156,7 +156,7 @@ class MethodOptions:
     core, at most one per layer; 1 on a GPU). ``certify``: prove an upper bound
     per layer (float64 Gram + Cholesky; slower). ``warm_start``: seed iterations with the u/v
     vectors stored in spectral-norm checkpoints. ``scheduler``: the address of a Dask
-    scheduler to run the layers on as tasks (:mod:`sncli.cluster`; CPU workers only).
+    scheduler to run the layers on as tasks (:mod:`sncli.run.dask`; CPU workers only).
     """
 
     method: Method = Method.AUTO
@@ -310,33 +310,6 @@ def _load_for_task(
     return _load_layer(checkpoints[0], layer, reader)
 
 
-def _run(
-    checkpoint: Checkpoint,
-    layers: list[Layer],
-    options: MethodOptions,
-    device: str,
-    workers: int,
-    progress: ProgressCallback | None,
-) -> tuple[list[LayerSigma | Skipped], ClusterRun | None]:
-    """Measure every layer with a reader thread ahead of ``workers`` compute threads, or as
-    tasks on the Dask cluster at ``options.scheduler``."""
-    largest = max((_layer_bytes(layer) for layer in layers), default=0)
-    widest = max((layer.matrix_shape[0] * layer.matrix_shape[1] for layer in layers), default=0)
-    return map_layers(
-        (checkpoint,),
-        layers,
-        nbytes=_layer_bytes,
-        load=_load_for_task,
-        compute=partial(_measure_or_skip, options=options, device=device),
-        budget=budget_bytes(largest, widest),
-        workers=workers,
-        label=lambda layer: layer.short_name,
-        progress=progress,
-        thread_name="sncli-sigma",
-        scheduler=options.scheduler,
-    )
-
-
 def spectral_norms(
     checkpoint: Checkpoint,
     *,
@@ -366,18 +339,28 @@ def spectral_norms(
     # small GEMMs, and 2 OpenMP threads on them ran 26× slower than 2 workers × 1 thread on a
     # loaded 2-core machine (302M-parameter checkpoint, auto: 87 s against 3.3 s).
     with torch_threads(1 if device == "cpu" else None):
-        outcomes, run = _run(checkpoint, selected, options, device, workers, progress)
-    results = [item for item in outcomes if isinstance(item, LayerSigma)]
-    failed = [s for s in outcomes if isinstance(s, Skipped)]
+        results, failed, workers, run_notes = measure_layers(
+            (checkpoint,),
+            selected,
+            measured=LayerSigma,
+            nbytes=_layer_bytes,
+            width=lambda layer: layer.matrix_shape[0] * layer.matrix_shape[1],
+            load=_load_for_task,
+            compute=partial(_measure_or_skip, options=options, device=device),
+            workers=workers,
+            label=lambda layer: layer.short_name,
+            progress=progress,
+            thread_name="sncli-sigma",
+            scheduler=options.scheduler,
+            threads=None,
+        )
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = list(classification.skipped) + failed
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
     if device_note:
         notes.append(device_note)
-    if run is not None:
-        notes.append(run.note)
-        workers = run.threads
+    notes += run_notes
     return InspectReport(
         checkpoint=str(checkpoint.path),
         format=checkpoint.format,

@@ -105,10 +105,15 @@ class Checkpoint:
     _record_crcs: dict[Path, dict[int, set[int]]] = field(default_factory=dict, repr=False)
     _verified: set[tuple[Path, int]] = field(default_factory=set, repr=False)
     #: (size, mtime_ns) of each file when it was opened: a Dask worker that sees other values
-    #: refuses to read it (sncli.cluster).
+    #: refuses to read it (sncli.run.dask).
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
     _contents: FormatContents | None = field(default=None, repr=False)
+
+    @property
+    def conv_layout_known(self) -> bool:
+        """Whether the reader knew each conv weight's op, so dim 0 first is its matrix's rows."""
+        return self._contents is not None and self._contents.conv_layout_known
 
     def short_name(self, name: str) -> str:
         """The name with a stripped common prefix (``module.``) removed."""
@@ -322,6 +327,7 @@ FORMAT_READERS: dict[str, str] = {
     "keras": "sncli.formats.keras:read_keras",
     "hdf5": "sncli.formats.keras:read_hdf5",
     "onnx": "sncli.formats.onnx:read_onnx",
+    "tflite": "sncli.formats.tflite:read_tflite",
 }
 
 

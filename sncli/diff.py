@@ -6,7 +6,7 @@ difference by the same methods and error control as ``inspect`` (``MethodOptions
 to ‖A‖₂, the Frobenius distances, and — with ``top_k`` — how much the top-K left singular
 subspaces overlap (cosines of the principal angles) and how many of B's top-K directions are
 nearly outside A's (intruder dimensions: ‖U_Aᵀu_j‖ < ``intruder_threshold``). Pairs stream
-through :mod:`sncli.pipeline` (a reader thread within a byte budget, single-threaded workers),
+through :mod:`sncli.run` (a reader thread within a byte budget, single-threaded workers),
 so memory stays near one layer pair plus its difference.
 """
 
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from sncli.analysis import MethodOptions
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError
+from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
 from sncli.messages import ProgressCallback
 from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, load_weight, measure_layers
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +122,24 @@ class DiffReport:
             for layer in self.layers
             if not layer.unchanged and relative_change(layer) > threshold
         ]
+
+    def gate(self, threshold: float) -> None:
+        """The ``--fail-above`` gate: raise :class:`BoundExceededError` when a layer could not
+        be compared or moved more than ``threshold`` (relative ‖B−A‖₂/‖A‖₂), naming them."""
+        if self.unmeasured:
+            names = ", ".join(item.name for item in self.unmeasured[:10])
+            raise BoundExceededError(
+                f"--fail-above cannot pass: {len(self.unmeasured)} layer(s) could not be "
+                f"compared (non-finite weights): {names}"
+            )
+        offending = self.exceeding(threshold)
+        if offending:
+            names = ", ".join(layer.name for layer in offending[:10])
+            more = f" and {len(offending) - 10} more" if len(offending) > 10 else ""
+            raise BoundExceededError(
+                f"{len(offending)} layer(s) moved more than --fail-above {threshold:g} "
+                f"(relative ‖B−A‖₂/‖A‖₂): {names}{more}"
+            )
 
     def to_pandas(self) -> Any:
         """The matched layers as a pandas DataFrame (pandas optional); the lists of tensors
@@ -360,36 +378,27 @@ def diff_checkpoints(
         )
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(pairs)))
-    largest = max(_pair_bytes(pair) for pair in pairs)
-    widest = max(pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1] for pair in pairs)
-
-    with torch_threads(1):
-        outcomes, run = map_layers(
-            (a, b),
-            pairs,
-            nbytes=_pair_bytes,
-            load=_load_for_task,
-            compute=partial(
-                _compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold
-            ),
-            budget=budget_bytes(largest, widest),
-            workers=workers,
-            label=lambda pair: pair.name,
-            progress=progress,
-            thread_name="sncli-diff",
-            scheduler=options.scheduler,
-        )
-    if run is not None:
-        workers = run.threads
-    results = [item for item in outcomes if isinstance(item, LayerDiff)]
-    failed = [item for item in outcomes if isinstance(item, Skipped)]
+    results, failed, workers, run_notes = measure_layers(
+        (a, b),
+        pairs,
+        measured=LayerDiff,
+        nbytes=_pair_bytes,
+        width=lambda pair: pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1],
+        load=_load_for_task,
+        compute=partial(
+            _compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold
+        ),
+        workers=workers,
+        label=lambda pair: pair.name,
+        progress=progress,
+        thread_name="sncli-diff",
+        scheduler=options.scheduler,
+    )
     if not results:
         raise NumericalError(
             f"no layer could be compared: {failed[0].name}: {failed[0].reason}", a.path
         )
-    notes = [f"A: {note}" for note in a.notes] + [f"B: {note}" for note in b.notes]
-    if run is not None:
-        notes.append(run.note)
+    notes = [f"A: {note}" for note in a.notes] + [f"B: {note}" for note in b.notes] + run_notes
     return DiffReport(
         a=str(a.path),
         b=str(b.path),

@@ -24,7 +24,7 @@ class SncliError(Exception):
 
     def __reduce__(self) -> tuple[type[SncliError], tuple[str, str | None]]:
         # Pickled as (message, path), not the formatted text: an error raised on a Dask worker
-        # (sncli.cluster) reaches the client as the same one-line error.
+        # (sncli.run.dask) reaches the client as the same one-line error.
         return type(self), (self.message, self.path)
 
 
@@ -55,5 +55,18 @@ class NumericalError(SncliError):
     """A weight cannot give a meaningful number (NaN, Inf, zero where it matters)."""
 
 
+class BoundExceededError(SncliError):
+    """A ``--fail-above`` gate did not pass: the bound is above the threshold, or is no bound
+    (``gate()`` on the reports raises it)."""
+
+    exit_code = EXIT_BOUND_EXCEEDED
+
+
 class WriteError(SncliError):
     """Writing an output failed; the original files are untouched."""
+
+
+class InputShapeError(SncliError):
+    """A graph bound needs static input shapes the model does not fix (``--input-shape``)."""
+
+    exit_code = EXIT_USAGE

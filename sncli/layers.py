@@ -346,7 +346,12 @@ def classify(
         if kind.is_conv and group is not None:
             dim, reshape_note = _sn_reshape(checkpoint, name, info.shape, group, int(is_transposed))
             is_transposed = dim == 1
-        elif kind.is_conv and not is_transposed and graph_kind is None:
+        elif (
+            kind.is_conv
+            and not is_transposed
+            and graph_kind is None
+            and not checkpoint.conv_layout_known
+        ):
             reshape_note = UNTOLD_RESHAPE
         layers.append(
             Layer(

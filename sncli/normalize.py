@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sncli import __version__
+from sncli._version import __version__
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import (
@@ -31,10 +31,10 @@ from sncli.errors import (
     SncliError,
     WriteError,
 )
-from sncli.formats import sniff_format
 from sncli.formats.common import copy_range, shown_names
 from sncli.formats.safetensors import write_edited_safetensors
-from sncli.formats.sharded import resolve_directory
+from sncli.formats.sharded import resolve_directory, write_index
+from sncli.formats.torch_file import write_edited_torch
 from sncli.hub import is_cache_blob
 from sncli.layers import (
     BATCHNORM_EPS,
@@ -56,6 +56,7 @@ from sncli.numerics.spectral import (
     as_matrix,
     exact_sigma,
     largest_singular_value,
+    top_singular_vectors,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
 from sncli.transaction import StagedFile, Transaction, writer_lock
@@ -444,24 +445,6 @@ def scaled_weight(
     )
 
 
-def top_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit u, v with Wv = σu for σ = σ_max (float64, via the smaller Gram matrix)."""
-    import torch
-
-    w = matrix.to(torch.float64)
-    if w.shape[0] <= w.shape[1]:
-        _, vectors = torch.linalg.eigh(w @ w.T)
-        u = vectors[:, -1]
-        v = w.T @ u
-        v = v / torch.linalg.vector_norm(v)
-    else:
-        _, vectors = torch.linalg.eigh(w.T @ w)
-        v = vectors[:, -1]
-        u = w @ v
-        u = u / torch.linalg.vector_norm(u)
-    return u, v
-
-
 def _new_tensors(
     checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions, layer: Layer | None
 ) -> tuple[dict[str, torch.Tensor], LayerOutcome]:
@@ -827,22 +810,8 @@ def _write_torch(
     edits: _Edits,
     warnings: list[str],
 ) -> StagedFile:
-    import torch
-
     container = checkpoint.container(source)
     key = checkpoint.wrapper_key
-    state = _state_within(container, key)
-    rebuilt = type(state)() if isinstance(state, dict) else {}
-    aliases = {alias: origin for alias, origin in checkpoint.aliases.items()}
-    for name, value in state.items():
-        if name in edits.dropped:
-            continue
-        origin = aliases.get(name, name)
-        replacement = new.get(origin)
-        rebuilt[edits.renames.get(name, name)] = value if replacement is None else replacement
-    if hasattr(state, "_metadata"):
-        rebuilt._metadata = state._metadata  # type: ignore[attr-defined]
-    output = _replace_within(container, key, rebuilt)
     if key is not None and any(
         k in container for k in ("optimizer_states", "optimizer", "optimizer_state_dict")
     ):
@@ -850,39 +819,18 @@ def _write_torch(
             f"{clean_text(os.fsdecode(target), 300)}: optimizer state was kept but no longer "
             "matches the rescaled weights"
         )
-    legacy = sniff_format(source) == "torch-legacy"
     with tx.stage(target) as (handle, staged):
-        try:
-            torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
-        except RecursionError as exc:
-            raise WriteError(
-                "cannot write: the checkpoint's non-tensor contents (e.g. hyper_parameters) "
-                "are nested too deeply to save; nothing was changed",
-                source,
-            ) from exc
-    return staged
-
-
-def _state_within(container: Any, key: str | None) -> Any:
-    node = container
-    for part in key.split("/") if key else []:
-        node = node[part]
-    return node
-
-
-def _replace_within(container: Any, key: str | None, state: Any) -> Any:
-    if key is None:
-        return state
-    parts = key.split("/")
-
-    def rebuild(node: Any, depth: int) -> Any:
-        copy = type(node)(node) if isinstance(node, dict) else dict(node)
-        copy[parts[depth]] = (
-            state if depth == len(parts) - 1 else rebuild(node[parts[depth]], depth + 1)
+        write_edited_torch(
+            source,
+            handle,
+            container,
+            new,
+            key=key,
+            aliases=checkpoint.aliases,
+            renames=edits.renames,
+            dropped=edits.dropped,
         )
-        return copy
-
-    return rebuild(container, 0)
+    return staged
 
 
 def _copy_file(tx: Transaction, source: Path, target: Path) -> StagedFile:
@@ -897,18 +845,14 @@ def _write_index(
 ) -> StagedFile:
     """The index json with renamed/dropped keys and ``total_size`` recomputed."""
     assert checkpoint.index_path is not None
-    data = json.loads(checkpoint.index_path.read_text(encoding="utf-8"))
-    weight_map: dict[str, str] = {}
-    for name, shard in data["weight_map"].items():
-        if name in edits.dropped:
-            continue
-        weight_map[edits.renames.get(name, name)] = shard
-    data["weight_map"] = weight_map
-    data.setdefault("metadata", {})
-    if isinstance(data["metadata"], dict):
-        data["metadata"]["total_size"] = total
     with tx.stage(target) as (handle, staged):
-        handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        write_index(
+            checkpoint.index_path,
+            handle,
+            renames=edits.renames,
+            dropped=edits.dropped,
+            total_size=total,
+        )
     return staged
 
 

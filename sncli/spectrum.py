@@ -3,7 +3,7 @@
 
 Layers are chosen and flattened exactly as ``inspect`` does (:mod:`sncli.layers`: linear, conv
 as the reshape ``(out, in·k…)``, embeddings included and marked; spectral-norm layers give their
-raw weight) and streamed through :mod:`sncli.pipeline` (a reader thread ahead of
+raw weight) and streamed through :mod:`sncli.run` (a reader thread ahead of
 single-threaded workers within a byte budget), so memory is bounded by the largest layers, not
 the file. Each worker computes the full spectrum in float64 (:func:`sncli.numerics.svd.
 singular_values`) or, with ``top_k``, the K largest values by block Lanczos, then the metrics of
@@ -35,7 +35,7 @@ from sncli.numerics.svd import (
     singular_values,
     top_singular_values,
 )
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, load_weight, measure_layers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -236,7 +236,7 @@ class SpectrumOptions:
     ``top_k``: only the K largest singular values (block Lanczos, ``tol`` relative error each;
     the metrics that need the whole spectrum are then None). ``workers``: layers computed at
     once, each single-threaded (None: one per core, at most one per layer). ``scheduler``: the
-    address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.cluster`).
+    address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.run.dask`).
     """
 
     top_k: int | None = None
@@ -364,34 +364,26 @@ def spectra(
     skipped = list(classification.skipped)
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(selected)))
-    largest = max(_layer_bytes(layer) for layer in selected)
-    widest = max(layer.matrix_shape[0] * layer.matrix_shape[1] for layer in selected)
 
     # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
-    # (see sncli.pipeline); the float64 Gram and eigvalsh are then the same on any core count.
-    with torch_threads(1):
-        outcomes, run = map_layers(
-            (checkpoint,),
-            selected,
-            nbytes=_layer_bytes,
-            load=_load_for_task,
-            compute=partial(_spectrum_or_skip, options=options),
-            budget=budget_bytes(largest, widest),
-            workers=workers,
-            label=lambda layer: layer.short_name,
-            progress=progress,
-            thread_name="sncli-spectrum",
-            scheduler=options.scheduler,
-        )
-    if run is not None:
-        workers = run.threads
-    results = [item for item in outcomes if isinstance(item, LayerSpectrum)]
-    failed = [item for item in outcomes if isinstance(item, Skipped)]
+    # (see sncli.run); the float64 Gram and eigvalsh are then the same on any core count.
+    results, failed, workers, run_notes = measure_layers(
+        (checkpoint,),
+        selected,
+        measured=LayerSpectrum,
+        nbytes=_layer_bytes,
+        width=lambda layer: layer.matrix_shape[0] * layer.matrix_shape[1],
+        load=_load_for_task,
+        compute=partial(_spectrum_or_skip, options=options),
+        workers=workers,
+        label=lambda layer: layer.short_name,
+        progress=progress,
+        thread_name="sncli-spectrum",
+        scheduler=options.scheduler,
+    )
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
-    notes = list(checkpoint.notes)
-    if run is not None:
-        notes.append(run.note)
+    notes = list(checkpoint.notes) + run_notes
     few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]
     if few:
         notes.append(

@@ -50,3 +50,20 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """sncli's records of its own journals (``sncli.transaction.state_dir``) go to a temporary
+    folder, not the developer's ~/.local/state; subprocesses inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("sncli-state")
+    folder.chmod(0o700)
+    saved = os.environ.get("SNCLI_STATE_DIR")
+    os.environ["SNCLI_STATE_DIR"] = str(folder)
+    yield
+    if saved is None:
+        os.environ.pop("SNCLI_STATE_DIR", None)
+    else:
+        os.environ["SNCLI_STATE_DIR"] = saved

@@ -630,6 +630,27 @@ def npy_huge_claimed_shape(folder: Path) -> Path:
     return _write(folder / "w.npy", _npy_bytes(np.ones(4, dtype=np.float32), header))
 
 
+def _npy_unclosed_bracket() -> bytes:
+    """A .npy whose header dict has an unclosed bracket: numpy's header parser raises
+    tokenize.TokenError (issue 28 §3: it escaped as "unexpected TokenError")."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4, 4"
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 64
+
+
+@case(message="corrupt .npy header: the header dict is not valid Python literal syntax")
+def npy_header_unclosed_bracket(folder: Path) -> Path:
+    return _write(folder / "a.weight.npy", _npy_unclosed_bracket())
+
+
+@case(message="corrupt .npy header (member 'a.weight.npy'): the header dict is not valid")
+def npz_member_header_unclosed_bracket(folder: Path) -> Path:
+    path = folder / "weights.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.weight.npy", _npy_unclosed_bracket())
+    return path
+
+
 @case(message="object array, which only pickle can read")
 def npz_object_array(folder: Path) -> Path:
     import numpy as np
@@ -727,6 +748,28 @@ def gguf_lying_tensor_count(folder: Path) -> Path:
 
     blob = _gguf_bytes(folder, np.eye(32, dtype=np.float32))
     return _write(folder / "model.gguf", blob[:8] + struct.pack("<Q", 2**62) + blob[16:])
+
+
+def _gguf_kv_bytes(key: bytes, kind: int, value: bytes) -> bytes:
+    """A GGUF v3 file with no tensors and one metadata entry (type ``kind``, raw ``value``)."""
+    return (
+        b"GGUF"
+        + struct.pack("<IQQ", 3, 0, 1)
+        + struct.pack("<Q", len(key))
+        + key
+        + struct.pack("<I", kind)
+        + value
+    )
+
+
+@case(message="metadata value 'x' nests arrays more than 8 deep")
+def gguf_arrays_nested_too_deep(folder: Path) -> Path:
+    """issue 28 §4: the nesting limit used to be reported as "unknown type 9" (9 is ARRAY)."""
+    array = 9
+    value = struct.pack("<IQ", 4, 0)  # innermost: an empty array of uint32
+    for _ in range(12):
+        value = struct.pack("<IQ", array, 1) + value
+    return _write(folder / "model.gguf", _gguf_kv_bytes(b"x", array, value))
 
 
 @case(message="no layer could be measured")
@@ -838,6 +881,24 @@ def hdf5_truncated(folder: Path) -> Path:
     with h5py.File(path, "w") as h5:
         h5["layers/dense/vars/0"] = np.ones((64, 64), np.float32)
     return _write(path, path.read_bytes()[:4000])
+
+
+@case(message="its weights member is named '../model.weights.h5'")
+def keras_weights_member_dotdot(folder: Path) -> Path:
+    """issue 28 §4: a ``../`` weights member was called "not a torch.save archive"."""
+    import h5py
+    import numpy as np
+
+    weights = folder / "inner.h5"
+    with h5py.File(weights, "w") as h5:
+        h5["layers/dense/vars/0"] = np.ones((4, 4), np.float32)
+    path = folder / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", "{}")
+        archive.writestr("config.json", "{}")
+        archive.writestr("../model.weights.h5", weights.read_bytes())
+    weights.unlink()
+    return path
 
 
 @case(message="more than the file can hold")

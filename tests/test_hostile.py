@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import resource
 import stat
@@ -381,6 +382,68 @@ def test_hostile_values_match_float64_svd(
         assert sigma == 0.0
     else:
         assert sigma == pytest.approx(expected, rel=1e-9), (sigma, expected)
+
+
+@pytest.fixture(scope="module")
+def subnormal_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """issue 28 §2: a 300×300 float32 layer of ~1e-41 (subnormal) beside a normal one, and a
+    second checkpoint with both slightly changed (for diff)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("subnormal")
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "normal.weight": torch.randn(300, 300, generator=generator),
+        "subnormal.weight": torch.randn(300, 300, generator=generator) * 1e-41,
+    }
+    changed = {k: v + 0.01 * v.roll(1, 0) for k, v in state.items()}
+    save_file(state, str(folder / "a.safetensors"))
+    save_file(changed, str(folder / "b.safetensors"))
+    return folder / "a.safetensors", folder / "b.safetensors"
+
+
+def _scaled_sigma(tensor: torch.Tensor) -> float:
+    """float64 SVD of the matrix scaled by a power of two (σ scales back exactly)."""
+    values = tensor.double()
+    exponent = -math.frexp(float(values.abs().max()))[1]
+    return math.ldexp(_float64_sigma(values * 2.0**exponent), -exponent)
+
+
+@pytest.mark.parametrize("method", ["auto", "lanczos", "exact", "power"])
+def test_subnormal_layer_is_measured_and_the_run_goes_on(
+    subnormal_pair: tuple[Path, Path], method: str
+) -> None:
+    from safetensors.torch import load_file
+
+    path, _ = subnormal_pair
+    result = run_cli(path, "--method", method, "--format", "json", "-q", cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    sigma = {layer["name"]: layer["sigma"] for layer in json.loads(result.stdout)["layers"]}
+    rtol = {"exact": 1e-10, "power": 1e-3}.get(method, 1e-4)
+    for name, tensor in load_file(str(path)).items():
+        expected = _scaled_sigma(tensor)
+        assert sigma[name] == pytest.approx(expected, rel=rtol), (name, sigma[name], expected)
+        assert sigma[name] <= expected * (1 + 1e-12)
+
+
+def test_subnormal_layer_diff(subnormal_pair: tuple[Path, Path]) -> None:
+    from safetensors.torch import load_file
+
+    a, b = subnormal_pair
+    completed = subprocess.run(
+        [sys.executable, "-m", "sncli", "diff", str(a), str(b), "--format", "json", "-q"],
+        env=_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    layers = {layer["name"]: layer for layer in json.loads(completed.stdout)["layers"]}
+    first, second = load_file(str(a)), load_file(str(b))
+    for name in first:
+        delta = _scaled_sigma(second[name].double() - first[name].double())
+        assert layers[name]["delta_sigma"] == pytest.approx(delta, rel=1e-4)
+        assert layers[name]["sigma_a"] == pytest.approx(_scaled_sigma(first[name]), rel=1e-4)
+        assert min(layers[name]["subspace_cosines"]) > 0.9
 
 
 # --------------------------------------------------------------------------- fuzzing

@@ -148,6 +148,42 @@ def test_mtcnn_onet_heads_are_side_by_side(tmp_path: Path) -> None:
     assert "1 more such pair" in caveat  # dense6_2 / dense6_3
 
 
+class PNet(nn.Module):
+    """MTCNN PNet as facenet-pytorch names it: a conv trunk, then heads conv4_1 (2 channels) and
+    conv4_2 (4 channels) both reading conv3's 32 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv1 = nn.Conv2d(3, 10, 3)
+        self.conv2 = nn.Conv2d(10, 16, 3)
+        self.conv3 = nn.Conv2d(16, 32, 3)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)
+        self.conv4_2 = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        return self.conv4_1(h), self.conv4_2(h)
+
+
+def test_mtcnn_pnet_conv_heads_are_side_by_side(tmp_path: Path) -> None:
+    """Issue #23: the conv heads were multiplied as a chain and certified (L ≤ 750 on the real
+    PNet, whose graph bound is 1135)."""
+    report = report_for(save(PNet(), tmp_path), assume=SEQUENTIAL)
+    assert report.refused and not report.certified and not report.valid_architecture
+    (caveat,) = report.caveats
+    assert "conv4_1.weight and conv4_2.weight both read a 32-channel input" in caveat
+    # transposed convs are judged by their stored (in, out, k…) layout: two ConvTranspose heads
+    # reading 8 channels are side by side; read as plain convs they would read 4 and 2
+    module = nn.Module()
+    module.up4_1 = nn.ConvTranspose2d(8, 4, 2)
+    module.up4_2 = nn.ConvTranspose2d(8, 2, 2)
+    path = save(module, tmp_path, "t.pt")
+    heads = report_for(path, assume=SEQUENTIAL, transposed=(r"up",))
+    assert heads.refused and "both read a 8-channel input" in heads.caveats[0]
+    assert not report_for(path, assume=SEQUENTIAL).refused
+
+
 def test_residual_names_refuse_and_unnamed_residuals_stay_conditional(tmp_path: Path) -> None:
     class Residual(nn.Module):
         def __init__(self, name: str) -> None:

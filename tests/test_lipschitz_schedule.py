@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import sncli.lipschitz as lipschitz_module
+import sncli.lipschitz.product as lipschitz_module
 from sncli.checkpoint import open_checkpoint
 from sncli.lipschitz import LipschitzOptions, lipschitz_report
 from sncli.numerics.conv import torus_bound_cost

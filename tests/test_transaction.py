@@ -8,6 +8,7 @@ each) on a 4-shard checkpoint plus its index, killed by SIGKILL/SIGTERM/SIGINT a
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -392,3 +393,173 @@ def test_two_cli_writers_serialize_and_none_is_lost(four_shards: Path, tmp_path:
     # B clipped at 3 what A had left at 2: every layer keeps σ = 2 (no write was lost).
     assert all(abs(s - 2) <= 2e-5 for s in sigmas(four_shards)), sigmas(four_shards)
     assert strays(four_shards) == []
+
+
+# ------------------------------------------------------------------------------ hostile journals
+# A journal is input: a downloaded folder may ship one. Every test below starts from a real
+# interrupted write (killed after its 2nd rename, so entries 3-5 still have staged files), then
+# edits one path field of its journal; recover must refuse with one line and touch nothing,
+# neither in the folder nor outside it.
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
+    """Every name under ``root``: its kind and (for files and links) contents or target (the
+    writer lock's file aside: taking the lock rewrites it)."""
+    seen = {}
+    for path in sorted(root.rglob("*")):
+        if path.name.endswith(LOCK_SUFFIX):
+            continue
+        if path.is_symlink():
+            seen[str(path)] = ("link", os.readlink(path).encode())
+        elif path.is_file():
+            seen[str(path)] = ("file", path.read_bytes())
+        else:
+            seen[str(path)] = ("dir", b"")
+    return seen
+
+
+@pytest.fixture
+def interrupted(tmp_path: Path) -> Path:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "victim").write_bytes(b"someone else's file")
+    (outside / "sub" / SHARDS[3]).write_bytes(b"someone else's shard")
+    write_old(folder, NAMES)
+    result = run_writer(folder, NAMES, "after-rename-2:SIGKILL")
+    assert result.returncode == -signal.SIGKILL
+    return folder
+
+
+def edit_journal(folder: Path, index: int, field: str, value: str) -> None:
+    journal = journal_path(folder / INDEX)
+    body = json.loads(journal.read_text())
+    body["entries"][index][field] = value
+    journal.write_text(json.dumps(body))  # same file, same path: its record still matches
+
+
+def assert_refused(folder: Path, match: str = "refused sncli journal") -> None:
+    before = snapshot(folder.parent)
+    with pytest.raises(CheckpointError, match=match) as refused:
+        recover(folder)
+    assert "\n" not in str(refused.value)
+    assert snapshot(folder.parent) == before
+    code, out, err = invoke("recover", str(folder))
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert snapshot(folder.parent) == before
+
+
+def _sibling(field: str) -> str:
+    marker = "sncli-tmp" if field == "staged" else "sncli-orig"
+    return f".{SHARDS[3]}.{marker}-deadbeef"
+
+
+@pytest.mark.parametrize("field", ["target", "staged", "original"])
+@pytest.mark.parametrize(
+    "attack", ["dotdot", "absolute", "symlink_file", "symlink_folder", "symlink_folder_inside"]
+)
+def test_hostile_journal_paths_are_refused(interrupted: Path, field: str, attack: str) -> None:
+    folder, outside = interrupted, interrupted.parent / "outside"
+    if attack == "dotdot":
+        value = "../outside/victim"
+    elif attack == "absolute":
+        value = str(outside / "victim")
+    elif attack == "symlink_file":
+        value = SHARDS[3] if field == "target" else _sibling(field)
+        link = folder / value
+        link.unlink(missing_ok=True)
+        link.symlink_to(outside / "victim")
+    elif attack == "symlink_folder":
+        (folder / "link").symlink_to(outside / "sub")
+        value = f"link/{SHARDS[3]}"
+    else:  # a symlinked subfolder pointing back inside: no symlink is followed at all
+        (folder / "again").symlink_to(folder)
+        value = f"again/{SHARDS[3]}"
+    edit_journal(folder, 3, field, value)
+    assert_refused(folder)
+
+
+@pytest.mark.parametrize("field", ["staged", "original"])
+def test_hostile_journal_hard_links_are_refused(interrupted: Path, field: str) -> None:
+    """A staged file or kept original hard-linked to a file outside (named as sncli names it)."""
+    folder = interrupted
+    victim = folder.parent / "outside" / "victim"
+    name = _sibling(field)
+    os.link(victim, folder / name)
+    edit_journal(folder, 3, field, name)
+    if field == "staged":
+        body = json.loads(journal_path(folder / INDEX).read_text())
+        body["entries"][3]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
+        body["entries"][3]["size"] = victim.stat().st_size
+        journal_path(folder / INDEX).write_text(json.dumps(body))
+    assert_refused(folder, "hard links")
+
+
+@pytest.mark.parametrize("field", ["staged", "original"])
+def test_hostile_journal_names_only_sncli_siblings(interrupted: Path, field: str) -> None:
+    """A staged file or original must carry sncli's name beside its target (not a shard)."""
+    edit_journal(interrupted, 3, field, SHARDS[0])
+    assert_refused(interrupted, "not a name sncli gives")
+
+
+def test_hard_linked_target_is_written_but_the_other_name_keeps_its_bytes(
+    interrupted: Path,
+) -> None:
+    """A target with another hard link outside: the rename gives it a new inode."""
+    victim = interrupted.parent / "outside" / "victim"
+    (interrupted / SHARDS[3]).unlink()
+    os.link(victim, interrupted / SHARDS[3])
+    body = json.loads(journal_path(interrupted / INDEX).read_text())
+    body["entries"][3]["original"] = None  # the kept original would not match the new inode
+    journal_path(interrupted / INDEX).write_text(json.dumps(body))
+    (done,) = recover(interrupted)
+    assert done.rolled_forward
+    assert victim.read_bytes() == b"someone else's file"
+    assert state(interrupted, NAMES) == {"new"}
+
+
+def test_journal_without_this_accounts_record_is_refused(interrupted: Path) -> None:
+    """A shipped journal (no token, or a token with no record here) is not acted on."""
+    journal = journal_path(interrupted / INDEX)
+    body = json.loads(journal.read_text())
+    body["token"] = "0" * 32
+    journal.write_text(json.dumps(body))
+    assert_refused(interrupted, "this account's sncli did not write it")
+    code, _, err = invoke("inspect", str(interrupted), "-q")
+    assert code == 1 and "did not write it" in err and "sncli recover" not in err
+    del body["token"]
+    journal.write_text(json.dumps(body))
+    assert_refused(interrupted, "this account's sncli did not write it")
+
+
+def test_journal_copied_to_another_folder_is_refused(interrupted: Path, tmp_path: Path) -> None:
+    """The record names the journal's real path: the same journal elsewhere is foreign."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in interrupted.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert_refused(copy, "did not write it here")
+    (done,) = recover(interrupted)  # the original still recovers
+    assert done.rolled_forward
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_journal_that_is_a_link_is_refused(interrupted: Path, kind: str) -> None:
+    journal = journal_path(interrupted / INDEX)
+    if kind == "hardlink":
+        os.link(journal, interrupted.parent / "journal-copy")
+    else:
+        real = interrupted / "elsewhere.json"
+        journal.rename(real)
+        journal.symlink_to(real.name)
+    assert_refused(interrupted, "refused sncli journal")
+
+
+def test_record_is_removed_after_recovery(interrupted: Path) -> None:
+    token = json.loads(journal_path(interrupted / INDEX).read_text())["token"]
+    from sncli.transaction import state_dir
+
+    assert (state_dir() / "journals" / token).exists()
+    recover(interrupted)
+    assert not (state_dir() / "journals" / token).exists()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sncli import __version__
+from sncli._version import __version__
 
 
 def _hide_flag_types() -> None:

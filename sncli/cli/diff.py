@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -19,9 +18,8 @@ from sncli.diff import (
     diff_checkpoints,
     relative_change,
 )
-from sncli.errors import EXIT_BOUND_EXCEEDED
 from sncli.numerics.spectral import Method
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.diff import diff_to_csv, diff_to_dict, print_diff_table
 
 
@@ -138,12 +136,12 @@ def diff(
             progress=progress,
         )
     layers = _ordered(report.layers, by_change, top)
-    if output_format is OutputFormat.JSON:
-        write_json(diff_to_dict(report, layers, fail_above))
-    elif output_format is OutputFormat.CSV:
-        sys.stdout.write(diff_to_csv(layers))
-    else:
-        print_diff_table(report, layers, stdout_console(), fail_above)
+    emit(
+        output_format,
+        lambda: diff_to_dict(report, layers, fail_above),
+        lambda: diff_to_csv(layers),
+        lambda console: print_diff_table(report, layers, console, fail_above),
+    )
     if plot is not None:
         from sncli.render.plots import diff_figure, save_figure
 
@@ -151,19 +149,4 @@ def diff(
     for item in report.unmeasured:
         sink.warning(f"{item.name}: not compared: {item.reason}")
     if fail_above is not None:
-        offending = report.exceeding(fail_above)
-        if report.unmeasured:
-            names = ", ".join(item.name for item in report.unmeasured[:10])
-            sink.error(
-                f"--fail-above cannot pass: {len(report.unmeasured)} layer(s) could not be "
-                f"compared (non-finite weights): {names}"
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if offending:
-            names = ", ".join(layer.name for layer in offending[:10])
-            more = f" and {len(offending) - 10} more" if len(offending) > 10 else ""
-            sink.error(
-                f"{len(offending)} layer(s) moved more than --fail-above {fail_above:g} "
-                f"(relative ‖B−A‖₂/‖A‖₂): {names}{more}"
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        report.gate(fail_above)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -13,7 +12,7 @@ from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.numerics.spectral import Method
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.inspect import inspect_to_csv, inspect_to_dict, print_inspect_table
 
 
@@ -131,12 +130,12 @@ def inspect(
         layers = layers[::-1]
     if top is not None:
         layers = layers[:top]
-    if output_format is OutputFormat.JSON:
-        write_json(inspect_to_dict(report, layers))
-    elif output_format is OutputFormat.CSV:
-        sys.stdout.write(inspect_to_csv(layers))
-    else:
-        print_inspect_table(report, layers, stdout_console())
+    emit(
+        output_format,
+        lambda: inspect_to_dict(report, layers),
+        lambda: inspect_to_csv(layers),
+        lambda console: print_inspect_table(report, layers, console),
+    )
     if plot is not None:
         from sncli.render.plots import inspect_figure, save_figure
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import Annotated
 
 import typer
@@ -13,17 +11,16 @@ from sncli.cli.app import app
 from sncli.cli.graph import run_graph_lipschitz
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
-from sncli.errors import EXIT_BOUND_EXCEEDED
-from sncli.graph_lipschitz import is_graph_model
 from sncli.lipschitz import (
     Assumption,
     ConvPolicy,
     LipschitzOptions,
     Padding,
+    is_graph_model,
     lipschitz_report,
 )
 from sncli.numerics.spectral import Method
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.lipschitz import (
     fmt_bound,
     lipschitz_to_csv,
@@ -82,8 +79,30 @@ def lipschitz(
     ] = Padding.ZEROS,
     input_size: Annotated[
         str | None,
-        typer.Option("--input-size", metavar="HxW", help="Spatial input size, e.g. 32x32."),
+        typer.Option(
+            "--input-size",
+            metavar="HxW",
+            help="Spatial input size, e.g. 32x32 (state dicts; ONNX models: --input-shape).",
+        ),
     ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="ONNX models: the static shape of an input with dynamic dimensions, e.g. "
+            "images=1x3x320x320 (repeat for each input; a bare 1x3x320x320 when the model has "
+            "one). Without it a batch dimension is taken as 1 and an image size from the "
+            "model's metadata, said in a note; other dynamic dimensions are refused.",
+        ),
+    ] = None,
+    no_lower: Annotated[
+        bool,
+        typer.Option(
+            "--no-lower",
+            help="ONNX models: skip the lower-bound search (onnxruntime runs of the model).",
+        ),
+    ] = False,
     grid: Annotated[
         int | None,
         typer.Option(
@@ -139,10 +158,14 @@ def lipschitz(
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph
+        if input_size is not None:
+            raise typer.BadParameter(
+                "ONNX models take --input-shape NAME=SHAPE (e.g. x=1x3x32x32)",
+                param_hint="--input-size",
+            )
         given = (
             ("--filter", include),
             ("--exclude", exclude),
-            ("--input-size", input_size),
             ("--scheduler", scheduler),
         )
         for flag in [flag for flag, value in given if value]:
@@ -151,12 +174,19 @@ def lipschitz(
             checkpoint,
             grid=grid,
             seed=seed,
+            input_shapes=opt.parse_input_shapes(input_shape),
+            lower=not no_lower,
             certified=certified,
             fail_above=fail_above,
             output_format=output_format,
             sink=sink,
         )
         return
+    if input_shape or no_lower:
+        raise typer.BadParameter(
+            "--input-shape and --no-lower are for ONNX models (a state dict has no graph)",
+            param_hint="--input-shape" if input_shape else "--no-lower",
+        )
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:
         raise typer.BadParameter("circular padding needs --input-size", param_hint="--padding")
@@ -182,36 +212,17 @@ def lipschitz(
         progress_bar(not quiet) as progress,
     ):
         report = lipschitz_report(ckpt, options, progress)
-    if output_format is OutputFormat.JSON:
-        write_json(lipschitz_to_dict(report))
-    elif output_format is OutputFormat.CSV:
-        sys.stdout.write(lipschitz_to_csv(report))
-    else:
-        print_lipschitz_table(report, stdout_console())
+    emit(
+        output_format,
+        lambda: lipschitz_to_dict(report),
+        lambda: lipschitz_to_csv(report),
+        lambda console: print_lipschitz_table(report, console),
+    )
     if plot is not None and report.factors:
         from sncli.render.plots import lipschitz_figure, save_figure
 
         sink.note(f"figure written to {save_figure(lipschitz_figure(report), plot)}")
     if fail_above is not None:
-        shown = fmt_bound(report.best_log10)
-        if not report.valid_architecture:
-            sink.error(
-                f"{checkpoint}: --fail-above cannot pass: the product ({shown}) is not a "
-                "Lipschitz bound for this architecture"
-                + (" (--assume sequential refused)" if report.refused else "")
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if certified and not report.certified:
-            why = (
-                ": a state dict does not record the architecture (--assume sequential asserts "
-                "a plain chain; an ONNX export gives a proof)"
-                if not report.assumed and not report.partial
-                else ""
-            )
-            sink.error(
-                f"{checkpoint}: --fail-above with --certified: the product is not certified{why}"
-            )
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
-        if report.best_log10 > math.log10(max(fail_above, 1e-300)):
-            sink.error(f"{checkpoint}: Lipschitz bound {shown} exceeds --fail-above {fail_above:g}")
-            raise typer.Exit(EXIT_BOUND_EXCEEDED)
+        report.gate(
+            fail_above, certified=certified, name=checkpoint, shown=fmt_bound(report.best_log10)
+        )

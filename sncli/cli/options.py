@@ -166,6 +166,27 @@ def parse_size(text: str | None) -> tuple[int, ...] | None:
     return size
 
 
+def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``--input-shape``: NAME=1x3x224x224 (repeatable), or a bare 1x3x224x224 for a model with
+    one input (key "")."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in values or []:
+        name, _, dims = text.rpartition("=")
+        try:
+            shape = tuple(int(part) for part in dims.lower().replace("x", ",").split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(d <= 0 for d in shape) or name in shapes:
+            raise typer.BadParameter(
+                f"{text!r} is not NAME=SHAPE like x=1x3x224x224 (each input once)"
+                if shape
+                else f"{text!r} is not a shape like x=1x3x224x224 or 1x3x224x224",
+                param_hint="--input-shape",
+            )
+        shapes[name] = shape
+    return shapes
+
+
 def device_name(value: str) -> str:
     """``--device``: cpu, cuda or cuda:N; anything else is a usage error (not a CPU fallback)."""
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
@@ -11,7 +10,7 @@ from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
-from sncli.render.common import OutputFormat, progress_bar, stdout_console, write_json
+from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.spectrum import print_spectrum_table, spectrum_to_csv, spectrum_to_dict
 from sncli.spectrum import (
     TOP_K_TOL,
@@ -150,12 +149,12 @@ def spectrum(
         layers = layers[::-1]
     if top is not None:
         layers = layers[:top]
-    if output_format is OutputFormat.JSON:
-        write_json(spectrum_to_dict(report, layers))
-    elif output_format is OutputFormat.CSV:
-        sys.stdout.write(spectrum_to_csv(layers))
-    else:
-        print_spectrum_table(report, layers, stdout_console())
+    emit(
+        output_format,
+        lambda: spectrum_to_dict(report, layers),
+        lambda: spectrum_to_csv(layers),
+        lambda console: print_spectrum_table(report, layers, console),
+    )
     if plot is not None:
         _plot(report, plot, metric, plot_layer, sink)
 

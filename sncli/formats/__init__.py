@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sncli.errors import CheckpointError
-from sncli.formats.common import regular_file_size
+from sncli.formats.common import READABLE, regular_file_size
 
 ZIP_MAGIC = b"PK\x03\x04"
 #: An ONNX ModelProto starts with field 1 (ir_version, a small varint), then another field:
@@ -70,7 +70,10 @@ def sniff_format(path: Path) -> str:
     except OSError as exc:
         raise CheckpointError(f"cannot read file: {exc.strerror or exc}", path) from exc
     if not head:
-        raise CheckpointError("empty file, not a checkpoint", path)
+        raise CheckpointError(f"empty file, not a checkpoint ({READABLE})", path)
+    # First: a FlatBuffer's root offset may start with 0x80 (read as a pickle below).
+    if head[4:8] == b"TFL3":
+        return "tflite"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
     if head.startswith(b"GGUF"):
@@ -85,8 +88,10 @@ def sniff_format(path: Path) -> str:
             return "torchscript"
         if path.suffix.lower() == ".pt2":
             raise CheckpointError(PT2_REFUSED, path)
-        if "model.weights.h5" in names:
-            return "keras"
+        if path.suffix.lower() == ".keras" or any(
+            n.rsplit("/", 1)[-1] == "model.weights.h5" for n in names
+        ):
+            return "keras"  # its reader says what is wrong with a damaged one
         return "torch-zip"
     # Before the pickle test: a safetensors length prefix may start with 0x80 (a 128-byte header).
     if len(head) == 9 and head[8:9] == b"{":
@@ -97,6 +102,9 @@ def sniff_format(path: Path) -> str:
         return "safetensors"
     if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
         return "onnx"
-    raise CheckpointError(
-        "not a checkpoint: neither safetensors nor a PyTorch file (unrecognised first bytes)", path
-    )
+    if path.suffix.lower() == ".tflite":
+        raise CheckpointError(
+            "not a TFLite model: no 'TFL3' identifier at byte 4 (truncated or another format)",
+            path,
+        )
+    raise CheckpointError(f"not a checkpoint (unrecognised first bytes): {READABLE}", path)

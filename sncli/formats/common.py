@@ -12,6 +12,12 @@ from typing import Any, BinaryIO
 from sncli.errors import CheckpointError
 from sncli.messages import clean_text
 
+#: What sncli reads, for messages about a file that is none of it.
+READABLE = (
+    "sncli reads safetensors (a file, folder or sharded index), PyTorch .pt/.bin, TorchScript, "
+    "GGUF, NumPy .npy/.npz, Keras .keras/.h5, ONNX, TFLite and Hugging Face model ids"
+)
+
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
@@ -93,9 +99,12 @@ class FormatContents:
     ``load(name)`` returns that tensor as a CPU ``torch.Tensor`` (float32 for dequantized ones),
     reading only what it needs; ``files`` are every file the contents come from (the first is
     the one opened); ``unsupported`` names tensors that are present but cannot be read, with
-    the reason; ``notes`` go to the user (stderr); ``roles`` names, where the file has a graph
-    that says so (ONNX), the op that uses a tensor as its weight (``Conv``, ``ConvTranspose``,
-    ``Gemm``, ``MatMul``): that, not the tensor's name, then decides whether it is a layer.
+    the reason; ``notes`` go to the user (stderr). ``conv_layout_known`` says the reader knows
+    which op each conv weight feeds and gave it so that reshaping dim 0 first is right (TFLite:
+    a TRANSPOSE_CONV filter comes as (out, in, k…)), so no Conv/ConvTranspose guess is noted.
+    ``roles`` names, where the file has a graph that says so (ONNX), the op that uses a tensor
+    as its weight (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``): that, not the tensor's
+    name, then decides whether it is a layer.
     """
 
     format: str
@@ -105,4 +114,5 @@ class FormatContents:
     notes: list[str] = field(default_factory=list)
     unsupported: dict[str, str] = field(default_factory=dict)
     close: Callable[[], None] | None = None
+    conv_layout_known: bool = False
     roles: dict[str, str] = field(default_factory=dict)

@@ -136,6 +136,11 @@ def _value(cursor: _Cursor, kind: int, key: str, depth: int = 0) -> Any:
                 f"corrupt GGUF header: {what} has unknown type {item}", cursor.path
             )
         return f"[array of {count}]"
+    if kind == _ARRAY:
+        raise CheckpointError(
+            f"corrupt GGUF header: {what} nests arrays more than {_MAX_ARRAY_DEPTH} deep (refused)",
+            cursor.path,
+        )
     raise CheckpointError(f"corrupt GGUF header: {what} has unknown type {kind}", cursor.path)
 
 

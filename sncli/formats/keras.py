@@ -282,7 +282,14 @@ def _open_member(path: Path) -> tuple[Any, Callable[[], None]]:
     try:
         info = archive.getinfo(WEIGHTS_MEMBER)
     except KeyError:
+        elsewhere = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == WEIGHTS_MEMBER]
         archive.close()
+        if elsewhere:
+            raise CheckpointError(
+                f"damaged .keras archive: its weights member is named {quote(elsewhere[0])}, "
+                f"not {WEIGHTS_MEMBER} at the top of the archive (refused)",
+                path,
+            ) from None
         raise CheckpointError(f".keras archive without {WEIGHTS_MEMBER}", path) from None
     stored = info.compress_type == zipfile.ZIP_STORED
     limit = info.compress_size if stored else info.compress_size * _DEFLATE_RATIO + 4096

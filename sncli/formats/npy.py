@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -57,6 +58,13 @@ def _parse_header(handle: BinaryIO, what: str, path: Path) -> ArrayHeader:
         offset = handle.tell()
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, struct.error) as exc:
         raise CheckpointError(f"corrupt .npy header{what}: {describe(exc)}", path) from exc
+    except (tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy tokenizes the header dict: an unclosed bracket or string ends the text early.
+        raise CheckpointError(
+            f"corrupt .npy header{what}: the header dict is not valid Python literal syntax "
+            "(an unclosed bracket or string)",
+            path,
+        ) from exc
     if dtype.hasobject:
         raise CheckpointError(
             f"{what.strip(' ()') or 'the array'} is an object array, which only pickle can "

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,8 @@ class OnnxGraph:
     initializers: dict[str, tuple[tuple[int, ...], str]]
     load: Callable[[str], np.ndarray]
     notes: list[str] = field(default_factory=list)
+    #: Inputs whose shape is still dynamic once --input-shape and the defaults are applied.
+    dynamic: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -535,11 +538,190 @@ def _inferred(model: Any, notes: list[str]) -> Any:
         return model
 
 
-def read_onnx_graph(path: Path) -> OnnxGraph:
-    """The main graph as plain data, with shapes from ONNX shape inference."""
+#: Dynamic dims sncli may fix itself: a batch dimension (first dim, or a symbol named so),
+#: because a batch of independent samples has the Lipschitz constant of one sample.
+_BATCH_SYMBOL = re.compile(r"^(batch|batch_size|batchsize|bs|n|b|N|B)$|batch|DynamicDimension\.0$")
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    """How the graph inputs' dynamic dims were made static: by the user, by the model's
+    metadata, or by the batch default; ``dynamic`` names what is still dynamic."""
+
+    given: dict[str, tuple[int, ...]]
+    notes: tuple[str, ...]
+    dynamic: tuple[str, ...]
+
+
+def _dims(info: Any) -> list[Dim]:
+    dims: list[Dim] = []
+    for dim in info.type.tensor_type.shape.dim:
+        which = dim.WhichOneof("value")
+        if which == "dim_value" and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        elif which == "dim_param" and dim.dim_param not in ("?", "-1", ""):
+            dims.append(str(dim.dim_param))
+        else:  # unnamed, "?" or a negative dim_value (Paddle2ONNX writes -1): anonymous
+            dims.append(None)
+    return dims
+
+
+def _shown(dims: list[Dim] | tuple[Dim, ...]) -> str:
+    return "×".join("?" if d is None else str(d) for d in dims) or "scalar"
+
+
+def _metadata_sizes(model: Any) -> tuple[int, ...] | None:
+    """The input image size an exporter wrote in the metadata (Ultralytics: imgsz=[320, 320])."""
+    props = {p.key: p.value for p in model.metadata_props}
+    text = props.get("imgsz")
+    if text is None:
+        return None
+    numbers = re.findall(r"\d+", text)
+    if len(numbers) == 1:
+        numbers *= 2
+    sizes = tuple(int(n) for n in numbers)
+    return sizes if len(sizes) == 2 and all(0 < n <= 1 << 16 for n in sizes) else None
+
+
+def fix_input_shapes(
+    model: Any, given: Mapping[str, tuple[int, ...]], path: Path, initializers: set[str]
+) -> InputShapes:
+    """Make the graph inputs static, in ``model`` itself: the user's ``given`` shapes first
+    (the key ``""`` means the only input), then a model-wide value for each dim symbol they
+    fix, then the batch default (1) and the size in the model's metadata; every choice is said
+    in ``notes``. Inconsistent or impossible shapes are a CheckpointError."""
+    tensors = [
+        i
+        for i in model.graph.input
+        if i.name not in initializers and i.type.WhichOneof("value") == "tensor_type"
+    ]
+    shapes = {i.name: _dims(i) for i in tensors}
+    given = dict(given)
+    if "" in given:
+        if len(shapes) != 1:
+            raise CheckpointError(
+                f"a bare --input-shape needs a model with one input; this one has "
+                f"{len(shapes)}: give NAME=SHAPE for each of {', '.join(map(quote, shapes))}",
+                path,
+            )
+        given[next(iter(shapes))] = given.pop("")
+    symbols = _apply_given(shapes, given, path)
+    notes = _apply_defaults(shapes, set(given), symbols, _metadata_sizes(model))
+    for dims in shapes.values():  # symbols fixed later (a batch symbol) reach every input
+        dims[:] = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
+    _write_static(tensors, shapes, path)
+    static = {n: tuple(d) for n, d in shapes.items() if all(isinstance(x, int) for x in d)}
+    dynamic = tuple(f"{quote(n)} {_shown(d)}" for n, d in shapes.items() if n not in static)
+    return InputShapes(static, tuple(notes), dynamic)  # type: ignore[arg-type]
+
+
+def _apply_given(
+    shapes: dict[str, list[Dim]], given: dict[str, tuple[int, ...]], path: Path
+) -> dict[str, int]:
+    """Put the user's shapes in ``shapes``; the values they give the dims' symbols."""
+    symbols: dict[str, int] = {}
+    for name, shape in given.items():
+        if name not in shapes:
+            raise CheckpointError(
+                f"--input-shape names {quote(name)}, which is not an input of the model "
+                f"(inputs: {', '.join(map(quote, shapes)) or 'none'})",
+                path,
+            )
+        dims = shapes[name]
+        if len(shape) != len(dims):
+            raise CheckpointError(
+                f"--input-shape {quote(name)}={_shown(list(shape))}: the model's input has "
+                f"rank {len(dims)} ({_shown(dims)})",
+                path,
+            )
+        for axis, (want, have) in enumerate(zip(shape, dims, strict=True)):
+            if isinstance(have, int) and have != want:
+                raise CheckpointError(
+                    f"--input-shape {quote(name)}={_shown(list(shape))}: dim {axis} is fixed "
+                    f"to {have} in the model",
+                    path,
+                )
+            if isinstance(have, str) and symbols.setdefault(have, want) != want:
+                raise CheckpointError(
+                    f"--input-shape gives the model's dimension {quote(have)} two values "
+                    f"({symbols[have]} and {want})",
+                    path,
+                )
+        shapes[name] = list(shape)
+    return symbols
+
+
+def _apply_defaults(
+    shapes: dict[str, list[Dim]],
+    given: set[str],
+    symbols: dict[str, int],
+    sizes: tuple[int, ...] | None,
+) -> list[str]:
+    """Fix what the user left dynamic where the choice is safe: a dim symbol the user fixed
+    elsewhere, a batch dim (1: a batch of independent samples has one sample's constant), an
+    image size from the metadata. Returns the notes that say so."""
+    notes = []
+    for name, dims in shapes.items():
+        if name in given:
+            continue
+        old = list(dims)
+        dims[:] = [symbols.get(d, d) if isinstance(d, str) else d for d in dims]
+        said = []
+        first = dims[0] if dims else 0
+        if len(dims) >= 2 and (
+            first is None or (isinstance(first, str) and _BATCH_SYMBOL.search(first))
+        ):
+            if isinstance(first, str):
+                symbols.setdefault(first, 1)
+            dims[0] = 1
+            said.append("batch 1")
+        if sizes and len(dims) == 4 and not any(isinstance(d, int) for d in dims[2:]):
+            dims[2:] = list(sizes)
+            said.append(f"{sizes[0]}×{sizes[1]} from the model's metadata (imgsz)")
+        if old != dims and all(isinstance(d, int) for d in dims):
+            notes.append(
+                f"input {quote(name)} {_shown(old)} taken as {_shown(dims)} "
+                f"({', '.join(said) or 'its dimension names'}; --input-shape to choose)"
+            )
+    return notes
+
+
+def _write_static(tensors: list[Any], shapes: dict[str, list[Dim]], path: Path) -> None:
+    """Write the static dims into the inputs' protos (for shape inference), refusing inputs
+    larger than :data:`MAX_INPUT_ELEMENTS` values in all."""
+    elements = 0
+    for info in tensors:
+        dims = shapes[info.name]
+        if all(isinstance(d, int) for d in dims):
+            elements += math.prod(dims)  # type: ignore[arg-type]
+            if elements > MAX_INPUT_ELEMENTS:
+                raise CheckpointError(
+                    f"the inputs hold over {MAX_INPUT_ELEMENTS:,} values "
+                    f"({quote(info.name)} {_shown(dims)}); sncli bounds graphs up to that size",
+                    path,
+                )
+        for dim, value in zip(info.type.tensor_type.shape.dim, dims, strict=True):
+            if isinstance(value, int):
+                dim.Clear()
+                dim.dim_value = value
+
+
+#: The largest input (all inputs together, values) a graph bound is computed for: 2**28
+#: float32 values are 1 GiB per copy; the engine's factors are linear in it, the lower-bound
+#: search holds a few copies (sncli.lipschitz.lower checks its own budget too).
+MAX_INPUT_ELEMENTS = 1 << 28
+
+
+def read_onnx_graph(
+    path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> OnnxGraph:
+    """The main graph as plain data, with shapes from ONNX shape inference once the inputs'
+    dynamic dims are fixed (:func:`fix_input_shapes`)."""
     model = _parse_model(path)
     store = _Store(model, path)
     notes: list[str] = []
+    fixed = fix_input_shapes(model, input_shapes or {}, path, set(store.entries))
+    notes += fixed.notes
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     inferred = _inferred(model, notes)
     graph = inferred.graph
@@ -574,4 +756,5 @@ def read_onnx_graph(path: Path) -> OnnxGraph:
         initializers=tensors,
         load=store.numpy,
         notes=notes,
+        dynamic=fixed.dynamic,
     )

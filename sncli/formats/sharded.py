@@ -3,14 +3,23 @@ index's folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sncli.errors import CheckpointError
-from sncli.formats.common import describe, quote, regular_file_size, show_value, strict_json_loads
+from sncli.formats.common import (
+    READABLE,
+    describe,
+    quote,
+    regular_file_size,
+    show_value,
+    strict_json_loads,
+)
 from sncli.formats.safetensors import SAFETENSORS_MAX_HEADER
 from sncli.formats.torch_file import TORCH_SUFFIXES
 
@@ -37,7 +46,7 @@ def resolve_directory(folder: Path) -> Path:
     if not weights:
         raise CheckpointError(
             "folder holds no checkpoint (looked for *.index.json, *.safetensors, "
-            "*.pt, *.pth, *.bin, *.ckpt)",
+            f"*.pt, *.pth, *.bin, *.ckpt); name the file of another format ({READABLE})",
             folder,
         )
     raise CheckpointError(
@@ -115,3 +124,25 @@ def check_shards_hold(index: ShardIndex, keys_by_file: dict[Path, set[str]]) -> 
                 "but that shard does not hold it",
                 index.path,
             )
+
+
+def write_index(
+    index: Path,
+    handle: BinaryIO,
+    *,
+    renames: Mapping[str, str],
+    dropped: Collection[str],
+    total_size: int,
+) -> None:
+    """``index`` written to ``handle`` with renamed/dropped keys and ``total_size`` set."""
+    data = json.loads(index.read_text(encoding="utf-8"))
+    weight_map: dict[str, str] = {}
+    for name, shard in data["weight_map"].items():
+        if name in dropped:
+            continue
+        weight_map[renames.get(name, name)] = shard
+    data["weight_map"] = weight_map
+    data.setdefault("metadata", {})
+    if isinstance(data["metadata"], dict):
+        data["metadata"]["total_size"] = total_size
+    handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))

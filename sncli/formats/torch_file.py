@@ -4,10 +4,11 @@ refusals that say why and how to proceed safely."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sncli.errors import CheckpointError, UnsafePickleError
+from sncli.errors import CheckpointError, UnsafePickleError, WriteError
 from sncli.formats import sniff_format
 from sncli.formats.common import describe, shown_names
 from sncli.formats.pickle_scan import (
@@ -207,3 +208,65 @@ def unsupported_reason(value: torch.Tensor) -> str | None:
             "never expanded, to bound memory)"
         )
     return None
+
+
+def write_edited_torch(
+    source: Path,
+    handle: BinaryIO,
+    container: Any,
+    new: Mapping[str, Any],
+    *,
+    key: str | None,
+    aliases: Mapping[str, str],
+    renames: Mapping[str, str],
+    dropped: Collection[str],
+) -> None:
+    """``container`` (what ``source`` holds) saved to ``handle`` with its state dict (at ``key``,
+    a ``/`` path into wrappers) rebuilt: ``new`` tensors in place of the old ones (an alias gets
+    its origin's), keys renamed and dropped, everything else kept; the legacy format when
+    ``source`` is one."""
+    import torch
+
+    state = _state_within(container, key)
+    rebuilt = type(state)() if isinstance(state, dict) else {}
+    aliases = {alias: origin for alias, origin in aliases.items()}
+    for name, value in state.items():
+        if name in dropped:
+            continue
+        origin = aliases.get(name, name)
+        replacement = new.get(origin)
+        rebuilt[renames.get(name, name)] = value if replacement is None else replacement
+    if hasattr(state, "_metadata"):
+        rebuilt._metadata = state._metadata  # type: ignore[attr-defined]
+    output = _replace_within(container, key, rebuilt)
+    legacy = sniff_format(source) == "torch-legacy"
+    try:
+        torch.save(output, handle, _use_new_zipfile_serialization=not legacy)
+    except RecursionError as exc:
+        raise WriteError(
+            "cannot write: the checkpoint's non-tensor contents (e.g. hyper_parameters) "
+            "are nested too deeply to save; nothing was changed",
+            source,
+        ) from exc
+
+
+def _state_within(container: Any, key: str | None) -> Any:
+    node = container
+    for part in key.split("/") if key else []:
+        node = node[part]
+    return node
+
+
+def _replace_within(container: Any, key: str | None, state: Any) -> Any:
+    if key is None:
+        return state
+    parts = key.split("/")
+
+    def rebuild(node: Any, depth: int) -> Any:
+        copy = type(node)(node) if isinstance(node, dict) else dict(node)
+        copy[parts[depth]] = (
+            state if depth == len(parts) - 1 else rebuild(node[parts[depth]], depth + 1)
+        )
+        return copy
+
+    return rebuild(container, 0)

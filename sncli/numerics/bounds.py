@@ -24,14 +24,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
+from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 _SMALLEST_SUBNORMAL = 2.0**-1074
-_SLACK = 1.0 + 64 * UNIT_ROUNDOFF
 DEFAULT_GRAM_ITERATIONS = 6
 DEFAULT_LANCZOS_ITERATIONS = 128
 DEFAULT_LANCZOS_TOL = 1e-13
@@ -92,7 +91,7 @@ def _frobenius_sq_upper(w: torch.Tensor) -> float:
     import torch
 
     value = float(torch.linalg.vector_norm(w)) ** 2
-    return value / (1.0 - gamma(w.numel() + 3)) * _SLACK
+    return value / (1.0 - gamma(w.numel() + 3)) * SLACK
 
 
 def _up(value: float) -> float:
@@ -150,9 +149,9 @@ def gram_iteration_upper_bound(
     weights = [2.0**-j for j in range(iterations)] + [2.0**-iterations]
     terms = [wt * lg for wt, lg in zip(weights, logs, strict=True)]
     log_value = math.fsum(terms)
-    log_error = (2 * UNIT_ROUNDOFF + gamma(len(terms))) * sum(abs(t) for t in terms) * _SLACK
+    log_error = (2 * UNIT_ROUNDOFF + gamma(len(terms))) * sum(abs(t) for t in terms) * SLACK
     frob_error = 1.0 - gamma(g.numel() + 3)
-    value = math.exp(log_value + log_error) / (kappa * frob_error) * _SLACK
+    value = math.exp(log_value + log_error) / (kappa * frob_error) * SLACK
     return _up(math.ldexp(value, prepared.exponent))
 
 
@@ -273,14 +272,14 @@ def certify_hermitian_batch(
     diag = matrices.diagonal(dim1=-2, dim2=-1).real
     shifted = mu - diag
     ok = (shifted > 0).all(dim=-1)
-    trace_up = shifted.clamp(min=0).sum(dim=-1) * (1.0 + gamma(n + 1)) * _SLACK
+    trace_up = shifted.clamp(min=0).sum(dim=-1) * (1.0 + gamma(n + 1)) * SLACK
     peak = diag.max(dim=-1).values
     conversion = torch.zeros_like(trace_up)
     denominator = 1.0 - 2.01 * UNIT_ROUNDOFF
     if single:  # (v): the float64 matrix rounded to single, and tr of the rounded one
         entries = torch.view_as_real(matrices) if matrices.is_complex() else matrices
         fro = torch.linalg.vector_norm(entries.reshape(*matrices.shape[:-2], -1), dim=-1)
-        fro = fro * (1.0 + gamma(2 * n * n + 2)) * _SLACK
+        fro = fro * (1.0 + gamma(2 * n * n + 2)) * SLACK
         root_n = math.sqrt(n) * (1.0 + 4 * UNIT_ROUNDOFF)
         conversion = _SINGLE_ROUNDOFF * (math.sqrt(2.0) * fro + root_n * mu)
         trace_up = trace_up * (1.0 + 2 * _SINGLE_ROUNDOFF)
@@ -293,7 +292,7 @@ def certify_hermitian_batch(
         + conversion
         + 8 * (n + 1) * subnormal
     ) / denominator
-    c = c * _SLACK
+    c = c * SLACK
     new_diag = shifted - c.unsqueeze(-1)
     if single:  # rounded to single, negated (exact), the diagonal rounded: fl₃₂(μI − M̂ − cI)
         low = torch.complex64 if matrices.is_complex() else torch.float32
@@ -345,12 +344,12 @@ def certified_ratio(w: torch.Tensor, x: torch.Tensor) -> float:
     norm_x = float(torch.linalg.vector_norm(x))
     if norm_x == 0.0 or not math.isfinite(norm_z):
         return 0.0
-    norm_x_up = norm_x * (1.0 + gamma(n + 2)) * _SLACK
+    norm_x_up = norm_x * (1.0 + gamma(n + 2)) * SLACK
     error = gamma(n, complex_arith=cplx) * math.sqrt(_frobenius_sq_upper(w)) * norm_x_up
     numerator = norm_z * (1.0 - gamma(m + 2)) - error
     if numerator <= 0.0:
         return 0.0
-    return _down(numerator / norm_x_up / _SLACK)
+    return _down(numerator / norm_x_up / SLACK)
 
 
 def _lanczos_scaled(w: torch.Tensor, iterations: int, seed: int, tol: float) -> tuple[float, int]:

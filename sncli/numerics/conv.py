@@ -32,7 +32,7 @@ from itertools import product
 from typing import TYPE_CHECKING
 
 from sncli.numerics.bounds import certified_ratio, certify_hermitian_batch, lanczos_lower_bound
-from sncli.numerics.floating import UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
+from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,7 +48,6 @@ AUTO_TARGETS = (1.0048, 1.0197, 1.0835)
 AUTO_GRID_BUDGET = 4e9
 CERT_DELTA = 1e-9
 LOWER_BOUND_ITERATIONS = 8
-_SLACK = 1.0 + 64 * UNIT_ROUNDOFF
 _DENSE_EIG_MAX = 48
 _DENSE_REFINE_MAX = 512
 #: Channel counts where a single-precision Cholesky is tried first (2× faster, measured).
@@ -208,7 +207,7 @@ def _symbols(
     real = torch.cos(theta) @ flat
     imag = -(torch.sin(theta) @ flat)
     fro = (real * real).sum(dim=1) + (imag * imag).sum(dim=1)
-    fro = fro / (1.0 - gamma(2 * out_ch * in_ch + 2)) * _SLACK
+    fro = fro / (1.0 - gamma(2 * out_ch * in_ch + 2)) * SLACK
     return torch.complex(real, imag).reshape(-1, out_ch, in_ch), fro
 
 
@@ -234,7 +233,7 @@ def _symbol_error(taps: _Taps) -> float:
 
     count = taps.taps
     fro = float(torch.linalg.vector_norm(taps.values)) * (1.0 + gamma(taps.values.numel() + 2))
-    return math.sqrt(2.0) * (gamma(count) + 33 * UNIT_ROUNDOFF) * math.sqrt(count) * fro * _SLACK
+    return math.sqrt(2.0) * (gamma(count) + 33 * UNIT_ROUNDOFF) * math.sqrt(count) * fro * SLACK
 
 
 @dataclass(frozen=True)
@@ -354,7 +353,7 @@ def _differences(taps: _Taps) -> _DifferenceGrams:
         offsets=offsets,
         stack=stack.reshape(2 * len(half) + 1, 2 * n * n),
         size=n,
-        error=error * _SLACK * _SLACK,
+        error=error * SLACK * SLACK,
     )
 
 
@@ -544,9 +543,9 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
     error = 0.0 if differences is not None else _symbol_error(taps)
     upper = math.nextafter(math.sqrt(certified), math.inf) + error
     return _GridMax(
-        upper=math.nextafter(upper * _SLACK, math.inf),
+        upper=math.nextafter(upper * SLACK, math.inf),
         lower=(
-            max(0.0, _block_lower_bound(taps, grid, best_freq) - _symbol_error(taps) * _SLACK)
+            max(0.0, _block_lower_bound(taps, grid, best_freq) - _symbol_error(taps) * SLACK)
             if lower
             else None
         ),
@@ -590,7 +589,7 @@ def _block_grams(
         grams = differences.grams(grid, freqs, out)
         diag = grams.diagonal(dim1=-2, dim2=-1).real
         trace = diag.sum(dim=-1) + gamma(small) * diag.abs().sum(dim=-1)
-        trace = (trace + math.sqrt(small) * differences.error) * _SLACK
+        trace = (trace + math.sqrt(small) * differences.error) * SLACK
         error = torch.full((freqs.shape[0],), differences.error, dtype=torch.float64)
         return grams, trace, error
     sym, fro = _symbols(taps, grid, freqs)
@@ -648,7 +647,7 @@ def _factor(
     kernel_size: tuple[int, ...], grid: tuple[int, ...], dilation: tuple[int, ...]
 ) -> float | None:
     """:func:`bound_factor`, rounded up (the angle and the cosines are within a few u, covered
-    by _SLACK = 1 + 64u); None when some axis has N_j ≤ d_j(k_j−1)."""
+    by SLACK = 1 + 64u); None when some axis has N_j ≤ d_j(k_j−1)."""
     factor = 1.0
     for k, n, d in zip(kernel_size, grid, dilation, strict=True):
         span = d * (k - 1)
@@ -657,7 +656,7 @@ def _factor(
         if n <= span:
             return None
         factor /= math.cos(math.pi * span / (2 * n))
-    return math.nextafter(factor * _SLACK, math.inf)
+    return math.nextafter(factor * SLACK, math.inf)
 
 
 def _grid_sizes(
@@ -771,7 +770,7 @@ def torus_norm_upper_bound(
         grid = auto_grid(tuple(kernel.shape), dil)
     sizes, factor = _torus_grid(tuple(kernel.shape[2:]), grid, dil)
     result = _grid_max(taps, sizes, CERT_DELTA, lower=False)
-    return math.nextafter(math.ldexp(result.upper * factor * _SLACK, taps.exponent), math.inf)
+    return math.nextafter(math.ldexp(result.upper * factor * SLACK, taps.exponent), math.inf)
 
 
 def circular_operator_norm(
@@ -906,7 +905,7 @@ def conv_operator_norm(
         grid = auto_grid(tuple(kernel.shape), dil)
     sizes, factor = _torus_grid(kernel_size, grid, dil)
     result = _grid_max(taps, sizes, CERT_DELTA, lower=False)
-    upper = math.nextafter(math.ldexp(result.upper * factor * _SLACK, taps.exponent), math.inf)
+    upper = math.nextafter(math.ldexp(result.upper * factor * SLACK, taps.exponent), math.inf)
     lower = None
     if size is not None and padding == "zeros":
         lower = zero_padding_lower_bound(
@@ -1103,9 +1102,9 @@ def _certified_output_ratio(
     count = math.prod(w.shape[2:])
     channels = w.shape[0] if transposed else w.shape[1]
     fro = float(torch.linalg.vector_norm(w)) * (1.0 + gamma(w.numel() + 2))
-    norm_x = float(torch.linalg.vector_norm(x)) * (1.0 + gamma(x.numel() + 2)) * _SLACK
+    norm_x = float(torch.linalg.vector_norm(x)) * (1.0 + gamma(x.numel() + 2)) * SLACK
     norm_y = float(torch.linalg.vector_norm(y)) * (1.0 - gamma(y.numel() + 2))
     if norm_x == 0.0:
         return 0.0
     error = gamma(channels * count + 2) * math.sqrt(count) * fro * norm_x
-    return max(0.0, math.nextafter((norm_y - error) / norm_x / _SLACK, 0.0))
+    return max(0.0, math.nextafter((norm_y - error) / norm_x / SLACK, 0.0))

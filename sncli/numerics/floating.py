@@ -24,6 +24,9 @@ UNIT_ROUNDOFF = 2.0**-53
 #: rounding, not a proof (the worst-case Gram error grows with ‖W‖_F²/σ²); proven bounds are in
 #: :mod:`.bounds`.
 DENSE_ROUNDING = 1e-12
+#: A factor 1 + 64u applied on top of a proven bound's error terms: room for the few roundings
+#: of the bound's own final arithmetic (:mod:`.bounds`, :mod:`.conv`).
+SLACK = 1.0 + 64 * UNIT_ROUNDOFF
 
 
 def gamma(k: int, *, complex_arith: bool = False) -> float:

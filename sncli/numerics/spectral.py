@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from sncli.errors import NumericalError
 from sncli.numerics.bounds import ScaledGram
 from sncli.numerics.floating import check_finite, pow2_exponent, scale_
 
@@ -111,6 +112,8 @@ MAX_KRYLOV_DIM = 480
 #: 4096×side, one thread: dense 1.4/5.6/16/69 ms at side 64/128/256/512; float32 block Lanczos to
 #: 1e-4 1.2–3.2/1.7–6.8/2.6–19/5.6–36 ms (spiked–Gaussian spectra).
 DENSE_MAX_SIDE = 128
+#: |e| up to which 2^e is a finite float32 factor with room to spare (2^127 is the largest).
+FLOAT32_SAFE_EXPONENT = 120
 #: ``exact`` goes dense up to this side: float64 Lanczos to 1e-12 took 6.6–59 ms at side 256
 #: (dense 16 ms, and certified), 16–105 ms at 512 (dense 70 ms).
 EXACT_DENSE_MAX_SIDE = 256
@@ -279,8 +282,12 @@ class _NormalOperator:
         self.matrix = matrix
         self.dtype = dtype
         self.exponent = exponent
-        # float64 values outside the float32 range must be scaled before the conversion.
-        self.scale_first = exponent != 0 and matrix.dtype == torch.float64
+        # float64 values outside the float32 range must be scaled before the conversion; so
+        # must float32 ones whose 2^e is itself outside it (subnormal weights: 1e-41 needs
+        # 2^136, which is Inf as a float32 factor). Scaling in float64 is exact either way.
+        self.scale_first = exponent != 0 and (
+            matrix.dtype == torch.float64 or abs(exponent) > FLOAT32_SAFE_EXPONENT
+        )
         m, n = matrix.shape
         on_cpu = matrix.device.type == "cpu"
         self.rows = max(1, min(m, CHUNK_ELEMENTS // max(n, 1))) if on_cpu else m
@@ -588,11 +595,33 @@ def largest_singular_value(
     ``start`` is a warm-start right vector (length ``matrix.shape[1]``). ``device`` moves the
     matrix first ("cuda" needs a CUDA build; see :func:`resolve_device`). ``certify`` adds a
     proven upper bound (costs a float64 Gram matrix and a Cholesky factorization).
-    Raises ``NumericalError`` when the matrix holds NaN or Inf: no σ would be meaningful.
+    Raises ``NumericalError`` when the matrix holds NaN or Inf (no σ would be meaningful) or
+    when LAPACK fails on it (the caller reports that one layer as not measurable).
     """
     import torch
 
-    method = Method(method)
+    try:
+        return _largest_singular_value(
+            matrix, Method(method), iters, tol, seed, start, device, certify
+        )
+    except torch.linalg.LinAlgError as exc:
+        raise NumericalError(
+            "σ not measurable: float64 LAPACK did not converge on this matrix"
+        ) from exc
+
+
+def _largest_singular_value(
+    matrix: torch.Tensor,
+    method: Method,
+    iters: int,
+    tol: float | None,
+    seed: int,
+    start: torch.Tensor | None,
+    device: str,
+    certify: bool,
+) -> SigmaEstimate:
+    import torch
+
     matrix = matrix.detach()  # an nn.Parameter: no autograd warnings, no refused out= kernels
     if matrix.dim() != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(matrix.shape)}")
@@ -685,3 +714,21 @@ def resolve_device(device: str) -> tuple[str, str | None]:
     ):
         return "cpu", f"device {device!r} does not exist; computed on the CPU"
     return str(probe), None
+
+
+def top_singular_vectors(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit u, v with Wv = σu for σ = σ_max (float64, via the smaller Gram matrix)."""
+    import torch
+
+    w = matrix.to(torch.float64)
+    if w.shape[0] <= w.shape[1]:
+        _, vectors = torch.linalg.eigh(w @ w.T)
+        u = vectors[:, -1]
+        v = w.T @ u
+        v = v / torch.linalg.vector_norm(v)
+    else:
+        _, vectors = torch.linalg.eigh(w.T @ w)
+        v = vectors[:, -1]
+        u = w @ v
+        u = u / torch.linalg.vector_norm(u)
+    return u, v

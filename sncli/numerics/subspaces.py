@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sncli.errors import NumericalError
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,9 +50,32 @@ def top_left_subspace(matrix: torch.Tensor, k: int, *, seed: int = 0) -> TopSubs
     """
     import torch
 
-    a = matrix.detach().to(torch.float64)
+    from sncli.numerics.floating import scale_pow2
+
+    a = matrix.detach().to(torch.float64, copy=True)
+    # Scaled by a power of two (exact; the vectors do not change, σ scales back exactly): the
+    # residual's σ⁴-sized products of a 1e-41 (subnormal float32) or 1e-200 layer would
+    # underflow to zero, of a 1e200 one overflow.
+    scaled = scale_pow2(a)
+    exponent = 0
+    if scaled is not None:
+        a, exponent = scaled
     m, n = a.shape
     k = max(0, min(k, m, n))
+    try:
+        return _top_left_subspace(a, k, exponent, seed)
+    except torch.linalg.LinAlgError as exc:
+        raise NumericalError(
+            "top singular subspace not measurable: float64 LAPACK did not converge"
+        ) from exc
+
+
+def _top_left_subspace(a: torch.Tensor, k: int, exponent: int, seed: int) -> TopSubspace:
+    import torch
+
+    from sncli.numerics.floating import scale_
+
+    m, n = a.shape
     if min(m, n) <= DENSE_SIDE:
         left, _, _ = torch.linalg.svd(a, full_matrices=False)
         method = "dense float64 (LAPACK SVD)"
@@ -74,7 +99,8 @@ def top_left_subspace(matrix: torch.Tensor, k: int, *, seed: int = 0) -> TopSubs
         if rank
         else 0.0
     )
-    return TopSubspace(vectors=left, values=sigma, residual=residual, method=method)
+    values = scale_(sigma.clone(), exponent)
+    return TopSubspace(vectors=left, values=values, residual=residual, method=method)
 
 
 def principal_cosines(first: torch.Tensor, second: torch.Tensor) -> list[float]:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any
@@ -59,6 +59,22 @@ def plural(count: int, word: str) -> str:
 
 def write_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def emit(
+    output_format: OutputFormat,
+    as_dict: Callable[[], dict[str, Any]],
+    as_csv: Callable[[], str],
+    table: Callable[[Console], None],
+) -> None:
+    """A report on stdout in the chosen format: JSON (``as_dict``), CSV text (``as_csv``) or a
+    Rich table (``table`` prints on the stdout console); only the chosen one is built."""
+    if output_format is OutputFormat.JSON:
+        write_json(as_dict())
+    elif output_format is OutputFormat.CSV:
+        sys.stdout.write(as_csv())
+    else:
+        table(stdout_console())
 
 
 def reason_group(reason: str) -> str:

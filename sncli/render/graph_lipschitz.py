@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sncli.graph_lipschitz import GraphLipschitzReport
+from sncli.lipschitz import GraphLipschitzReport
 from sncli.messages import clean_text
 from sncli.render.common import finite_or_none, fmt_sigma
 

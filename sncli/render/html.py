@@ -11,7 +11,7 @@ import math
 from html import escape
 from typing import Any
 
-from sncli import __version__
+from sncli._version import __version__
 from sncli.messages import clean_text
 from sncli.render.common import fmt_shape, fmt_sigma
 from sncli.report import ModelReport

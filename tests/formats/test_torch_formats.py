@@ -75,8 +75,12 @@ def test_sniff_safetensors_whose_length_looks_like_a_pickle(tmp_path: Path) -> N
 def test_sniff_garbage_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"GIF89a, certainly not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint") as info:
         sniff_format(path)
+    # the message says what sncli does read
+    for name in ("safetensors", "PyTorch", "TorchScript", "GGUF", "NumPy", "Keras", "ONNX"):
+        assert name in info.value.message
+    assert "TFLite" in info.value.message and "Hugging Face model ids" in info.value.message
 
 
 def test_sniff_empty_and_directory_are_refused(tmp_path: Path) -> None:

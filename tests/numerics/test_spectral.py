@@ -494,3 +494,60 @@ def test_as_matrix_reshapes_like_spectral_norm() -> None:
     torch.testing.assert_close(transposed[1], weight[:, 1].reshape(-1))
     with pytest.raises(ValueError, match="at least 2"):
         as_matrix(torch.ones(3))
+
+
+# -------------------------------------------------------------- subnormal and extreme scales
+# issue 28 §2: a 300×300 float32 layer of ~1e-41 (subnormal) made Lanczos fail (2^136 as a
+# float32 factor is Inf) and power iteration return 55% of σ. Reference: float64 SVD of the
+# matrix scaled by 2^e (exact: σ scales by the same power of two), scaled back.
+
+
+def _scaled_reference(matrix: torch.Tensor) -> float:
+    values = matrix.double().numpy()
+    exponent = -math.frexp(float(np.abs(values).max()))[1]
+    top = float(scipy.linalg.svdvals(np.ldexp(values, exponent))[0])
+    return math.ldexp(top, -exponent)
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype"),
+    [
+        (1e-41, torch.float32),  # subnormal float32 (the reported layer)
+        (1e-44, torch.float32),  # deep subnormal: a few significant bits each
+        (1e-300, torch.float64),
+        (1e-310, torch.float64),  # subnormal float64
+        (1e-39, torch.bfloat16),
+        (1e30, torch.float32),
+        (1e300, torch.float64),
+    ],
+)
+@pytest.mark.parametrize("method", ["auto", "lanczos", "exact", "power", "dense"])
+def test_extreme_scales_measured_right_by_every_method(
+    scale: float, dtype: torch.dtype, method: str
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    matrix = (torch.randn(300, 300, generator=generator, dtype=torch.float64) * scale).to(dtype)
+    assert float(matrix.abs().max()) > 0
+    reference = _scaled_reference(matrix)
+    estimate = largest_singular_value(matrix, method, certify=True)
+    rtol = {"exact": 1e-10, "dense": 1e-10, "power": 1e-3}.get(method, DEFAULT_TOL)
+    assert abs(estimate.sigma / reference - 1) <= rtol, (estimate.sigma, reference)
+    assert estimate.sigma <= reference * (1 + 1e-12)
+    assert estimate.upper is not None and estimate.upper >= reference * (1 - 1e-12)
+
+
+def test_lapack_failure_is_a_numerical_error_for_that_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were LAPACK to fail on a layer anyway, the caller gets NumericalError (that layer is
+    reported as not measurable), never a bare _LinAlgError."""
+
+    def fail(*_: object, **__: object) -> None:
+        raise torch.linalg.LinAlgError("failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", fail)
+    monkeypatch.setattr(torch.linalg, "eigh", fail)
+    matrix = torch.randn(300, 300, generator=torch.Generator().manual_seed(1))
+    for method in ("auto", "lanczos", "exact", "dense"):
+        with pytest.raises(NumericalError, match="not measurable"):
+            largest_singular_value(matrix, method)

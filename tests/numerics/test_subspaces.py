@@ -87,3 +87,24 @@ def test_rank_deficient_and_zero_matrices_are_cut_to_their_rank() -> None:
     empty = top_left_subspace(torch.zeros(30, 10, dtype=torch.float64), 4)
     assert empty.vectors.shape == (30, 0)
     assert principal_cosines(empty.vectors, space.vectors[:30]) == []
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype"), [(1e-41, torch.float32), (1e-300, torch.float64), (1e300, torch.float64)]
+)
+def test_extreme_scales_give_the_same_subspace(scale: float, dtype: torch.dtype) -> None:
+    """issue 28 §2: a subnormal (or huge) layer's subspace and σ equal those of the matrix
+    scaled by a power of two; the residual stays at rounding level (its σ⁴ products would
+    underflow unscaled)."""
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(40, 30, generator=generator, dtype=torch.float64)
+    matrix = (base * scale).to(dtype)
+    exponent = -math.frexp(float(matrix.abs().max()))[1]
+    unit = matrix.double() * 2.0 ** (exponent // 2) * 2.0 ** (exponent - exponent // 2)
+    here, there = top_left_subspace(matrix, 5), top_left_subspace(unit, 5)
+    assert here.vectors.shape == (40, 5)
+    assert min(principal_cosines(here.vectors, there.vectors)) > 1 - 1e-12
+    ratio = here.values / there.values
+    expected = math.ldexp(1.0, -exponent)
+    assert torch.allclose(ratio, torch.full_like(ratio, expected), rtol=1e-12)
+    assert here.residual < 1e-12

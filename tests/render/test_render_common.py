@@ -6,9 +6,11 @@ import json
 import math
 
 import pytest
+from rich.console import Console
 
 from sncli.render.common import (
     OutputFormat,
+    emit,
     finite_or_none,
     fmt_shape,
     fmt_sigma,
@@ -89,3 +91,33 @@ def test_progress_bar_is_none_when_disabled_or_not_a_terminal() -> None:
 def test_output_formats_are_the_option_values() -> None:
     assert [f.value for f in OutputFormat] == ["table", "json", "csv"]
     assert OutputFormat("json") is OutputFormat.JSON
+
+
+@pytest.mark.parametrize(
+    ("output_format", "shown"),
+    [
+        (OutputFormat.JSON, '{\n  "a": 1\n}\n'),
+        (OutputFormat.CSV, "a\n1\n"),
+        (OutputFormat.TABLE, "T\n"),
+    ],
+)
+def test_emit_builds_only_the_chosen_format(
+    output_format: OutputFormat, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    built: list[str] = []
+
+    def as_dict() -> dict[str, int]:
+        built.append("json")
+        return {"a": 1}
+
+    def as_csv() -> str:
+        built.append("csv")
+        return "a\n1\n"
+
+    def table(console: Console) -> None:
+        built.append("table")
+        console.print("T")
+
+    emit(output_format, as_dict, as_csv, table)
+    assert capsys.readouterr().out == shown
+    assert built == [output_format.value]

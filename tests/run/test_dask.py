@@ -1,4 +1,4 @@
-"""sncli.cluster: inspect, spectrum, diff and lipschitz as tasks on a real local Dask cluster
+"""sncli.run.dask: inspect, spectrum, diff and lipschitz as tasks on a real local Dask cluster
 (a scheduler and two worker processes on 127.0.0.1) give the local run's numbers."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-import sncli.cluster as cluster
+import sncli.run.dask as cluster
 from sncli.analysis import MethodOptions, spectral_norms
 from sncli.checkpoint import open_checkpoint
 from sncli.cli import app

@@ -17,8 +17,8 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sncli.errors import CheckpointError  # noqa: E402
-from sncli.graph_lipschitz import chain_bound, graph_lipschitz  # noqa: E402
+from sncli.errors import CheckpointError, InputShapeError  # noqa: E402
+from sncli.lipschitz import chain_bound, graph_lipschitz  # noqa: E402
 
 F = TensorProto.FLOAT
 
@@ -197,8 +197,12 @@ def test_unknown_op_dynamic_shape_and_cycle(tmp_path: Path) -> None:
         [("x", ["n", 2, "h", "w"])],
         [("y", ["n", 2, 1, 1])],
     )
-    report = bound_of(path)
-    assert report.bound is None and "dynamic shape" in report.statement()
+    with pytest.raises(
+        InputShapeError, match=r"'x' 1×2×h×w is dynamic: give --input-shape x=1x2xHxW"
+    ):
+        bound_of(path)
+    report = bound_of(path, input_shapes={"x": (1, 2, 3, 3)})
+    assert report.bound == pytest.approx(1 / 3, rel=1e-9) and report.certified
     path = save(
         tmp_path / "cycle.onnx",
         [
@@ -533,7 +537,9 @@ def test_large_input_conv_uses_the_torus_bound(tmp_path: Path) -> None:
 def test_lower_bound_power_iteration_matches_full_jacobian(tmp_path: Path) -> None:
     """The torch power iteration and the finite-difference Jacobian find the same ‖J(x)‖."""
     from sncli.formats.onnx import read_onnx_graph
-    from sncli.graph_lipschitz import _Context, _pass_one, _Probe, _topological
+    from sncli.lipschitz.graph import _pass_one, _topological
+    from sncli.lipschitz.lower import _Probe
+    from sncli.lipschitz.ops import _Context
 
     torch.manual_seed(0)
     model = Residual()

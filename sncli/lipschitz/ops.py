@@ -1,44 +1,29 @@
-"""Lipschitz bounds over a model's real graph (ONNX): the DAG rule, per output and jointly.
-
-Every tensor t gets a bound L(t) on its Lipschitz constant (ℓ2) as a function of all graph
-inputs together (their concatenation); a graph input has L = 1, a constant L = 0. A node maps
-its inputs' bounds to its outputs' bounds by one of two rules:
-
-* sum: L(out) = Σ c_i·L(in_i) — a unary op with constant c (c·L), Add/Sub (L₁ + L₂), Gemm with
-  a variable bias;
-* rss: L(out) = √(Σ (c_i·L(in_i))²) — Concat, elementwise Max/Min and Where, whose outputs split
-  into parts each depending on one input.
-
-Separate graph outputs give the joint bound √(Σ L(out_j)²) (the outputs' concatenation). A
-residual x + g(x) gets L(x)·(1 + L(g)) from the sum rule. Each node's factor c is proven by
-the op table (:data:`OP_TABLE`, README "Lipschitz on the graph"); an op without a rule, a product
-of two variable tensors (attention), recurrences and control flow give no bound (None), and the
-report names the node, its op and why. LayerNorm gets its vacuous max|γ|/√ε, shown but not
-certified. On maximal chains W_1 → act → … → W_l of constant-weight Gemm/MatMul and
-slope-restricted activations, :func:`chain_bound` replaces the product of the factors.
-
-A lower bound is found by a short seeded search with onnxruntime (:func:`lower_bound_search`).
+"""The op table of the graph bound: each ONNX op's Lipschitz factor and how it maps its inputs'
+bounds to its outputs' (README "Lipschitz on the graph"), the constants of smooth activations,
+σ of small matrices, :func:`chain_bound` for chains W_1 → act → … → W_l, and the evaluation of
+constant subgraphs. :mod:`sncli.lipschitz.graph` walks the graph with these rules.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sncli.errors import CheckpointError, SncliError
-from sncli.formats.common import describe, quote
-from sncli.formats.onnx import OnnxGraph, OnnxNode, read_onnx_graph
+from sncli.errors import SncliError
+from sncli.formats.common import quote
+from sncli.formats.onnx import OnnxGraph, OnnxNode
+from sncli.lipschitz.gates import gated_product
+from sncli.lipschitz.graph_results import NodeFactor
+from sncli.numerics.floating import DENSE_ROUNDING
 
 if TYPE_CHECKING:
     import numpy as np
 
 #: BatchNormalization's default epsilon in ONNX.
 ONNX_BN_EPS = 1e-5
-#: Relative allowance for float64 rounding in σ of small matrices and folded weights.
-ROUNDING = 1e-12
+
 #: Known Lipschitz constants of smooth activations: max |f'|, rounded up (checked in tests).
 GELU = 1.1290  # Φ(x) + xφ(x) at x = √2: 1.128904…
 GELU_TANH = 1.1291  # tanh approximation: 1.128993…
@@ -55,6 +40,7 @@ _SLOPES_FIXED = {
     "Sigmoid": (0.0, 0.25),
     "Softplus": (0.0, 1.0),
 }
+
 #: Ops that only move, select or copy entries once: factor 1.
 SHAPE_OPS = frozenset(
     {
@@ -83,6 +69,7 @@ SHAPE_OPS = frozenset(
         "ReduceL2",
     }
 )
+
 #: Ops that need a rule we do not have, with the reason shown.
 NOT_LIPSCHITZ = {
     "LSTM": "recurrent layer: its Lipschitz constant over a sequence is not bounded by its weights",
@@ -109,124 +96,6 @@ NOT_LIPSCHITZ = {
 _NORMS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization")
 
 
-@dataclass(frozen=True)
-class NodeFactor:
-    """One node's factor: how much it can stretch its variable input(s), and on what grounds.
-
-    ``factor`` is None when no bound is known (``why`` says why); ``proven`` when it is a proof
-    (a vacuous LayerNorm factor is shown but not proven, ``vacuous`` marks it).
-    """
-
-    name: str
-    op: str
-    factor: float | None
-    source: str
-    proven: bool
-    why: str = ""
-    vacuous: bool = False
-    lower: float | None = None
-
-
-@dataclass(frozen=True)
-class OutputBound:
-    name: str
-    bound: float | None
-    certified: bool
-
-
-@dataclass(frozen=True)
-class PathStep:
-    """A node on the path of the largest contribution, with the bound reached after it."""
-
-    node: str
-    op: str
-    factor: float | None
-    running: float | None
-    proven: bool
-
-
-@dataclass(frozen=True)
-class LowerBound:
-    """max ‖f(x) − f(y)‖/‖x − y‖ found by a seeded search: a true lower bound on Lip(f)."""
-
-    value: float
-    evaluations: int
-    method: str
-
-
-@dataclass(frozen=True)
-class ChainInfo:
-    """A maximal chain W_1 → act → … → W_l and what bounds it."""
-
-    nodes: tuple[str, ...]
-    bound: float
-    product: float
-    method: str
-    proven: bool
-
-
-@dataclass(frozen=True)
-class GraphLipschitzReport:
-    checkpoint: str
-    nodes: list[NodeFactor]
-    outputs: list[OutputBound]
-    path: list[PathStep]
-    chains: list[ChainInfo]
-    lower: LowerBound | None
-    assumptions: list[str]
-    caveats: list[str]
-    notes: list[str] = field(default_factory=list)
-    #: ∏ of the proven factors on every node (the "product of layer σ" of a state dict).
-    product: float | None = None
-    #: Wall seconds of the bound ("bound") and of the lower-bound search ("lower").
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def bound(self) -> float | None:
-        """The joint bound √(Σ L_j²) over the outputs; None when some output has none."""
-        values = [o.bound for o in self.outputs]
-        if not values or any(v is None for v in values):
-            return None
-        return math.sqrt(sum(v * v for v in values if v is not None))
-
-    @property
-    def log10_bound(self) -> float | None:
-        bound = self.bound
-        if bound is None:
-            return None
-        return -math.inf if bound == 0 else math.log10(bound)
-
-    @property
-    def certified(self) -> bool:
-        return self.bound is not None and all(o.certified for o in self.outputs)
-
-    @property
-    def problems(self) -> list[NodeFactor]:
-        """Nodes on the way to an output whose factor is not proven."""
-        return [n for n in self.nodes if not n.proven]
-
-    def statement(self) -> str:
-        what = (
-            "For any two inputs x, y, ‖f(x) − f(y)‖ ≤ L·‖x − y‖ (ℓ2, all graph inputs and all "
-            "outputs together)"
-        )
-        if self.certified:
-            return (
-                f"{what}. L is certified: the bound follows the model's graph node by node and "
-                "every node's factor is proven."
-            )
-        shown = "; ".join(
-            f"node {n.name} ({n.op}): {n.why or 'not proven'}" for n in self.problems[:3]
-        )
-        more = f" and {len(self.problems) - 3} more" if len(self.problems) > 3 else ""
-        if self.bound is None:
-            return f"{what}. No bound: {shown}{more}."
-        return (
-            f"{what}. L is an upper bound but NOT certified: {shown}{more}. The vacuous factor "
-            "is a valid bound, far above the true constant."
-        )
-
-
 # ------------------------------------------------------------------------ numerics per op
 
 
@@ -243,7 +112,7 @@ def _sigma_upper(matrix: np.ndarray) -> tuple[float, float, str]:
         import numpy as np
 
         sigma = float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
-        return sigma * (1 + ROUNDING), sigma * (1 - ROUNDING), "dense float64 SVD"
+        return sigma * (1 + DENSE_ROUNDING), sigma * (1 - DENSE_ROUNDING), "dense float64 SVD"
     interval = sigma_interval(w)
     return interval.upper, interval.lower, interval.upper_method
 
@@ -254,17 +123,15 @@ def chain_bound(
     """A certified bound for W_l ∘ act ∘ … ∘ act ∘ W_1, activations slope-restricted in [α, β].
 
     The product ∏σ(W_i)·max(|α|, |β|)^(l−1) always holds; ECLipsE-Fast
-    (``sncli.numerics.eclipse.eclipse_fast_bound``, Xu & Sivaranjani 2024) when that module is
-    present, and the smaller of the two (both are proofs) is returned. The one switch for the
+    (``sncli.numerics.eclipse.eclipse_fast_bound``, Xu & Sivaranjani 2024) where its conditions
+    hold, and the smaller of the two (both are proofs) is returned. The one switch for the
     chain method.
     """
     slope = max(abs(alpha), abs(beta))
     if product is None:  # the caller may pass the product of its certified factors
         product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
-    try:
-        from sncli.numerics.eclipse import eclipse_fast_bound  # type: ignore[import-not-found]
-    except ImportError:
-        return product, "product of σ (ECLipsE-Fast not available)"
+    from sncli.numerics.eclipse import eclipse_fast_bound
+
     try:
         eclipse = float(eclipse_fast_bound(list(weights), alpha, beta))
     except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
@@ -274,23 +141,55 @@ def chain_bound(
     return product, "product of σ (≤ ECLipsE-Fast here)"
 
 
-def _pool_matrix(
-    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
-) -> Any:
-    """The 1-D average-pool matrix (out × n). The divisor is the number of taps inside the
-    input (``include``: inside the padded input [−begin, n + end)), as PyTorch and onnxruntime
-    divide; any smaller divisor would only raise the entries (≥ 0), so σ stays an upper bound."""
-    import numpy as np
+#: Up to this many outputs × inputs a 1-D pool's norm is the exact σ of its dense matrix;
+#: above, the Schur bound √(max row sum · max column sum) in O(out·k) time and O(n) memory.
+POOL_DENSE = 1 << 20
 
+
+def _pool_rows(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Iterator[tuple[list[int], float]]:
+    """Each output's (taps inside the input, weight per tap) of a 1-D average pool. The
+    divisor is the number of taps inside the input (``include``: inside the padded input
+    [−begin, n + end)), as PyTorch and onnxruntime divide; any smaller divisor would only raise
+    the entries (≥ 0), so σ stays an upper bound."""
     begin, end = pads
-    matrix = np.zeros((out, n))
     for j in range(out):
         taps = [j * s - begin + i * d for i in range(k)]
         valid = [t for t in taps if 0 <= t < n]
         inside = [t for t in taps if -begin <= t < n + end] if include else valid
+        yield valid, 1.0 / max(len(inside), 1)
+
+
+def _pool_matrix(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> Any:
+    """The 1-D average-pool matrix (out × n), entries as :func:`_pool_rows` weights them."""
+    import numpy as np
+
+    matrix = np.zeros((out, n))
+    for j, (valid, weight) in enumerate(_pool_rows(n, k, s, d, pads, out, include)):
         for t in valid:
-            matrix[j, t] += 1.0 / max(len(inside), 1)
+            matrix[j, t] += weight
     return matrix
+
+
+def _pool_norm(
+    n: int, k: int, s: int, d: int, pads: tuple[int, int], out: int, include: bool
+) -> tuple[float, bool]:
+    """(an upper bound on σ of the 1-D pool matrix, whether it is exact). Exact (dense SVD) up
+    to :data:`POOL_DENSE` entries; else the Schur test ‖P‖₂ ≤ √(‖P‖₁‖P‖∞) for a matrix of
+    non-negative entries (exact for non-overlapping windows of one size: 1/√k)."""
+    import numpy as np
+
+    if out * n <= POOL_DENSE:
+        matrix = _pool_matrix(n, k, s, d, pads, out, include)
+        return (float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0), True
+    rows, columns = 0.0, np.zeros(n)
+    for valid, weight in _pool_rows(n, k, s, d, pads, out, include):
+        rows = max(rows, weight * len(valid))
+        np.add.at(columns, valid, weight)
+    return math.sqrt(rows * float(columns.max(initial=0.0))), False
 
 
 @dataclass
@@ -604,8 +503,6 @@ def _gemm(ctx: _Context, node: OnnxNode) -> tuple[float, str, _Rule, float | Non
 
 
 def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
-    import numpy as np
-
     shape, out = _static(ctx.shape(var)), _static(ctx.shape(node.outputs[0]))
     if shape is None or out is None:
         raise _NoRule("AveragePool needs static input and output shapes (dynamic shape)")
@@ -617,9 +514,9 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
     if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise _NoRule("AveragePool with auto_pad SAME is not supported")
     include = bool(_attr(node, "count_include_pad", 0))
-    total = 1.0
+    total, exact = 1.0, True
     for i in range(dims):
-        matrix = _pool_matrix(
+        norm, dense = _pool_norm(
             shape[2 + i],
             kernel[i],
             strides[i],
@@ -628,8 +525,13 @@ def _avgpool(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
             out[2 + i],
             include,
         )
-        total *= float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
-    return total * (1 + ROUNDING), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
+        total *= norm
+        exact = exact and dense
+    if exact:
+        return total * (
+            1 + DENSE_ROUNDING
+        ), "AveragePool: exact norm at this size (Kronecker of 1-D pools)"
+    return total * (1 + DENSE_ROUNDING), "AveragePool: Kronecker of 1-D pools, √(‖P‖₁‖P‖∞) per axis"
 
 
 def _maxpool(node: OnnxNode) -> tuple[float, str]:
@@ -714,7 +616,7 @@ def _scaling_exact(ctx: _Context, value: Any, var: str, out: str) -> float | Non
     squares = np.broadcast_to(value * value, target)
     axes = tuple(i for i, (a, b) in enumerate(zip(padded, target, strict=True)) if a == 1 < b)
     total = squares.sum(axis=axes) if axes else squares
-    return float(np.sqrt(total.max())) * (1 + ROUNDING) if total.size else 0.0
+    return float(np.sqrt(total.max())) * (1 + DENSE_ROUNDING) if total.size else 0.0
 
 
 def _is_silu(ctx: _Context, node: OnnxNode) -> bool:
@@ -740,6 +642,11 @@ def _multi_input(
         how = "√(Σ L²) (elementwise max/min)" if mode == "rss" else "Σ L (sum of paths)"
         rule = _Rule(_broadcast_terms(ctx, variables, out), mode)
         return NodeFactor(node.name, op, 1.0, f"{op}: {how}", True), [rule]
+    if op == "Mul" and len(variables) > 1:
+        gated = gated_product(ctx, node)
+        if gated is not None:
+            slope, source, x = gated
+            return NodeFactor(node.name, op, slope, source, True), [_Rule([(x, slope)])]
     if op in ("Mul", "Div"):
         factor = _scaling(ctx, node, variables, out)
         assert factor.factor is not None
@@ -811,7 +718,7 @@ def _unary_factor(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
         if not all(ctx.is_const(n) for n in node.inputs[1:5]):
             raise _NoRule("BatchNorm parameters are not constants (training mode?)")
         scale = _bn_scale(ctx, node)
-        top = float(abs(scale).max()) * (1 + ROUNDING) if scale.size else 0.0
+        top = float(abs(scale).max()) * (1 + DENSE_ROUNDING) if scale.size else 0.0
         return top, "BatchNorm (eval): max|γ|/√(var + ε)"
     return _pool_factor(ctx, node, var)
 
@@ -827,12 +734,12 @@ def _pool_factor(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
         if shape is None:
             raise _NoRule("needs the static spatial size of its input (dynamic shape)")
         count = math.prod(shape[2:])
-        return 1.0 / math.sqrt(count) * (1 + ROUNDING), f"GlobalAveragePool: 1/√{count}"
+        return 1.0 / math.sqrt(count) * (1 + DENSE_ROUNDING), f"GlobalAveragePool: 1/√{count}"
     if op in ("ReduceMean", "ReduceSum"):
         count = _reduce_axes(ctx, node, var)
         if op == "ReduceMean":
-            return (1.0 / math.sqrt(count)) * (1 + ROUNDING), f"ReduceMean: 1/√{count}"
-        return math.sqrt(count) * (1 + ROUNDING), f"ReduceSum: √{count}"
+            return (1.0 / math.sqrt(count)) * (1 + DENSE_ROUNDING), f"ReduceMean: 1/√{count}"
+        return math.sqrt(count) * (1 + DENSE_ROUNDING), f"ReduceSum: √{count}"
     if op == "Pad":
         mode = _attr(node, "mode", "constant")
         if mode != "constant":
@@ -845,7 +752,7 @@ def _pool_factor(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str]:
             factor = math.sqrt(math.prod(out) / max(1, math.prod(shape)))
         if factor is None:
             raise _NoRule("needs static shapes (dynamic shape)")
-        return factor * (1 + ROUNDING), f"{op}: √(copies)"
+        return factor * (1 + DENSE_ROUNDING), f"{op}: √(copies)"
     if op in ("Resize", "Upsample"):
         return _resize(ctx, node, var)
     if op == "Gather":
@@ -888,7 +795,7 @@ def _norm_factor(ctx: _Context, node: OnnxNode) -> tuple[float, str]:
     if gamma is not None and not ctx.is_const(node.inputs[1]):
         raise _NoRule("scale is not a constant")
     top = float(np.abs(gamma).max()) if gamma is not None and gamma.size else 1.0
-    raise _Vacuous(top / math.sqrt(eps) * (1 + ROUNDING), f"max|γ|/√ε, ε = {eps:g}")
+    raise _Vacuous(top / math.sqrt(eps) * (1 + DENSE_ROUNDING), f"max|γ|/√ε, ε = {eps:g}")
 
 
 class _Vacuous(Exception):
@@ -939,7 +846,13 @@ def _reference_run(ctx: _Context, node: OnnxNode) -> list[Any]:
 
     names = [n for n in node.inputs if n]
     feeds = {n: ctx.const(n) for n in names}
-    attributes = {k: v for k, v in node.attributes.items() if not isinstance(v, str | type(None))}
+    import numpy as np
+
+    attributes = {  # a tensor attribute (ConstantOfShape's value) goes back as a TensorProto
+        k: numpy_helper.from_array(v) if isinstance(v, np.ndarray) else v
+        for k, v in node.attributes.items()
+        if not isinstance(v, str | type(None))
+    }
     attributes.update(
         {k: v for k, v in node.attributes.items() if isinstance(v, str) and not v.startswith("<")}
     )
@@ -957,566 +870,3 @@ def _reference_run(ctx: _Context, node: OnnxNode) -> list[Any]:
     )
     del onnx, numpy_helper
     return list(ReferenceEvaluator(model).run(None, feeds))
-
-
-# ------------------------------------------------------------------------ the walk
-
-
-def _topological(graph: OnnxGraph) -> list[OnnxNode]:
-    """Nodes in dependency order; a cycle or an undefined input is a CheckpointError."""
-    producers: dict[str, int] = {}
-    for index, node in enumerate(graph.nodes):
-        for name in node.outputs:
-            if name:
-                producers[name] = index
-    known = set(graph.initializers) | {v.name for v in graph.inputs}
-    pending = [0] * len(graph.nodes)
-    users: dict[int, list[int]] = {}
-    for index, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            if not name or (name in known and name not in producers):
-                continue
-            if name not in producers:
-                raise CheckpointError(
-                    f"node {quote(node.name)} reads {quote(name)}, which no node, input or "
-                    "initializer defines",
-                    graph.path,
-                )
-            pending[index] += 1
-            users.setdefault(producers[name], []).append(index)
-    ready = [i for i, count in enumerate(pending) if count == 0]
-    order: list[int] = []
-    while ready:
-        index = ready.pop(0)
-        order.append(index)
-        for user in users.get(index, []):
-            pending[user] -= 1
-            if pending[user] == 0:
-                ready.append(user)
-    if len(order) != len(graph.nodes):
-        stuck = next(graph.nodes[i] for i, count in enumerate(pending) if count > 0)
-        raise CheckpointError(
-            f"the graph has a cycle through node {quote(stuck.name)} ({stuck.op_type})",
-            graph.path,
-        )
-    return [graph.nodes[i] for i in order]
-
-
-def _pass_one(ctx: _Context, order: list[OnnxNode]) -> None:
-    for value in ctx.graph.inputs:
-        ctx.variable.add(value.name)
-        if value.dtype is None or not value.dtype.startswith(("float", "bfloat")):
-            ctx.discrete.add(value.name)
-    for node in order:
-        if node.name in ctx.folded:
-            producer = ctx.folded[node.name]
-            ctx.factors[node.name] = NodeFactor(
-                node.name, node.op_type, 1.0, f"folded into {producer.name}", True
-            )
-            ctx.rules[node.outputs[0]] = _Rule([(node.inputs[0], 1.0)])
-            ctx.variable.update(n for n in node.outputs if n)
-            continue
-        try:
-            values = _evaluate_constant(ctx, node)
-        except Exception as exc:  # the reference evaluator raises many types
-            values = None
-            ctx.factors[node.name] = NodeFactor(
-                node.name, node.op_type, None, "", False, f"cannot evaluate: {describe(exc)}"
-            )
-        if values is not None:
-            for name, value in zip(node.outputs, values, strict=False):
-                if name:
-                    ctx.constants[name] = value
-            continue
-        ctx.variable.update(n for n in node.outputs if n)
-        _visit(ctx, node)
-
-
-def _visit(ctx: _Context, node: OnnxNode) -> None:
-    try:
-        factor, rules = _node_rule(ctx, node)
-    except _Vacuous as vac:
-        var = next(n for n in node.inputs if n and not ctx.is_const(n))
-        factor = NodeFactor(
-            node.name,
-            node.op_type,
-            vac.factor,
-            f"{node.op_type}: {vac.source} (vacuous)",
-            False,
-            f"{node.op_type}'s only proven bound is the vacuous max|γ|/√ε",
-            vacuous=True,
-        )
-        rules = [_Rule([(var, vac.factor)])]
-    except _NoRule as exc:
-        factor = NodeFactor(node.name, node.op_type, None, "", False, str(exc))
-        rules = [None] * len(node.outputs)
-    except SncliError:
-        raise
-    except Exception as exc:  # a malformed node (missing attribute, bad rank): name it
-        factor = NodeFactor(
-            node.name, node.op_type, None, "", False, f"malformed node: {describe(exc)}"
-        )
-        rules = [None] * len(node.outputs)
-    ctx.factors[node.name] = factor
-    for name, rule in zip(node.outputs, rules, strict=False):
-        if name:
-            ctx.rules[name] = rule
-            if factor.op in ("ArgMax", "ArgMin", "NonZero", "Shape"):
-                ctx.discrete.add(name)
-    for name in node.outputs[1:]:
-        if name and node.op_type in ("MaxPool", "Dropout", "TopK"):
-            ctx.discrete.add(name)
-
-
-@dataclass
-class _Bound:
-    value: float | None
-    proven: bool
-    parent: str | None = None
-    node: str | None = None
-
-
-def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
-    """Maximal chains linear → act → linear … → linear whose inner tensors have one consumer."""
-    produced = {name: node for node in order for name in node.outputs if name}
-    outputs = {o.name for o in ctx.graph.outputs}
-
-    def single_next(node: OnnxNode) -> OnnxNode | None:
-        out = node.outputs[0]
-        users = ctx.consumers.get(out, [])
-        if out in outputs or len(users) != 1:
-            return None
-        user = users[0]
-        if _passthrough(ctx, user):
-            return single_next(user)
-        return user
-
-    chains = []
-    for node in order:
-        if node.name not in ctx.linears or not ctx.factors[node.name].proven:
-            continue
-        start = produced.get(ctx.linears[node.name].var_input)
-        if start is not None and start.name in ctx.slopes:
-            previous = produced.get(start.inputs[0])
-            while previous is not None and _passthrough(ctx, previous):
-                if previous.name in ctx.folded:
-                    previous = ctx.folded[previous.name]
-                    continue
-                var = next(n for n in previous.inputs if not ctx.is_const(n))
-                previous = produced.get(var)
-            if (
-                previous is not None
-                and previous.name in ctx.linears
-                and single_next(previous) is start
-                and single_next(start) is node
-            ):
-                continue  # not the start of a maximal chain
-        chain = [node]
-        current = node
-        while True:
-            act = single_next(current)
-            if act is None or act.name not in ctx.slopes or not ctx.factors[act.name].proven:
-                break
-            nxt = single_next(act)
-            if nxt is None or nxt.name not in ctx.linears:
-                break
-            if ctx.linears[nxt.name].var_input != act.outputs[0]:
-                break
-            chain += [act, nxt]
-            current = nxt
-        if len(chain) >= 3:
-            chains.append(chain)
-    return chains
-
-
-def _passthrough(ctx: _Context, node: OnnxNode) -> bool:
-    """A node that does not change a chain's Lipschitz constant: a BatchNorm folded into the
-    linear before it, or the Add of a constant bias."""
-    if node.name in ctx.folded:
-        return True
-    if node.op_type != "Add" or len(node.inputs) != 2:
-        return False
-    factor = ctx.factors.get(node.name)
-    variables = [n for n in node.inputs if not ctx.is_const(n)]
-    return (
-        len(variables) == 1
-        and factor is not None
-        and factor.proven
-        and (_broadcast_factor(ctx, variables[0], node.outputs[0]) == 1.0)
-    )
-
-
-def _chain_end_output(ctx: _Context, node: OnnxNode) -> str:
-    out = node.outputs[0]
-    users = ctx.consumers.get(out, [])
-    while len(users) == 1 and _passthrough(ctx, users[0]):
-        out = users[0].outputs[0]
-        users = ctx.consumers.get(out, [])
-    return out
-
-
-def _pass_two(
-    ctx: _Context, order: list[OnnxNode], chains: list[list[OnnxNode]]
-) -> tuple[dict[str, _Bound], list[ChainInfo]]:
-    bounds: dict[str, _Bound] = {v.name: _Bound(1.0, True) for v in ctx.graph.inputs}
-    for name in ctx.discrete & set(bounds):
-        bounds[name] = _Bound(None, False)
-    ends: dict[str, tuple[str, float, bool]] = {}
-    infos = []
-    for chain in chains:
-        linears = [n for n in chain if n.name in ctx.linears]
-        acts = [ctx.slopes[n.name] for n in chain if n.name in ctx.slopes]
-        alpha, beta = min(a for a, _ in acts), max(b for _, b in acts)
-        weights = [ctx.linears[n.name].matrix for n in linears]
-        product = math.prod(ctx.factors[n.name].factor or 0.0 for n in chain)
-        value, method = chain_bound(weights, alpha, beta, product)
-        value = min(value, product)
-        start = ctx.linears[chain[0].name].var_input
-        ends[_chain_end_output(ctx, chain[-1])] = (start, value, True)
-        infos.append(ChainInfo(tuple(n.name for n in chain), value, product, method, True))
-    for node in order:
-        for name in node.outputs:
-            if not name or name in ctx.constants:
-                continue
-            bounds[name] = _combine(ctx, bounds, name, node)
-            if name in ends:
-                source, value, _ = ends[name]
-                base = bounds.get(source, _Bound(None, False))
-                if base.value is not None and bounds[name].value is not None:
-                    chained = base.value * value
-                    if chained < bounds[name].value:
-                        bounds[name] = _Bound(
-                            chained, bounds[name].proven, bounds[name].parent, node.name
-                        )
-    return bounds, infos
-
-
-def _combine(ctx: _Context, bounds: dict[str, _Bound], name: str, node: OnnxNode) -> _Bound:
-    rule = ctx.rules.get(name)
-    factor = ctx.factors.get(node.name)
-    if rule is None or factor is None:
-        return _Bound(None, False, None, node.name)
-    parts = []
-    proven = factor.proven
-    for source, coefficient in rule.terms:
-        if source in ctx.constants or (ctx.is_const(source) and source not in bounds):
-            continue
-        base = bounds.get(source)
-        if base is None or base.value is None:
-            return _Bound(None, False, source, node.name)
-        proven = proven and base.proven
-        parts.append((coefficient * base.value, source))
-    if not parts:
-        return _Bound(0.0, proven, None, node.name)
-    if rule.mode == "rss":
-        value = math.sqrt(sum(p * p for p, _ in parts)) * (1 + ROUNDING)
-    else:
-        value = sum(p for p, _ in parts) * (1 + ROUNDING)
-    parent = max(parts, key=lambda p: p[0])[1]
-    return _Bound(value, proven, parent, node.name)
-
-
-def _path(ctx: _Context, bounds: dict[str, _Bound], output: str) -> list[PathStep]:
-    steps = []
-    name: str | None = output
-    seen = set()
-    while name is not None and name in bounds and name not in seen:
-        seen.add(name)
-        bound = bounds[name]
-        if bound.node is None:
-            break
-        factor = ctx.factors[bound.node]
-        steps.append(PathStep(factor.name, factor.op, factor.factor, bound.value, bound.proven))
-        name = bound.parent
-    return steps[::-1]
-
-
-def _ancestors(ctx: _Context, order: list[OnnxNode]) -> set[str]:
-    """Names of the nodes some graph output depends on."""
-    produced = {name: node for node in order for name in node.outputs if name}
-    todo = [o.name for o in ctx.graph.outputs]
-    seen: set[str] = set()
-    nodes: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in produced:
-            continue
-        seen.add(name)
-        node = produced[name]
-        if name in ctx.constants:
-            continue
-        nodes.add(node.name)
-        todo += [n for n in node.inputs if n]
-    return nodes
-
-
-def graph_lipschitz(
-    path: str | Path,
-    *,
-    grid: int | None = None,
-    seed: int = 0,
-    lower: bool = True,
-    budget: int = 192,
-    progress: Callable[[str], None] | None = None,
-) -> GraphLipschitzReport:
-    """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound."""
-    import time
-
-    began = time.perf_counter()
-    path = Path(path)
-    graph = read_onnx_graph(path)
-    if not graph.outputs:
-        raise CheckpointError("the graph has no outputs", path)
-    order = _topological(graph)
-    ctx = _Context(graph, grid)
-    if progress:
-        progress("factors")
-    _pass_one(ctx, order)
-    chains = _chains(ctx, order)
-    bounds, infos = _pass_two(ctx, order, chains)
-    outputs = []
-    for value in graph.outputs:
-        if value.name in ctx.constants:
-            outputs.append(OutputBound(value.name, 0.0, True))
-            continue
-        bound = bounds.get(value.name, _Bound(None, False))
-        certified = bound.value is not None and bound.proven
-        outputs.append(OutputBound(value.name, bound.value, certified))
-    used = _ancestors(ctx, order)
-    nodes = [ctx.factors[n.name] for n in order if n.name in ctx.factors and n.name in used]
-    largest = max(
-        (o for o in outputs), key=lambda o: -1.0 if o.bound is None else o.bound, default=None
-    )
-    unbounded = next((o for o in outputs if o.bound is None), None)
-    shown = unbounded or largest
-    path_steps = _path(ctx, bounds, shown.name) if shown is not None else []
-    proven = [n.factor for n in nodes if n.factor is not None and n.proven]
-    product = math.prod(proven) if proven else None
-    seconds = {"bound": time.perf_counter() - began}
-    found = None
-    if lower:
-        if progress:
-            progress("lower bound")
-        found = lower_bound_search(
-            graph, seed=seed, budget=budget, order=order, constants=ctx.constants
-        )
-        seconds["lower"] = time.perf_counter() - began - seconds["bound"]
-    report = GraphLipschitzReport(
-        checkpoint=str(path),
-        nodes=nodes,
-        outputs=outputs,
-        path=path_steps,
-        chains=infos,
-        lower=found,
-        assumptions=_assumptions(graph, nodes),
-        caveats=[f"node {n.name} ({n.op}): {n.why}" for n in nodes if not n.proven],
-        notes=list(graph.notes),
-        product=product,
-        seconds=seconds,
-    )
-    return report
-
-
-def _assumptions(graph: OnnxGraph, nodes: list[NodeFactor]) -> list[str]:
-    shapes = ", ".join(
-        f"{v.name} {'×'.join(str(d) for d in (v.shape or ()))}" for v in graph.inputs
-    )
-    items = [
-        f"the function is the model's ONNX graph in exact arithmetic, inputs {shapes}",
-        "ℓ2 norms over all graph inputs jointly and all outputs jointly",
-    ]
-    if any(n.op in ("Conv", "ConvTranspose") for n in nodes):
-        items.append("conv factors are certified upper bounds on the zero-padded convolution")
-    if any(n.op == "BatchNormalization" for n in nodes):
-        items.append("BatchNormalization in inference mode (running statistics)")
-    return items
-
-
-# ------------------------------------------------------------------------ lower bound
-
-
-#: Inputs up to this size get the whole finite-difference Jacobian (one run per coordinate).
-FULL_JACOBIAN = 1024
-
-
-def lower_bound_search(
-    graph: OnnxGraph,
-    *,
-    seed: int = 0,
-    budget: int = 192,
-    order: Sequence[OnnxNode] | None = None,
-    constants: dict[str, Any] | None = None,
-) -> LowerBound | None:
-    """The largest ‖f(x + δ) − f(x)‖/‖δ‖ found by a short seeded search, evaluated by onnxruntime.
-
-    Directions: a Jacobian power iteration at a seeded Gaussian x with the graph rebuilt in torch
-    (:mod:`sncli.graph_eval`, when every op is known there), else the finite-difference
-    Jacobian (whole, up to 1024 inputs; else sampled on random subspaces). Whatever found the
-    direction, the reported ratio is that of two real evaluations of the model by onnxruntime,
-    so it is a lower bound on its Lipschitz constant (up to the evaluations' float32 rounding).
-    None when the model cannot be run (no float input, onnxruntime refuses it).
-    """
-    import numpy as np
-
-    try:
-        probe = _Probe(graph, seed)
-    except _NoProbe:
-        return None
-    best, method = 0.0, ""
-    if order is not None and constants is not None:
-        try:
-            iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
-            best = probe.power(order, constants, iterations)
-            method = "Jacobian power iteration (torch) verified"
-        except Exception:  # an op the torch evaluator lacks, or AD fails: fall back
-            best = 0.0
-    if best == 0.0 or probe.total <= FULL_JACOBIAN:
-        try:
-            found = probe.finite_differences(budget)
-        except Exception:
-            found = 0.0
-        if found > best:
-            best, method = found, "finite-difference Jacobian"
-    if not math.isfinite(best) or best <= 0.0:
-        return None
-    del np
-    return LowerBound(
-        best,
-        probe.evaluations,
-        f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method}; {probe.evaluations} "
-        "evaluations, float32)",
-    )
-
-
-class _NoProbe(Exception):
-    pass
-
-
-class _Probe:
-    """The model under onnxruntime at a seeded point x, with the joint float input as a vector."""
-
-    def __init__(self, graph: OnnxGraph, seed: int) -> None:
-        import numpy as np
-
-        try:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self.session = ort.InferenceSession(
-                str(graph.path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime refuses some valid graphs
-            raise _NoProbe from exc
-        self.graph = graph
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.feeds: dict[str, Any] = {}
-        self.floats: list[str] = []
-        for value in self.session.get_inputs():
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in value.shape]
-            if value.type in ("tensor(float)", "tensor(double)", "tensor(float16)"):
-                dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
-                    value.type, np.float32
-                )
-                self.feeds[value.name] = self.rng.standard_normal(shape).astype(dtype)
-                self.floats.append(value.name)
-            elif "int" in value.type:
-                self.feeds[value.name] = np.zeros(shape, dtype=np.int64)
-            else:
-                raise _NoProbe
-        if not self.floats:
-            raise _NoProbe
-        self.sizes = [self.feeds[n].size for n in self.floats]
-        self.total = sum(self.sizes)
-        self.x = np.concatenate([self.feeds[n].astype(np.float64).reshape(-1) for n in self.floats])
-        self.evaluations = 0
-        self.base = self.run(self.x)
-        self.scale = max(1.0, float(np.linalg.norm(self.x)) / math.sqrt(self.total))
-
-    def run(self, vector: Any) -> Any:
-        import numpy as np
-
-        local = dict(self.feeds)
-        offset = 0
-        for name, size in zip(self.floats, self.sizes, strict=True):
-            part = vector[offset : offset + size].reshape(self.feeds[name].shape)
-            local[name] = part.astype(self.feeds[name].dtype)
-            offset += size
-        self.evaluations += 1
-        outputs = self.session.run(None, local)
-        return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
-
-    def ratio(self, direction: Any) -> float:
-        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction."""
-        import numpy as np
-
-        best = 0.0
-        for step in (1e-2, 1e-3):
-            delta = step * self.scale * direction
-            norm = float(np.linalg.norm(delta))
-            if norm > 0:
-                best = max(best, float(np.linalg.norm(self.run(self.x + delta) - self.base)) / norm)
-        return best
-
-    def power(self, order: Sequence[OnnxNode], constants: dict[str, Any], iterations: int) -> float:
-        import torch
-
-        from sncli.graph_eval import power_direction, torch_function
-
-        dtype = torch.float64 if self.total <= 20_000 else torch.float32
-        f = torch_function(self.graph, order, dict(constants), dtype)
-        names = [v.name for v in self.graph.inputs]
-        fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}
-
-        def split(z: Any) -> list[Any]:
-            parts, offset = {}, 0
-            for name, size in zip(self.floats, self.sizes, strict=True):
-                parts[name] = z[offset : offset + size].reshape(self.feeds[name].shape)
-                offset += size
-            return [parts.get(n, fixed.get(n)) for n in names]
-
-        x = torch.as_tensor(self.x, dtype=dtype)
-        direction, _ = power_direction(f, x, split, iterations, self.seed)
-        return self.ratio(direction.to(torch.float64).numpy())
-
-    def finite_differences(self, budget: int) -> float:
-        import numpy as np
-
-        full = self.total <= FULL_JACOBIAN
-        k = self.total if full else min(16, self.total)
-        step = 1e-2 * self.scale
-        best, direction = 0.0, None
-        used = 0
-        while used + k + 2 <= max(budget, k + 2):
-            if full:
-                basis = np.eye(self.total)
-            else:
-                basis = self.rng.standard_normal((self.total, k))
-                if direction is not None:
-                    basis[:, 0] = direction
-                basis, _ = np.linalg.qr(basis)
-            diffs = np.stack(
-                [(self.run(self.x + step * basis[:, i]) - self.base) / step for i in range(k)], 1
-            )
-            _, _, vt = np.linalg.svd(diffs, full_matrices=False)
-            direction = basis @ vt[0]
-            direction /= np.linalg.norm(direction)
-            best = max(best, self.ratio(direction))
-            used += k + 2
-            if full:
-                break
-        return best
-
-
-def is_graph_model(path: str | Path) -> bool:
-    """Whether ``lipschitz`` should bound this file's graph (an ONNX model)."""
-    from sncli.formats import sniff_format
-
-    candidate = Path(path)
-    if not candidate.is_file():
-        return False
-    try:
-        return sniff_format(candidate) == "onnx"
-    except SncliError:
-        return False

@@ -24,10 +24,7 @@ Per layer the factor is, by policy:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
@@ -35,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
-from sncli.errors import NoLayersMatchedError, NumericalError, SncliError
+from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError, SncliError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import (
     BATCHNORM_EPS,
@@ -46,6 +43,14 @@ from sncli.layers import (
     effective_weight,
     matches,
     select,
+)
+from sncli.lipschitz.caveats import (
+    ACTIVATION_ASSUMPTION,
+    CHAIN_ASSUMPTION,
+    architecture_caveats,
+    chain_caveats,
+    product_statement,
+    selection_caveats,
 )
 from sncli.messages import ProgressCallback
 from sncli.numerics.bounds import sigma_interval
@@ -59,42 +64,10 @@ from sncli.numerics.spectral import (
     as_matrix,
     largest_singular_value,
 )
-from sncli.pipeline import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
     import torch
-
-
-ATTENTION_NAME = re.compile(
-    r"(^|[._])(q_proj|k_proj|v_proj|qkv|in_proj_weight|query|key|value|attn|attention|"
-    r"self_attn|cross_attn|c_attn|mha)([._]|$)",
-    re.IGNORECASE,
-)
-RESIDUAL_NAME = re.compile(
-    r"(^|[._])(residual|shortcut|skip|downsample|res_?block|resnet|identity)\w*([._]|$)",
-    re.IGNORECASE,
-)
-LAYERNORM_NAME = re.compile(r"(layer_?norm|rms_?norm|(^|[._])ln(_\w+|\d*)([._]|$)|norm\d*\.)")
-#: Recurrent weights: nn.LSTM/GRU/RNN (``weight_ih_l0``, ``weight_hh_l1_reverse``, ``weight_hr_l0``)
-#: and the cells (``lstm_cell.weight_ih``, Silero VAD), biases alike.
-RECURRENT_NAME = re.compile(r"(^|\.)(weight_(?:ih|hh|hr)(?:_l\d+)?(?:_reverse)?)$")
-#: A module named as a head (``cls_head``, ``bbox_head``, ``head``); several of them read one trunk.
-HEAD_NAME = re.compile(r"(^|[._])([A-Za-z0-9]*_?head_?[A-Za-z0-9]*)\.")
-#: The children of a ModuleList of heads (``heads.0``, ``heads.1``).
-HEADS_LIST = re.compile(r"(^|[._])(heads)\.(\d+)\.")
-
-#: What the product of a state dict's factors assumes about the model, which the file does not
-#: record (a graph such as ONNX does).
-CHAIN_ASSUMPTION = (
-    "the network is a plain sequential chain of these layers in key order: no branches, heads, "
-    "skips, concatenations, pools or recurrence"
-)
-ACTIVATION_ASSUMPTION = "activations are 1-Lipschitz (ReLU, LeakyReLU, tanh, …)"
-#: How to get a proof instead: export the model's graph.
-ONNX_HINT = (
-    'export it to ONNX (torch.onnx.export(model, x, "m.onnx")) and run sncli lipschitz on the '
-    "graph for a proof"
-)
 
 
 class ConvPolicy(str, Enum):
@@ -135,7 +108,7 @@ class LipschitzOptions:
     #: ECLipsE-Fast over the chain when every factor is a linear layer (``--mlp``), for
     #: activations slope-restricted to [0, 1].
     mlp: bool = False
-    #: The address of a Dask scheduler to compute the factors on as tasks (:mod:`sncli.cluster`).
+    #: The address of a Dask scheduler to compute the factors on as tasks (:mod:`sncli.run.dask`).
     scheduler: str | None = None
 
 
@@ -300,91 +273,37 @@ class LipschitzReport:
 
     def statement(self) -> str:
         """One plain sentence on what the number means and whether it holds."""
-        text = self._statement()
-        if self.chain is not None and self.valid_bound:
-            ratio = 10.0 ** (self.best_log10 - self.log10_bound) if self.bound > 0 else 1.0
-            text += (
-                " With --mlp, L is ECLipsE-Fast's bound over the whole chain of linear layers "
-                "(Xu & Sivaranjani 2024; proven in float64), "
-                f"{ratio:.3g}× the product of σ; it also assumes every activation is "
-                "slope-restricted to [0, 1] (ReLU, LeakyReLU, tanh, sigmoid, ELU, softplus; not "
-                "GELU or SiLU)."
-            )
-        elif self.chain_note:
-            text += f" --mlp does not apply: {self.chain_note}."
-        return text
+        return product_statement(self)
 
-    def _statement(self) -> str:
-        what = (
-            "For any two inputs x, y, ‖f(x) − f(y)‖ ≤ L·‖x − y‖ (ℓ2): L bounds how much the "
-            "network can stretch a change of its input"
-        )
+    def gate(
+        self, threshold: float, *, certified: bool = False, name: str | None = None, shown: str = ""
+    ) -> None:
+        """The ``--fail-above`` gate: raise :class:`BoundExceededError` unless the bound is one
+        for this architecture, certified when ``certified``, and at most ``threshold``.
+        ``name`` is the model as the user named it (default: the report's path), ``shown`` the
+        bound as displayed (default: ``%.6g``)."""
+        where = self.checkpoint if name is None else name
+        shown = shown or f"{self.best_bound:.6g}"
         if not self.valid_architecture:
-            refused = "--assume sequential is refused: " if self.refused else ""
-            return (
-                f"{what}. Here the product is NOT a valid bound: {refused}"
-                + "; ".join(self.caveats)
-                + ". The per-layer numbers are still shown (diagnostic only); "
-                + ONNX_HINT.replace("export it", "export the model")
-                + "."
+            raise BoundExceededError(
+                f"--fail-above cannot pass: the product ({shown}) is not a Lipschitz bound for "
+                "this architecture" + (" (--assume sequential refused)" if self.refused else ""),
+                where,
             )
-        if self.partial:
-            return (
-                f"{what}. Here the product covers only the layers selected by --filter/--exclude "
-                f"({len(self.unselected)} left out, e.g. {self.unselected[0]}), so it is NOT a "
-                "bound on the model and not certified: a left-out layer can stretch its input "
-                "by any factor."
-            )
-        fixes = []
-        if any(f.source.startswith("reshaped") for f in self.factors):
-            fixes.append("--conv operator")
-        if any(f.source.startswith("circular") for f in self.factors):
-            fixes.append("--padding zeros")
-        if any(
-            not f.certified and not f.source.startswith(("reshaped", "circular"))
-            for f in self.factors
-        ):
-            fixes.append("--certified")
-        chain = (
-            f"{what}. The product holds if the network is a plain sequential chain of these "
-            "layers in this order (no branches, heads, skips, pools or recurrence) with "
-            "1-Lipschitz activations (ReLU, LeakyReLU, tanh…"
-            + (
-                "; the PReLU slopes are factors"
-                if any(f.kind == "prelu" for f in self.factors)
+        if certified and not self.certified:
+            why = (
+                ": a state dict does not record the architecture (--assume sequential asserts "
+                "a plain chain; an ONNX export gives a proof)"
+                if not self.assumed and not self.partial
                 else ""
             )
-            + ")"
-        )
-        if not self.assumed:
-            factors = ""
-            if not self.upper_bound:
-                factors = (
-                    "; besides, not every factor is a proven upper bound (see the certified "
-                    "column), so it is an estimate (" + " and ".join(fixes) + " for proven factors)"
-                )
-            return (
-                f"{chain}. A state dict does not record the architecture, so this L is "
-                f"conditional, not certified{factors}: pass --assume sequential if the model is "
-                "such a chain, or " + ONNX_HINT + "."
+            raise BoundExceededError(
+                f"--fail-above with --certified: the product is not certified{why}", where
             )
-        if self.certified and self.chain is not None:
-            proof = "the bound over the chain (below) is proven, so this L is certified"
-        elif self.certified:
-            proof = "every factor is a proven upper bound, so this L is certified"
-        elif self.upper_bound:
-            proof = (
-                "every factor is an upper bound under the assumptions below, but not every "
-                "one is proven (see the certified column), so this L is not certified; use "
-                + " and ".join(fixes)
-                + " for a proof"
+        if self.best_log10 > math.log10(max(threshold, 1e-300)):
+            raise BoundExceededError(
+                f"Lipschitz bound {shown} exceeds --fail-above {threshold:g}", where
             )
-        else:
-            proof = (
-                "not every factor is a proven upper bound (see the certified column), so "
-                "this L is an estimate; use " + " and ".join(fixes) + " for a proof"
-            )
-        return f"{chain}, as asserted with --assume sequential; {proof}."
 
 
 def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]:
@@ -646,7 +565,7 @@ def _compute_factors(
 ) -> tuple[list[Factor], list[str]]:
     """Every factor, in ``work``'s order, and the layers refused for non-finite values.
 
-    inspect's pipeline (:mod:`sncli.pipeline`): one reader thread streams tensors ahead within a
+    inspect's pipeline (:mod:`sncli.run`): one reader thread streams tensors ahead within a
     byte budget, ``options.workers`` threads (default: one per core) compute the factors, each
     with single-threaded torch. The factors are the same as computed one by one on one thread.
     They are computed costliest first (:func:`_task_cost`; here and on a cluster), so that no
@@ -679,84 +598,6 @@ def _compute_factors(
         outcomes[index] = scheduled[position]
     factors = [item for item in outcomes if isinstance(item, Factor)]
     return factors, [item for item in outcomes if isinstance(item, str)]
-
-
-def architecture_caveats(names: Iterable[str]) -> list[str]:
-    """Reasons the product is not a Lipschitz bound for this architecture, judged by names."""
-    names = list(names)
-    caveats = []
-    for pattern, what, why in (
-        (ATTENTION_NAME, "attention", "dot-product attention is not globally Lipschitz"),
-        (
-            RESIDUAL_NAME,
-            "residual/skip connections",
-            "a residual block x + g(x) contributes 1 + Lip(g), not Lip(g)",
-        ),
-        (
-            RECURRENT_NAME,
-            "recurrent layers",
-            "a recurrent layer applies its weights once per time step, so its weights are no "
-            "chain of linear layers",
-        ),
-    ):
-        found = sorted({m.group(2) for n in names if (m := pattern.search(n))})
-        if found:
-            caveats.append(f"the names show {what} ({', '.join(found[:4])}); {why}")
-    heads = sorted({n[: m.end(2)] for n in names if (m := HEAD_NAME.search(n))}, key=natural_key)
-    heads += sorted({n[: m.end(3)] for n in names if (m := HEADS_LIST.search(n))}, key=natural_key)
-    if len(heads) > 1:
-        shown = ", ".join(heads[:4]) + (", …" if len(heads) > 4 else "")
-        caveats.append(
-            f"the names show several heads ({shown}); heads side by side read the same input, "
-            "so the product multiplies maps that are not composed"
-        )
-    # A module with running statistics is a BatchNorm, whatever its name (DenseNet's norm1).
-    batchnorms = {
-        n.rpartition(".")[0] for n in names if n.endswith((".running_var", ".running_mean"))
-    }
-    if any(LAYERNORM_NAME.search(n) and n.rpartition(".")[0] not in batchnorms for n in names):
-        caveats.append(
-            "LayerNorm/RMSNorm layers are present; their Lipschitz constant is about max|γ|/√ε "
-            "(vacuous), and they are not in the product"
-        )
-    return caveats
-
-
-def chain_caveats(layers: Iterable[Layer]) -> list[str]:
-    """Heads side by side, judged by shapes: two linear layers of one parent module, next to each
-    other in key order, that read the same width while neither's output fits the other's input
-    (MTCNN's ``dense6_1``/``dense6_2``/``dense6_3`` on a 256-wide trunk). Such layers are not
-    composed, so their product can be below the largest of them. Other shape mismatches are not
-    judged: key order need not be the order of the model (``classifier`` sorts before
-    ``features``)."""
-    ordered = sorted(
-        (
-            layer
-            for layer in layers
-            if layer.kind is LayerKind.LINEAR and not RECURRENT_NAME.search(layer.name)
-        ),
-        key=lambda layer: natural_key(layer.name),
-    )
-    side = []
-    for first, second in itertools.pairwise(ordered):
-        if (
-            first.name.rpartition(".")[0].rpartition(".")[0]
-            != (second.name.rpartition(".")[0].rpartition(".")[0])
-        ):
-            continue
-        (out_a, in_a), (out_b, in_b) = first.shape, second.shape
-        if in_a == in_b and out_a != in_b and out_b != in_a:
-            side.append((first, second))
-    if not side:
-        return []
-    first, second = side[0]
-    more = f", and {len(side) - 1} more such pair(s)" if len(side) > 1 else ""
-    return [
-        f"the shapes show layers side by side, such as heads on one trunk ({first.short_name} "
-        f"and {second.short_name} both read a {first.shape[1]}-wide input and neither reads the "
-        f"other's output{more}); maps side by side are not composed, and the product of their σ "
-        "can be below the largest of them"
-    ]
 
 
 #: Slopes ECLipsE-Fast assumes under ``--mlp``: ReLU, LeakyReLU (0 ≤ a ≤ 1), tanh, sigmoid….
@@ -801,17 +642,6 @@ def _prelu_factor(checkpoint: Checkpoint, key: str) -> Factor:
         True,
         "PReLU slopes: max(1, max|a|), exact",
     )
-
-
-def _selection_caveats(checkpoint: Checkpoint, left_out: list[str]) -> list[str]:
-    if not left_out:
-        return []
-    shown = ", ".join(checkpoint.short_name(n) for n in left_out[:3])
-    return [
-        f"--filter/--exclude left {len(left_out)} of the model's layers out of the product "
-        f"({shown}{', …' if len(left_out) > 3 else ''}): a product over a subset of the layers "
-        "is not a bound on the model"
-    ]
 
 
 def lipschitz_report(
@@ -899,7 +729,7 @@ def lipschitz_report(
         )
     caveats = architecture_caveats(checkpoint.tensors) + chain_caveats(classification.layers)
     valid = not caveats
-    caveats += _selection_caveats(checkpoint, left_out)
+    caveats += selection_caveats(checkpoint, left_out)
     if options.assume is Assumption.SEQUENTIAL and valid:
         chain = f"{CHAIN_ASSUMPTION} (asserted with --assume sequential)"
     elif options.assume is Assumption.SEQUENTIAL:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sncli.checkpoint import open_checkpoint
-from sncli.pipeline import Budget, budget_bytes, read_ahead_map
+from sncli.run import budget_bytes
+from sncli.run.local import Budget, read_ahead_map
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Per-layer work as tasks on an existing Dask distributed cluster (``--scheduler ADDRESS``).
 
 The engines (inspect, spectrum, diff, state-dict lipschitz) hand :func:`cluster_map` the same
-``load`` and ``compute`` functions they run locally in :func:`sncli.pipeline.read_ahead_map`.
+``load`` and ``compute`` functions they run locally in :func:`sncli.run.local.read_ahead_map`.
 A task carries a :class:`CheckpointRef` per checkpoint (path, options, each file's size and
 mtime), a group of items (layer descriptions: names, shapes, dtypes; never tensors) and the
 functions; the worker opens the checkpoint from the shared path itself (once per worker
@@ -153,7 +153,7 @@ _WORKER_TRIM_BYTES, _WORKER_MMAP_BYTES = 128 << 20, 32 << 20
 
 
 def _prepare_worker() -> None:
-    """Once per worker process: one BLAS thread per task, as locally (:mod:`sncli.pipeline`),
+    """Once per worker process: one BLAS thread per task, as locally (:mod:`sncli.run`),
     and glibc's allocator thresholds back near their dynamic defaults (see above)."""
     global _THREADS_SET
     if _THREADS_SET:
@@ -183,11 +183,11 @@ def run_task(
     Returns the results, or the first ``SncliError`` (bad data, unreadable file) as a value, so
     Dask neither logs a traceback nor retries what would fail again.
     """
-    import sncli
+    from sncli._version import __version__
 
-    if version != sncli.__version__:
+    if version != __version__:
         return None, SchedulerError(
-            f"a Dask worker runs sncli {sncli.__version__}, this machine {version}: install the "
+            f"a Dask worker runs sncli {__version__}, this machine {version}: install the "
             "same version on the workers"
         )
     _prepare_worker()
@@ -407,7 +407,7 @@ def cluster_map(
     ``address``; ``load`` and ``compute`` must be picklable (module-level functions or
     ``functools.partial`` of them); ``task_bytes`` defaults to :func:`task_size`.
     Raises the first ``SncliError`` a task returns."""
-    import sncli
+    from sncli._version import __version__
 
     refs = tuple(checkpoint_ref(checkpoint) for checkpoint in checkpoints)
     results: list[Any] = [None] * len(items)
@@ -452,7 +452,7 @@ def cluster_map(
                         [items[i] for i in group],
                         load,
                         compute,
-                        sncli.__version__,
+                        __version__,
                         key=f"{prefix}-{next_group}",
                         pure=False,
                     )

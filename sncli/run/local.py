@@ -1,4 +1,4 @@
-"""Read ahead, compute in parallel: the pipeline behind ``inspect`` and ``lipschitz``.
+"""Read ahead, compute in parallel: how per-layer work runs on this machine.
 
 One reader thread streams each item's tensors ahead of the compute, within a byte budget, while
 ``workers`` threads compute, each with single-threaded torch (threads × BLAS threads never exceed
@@ -11,37 +11,23 @@ Results come back in the items' order, whatever order the workers finish in.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sncli.checkpoint import Checkpoint
-from sncli.cluster import ClusterRun, cluster_map
-from sncli.errors import CheckpointError
 from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.messages import ProgressCallback
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-#: Bytes of tensors that may be in flight (read ahead or being measured), as a multiple of the
-#: largest selected matrix's float32 size: the memory target is 2× that + 500 MB (bench/README.md).
-MEMORY_BUDGET_FP32_MULTIPLE = 2
-#: ... but never less than this, so small layers are always read ahead.
-MIN_MEMORY_BUDGET = 64 << 20
 
 Item = TypeVar("Item")
 Loaded = TypeVar("Loaded")
 Result = TypeVar("Result")
-
-
-def budget_bytes(largest_item: int, widest_matrix: int) -> int:
-    """The in-flight budget: 2 × the widest matrix in float32, at least 64 MB and one item."""
-    return max(MEMORY_BUDGET_FP32_MULTIPLE * 4 * widest_matrix, MIN_MEMORY_BUDGET, largest_item)
 
 
 class Budget:
@@ -63,55 +49,6 @@ class Budget:
         with self._condition:
             self.used -= amount
             self._condition.notify_all()
-
-
-def load_weight(
-    checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None
-) -> torch.Tensor:
-    """One tensor, read without keeping mmap'd pages when the format allows it.
-
-    A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
-    read the same way (as ``Checkpoint.load`` composes it).
-    """
-    pair = checkpoint.derived.get(name)
-    if pair is not None:
-        return pair.compose(
-            load_weight(checkpoint, pair.g_key, reader),
-            load_weight(checkpoint, pair.v_key, reader),
-        )
-    info = checkpoint.tensors[name]
-    if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
-        return checkpoint.load(name)
-    try:
-        return reader.read(info.file, info.key)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # same contract as Checkpoint.load: unreadable data is an error
-        raise CheckpointError(f"cannot read tensor {name!r}: {exc}", info.file) from exc
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (process-wide), restoring them afterwards."""
-    if count is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def available_cores() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class _Read:
@@ -209,49 +146,3 @@ def read_ahead_map(
                 loads.get_nowait()
         thread.join(timeout=5)
     return results
-
-
-def map_layers(
-    checkpoints: tuple[Checkpoint, ...],
-    items: Sequence[Item],
-    *,
-    nbytes: Callable[[Item], int],
-    load: Callable[[tuple[Checkpoint, ...], Item, SafetensorsStreamReader | None], Loaded],
-    compute: Callable[[Loaded], Result],
-    budget: int,
-    workers: int,
-    label: Callable[[Item], str],
-    progress: ProgressCallback | None,
-    thread_name: str,
-    scheduler: str | None = None,
-) -> tuple[list[Result], ClusterRun | None]:
-    """``[compute(load(checkpoints, item, reader)) for item in items]``, here
-    (:func:`read_ahead_map`, reading ``checkpoints[0]``'s safetensors data through its stream
-    reader) or, with ``scheduler``, as tasks on that Dask cluster (:func:`sncli.cluster.
-    cluster_map`; ``load`` and ``compute`` must then be picklable). Returns the results in
-    ``items``' order and, for a cluster run, where it ran."""
-    if scheduler is not None:
-        return cluster_map(
-            scheduler,
-            checkpoints,
-            items,
-            nbytes=nbytes,
-            load=load,
-            compute=compute,
-            budget=budget,
-            label=label,
-            progress=progress,
-        )
-    outcomes = read_ahead_map(
-        checkpoints[0],
-        items,
-        nbytes=nbytes,
-        load=lambda item, reader: load(checkpoints, item, reader),
-        compute=compute,
-        budget=budget,
-        workers=workers,
-        label=label,
-        progress=progress,
-        thread_name=thread_name,
-    )
-    return outcomes, None

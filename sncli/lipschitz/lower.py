@@ -1,0 +1,299 @@
+"""A lower bound on a graph's Lipschitz constant: the largest ‖f(x + δ) − f(x)‖/‖δ‖ found by a
+short seeded search, every ratio measured on the model itself by onnxruntime. The search never
+costs the upper bound: :func:`lower_bound_or_why` checks its memory before it allocates, stops at
+a time budget, and turns any onnxruntime error into one line."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sncli.formats.common import quote
+from sncli.formats.onnx import OnnxGraph, OnnxNode
+from sncli.lipschitz.graph_results import LowerBound
+
+#: The lower-bound search's wall-clock budget (seconds); what it found by then is kept.
+LOWER_SECONDS = 60.0
+#: Inputs up to this size get the whole finite-difference Jacobian (one run per coordinate).
+FULL_JACOBIAN = 1024
+#: The share of the available memory the search may plan to use (checked before it allocates).
+LOWER_MEMORY_SHARE = 0.5
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo (bytes); 4 GiB where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+def _graph_values(graph: OnnxGraph) -> int:
+    """How many values the graph's tensors hold at its static shapes (known ones only)."""
+    total = 0
+    for value in graph.values.values():
+        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+            total += math.prod(value.shape)
+    return total
+
+
+def ort_cause(exc: BaseException) -> str:
+    """onnxruntime's message as one line without its status prefix (it names the node)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text[:300]
+
+
+def lower_bound_or_why(
+    graph: OnnxGraph,
+    *,
+    seed: int = 0,
+    budget: int = 192,
+    order: Sequence[OnnxNode] | None = None,
+    constants: dict[str, Any] | None = None,
+    seconds: float = LOWER_SECONDS,
+) -> tuple[LowerBound | None, str | None]:
+    """:func:`lower_bound_search` that never fails: (lower bound, None) or (None, why not).
+
+    The memory the search plans (the input vector and its few copies, the finite-difference
+    basis, the torch graph's activations) is checked against the available memory first; the
+    search stops at ``seconds`` with the best ratio found; an onnxruntime error is one line.
+    """
+    inputs = sum(math.prod(v.shape or ()) for v in graph.inputs)
+    allowed = _available_memory() * LOWER_MEMORY_SHARE
+    planned = 8 * inputs * (min(16, inputs) + 8)
+    if planned > allowed:
+        return None, (
+            f"the search would need about {planned / 2**30:.1f} GiB for the inputs' "
+            f"{inputs:,} values (over half of the memory available)"
+        )
+    torch_fits = 8 * 3 * max(_graph_values(graph), inputs) <= allowed
+    try:
+        found = lower_bound_search(
+            graph,
+            seed=seed,
+            budget=budget,
+            order=order if torch_fits else None,
+            constants=constants if torch_fits else None,
+            seconds=seconds,
+        )
+    except MemoryError:
+        return None, "out of memory during the search"
+    except _NoProbe as exc:
+        return None, str(exc)
+    if found is None:
+        return None, "no input direction changed the output (every ratio was 0 or not finite)"
+    return found, None
+
+
+def lower_bound_search(
+    graph: OnnxGraph,
+    *,
+    seed: int = 0,
+    budget: int = 192,
+    order: Sequence[OnnxNode] | None = None,
+    constants: dict[str, Any] | None = None,
+    seconds: float = LOWER_SECONDS,
+) -> LowerBound | None:
+    """The largest ‖f(x + δ) − f(x)‖/‖δ‖ found by a short seeded search, evaluated by onnxruntime.
+
+    Directions: a Jacobian power iteration at a seeded Gaussian x with the graph rebuilt in torch
+    (:mod:`sncli.lipschitz.torch_graph`, when every op is known there), else the finite-difference
+    Jacobian (whole, up to 1024 inputs; else sampled on random subspaces). Whatever found the
+    direction, the reported ratio is that of two real evaluations of the model by onnxruntime,
+    so it is a lower bound on its Lipschitz constant (up to the evaluations' float32 rounding).
+    None when every ratio was 0; ``_NoProbe`` (with the reason) when the model cannot be run.
+    The search stops after ``seconds`` with the best ratio found by then.
+    """
+    probe = _Probe(graph, seed, seconds)
+    best, method = 0.0, ""
+    if order is not None and constants is not None:
+        try:
+            iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
+            best = probe.power(order, constants, iterations)
+            method = "Jacobian power iteration (torch) verified"
+        except _NoProbe:
+            raise
+        except Exception:  # an op the torch evaluator lacks, AD fails, out of time: fall back
+            best = max(0.0, probe.best)
+    if (best == 0.0 or probe.total <= FULL_JACOBIAN) and not probe.out_of_time():
+        try:
+            found = probe.finite_differences(budget)
+        except _NoProbe:
+            raise
+        except _OutOfTime:
+            found = probe.best
+        if found > best:
+            best, method = found, "finite-difference Jacobian"
+    if not math.isfinite(best) or best <= 0.0:
+        return None
+    stopped = "; stopped at the time budget" if probe.stopped else ""
+    return LowerBound(
+        best,
+        probe.evaluations,
+        f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method or 'best ratio found'}; "
+        f"{probe.evaluations} evaluations, float32{stopped})",
+    )
+
+
+class _NoProbe(Exception):
+    """The model cannot be run for the search; the message says why (one line)."""
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class _Probe:
+    """The model under onnxruntime at a seeded point x, with the joint float input as a vector."""
+
+    def __init__(self, graph: OnnxGraph, seed: int, seconds: float = LOWER_SECONDS) -> None:
+        import time
+
+        import numpy as np
+
+        self.deadline = time.monotonic() + seconds
+        self.stopped = False
+        self.best = 0.0
+        try:
+            import onnxruntime as ort
+
+            # The session's level does not cover run-time errors, which onnxruntime logs itself
+            # (a red line on stderr before sncli's own one-line note): errors only, via the
+            # process-wide logger.
+            ort.set_default_logger_severity(4)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self.session = ort.InferenceSession(
+                str(graph.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime refuses some valid graphs
+            raise _NoProbe(f"onnxruntime cannot load the model: {ort_cause(exc)}") from exc
+        self.graph = graph
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.feeds: dict[str, Any] = {}
+        self.floats: list[str] = []
+        static = {v.name: v.shape for v in graph.inputs}
+        for value in self.session.get_inputs():
+            shape = static.get(value.name)
+            if shape is None or not all(isinstance(d, int) for d in shape):
+                raise _NoProbe(f"input {quote(value.name)} has no static shape")
+            if value.type in ("tensor(float)", "tensor(double)", "tensor(float16)"):
+                dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(
+                    value.type, np.float32
+                )
+                self.feeds[value.name] = self.rng.standard_normal(shape).astype(dtype)
+                self.floats.append(value.name)
+            elif "int" in value.type:
+                self.feeds[value.name] = np.zeros(shape, dtype=np.int64)
+            else:
+                raise _NoProbe(f"input {quote(value.name)} is a {value.type}, not a tensor")
+        if not self.floats:
+            raise _NoProbe("the model has no float input")
+        self.sizes = [self.feeds[n].size for n in self.floats]
+        self.total = sum(self.sizes)
+        self.x = np.concatenate([self.feeds[n].astype(np.float64).reshape(-1) for n in self.floats])
+        self.evaluations = 0
+        self.base = self.run(self.x, check_time=False)
+        self.scale = max(1.0, float(np.linalg.norm(self.x)) / math.sqrt(self.total))
+
+    def out_of_time(self) -> bool:
+        import time
+
+        return time.monotonic() > self.deadline
+
+    def run(self, vector: Any, *, check_time: bool = True) -> Any:
+        import numpy as np
+
+        if check_time and self.out_of_time():
+            self.stopped = True
+            raise _OutOfTime
+        local = dict(self.feeds)
+        offset = 0
+        for name, size in zip(self.floats, self.sizes, strict=True):
+            part = vector[offset : offset + size].reshape(self.feeds[name].shape)
+            local[name] = part.astype(self.feeds[name].dtype)
+            offset += size
+        self.evaluations += 1
+        try:
+            outputs = self._session_run(self.session, local)
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's errors name the node
+            raise _NoProbe(f"onnxruntime cannot run the model: {ort_cause(exc)}") from exc
+        return np.concatenate([np.asarray(o, dtype=np.float64).reshape(-1) for o in outputs])
+
+    @staticmethod
+    def _session_run(session: Any, feeds: dict[str, Any]) -> list[Any]:
+        return session.run(None, feeds)
+
+    def ratio(self, direction: Any) -> float:
+        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction."""
+        import numpy as np
+
+        best = 0.0
+        for step in (1e-2, 1e-3):
+            delta = step * self.scale * direction
+            norm = float(np.linalg.norm(delta))
+            if norm > 0:
+                change = float(np.linalg.norm(self.run(self.x + delta) - self.base))
+                best = max(best, change / norm)
+                if math.isfinite(best):
+                    self.best = max(self.best, best)
+        return best
+
+    def power(self, order: Sequence[OnnxNode], constants: dict[str, Any], iterations: int) -> float:
+        import torch
+
+        from sncli.lipschitz.torch_graph import power_direction, torch_function
+
+        dtype = torch.float64 if self.total <= 20_000 else torch.float32
+        f = torch_function(self.graph, order, dict(constants), dtype)
+        names = [v.name for v in self.graph.inputs]
+        fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}
+
+        def split(z: Any) -> list[Any]:
+            parts, offset = {}, 0
+            for name, size in zip(self.floats, self.sizes, strict=True):
+                parts[name] = z[offset : offset + size].reshape(self.feeds[name].shape)
+                offset += size
+            return [parts.get(n, fixed.get(n)) for n in names]
+
+        x = torch.as_tensor(self.x, dtype=dtype)
+        direction, _ = power_direction(f, x, split, iterations, self.seed)
+        return self.ratio(direction.to(torch.float64).numpy())
+
+    def finite_differences(self, budget: int) -> float:
+        import numpy as np
+
+        full = self.total <= FULL_JACOBIAN
+        k = self.total if full else min(16, self.total)
+        step = 1e-2 * self.scale
+        best, direction = 0.0, None
+        used = 0
+        while used + k + 2 <= max(budget, k + 2):
+            if full:
+                basis = np.eye(self.total)
+            else:
+                basis = self.rng.standard_normal((self.total, k))
+                if direction is not None:
+                    basis[:, 0] = direction
+                basis, _ = np.linalg.qr(basis)
+            diffs = np.stack(
+                [(self.run(self.x + step * basis[:, i]) - self.base) / step for i in range(k)], 1
+            )
+            _, _, vt = np.linalg.svd(diffs, full_matrices=False)
+            direction = basis @ vt[0]
+            direction /= np.linalg.norm(direction)
+            best = max(best, self.ratio(direction))
+            used += k + 2
+            if full:
+                break
+        return best
