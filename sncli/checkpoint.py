@@ -95,6 +95,9 @@ class Checkpoint:
     derived: dict[str, WeightNormPair] = field(default_factory=dict)
     #: Globals that --skip-objects loaded as inert placeholders (their contents are not kept).
     placeholders: list[str] = field(default_factory=list)
+    #: The op that uses a tensor as its weight, where the file's graph says so (ONNX): tensor
+    #: key → ``Conv``, ``ConvTranspose``, ``Gemm`` or ``MatMul``.
+    roles: dict[str, str] = field(default_factory=dict)
     _state_dicts: dict[Path, Mapping[str, Any]] = field(default_factory=dict, repr=False)
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
     _containers: dict[Path, Any] = field(default_factory=dict, repr=False)
@@ -347,6 +350,7 @@ def _open_format(path: Path, kind: str, *, key: str | None) -> Checkpoint:
         list(contents.notes),
         None,
         unsupported=dict(contents.unsupported),
+        roles=dict(contents.roles),
         _contents=contents,
     )
 

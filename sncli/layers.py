@@ -243,6 +243,16 @@ def _kind_for(info: TensorInfo, naming: _Naming, names: set[str]) -> tuple[Layer
     return None, ""
 
 
+def _kind_for_role(role: str | None, shape: tuple[int, ...]) -> LayerKind | None:
+    """The kind of a weight whose use the file's graph records (ONNX), when its shape fits."""
+    ndim = len(shape)
+    if role in ("Conv", "ConvTranspose") and ndim in (3, 4, 5):
+        return (LayerKind.CONV1D, LayerKind.CONV2D, LayerKind.CONV3D)[ndim - 3]
+    if role in ("Gemm", "MatMul") and ndim == 2:
+        return LayerKind.LINEAR
+    return None
+
+
 def _skip_reason(info: TensorInfo, naming: _Naming, names: set[str]) -> str:
     ndim = len(info.shape)
     leaf = naming.leaf
@@ -272,7 +282,10 @@ def classify(
 
     ``transposed`` holds regexes naming ConvTranspose weights: their matrix is formed along dim 1,
     as PyTorch's spectral_norm does; shapes alone cannot tell them from ordinary convolutions
-    (such layers carry a ``reshape_note`` saying so). In spectral-norm checkpoints the stored
+    (such layers carry a ``reshape_note`` saying so). Where the file's graph names the op that
+    uses a tensor as its weight (``Checkpoint.roles``, ONNX), that decides, not the name: a
+    Conv/ConvTranspose weight of 3–5 dims is a conv (ConvTranspose reshaped along dim 1), a
+    2-D Gemm/MatMul weight linear. In spectral-norm checkpoints the stored
     u, v settle the question (see ``_sn_reshape``); only when in == out channels does that read
     the weight and the vectors (one layer at a time).
     """
@@ -316,7 +329,9 @@ def classify(
             continue
         short = checkpoint.short_name(name)
         naming = _naming(name, name in sn)
-        kind, note = _kind_for(info, naming, names)
+        role = checkpoint.roles.get(name)
+        graph_kind = _kind_for_role(role, info.shape)
+        kind, note = (graph_kind, "") if graph_kind else _kind_for(info, naming, names)
         if kind is None:
             skipped.append(Skipped(key, _skip_reason(info, naming, names)))
             continue
@@ -324,12 +339,19 @@ def classify(
             skipped.append(Skipped(key, "empty tensor"))
             continue
         is_transposed = kind.is_conv and any(p.search(name) for p in patterns)
+        if graph_kind is not None:  # the graph says Conv or ConvTranspose
+            is_transposed = role == "ConvTranspose"
         group = sn.get(name)
         reshape_note = None
         if kind.is_conv and group is not None:
             dim, reshape_note = _sn_reshape(checkpoint, name, info.shape, group, int(is_transposed))
             is_transposed = dim == 1
-        elif kind.is_conv and not is_transposed and not checkpoint.conv_layout_known:
+        elif (
+            kind.is_conv
+            and not is_transposed
+            and graph_kind is None
+            and not checkpoint.conv_layout_known
+        ):
             reshape_note = UNTOLD_RESHAPE
         layers.append(
             Layer(

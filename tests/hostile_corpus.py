@@ -1030,6 +1030,31 @@ def onnx_huge_claimed_dims(folder: Path) -> Path:
     return _write(folder / "model.onnx", onnx_model_bytes(dims=(1000000, 1000000000)))
 
 
+def _non_utf8(data: bytes, name: bytes) -> bytes:
+    """The model's bytes with one name (same length) replaced by bytes that are not UTF-8."""
+    assert len(name) == 9 and data.count(name) >= 1
+    return data.replace(name, b"\xff\xfe" + b"x" * 7)
+
+
+@case(message="is not UTF-8 text")
+def onnx_initializer_name_not_utf8(folder: Path) -> Path:
+    return _write(folder / "model.onnx", _non_utf8(onnx_model_bytes(), b"fc.weight"))
+
+
+@case(message="is not UTF-8 text")
+def onnx_constant_name_not_utf8(folder: Path) -> Path:
+    """Paddle2ONNX's layout (the weight is a Constant node's output), its name not UTF-8."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(onnx_model_bytes())
+    value = onnx.TensorProto.FromString(model.graph.initializer[0].SerializeToString())
+    value.name = ""
+    model.graph.ClearField("initializer")
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["fc.weight"], value=value))
+    return _write(folder / "model.onnx", _non_utf8(model.SerializeToString(), b"fc.weight"))
+
+
 def _unreadable(folder: Path) -> Case:
     path = _write(folder / "model.safetensors", valid_safetensors())
     path.chmod(0)

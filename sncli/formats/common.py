@@ -102,6 +102,9 @@ class FormatContents:
     the reason; ``notes`` go to the user (stderr). ``conv_layout_known`` says the reader knows
     which op each conv weight feeds and gave it so that reshaping dim 0 first is right (TFLite:
     a TRANSPOSE_CONV filter comes as (out, in, k…)), so no Conv/ConvTranspose guess is noted.
+    ``roles`` names, where the file has a graph that says so (ONNX), the op that uses a tensor
+    as its weight (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``): that, not the tensor's
+    name, then decides whether it is a layer.
     """
 
     format: str
@@ -112,3 +115,4 @@ class FormatContents:
     unsupported: dict[str, str] = field(default_factory=dict)
     close: Callable[[], None] | None = None
     conv_layout_known: bool = False
+    roles: dict[str, str] = field(default_factory=dict)

@@ -1,8 +1,12 @@
-"""ONNX models: the weight initializers (for ``inspect``) and the graph (for ``lipschitz``).
+"""ONNX models: the stored tensors (for ``inspect``) and the graph (for ``lipschitz``).
 
 Parsed with the ``onnx`` package (``load_external_data=False``: sncli reads external data
-itself). Weights may be embedded (``raw_data`` or the typed fields) or external, as torch's
-dynamo exporter writes them (``model.onnx`` + ``model.onnx.data``). Before any data is read:
+itself). Weights are initializers or the ``value`` of ``Constant`` nodes (Paddle2ONNX writes
+every weight so), listed under the name the graph gives them (the initializer's name, the
+Constant's output); the graph says which ones a Conv/ConvTranspose/Gemm/MatMul node uses as its
+weight, through Identity and float Casts (``FormatContents.roles``). Data may be embedded
+(``raw_data`` or the typed fields) or external, as torch's dynamo exporter writes it
+(``model.onnx`` + ``model.onnx.data``). Before any data is read:
 
 * every tensor's dims are non-negative and its byte size matches what the file holds
   (``raw_data`` length, typed field length, or the external ``length`` and the data file's
@@ -10,9 +14,10 @@ dynamo exporter writes them (``model.onnx`` + ``model.onnx.data``). Before any d
 * an external ``location`` is a relative path that stays inside the model's folder once
   symlinks are resolved, and names a regular file.
 
-A truncated or malformed protobuf, a missing data file or a bad location is a
-``CheckpointError`` naming the file. The graph is given as plain dataclasses (``OnnxGraph``)
-with shapes from ONNX shape inference, so the engine walking it needs no ``onnx`` types.
+A truncated or malformed protobuf, a name that is not UTF-8, a missing data file or a bad
+location is a ``CheckpointError`` naming the file. The graph is given as plain dataclasses
+(``OnnxGraph``) with shapes from ONNX shape inference, so the engine walking it needs no
+``onnx`` types.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,7 +146,49 @@ def _parse_model(path: Path) -> Any:
         ) from exc
     if not model.HasField("graph"):
         raise CheckpointError("not a valid ONNX model: no graph", path)
+    _check_names(model, path)
     return model
+
+
+def _names(model: Any) -> Iterator[tuple[str, Any]]:
+    """Every name sncli reads from the main graph, with where it is (for a message)."""
+    graph = model.graph
+    for opset in model.opset_import:
+        yield "an opset domain", opset.domain
+    for kind, infos in (
+        ("graph input", graph.input),
+        ("graph output", graph.output),
+        ("value_info", graph.value_info),
+    ):
+        for index, info in enumerate(infos):
+            yield f"{kind} {index}'s name", info.name
+    for index, tensor in enumerate(graph.initializer):
+        yield f"initializer {index}'s name", tensor.name
+    for index, node in enumerate(graph.node):
+        where = f"node {index}"
+        yield f"{where}'s name", node.name
+        yield f"{where}'s op type", node.op_type
+        yield f"{where}'s domain", node.domain
+        for kind, values in (("input", node.input), ("output", node.output)):
+            for position, value in enumerate(values):
+                yield f"{where}'s {kind} {position}", value
+        for attribute in node.attribute:
+            yield f"{where}'s attribute name", attribute.name
+            if attribute.HasField("t"):
+                yield f"{where}'s tensor attribute name", attribute.t.name
+
+
+def _check_names(model: Any, path: Path) -> None:
+    """Refuse names that are not UTF-8: protobuf hands them over as bytes (ONNX requires UTF-8
+    strings), which no later step expects."""
+    for where, value in _names(model):
+        if not isinstance(value, str):
+            shown = bytes(value).decode("utf-8", "backslashreplace")
+            raise CheckpointError(
+                f"not a valid ONNX model: {where} {quote(shown)} is not UTF-8 text "
+                "(ONNX names are UTF-8 strings)",
+                path,
+            )
 
 
 def _numel(shape: tuple[int, ...], name: str, path: Path) -> int:
@@ -174,9 +221,14 @@ def _external_file(location: str, name: str, folder: Path, path: Path) -> Path:
     return resolved
 
 
-def _tensor_entry(proto: Any, path: Path, sizes: dict[Path, int]) -> _Tensor:
-    """Check one TensorProto's claims against the bytes it has and say where they are."""
-    name = proto.name
+def _tensor_entry(
+    proto: Any, path: Path, sizes: dict[Path, int], name: str | None = None
+) -> _Tensor:
+    """Check one TensorProto's claims against the bytes it has and say where they are.
+
+    ``name`` is the name the graph gives the tensor (a Constant's output), when not its own.
+    """
+    name = proto.name if name is None else name
     shape = tuple(int(d) for d in proto.dims)
     numel = _numel(shape, name, path)
     if proto.data_type not in ONNX_DTYPES:
@@ -241,23 +293,69 @@ def _to_numpy(tensor: _Tensor, proto: Any) -> np.ndarray:
     return np.asarray(values, dtype=np_name).reshape(tensor.shape)
 
 
+#: Weight inputs of the nodes whose weights are layers: Conv/ConvTranspose read their weight
+#: as input 1; Gemm and MatMul use whichever operand is stored (B, or else A).
+_WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
+#: TensorProto float types: a Cast to one of them keeps a weight a weight.
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})
+#: AttributeProto.TENSOR and SPARSE_TENSOR.
+_TENSOR_ATTRIBUTE, _SPARSE_ATTRIBUTE = 4, 11
+
+
+def _constant_nodes(graph: Any) -> Iterator[tuple[str, Any]]:
+    """(output name, node) of every Constant node of the main graph."""
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            yield node.output[0], node
+
+
 class _Store:
-    """The initializers of one model, checked, with their data read on demand."""
+    """The stored tensors of one model (initializers and Constant ``value`` tensors), checked,
+    with their data read on demand."""
 
     def __init__(self, model: Any, path: Path) -> None:
         self.path = path
         self.protos: dict[str, Any] = {}
         self.entries: dict[str, _Tensor] = {}
+        #: Names that are Constant outputs, not initializers.
+        self.constants: set[str] = set()
+        #: Tensors listed but not read, with the reason (sparse Constants).
+        self.refused: dict[str, str] = {}
         sizes: dict[Path, int] = {}
         for proto in model.graph.initializer:
             if proto.name in self.entries:
                 raise CheckpointError(f"duplicate initializer {quote(proto.name)}", path)
             self.entries[proto.name] = _tensor_entry(proto, path, sizes)
             self.protos[proto.name] = proto
+        for name, node in _constant_nodes(model.graph):
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.type == _TENSOR_ATTRIBUTE:
+                    self._add(name, _tensor_entry(attribute.t, path, sizes, name), attribute.t)
+                elif attribute.name == "sparse_value" and attribute.type == _SPARSE_ATTRIBUTE:
+                    sparse = attribute.sparse_tensor
+                    shape = tuple(int(d) for d in sparse.dims)
+                    _numel(shape, name, path)
+                    self._add(name, _Tensor(name, shape, sparse.values.data_type), None)
+                    self.refused[name] = (
+                        "sparse Constant (sparse_value): sncli reads dense tensors only"
+                    )
         self.files = [path, *sorted(sizes)]
+
+    def _add(self, name: str, entry: _Tensor, proto: Any) -> None:
+        if name in self.entries:
+            raise CheckpointError(
+                f"two stored tensors are named {quote(name)} (initializers and Constant "
+                "outputs must have distinct names)",
+                self.path,
+            )
+        self.entries[name] = entry
+        self.protos[name] = proto
+        self.constants.add(name)
 
     def numpy(self, name: str) -> np.ndarray:
         entry = self.entries[name]
+        if name in self.refused:
+            raise CheckpointError(f"tensor {quote(name)}: {self.refused[name]}", self.path)
         if entry.data_type not in ONNX_DTYPES:
             raise CheckpointError(
                 f"tensor {quote(name)}: ONNX data type {entry.data_type} is not supported",
@@ -279,25 +377,90 @@ class _Store:
             tensor = tensor.view(torch.bfloat16)
         return tensor
 
-    def table(self) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    def table(
+        self, *, constants: bool = True
+    ) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+        """(name → (shape, dtype), name → why it cannot be read), Constant values included
+        unless ``constants`` is False (the graph walk evaluates Constant nodes itself)."""
         tensors, unsupported = {}, {}
         for name, entry in self.entries.items():
+            if not constants and name in self.constants:
+                continue
             known = ONNX_DTYPES.get(entry.data_type)
             tensors[name] = (entry.shape, known[0] if known else f"onnx-type-{entry.data_type}")
-            if known is None:
+            if name in self.refused:
+                unsupported[name] = self.refused[name]
+            elif known is None:
                 unsupported[name] = f"ONNX data type {entry.data_type} is not supported"
         return tensors, unsupported
 
 
+def _weight_roles(graph: Any, stored: dict[str, _Tensor]) -> tuple[dict[str, str], int]:
+    """Which stored tensors a Conv/ConvTranspose/Gemm/MatMul node uses as its weight (name →
+    op type), followed back through Identity and Casts to float types; and how many of them
+    reach their node through a Cast that changes the float type."""
+    passes: dict[str, tuple[str, int | None]] = {}  # value → (its source value, Cast's type)
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or len(node.input) != 1 or len(node.output) != 1:
+            continue
+        if node.op_type == "Identity":
+            passes[node.output[0]] = (node.input[0], None)
+        elif node.op_type == "Cast":
+            to = next((int(a.i) for a in node.attribute if a.name == "to"), None)
+            if to in _FLOAT_TYPES:
+                passes[node.output[0]] = (node.input[0], to)
+
+    def source(value: str) -> tuple[str | None, bool]:
+        cast = False
+        for _ in range(len(passes) + 1):  # a cycle of Identities ends here
+            if value in stored:
+                return value, cast
+            if value not in passes:
+                return None, False
+            value, to = passes[value]
+            cast = cast or to is not None
+        return None, False
+
+    roles: dict[str, str] = {}
+    recast: set[str] = set()
+    for node in graph.node:
+        positions = _WEIGHT_INPUTS.get(node.op_type)
+        if positions is None or node.domain not in ("", "ai.onnx"):
+            continue
+        found = [source(node.input[i]) if i < len(node.input) else (None, False) for i in positions]
+        weights = [(name, cast) for name, cast in found if name is not None]
+        if len(weights) != 1:  # no stored operand, or two (constant arithmetic, not a layer)
+            continue
+        name, cast = weights[0]
+        roles.setdefault(name, node.op_type)
+        if cast:
+            recast.add(name)
+    return roles, len(recast)
+
+
 def read_onnx(path: Path) -> FormatContents:
-    """The model's initializers as a checkpoint's tensors (``inspect`` lists them)."""
+    """The model's stored tensors (initializers and Constant values) as a checkpoint's tensors,
+    with the graph's word on which of them are Conv/ConvTranspose/Gemm/MatMul weights."""
     model = _parse_model(path)
     store = _Store(model, path)
     tensors, unsupported = store.table()
+    roles, recast = _weight_roles(model.graph, store.entries)
     notes = [
-        f"{path.name}: ONNX model ({len(model.graph.node)} nodes); its initializers are listed as "
-        "tensors ('sncli lipschitz' bounds the graph itself)"
+        f"{path.name}: ONNX model ({len(model.graph.node)} nodes); its initializers and "
+        "Constant-node values are listed as tensors, layers told by the node that uses each as "
+        "its weight ('sncli lipschitz' bounds the graph itself)"
     ]
+    constant_weights = sum(1 for name in roles if name in store.constants)
+    if constant_weights:
+        notes.append(
+            f"{constant_weights} of its {len(roles)} layer weights are Constant nodes' values "
+            "(listed under the Constant's output name)"
+        )
+    if recast:
+        notes.append(
+            f"{recast} weights reach their node through a Cast to another float type: σ is that "
+            "of the stored values"
+        )
     return FormatContents(
         format="onnx",
         files=store.files,
@@ -305,6 +468,7 @@ def read_onnx(path: Path) -> FormatContents:
         load=store.torch,
         notes=notes,
         unsupported=unsupported,
+        roles=roles,
     )
 
 
@@ -337,15 +501,21 @@ def _attribute(attribute: Any, node: str, path: Path) -> Any:
     if kind in (types.GRAPH, types.GRAPHS):
         return "<graph>"
     if kind == types.TENSOR:
-        store_path = path
-        entry = _tensor_entry(attribute.t, store_path, {})
-        if entry.file is not None or entry.data_type not in ONNX_DTYPES:
+        entry = _tensor_entry(attribute.t, path, {}, f"{node}.{attribute.name}")
+        if entry.data_type not in ONNX_DTYPES:
             raise CheckpointError(
-                f"node {quote(node)}: constant tensor attribute stored externally or of an "
-                "unsupported type",
+                f"node {quote(node)}: tensor attribute {quote(attribute.name)} is of ONNX data "
+                f"type {entry.data_type}, which sncli does not read",
                 path,
             )
-        array = _to_numpy(entry, attribute.t)
+        try:
+            array = _to_numpy(entry, attribute.t)
+        except OSError as exc:
+            raise CheckpointError(
+                f"node {quote(node)}: cannot read its tensor attribute {quote(attribute.name)}: "
+                f"{exc.strerror or exc}",
+                path,
+            ) from exc
         return array.view("uint16") if entry.data_type == 16 else array
     if kind in (types.SPARSE_TENSOR, types.SPARSE_TENSORS, types.TENSORS, types.TYPE_PROTO):
         return f"<{types.AttributeType.Name(kind).lower()}>"
@@ -572,7 +742,7 @@ def read_onnx_graph(
                 attributes,
             )
         )
-    tensors, _ = store.table()
+    tensors, _ = store.table(constants=False)
     inputs = [values[i.name] for i in graph.input if i.name not in tensors]
     outputs = [values[o.name] for o in graph.output]
     return OnnxGraph(

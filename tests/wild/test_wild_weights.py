@@ -28,20 +28,12 @@ from wild_corpus import (
 
 require_wheels()
 
-_CONSTANTS = "#23: weights of Constant nodes (Paddle2ONNX, spox) are not listed"
 _SUBGRAPHS = "#23: weights inside If subgraphs are not listed"
 _TFLITE = "#23: .tflite is not recognised (read it, or refuse naming TFLite)"
 #: What each command lacks on each model today (all commands that list weights alike).
 MISSING = {
     "silero_onnx": _SUBGRAPHS,
     "silero_ifless": _SUBGRAPHS,
-    "silero_openvino": _CONSTANTS,
-    "ppocr_cls": _CONSTANTS,
-    "ppocr_det": _CONSTANTS,
-    "ppocr_rec": _CONSTANTS,
-    "silero_op15": "#23: the STFT basis conv weight is not listed",
-    "silero_sequence": "#23: the STFT basis conv weight is not listed",
-    "silero_half": "#23: the STFT basis conv weight is not listed",
     "hey_jarvis": _TFLITE,
     "okay_nabu": _TFLITE,
     "hey_mycroft": _TFLITE,

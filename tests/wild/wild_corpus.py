@@ -370,13 +370,16 @@ def singular_values(model: Model, name: str, rows: int, cols: int) -> np.ndarray
 
 def _singular_values(weight: Weight, rows: int, cols: int) -> np.ndarray:
     """σ of the weight as the (rows, cols) matrix sncli says it uses: dim 0 first, or dim 1
-    first (ConvTranspose, ONNX MatMul's (in, out)), whichever has that shape."""
+    first (ConvTranspose, ONNX MatMul's (in, out)), whichever has that shape; an ONNX
+    ConvTranspose weight dim 1 first (torch's spectral_norm), also when in == out."""
     import scipy.linalg
 
     a = weight.array
     candidates = [a.reshape(a.shape[0], -1)]
     if a.ndim >= 2:
         candidates.append(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1))
+        if weight.op == "ConvTranspose":
+            candidates.reverse()
     candidates.append(candidates[0].T)
     for matrix in candidates:
         if matrix.shape == (rows, cols):
