@@ -63,8 +63,10 @@ def test_external_data_as_torch_writes_it(tmp_path: Path) -> None:
     assert np.array_equal(contents.load("fc.weight").numpy(), WEIGHTS["fc.weight"])
     graph = read_onnx_graph(path)
     assert [n.op_type for n in graph.nodes] == ["Gemm"]
-    assert graph.inputs[0].shape == ("batch", 3)
-    assert graph.outputs[0].shape == ("batch", 4)  # from shape inference
+    assert graph.inputs[0].shape == (1, 3)  # the batch dimension is taken as 1, and said
+    assert graph.notes == ["input 'x' batch×3 taken as 1×3 (batch 1; --input-shape to choose)"]
+    assert graph.outputs[0].shape == (1, 4)  # from shape inference
+    assert read_onnx_graph(path, {"x": (5, 3)}).outputs[0].shape == (5, 4)
     assert np.array_equal(graph.load("fc.bias"), WEIGHTS["fc.bias"])
 
 

@@ -29,15 +29,10 @@ from wild_corpus import (
 require_wheels()
 
 _SUBGRAPHS = "#23: weights inside If subgraphs are not listed"
-_TFLITE = "#23: .tflite is not recognised (read it, or refuse naming TFLite)"
 #: What each command lacks on each model today (all commands that list weights alike).
 MISSING = {
     "silero_onnx": _SUBGRAPHS,
     "silero_ifless": _SUBGRAPHS,
-    "hey_jarvis": _TFLITE,
-    "okay_nabu": _TFLITE,
-    "hey_mycroft": _TFLITE,
-    "alexa": _TFLITE,
 }
 
 
