@@ -51,6 +51,9 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
         item["sigma_upper"] = upper
     if layer.algorithm:
         item["algorithm"] = layer.algorithm
+    if layer.rank is not None:
+        item["rank"] = layer.rank
+        item["scale"] = layer.scale
     if layer.note:
         item["classification"] = layer.note
     if layer.reshape_note:
