@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import InspectReport, LayerSigma
@@ -476,4 +477,184 @@ def diff_adapters(
         mismatched=mismatched,
         skipped=failed,
         notes=[f"A: {n}" for n in a.notes] + [f"B: {n}" for n in b.notes],
+    )
+
+
+# --- normalize: σ(ΔW) ≤ target per module -------------------------------------------------------
+
+#: Shaves after rounding to the stored dtype, each by the measured excess (as ``normalize``).
+_MAX_SHAVES = 24
+
+
+@dataclass(frozen=True)
+class AdapterLayerNormalized:
+    """One module: σ of its update before and after, and the factor c applied to ΔW (both A
+    and B were multiplied by √c). ``action``: scale, keep (clip, already ≤ target) or skip."""
+
+    name: str
+    rank: int
+    scale: float
+    sigma_before: float
+    sigma_after: float
+    factor: float
+    action: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterNormalizeResult:
+    source: str
+    output: str | None
+    target: float
+    mode: str
+    layers: list[AdapterLayerNormalized]
+    files: list[str]
+
+
+def _outputs(adapter: Adapter, output: Path, force: bool) -> list[tuple[Path, Path | None]]:
+    """(target, source to copy or None for the weights) for each file to write."""
+    from sncli.errors import WriteError
+
+    if adapter.format == "peft":
+        folder = output
+        if folder.exists() and not folder.is_dir():
+            raise WriteError("is a file; a PEFT adapter is written to a folder", folder)
+        if not folder.resolve().parent.is_dir():
+            raise WriteError("output folder's parent does not exist", folder)
+        if folder.resolve() == adapter.weights.resolve().parent:
+            raise WriteError("is the adapter's own folder; choose another -o", folder)
+        assert adapter.config_path is not None
+        plan = [
+            (folder / adapter.config_path.name, adapter.config_path),
+            (folder / adapter.weights.name, None),
+        ]
+    else:
+        if output.resolve() == adapter.weights.resolve():
+            raise WriteError("is the adapter itself; choose another -o", output)
+        if output.is_dir():
+            raise WriteError("is a folder; a kohya LoRA is one file", output)
+        plan = [(output, None)]
+    existing = [str(target) for target, _ in plan if target.exists()]
+    if existing and not force:
+        raise WriteError(f"exists: {', '.join(existing)} (--force replaces it)", output)
+    return plan
+
+
+def _scaled(
+    b: torch.Tensor, a: torch.Tensor, module: AdaptedModule, target: float, sigma: float
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(B·√c, A·√c in the stored dtype, σ after, c) with σ(s·B'·A') ≤ target measured on
+    the rounded factors."""
+    import torch
+
+    from sncli.numerics.lowrank import lowrank_singular_values
+
+    root = math.sqrt(target / sigma)
+    b64, a64 = b.to(torch.float64), a.to(torch.float64)
+    for _ in range(_MAX_SHAVES):
+        new_b, new_a = (b64 * root).to(b.dtype), (a64 * root).to(a.dtype)
+        after = float(lowrank_singular_values(new_b, new_a, module.scale)[0])
+        if after <= target:
+            return new_b, new_a, after, root * root
+        root *= math.sqrt(target / after) * (1 - torch.finfo(b.dtype).eps)
+    raise NumericalError(f"{module.name}: σ stays above the target after rounding")
+
+
+def normalize_adapter(
+    checkpoint: Checkpoint,
+    output: Path | None,
+    *,
+    target: float = 1.0,
+    mode: str = "scale",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    force: bool = False,
+) -> AdapterNormalizeResult:
+    """Write the adapter (same format, same config, same key order) with every selected
+    module's σ(s·B·A) = target (``mode`` scale) or ≤ target (clip), by multiplying both A and
+    B by √(target/σ): the balance of the two factors is kept, and the config's r and α (so s)
+    are untouched. ``output`` None plans only. DoRA adapters are refused: their update also
+    depends on the base weight and the magnitude vector."""
+    import torch
+
+    adapter = adapter_of(checkpoint)
+    if adapter.dora:
+        raise CheckpointError(
+            "is a DoRA adapter: its weight change depends on the base weight and the magnitude "
+            "vector, so scaling s·B·A does not bound it; normalize refuses DoRA",
+            checkpoint.path,
+        )
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"target must be positive, got {target}")
+    chosen = _selected(adapter, include, exclude, checkpoint.path)
+    plan = None if output is None else _outputs(adapter, Path(output), force)
+    tensors = {name: checkpoint.load(name) for name in checkpoint.tensors}
+    layers = []
+    for module in chosen:
+        b, a = factors(checkpoint, module)
+        try:
+            sigma = float(update_svd(checkpoint, module).values[0])
+        except NumericalError as exc:
+            layers.append(
+                AdapterLayerNormalized(
+                    module.name,
+                    module.rank,
+                    module.scale,
+                    math.nan,
+                    math.nan,
+                    1.0,
+                    "skip",
+                    exc.message,
+                )
+            )
+            continue
+        if sigma == 0 or (mode == "clip" and sigma <= target):
+            reason = "zero update" if sigma == 0 else ""
+            layers.append(
+                AdapterLayerNormalized(
+                    module.name,
+                    module.rank,
+                    module.scale,
+                    sigma,
+                    sigma,
+                    1.0,
+                    "skip" if sigma == 0 else "keep",
+                    reason,
+                )
+            )
+            continue
+        new_b, new_a, after, factor = _scaled(b, a, module, target, sigma)
+        tensors[module.b_key] = new_b.reshape(tensors[module.b_key].shape).contiguous()
+        tensors[module.a_key] = new_a.reshape(tensors[module.a_key].shape).contiguous()
+        layers.append(
+            AdapterLayerNormalized(
+                module.name, module.rank, module.scale, sigma, after, factor, "scale"
+            )
+        )
+    written: list[str] = []
+    if plan is not None:
+        from sncli.writer import staged_write
+
+        if adapter.format == "peft":
+            Path(output).mkdir(exist_ok=True)  # type: ignore[arg-type]
+        for target_path, source in plan:
+            with staged_write(target_path) as (handle, pending):
+                if source is not None:
+                    handle.write(source.read_bytes())
+                elif checkpoint.format == "safetensors":
+                    from safetensors.torch import save
+
+                    metadata = checkpoint.metadata.get(adapter.weights) or {"format": "pt"}
+                    handle.write(save(tensors, metadata=dict(metadata)))
+                else:
+                    torch.save(tensors, handle)
+            pending.commit()
+            written.append(str(target_path))
+    return AdapterNormalizeResult(
+        source=str(checkpoint.path),
+        output=None if output is None else str(output),
+        target=target,
+        mode=mode,
+        layers=layers,
+        files=written,
     )

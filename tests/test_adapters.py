@@ -346,3 +346,83 @@ def test_kohya_file_by_hand(tmp_path: Path) -> None:
         assert layer.scale == pytest.approx(scale)
         assert layer.sigma == pytest.approx(float(torch.linalg.matrix_norm(product, 2)), rel=TOL)
     assert by_name["lora_unet_conv_in"].shape == (8, 3, 3, 3)
+
+
+@pytest.mark.parametrize("name", ["plain", "rslora"])
+def test_normalize_writes_an_adapter_peft_loads(tree: Path, tmp_path: Path, name: str) -> None:
+    """σ(s·B·A) = target per module, measured on the written file by PEFT's loaded model."""
+    out = tmp_path / f"{name}_sn"
+    result = RUNNER.invoke(
+        app, ["normalize", str(tree / name), "-o", str(out), "--target", "0.5", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "adapter_config.json").read_bytes() == (
+        tree / name / "adapter_config.json"
+    ).read_bytes()
+    model = peft.PeftModel.from_pretrained(_tiny_llama(), str(out))
+    before = _reference(tree / name)
+    seen = 0
+    for module_name, module in model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        b = module.lora_B["default"].weight.detach().double().numpy()
+        a = module.lora_A["default"].weight.detach().double().numpy()
+        scale = module.scaling["default"]
+        sigma = np.linalg.svd(scale * (b @ a), compute_uv=False)[0]
+        assert sigma <= 0.5 and sigma == pytest.approx(0.5, rel=1e-6)
+        key = module_name.removeprefix("base_model.model.")
+        old_values, _, old_scale = before[key]
+        assert scale == pytest.approx(old_scale)  # config untouched: only the factors moved
+        seen += 1
+        assert old_values[0] > 0.5
+    assert seen == 6
+    # clip: nothing above 100 → every module kept, factors byte-equal
+    kept = tmp_path / "kept"
+    result = RUNNER.invoke(
+        app,
+        ["normalize", str(tree / name), "-o", str(kept), "--target", "100", "--mode", "clip", "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    from safetensors.torch import load_file
+
+    old = load_file(str(tree / name / "adapter_model.safetensors"))
+    new = load_file(str(kept / "adapter_model.safetensors"))
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+
+
+def test_normalize_refuses_without_writing(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dora_sn"
+    _one_line_error(
+        ["normalize", str(tree / "dora"), "-o", str(out), "-q"], "DoRA", "adapter_model"
+    )
+    assert not out.exists()
+    wrong = tmp_path / "wrong_r"
+    shutil.copytree(tree / "plain", wrong)
+    config = json.loads((wrong / "adapter_config.json").read_text())
+    config["rank_pattern"]["q_proj"] = 2
+    (wrong / "adapter_config.json").write_text(json.dumps(config))
+    _one_line_error(["normalize", str(wrong), "-o", str(out), "-q"], "rank 4", "r = 2")
+    assert not out.exists()
+
+
+def test_normalize_kohya_bf16(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(9)
+    tensors = {
+        "lora_te_encoder_fc1.lora_down.weight": torch.randn(4, 48, generator=gen).bfloat16(),
+        "lora_te_encoder_fc1.lora_up.weight": torch.randn(24, 4, generator=gen).bfloat16(),
+        "lora_te_encoder_fc1.alpha": torch.tensor(8.0).bfloat16(),
+    }
+    path = tmp_path / "k.safetensors"
+    save_file(tensors, str(path))
+    out = tmp_path / "k_sn.safetensors"
+    result = RUNNER.invoke(app, ["normalize", str(path), "-o", str(out), "--target", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    written = load_file(str(out))
+    down = written["lora_te_encoder_fc1.lora_down.weight"]
+    assert down.dtype == torch.bfloat16
+    product = 2.0 * (written["lora_te_encoder_fc1.lora_up.weight"].double() @ down.double())
+    sigma = float(torch.linalg.matrix_norm(product, 2))
+    assert sigma <= 1.0 and sigma > 0.99  # bf16 rounding, shaved below the target
+    assert torch.equal(written["lora_te_encoder_fc1.alpha"], tensors["lora_te_encoder_fc1.alpha"])

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sncli.adapters import AdapterDiffReport, AdapterLayerDiff
+from sncli.adapters import AdapterDiffReport, AdapterLayerDiff, AdapterNormalizeResult
 from sncli.messages import clean_text
-from sncli.render.common import fmt_sigma, plural
+from sncli.render.common import finite_or_none, fmt_sigma, plural
 
 CSV_FIELDS = (
     "name",
@@ -102,4 +102,49 @@ def print_adapter_diff_table(report: AdapterDiffReport, console: Console) -> Non
         f"{len(report.only_in_a)} only in A · {len(report.only_in_b)} only in B · "
         f"{len(report.mismatched)} with other shapes. cos out/in: cosines of the principal "
         "angles between the updates' column (output) and row (input) spaces, largest…smallest"
+    )
+
+
+def normalize_adapter_to_dict(result: AdapterNormalizeResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
+        "output": result.output,
+        "target": result.target,
+        "mode": result.mode,
+        "how": "A and B each multiplied by √c, c = target/σ(s·B·A); config unchanged",
+        "layers": [
+            {
+                "name": layer.name,
+                "action": layer.action,
+                "rank": layer.rank,
+                "scale": layer.scale,
+                "sigma_before": finite_or_none(layer.sigma_before),
+                "sigma_after": finite_or_none(layer.sigma_after),
+                "factor": layer.factor,
+                **({"reason": layer.reason} if layer.reason else {}),
+            }
+            for layer in result.layers
+        ],
+        "files": result.files,
+    }
+
+
+def print_normalize_adapter_table(result: AdapterNormalizeResult, console: Console) -> None:
+    table = Table(title=escape(f"LoRA updates normalized: {clean_text(result.source)}"))
+    for column in ("module", "action", "r", "σ before", "σ after", "c"):
+        table.add_column(column, justify="left" if column in ("module", "action") else "right")
+    for layer in result.layers:
+        table.add_row(
+            escape(clean_text(layer.name)),
+            layer.action,
+            str(layer.rank),
+            fmt_sigma(layer.sigma_before),
+            fmt_sigma(layer.sigma_after),
+            fmt_sigma(layer.factor),
+        )
+    console.print(table)
+    where = f"written to {clean_text(result.output)}" if result.files else "nothing written"
+    console.print(
+        f"{plural(len(result.layers), 'module')} · target {result.target:g} ({result.mode}) · "
+        f"A and B each × √c, config unchanged · {where}"
     )
