@@ -102,6 +102,9 @@ class LayerSigma:
     reshape_note: str | None = None
     #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
     note: str = ""
+    #: A LoRA update's rank r and scale s (kind ``lora``, :mod:`sncli.adapters`); else None.
+    rank: int | None = None
+    scale: float | None = None
 
     @property
     def sigma_upper(self) -> float | None:

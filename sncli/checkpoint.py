@@ -41,6 +41,8 @@ from sncli.transaction import refuse_unfinished
 if TYPE_CHECKING:
     import torch
 
+    from sncli.formats.peft import Adapter
+
 
 #: The key of ``Checkpoint._handles`` holding the safetensors stream reader.
 _STREAM = Path("\0stream")
@@ -109,6 +111,8 @@ class Checkpoint:
     stamps: dict[Path, tuple[int, int]] = field(default_factory=dict, repr=False)
     #: The reader of a format in ``FORMAT_READERS`` (ONNX, GGUF…): what it found, loads included.
     _contents: FormatContents | None = field(default=None, repr=False)
+    #: A LoRA adapter's modules, factors and scales when the file is one (``sncli.adapters``).
+    adapter: Adapter | None = None
 
     @property
     def conv_layout_known(self) -> bool:
@@ -292,8 +296,23 @@ def open_checkpoint(
         return _open_format(path, kind, key=key)
     if kind == "safetensors":
         _no_wrapper(key, path)
-        return _open_safetensors([path], path, index=None)
-    return _open_torch([path], path, index=None, key=key, skip_objects=skip_objects)
+        return _with_adapter(_open_safetensors([path], path, index=None))
+    return _with_adapter(_open_torch([path], path, index=None, key=key, skip_objects=skip_objects))
+
+
+def _with_adapter(ckpt: Checkpoint) -> Checkpoint:
+    """Recognise a LoRA adapter (PEFT or kohya) among the tensors: ``ckpt.adapter``."""
+    from sncli.formats.peft import read_adapter
+
+    tensors = {name: (info.shape, info.dtype) for name, info in ckpt.tensors.items()}
+    try:
+        ckpt.adapter = read_adapter(ckpt.files[0], tensors, lambda n: float(ckpt.load(n)))
+    except BaseException:
+        ckpt.close()
+        raise
+    if ckpt.adapter is not None:
+        ckpt.notes.extend(ckpt.adapter.notes)
+    return ckpt
 
 
 def _open_hub_model(text: str, *, key: str | None, skip_objects: bool) -> Checkpoint:

@@ -45,6 +45,7 @@ class LayerKind(str, Enum):
     CONV2D = "conv2d"
     CONV3D = "conv3d"
     EMBEDDING = "embedding"
+    LORA = "lora"  # a LoRA adapter's update s·B·A (sncli.adapters), never a stored weight
 
     @property
     def is_conv(self) -> bool:
@@ -304,6 +305,8 @@ def classify(
             roles[group.v_key] = f"spectral-norm power-iteration vector v of {owner}"
         if group.effective_key:
             roles[group.effective_key] = f"spectral-norm stored normalized weight of {owner}"
+    if checkpoint.adapter is not None:  # factors are measured as updates (sncli.adapters)
+        roles.update(checkpoint.adapter.roles)
     by_v = {pair.v_key: composed for composed, pair in weight_norms.items()}
     for composed, pair in weight_norms.items():
         roles[pair.g_key] = f"weight-norm magnitude g (of {composed})"

@@ -154,6 +154,9 @@ class LayerSpectrum:
     #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
     note: str = ""
     spectral_norm: bool = False
+    #: A LoRA update's rank r and scale s (kind ``lora``, :mod:`sncli.adapters`); else None.
+    rank: int | None = None
+    scale: float | None = None
 
     @property
     def count(self) -> int:

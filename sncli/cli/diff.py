@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from sncli.adapters import diff_with_base
 from sncli.analysis import MethodOptions
+from sncli.checkpoint import Checkpoint
 from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_and_report
@@ -21,6 +23,36 @@ from sncli.diff import (
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.diff import diff_to_csv, diff_to_dict, print_diff_table
+
+
+def _adapters_compared(
+    a: Checkpoint, b: Checkpoint, chosen: dict, output_format: OutputFormat, progress: Any
+) -> bool:
+    """Two LoRA adapters: their updates compared (principal angles), rendered; True if so."""
+    if a.adapter is None:
+        return False
+    if b.adapter is None:
+        raise typer.BadParameter(
+            f"{a.path} is a LoRA adapter: put the base model first (sncli diff BASE ADAPTER), "
+            "or give two adapters"
+        )
+    from sncli.adapters import diff_adapters
+    from sncli.render.adapters import (
+        adapter_diff_to_csv,
+        adapter_diff_to_dict,
+        print_adapter_diff_table,
+    )
+
+    report = diff_adapters(
+        a, b, include=chosen["include"], exclude=chosen["exclude"], progress=progress
+    )
+    emit(
+        output_format,
+        lambda: adapter_diff_to_dict(report),
+        lambda: adapter_diff_to_csv(report),
+        lambda console: print_adapter_diff_table(report, console),
+    )
+    return True
 
 
 def _ordered(layers: list[LayerDiff], by_change: bool, top: int | None) -> list[LayerDiff]:
@@ -119,7 +151,9 @@ def diff(
         open_and_report(checkpoint_b, key=key, skip_objects=skip_objects, sink=sink) as b,
         progress_bar(not quiet, "diff") as progress,
     ):
-        report = diff_checkpoints(
+        if _adapters_compared(a, b, chosen, output_format, progress):
+            return
+        report = (diff_with_base if b.adapter is not None else diff_checkpoints)(
             a,
             b,
             options=MethodOptions(

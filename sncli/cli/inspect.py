@@ -9,7 +9,7 @@ import typer
 from sncli.analysis import MethodOptions, SortKey, sort_layers, spectral_norms
 from sncli.cli import options as opt
 from sncli.cli.app import app
-from sncli.cli.opening import open_and_report
+from sncli.cli.opening import open_with_base
 from sncli.cli.sink import Sink, handle_errors
 from sncli.numerics.spectral import Method
 from sncli.render.common import OutputFormat, emit, progress_bar
@@ -93,6 +93,7 @@ def inspect(
         ),
     ] = False,
     key: opt.KeyOpt = None,
+    base: opt.BaseOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     plot: opt.PlotOpt = None,
     scheduler: opt.SchedulerOpt = None,
@@ -103,25 +104,32 @@ def inspect(
     sink = Sink(quiet)
     opt.note_ignored_workers(sink, scheduler, workers)
     with (
-        open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
+        open_with_base(checkpoint, base, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
         progress_bar(not quiet) as progress,
     ):
-        report = spectral_norms(
-            ckpt,
-            options=MethodOptions(
-                method=method,
-                iters=iters,
-                tol=tol,
-                seed=seed,
-                device=device,
-                workers=workers,
-                scheduler=scheduler,
-                certify=certified,
-                warm_start=not no_warm_start,
-            ),
-            **chosen,
-            progress=progress,
-        )
+        if ckpt.adapter is not None:
+            from sncli.adapters import adapter_sigmas
+
+            report = adapter_sigmas(
+                ckpt, include=chosen["include"], exclude=chosen["exclude"], progress=progress
+            )
+        else:
+            report = spectral_norms(
+                ckpt,
+                options=MethodOptions(
+                    method=method,
+                    iters=iters,
+                    tol=tol,
+                    seed=seed,
+                    device=device,
+                    workers=workers,
+                    scheduler=scheduler,
+                    certify=certified,
+                    warm_start=not no_warm_start,
+                ),
+                **chosen,
+                progress=progress,
+            )
     sink.notes(report.notes, besides=ckpt.notes)
     layers = report.layers
     if sort is not None or top is not None:

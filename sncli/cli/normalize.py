@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sncli.checkpoint import open_checkpoint
+from sncli.checkpoint import Checkpoint, open_checkpoint
 from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.sink import Sink, handle_errors
@@ -190,6 +190,9 @@ def _run(
     quiet = sink.quiet
     # Not open_and_report: the plan's notes (the checkpoint's among them) come after planning.
     with open_checkpoint(checkpoint, key=key, skip_objects=skip_objects) as ckpt:
+        if ckpt.adapter is not None:
+            _run_adapter(ckpt, output, in_place, force, dry_run, output_format, options, sink)
+            return
         if not dry_run:
             ensure_writable(ckpt)  # before measuring anything
         with progress_bar(not quiet, "σ") as progress:
@@ -218,6 +221,41 @@ def _run(
                 sink.warning(warning)
     _warn_skipped(plan, sink)
     _render(plan, result, output_format)
+
+
+def _run_adapter(
+    ckpt: Checkpoint,
+    output: str | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    output_format: NormalizeFormat,
+    options: NormalizeOptions,
+    sink: Sink,
+) -> None:
+    """A LoRA adapter: every selected update s·B·A to σ = target (both factors × √c)."""
+    from sncli.adapters import normalize_adapter
+    from sncli.render.adapters import normalize_adapter_to_dict, print_normalize_adapter_table
+
+    if in_place:
+        raise typer.BadParameter("a LoRA adapter is written to a new place: give -o OUT")
+    sink.notes(ckpt.notes)
+    result = normalize_adapter(
+        ckpt,
+        None if dry_run or output is None else Path(output),
+        target=options.target,
+        mode=options.mode.value,
+        include=options.include,
+        exclude=options.exclude,
+        force=force,
+    )
+    for layer in result.layers:
+        if layer.action == "skip":
+            sink.warning(f"{layer.name}: not normalized: {layer.reason}")
+    if output_format is NormalizeFormat.TABLE:
+        print_normalize_adapter_table(result, stdout_console())
+    else:
+        write_json(normalize_adapter_to_dict(result))
 
 
 def _warn_skipped(plan: NormalizePlan, sink: Sink) -> None:

@@ -66,6 +66,15 @@ SkipObjectsOpt = Annotated[
         "inert placeholders. Still weights_only=True: nothing from the file is imported or run.",
     ),
 ]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        metavar="BASE",
+        help="For a LoRA adapter: the base checkpoint (or Hugging Face id) it adapts; the merged "
+        "weights W + s·B·A are analysed instead of the updates s·B·A.",
+    ),
+]
 IterationsOpt = Annotated[
     int,
     typer.Option("--iters", min=1, help="Maximum iterations for iterative methods."),

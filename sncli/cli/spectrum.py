@@ -8,7 +8,7 @@ import typer
 
 from sncli.cli import options as opt
 from sncli.cli.app import app
-from sncli.cli.opening import open_and_report
+from sncli.cli.opening import open_with_base
 from sncli.cli.sink import Sink, handle_errors
 from sncli.render.common import OutputFormat, emit, progress_bar
 from sncli.render.spectrum import print_spectrum_table, spectrum_to_csv, spectrum_to_dict
@@ -90,6 +90,7 @@ def spectrum(
         ),
     ] = None,
     key: opt.KeyOpt = None,
+    base: opt.BaseOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     plot: opt.PlotOpt = None,
     metric: Annotated[
@@ -125,19 +126,26 @@ def spectrum(
     sink = Sink(quiet)
     opt.note_ignored_workers(sink, scheduler, workers)
     with (
-        open_and_report(checkpoint, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
+        open_with_base(checkpoint, base, key=key, skip_objects=skip_objects, sink=sink) as ckpt,
     ):
         if save is not None:
             check_spectra_target(save, ckpt)
         with progress_bar(not quiet, "spectrum") as progress:
-            report = spectra(
-                ckpt,
-                options=SpectrumOptions(
-                    top_k=top_k, tol=tol, seed=seed, workers=workers, scheduler=scheduler
-                ),
-                **chosen,
-                progress=progress,
-            )
+            if ckpt.adapter is not None:
+                from sncli.adapters import adapter_spectra
+
+                report = adapter_spectra(
+                    ckpt, include=chosen["include"], exclude=chosen["exclude"], progress=progress
+                )
+            else:
+                report = spectra(
+                    ckpt,
+                    options=SpectrumOptions(
+                        top_k=top_k, tol=tol, seed=seed, workers=workers, scheduler=scheduler
+                    ),
+                    **chosen,
+                    progress=progress,
+                )
     sink.notes(report.notes, besides=ckpt.notes)
     if save is not None:
         written = save_spectra(report, save)

@@ -649,7 +649,11 @@ def lipschitz_report(
     options: LipschitzOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> LipschitzReport:
-    """The per-layer factors and their product, with validity caveats. Refuses NaN/Inf weights."""
+    """The per-layer factors and their product, with validity caveats. Refuses NaN/Inf weights
+    and LoRA adapters (an adapter is not a network)."""
+    from sncli.adapters import refuse_adapter
+
+    refuse_adapter(checkpoint, "lipschitz")
     options = options or LipschitzOptions()
     classification = classify(checkpoint, transposed=options.transposed)
     selected = select(classification.layers, options.include, options.exclude)

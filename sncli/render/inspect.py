@@ -51,6 +51,9 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
         item["sigma_upper"] = upper
     if layer.algorithm:
         item["algorithm"] = layer.algorithm
+    if layer.rank is not None:
+        item["rank"] = layer.rank
+        item["scale"] = layer.scale
     if layer.note:
         item["classification"] = layer.note
     if layer.reshape_note:
@@ -141,6 +144,11 @@ def inspect_to_csv(layers: list[LayerSigma]) -> str:
 
 
 def method_caption(method: Method, layers: list[LayerSigma]) -> str:
+    if layers and all(layer.kind is LayerKind.LORA for layer in layers):
+        return (
+            "σ of each LoRA update s·B·A from its factors (QR of B and Aᵀ, SVD of the r×r core, "
+            "float64); the m×n product is never formed."
+        )
     text = {
         Method.DENSE: "σ: float64 LAPACK on the Gram matrix (two-sided to rounding, certified).",
         Method.EXACT: "σ: float64 accuracy (block Lanczos to ~1e-12, dense fallback); the upper "

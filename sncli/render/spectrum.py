@@ -40,6 +40,10 @@ def spectrum_layer_to_dict(layer: LayerSpectrum) -> dict[str, Any]:
         item["converged"] = layer.converged
         item["error_estimate"] = layer.max_error_estimate
     item.update(layer.metrics())
+    if layer.rank is not None:  # a LoRA update: its r singular values are the whole story
+        item["rank"] = layer.rank
+        item["scale"] = layer.scale
+        item["singular_values"] = [float(v) for v in layer.values]
     if layer.small_n_fit:
         item["small_n_fit"] = True
     if layer.note:
