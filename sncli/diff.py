@@ -3,9 +3,12 @@
 Layers are matched by their displayed name (a ``module.``-style prefix on every key of one side
 is ignored, as ``inspect`` does). For every matched layer pair: σ of each side, ‖B − A‖₂ of the
 difference by the same methods and error control as ``inspect`` (``MethodOptions``), relative
-to ‖A‖₂, the Frobenius distances, and — with ``top_k`` — how much the top-K left singular
-subspaces overlap (cosines of the principal angles) and how many of B's top-K directions are
-nearly outside A's (intruder dimensions: ‖U_Aᵀu_j‖ < ``intruder_threshold``). Pairs stream
+to ‖A‖₂, the Frobenius distances; with ``top_k``, how much the top-K left singular subspaces
+overlap (cosines of the principal angles) and how many of B's top-K directions lie mostly
+outside A's top-K subspace (‖U_Aᵀu_j‖ < ``subspace_threshold``); with ``intruder_top_k``, the
+intruder dimensions of Shuttleworth et al. (2024) as PEFT computes them: B's top singular
+vectors whose largest |cos| with every singular vector of A is below ``intruder_threshold``.
+Pairs stream
 through :mod:`sncli.run` (a reader thread within a byte budget, single-threaded workers),
 so memory stays near one layer pair plus its difference.
 """
@@ -34,8 +37,13 @@ if TYPE_CHECKING:
     from sncli.formats.safetensors import SafetensorsStreamReader
 
 DEFAULT_TOP_K = 8
-#: B's direction u_j is an intruder when ‖U_Aᵀu_j‖ (its part inside A's top-K span) is below
-#: this: cos < 0.5 means more than 60° from every direction of A's top subspace.
+#: B's direction u_j counts as outside A's top-K subspace when ‖U_Aᵀu_j‖ (its part inside that
+#: span) is below this: cos < 0.5 means more than 60° from every direction of the subspace.
+DEFAULT_SUBSPACE_THRESHOLD = 0.5
+#: Intruder dimensions (Shuttleworth et al. 2024; PEFT's ``reduce_intruder_dimension``
+#: defaults): B's top 10 singular vectors, each an intruder when its largest |cos| with any
+#: singular vector of A is below 0.5.
+DEFAULT_INTRUDER_TOP_K = 10
 DEFAULT_INTRUDER_THRESHOLD = 0.5
 
 
@@ -83,7 +91,17 @@ class LayerDiff:
     certified: bool = False
     algorithm: str = ""
     subspace_cosines: tuple[float, ...] | None = None
-    intruders: int | None = None
+    #: How many of B's top-K directions have less than ``subspace_threshold`` of their length
+    #: inside A's top-K subspace.
+    outside_top_subspace: int | None = None
+    #: Intruder dimensions: which of B's top ``intruder_top_k`` singular vectors (0-based) have
+    #: max |cos| < ``intruder_threshold`` with every singular vector of A (None: not computed,
+    #: or A is zero).
+    intruder_indices: tuple[int, ...] | None = None
+
+    @property
+    def intruder_dimensions(self) -> int | None:
+        return None if self.intruder_indices is None else len(self.intruder_indices)
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ class DiffReport:
     format_b: str
     method: Method
     top_k: int
+    #: The threshold of the intruder dimensions (``intruder_top_k``), not of ``top_k``'s measure.
     intruder_threshold: float
     layers: list[LayerDiff]
     only_in_a: list[str]
@@ -108,6 +127,8 @@ class DiffReport:
     notes: list[str] = field(default_factory=list)
     workers: int = 1
     seconds: float | None = None
+    intruder_top_k: int = 0
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD
 
     @property
     def changed(self) -> list[LayerDiff]:
@@ -200,13 +221,26 @@ def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
     )
 
 
-def _compare(
-    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
-) -> LayerDiff:
+@dataclass(frozen=True)
+class _Directions:
+    """What ``diff`` measures of the singular directions (0 turns a measure off)."""
+
+    top_k: int = DEFAULT_TOP_K
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD
+    intruder_top_k: int = DEFAULT_INTRUDER_TOP_K
+    intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD
+
+
+def _compare(loaded: _LoadedPair, options: MethodOptions, directions: _Directions) -> LayerDiff:
     import torch
 
     from sncli.numerics.floating import check_finite
-    from sncli.numerics.subspaces import captured_fractions, principal_cosines, top_left_subspace
+    from sncli.numerics.subspaces import (
+        captured_fractions,
+        intruder_dimensions,
+        principal_cosines,
+        top_left_subspace,
+    )
 
     pair = loaded.pair
     layer = pair.layer_a
@@ -228,6 +262,7 @@ def _compare(
             check_finite(matrix)
         except NumericalError as exc:
             raise NumericalError(f"{exc.message} in {side}") from exc
+    top_k, intruder_k = directions.top_k, directions.intruder_top_k
     if _byte_equal(loaded.a, loaded.b):
         sigma = _sigma(a, options).sigma
         return LayerDiff(
@@ -244,7 +279,9 @@ def _compare(
             certified=True,
             algorithm="byte-equal",
             subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
-            intruders=0 if top_k and sigma > 0 else None,
+            outside_top_subspace=0 if top_k and sigma > 0 else None,
+            # each of B's singular vectors is one of A's: |cos| = 1, no intruder
+            intruder_indices=() if intruder_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     difference = b64 - a64  # one layer pair and its difference: the memory of this task
@@ -255,14 +292,20 @@ def _compare(
     delta_frob = float(torch.linalg.vector_norm(difference))
     del difference
     cosines: tuple[float, ...] | None = None
-    intruders: int | None = None
+    outside: int | None = None
     if top_k:
         space_a = top_left_subspace(a64, top_k, seed=options.seed)
         space_b = top_left_subspace(b64, top_k, seed=options.seed)
         if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
             cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
             captured = captured_fractions(space_a.vectors, space_b.vectors)
-            intruders = sum(1 for value in captured if value < threshold)
+            outside = sum(1 for value in captured if value < directions.subspace_threshold)
+    intruders = None
+    if intruder_k:
+        found = intruder_dimensions(
+            a64, b64, intruder_k, directions.intruder_threshold, seed=options.seed
+        )
+        intruders = None if found is None else found.indices
     return LayerDiff(
         **common,
         unchanged=False,
@@ -277,7 +320,8 @@ def _compare(
         certified=delta.certified,
         algorithm=delta.algorithm,
         subspace_cosines=cosines,
-        intruders=intruders,
+        outside_top_subspace=outside,
+        intruder_indices=intruders,
     )
 
 
@@ -299,10 +343,10 @@ def _load_pair(
 
 
 def _compare_or_skip(
-    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
+    loaded: _LoadedPair, options: MethodOptions, directions: _Directions
 ) -> LayerDiff | Skipped:
     try:
-        return _compare(loaded, options, top_k, threshold)
+        return _compare(loaded, options, directions)
     except NumericalError as exc:
         return Skipped(loaded.pair.layer_a.name, exc.message)
 
@@ -331,6 +375,8 @@ def diff_checkpoints(
     top_k: int = DEFAULT_TOP_K,
     intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD,
     progress: ProgressCallback | None = None,
+    intruder_top_k: int = DEFAULT_INTRUDER_TOP_K,
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD,
 ) -> DiffReport:
     """Compare every layer the two checkpoints share (see the module docstring).
 
@@ -339,8 +385,9 @@ def diff_checkpoints(
     layer is left to compare, ``NumericalError`` when a compared weight holds NaN/Inf.
     """
     options = options or MethodOptions()
-    if top_k < 0:
-        raise ValueError(f"top_k must be ≥ 0, got {top_k}")
+    if top_k < 0 or intruder_top_k < 0:
+        raise ValueError(f"top_k and intruder_top_k must be ≥ 0, got {top_k}, {intruder_top_k}")
+    directions = _Directions(top_k, subspace_threshold, intruder_top_k, intruder_threshold)
     names_a, names_b = _tensor_names(a), _tensor_names(b)
     only_a = sorted(set(names_a) - set(names_b), key=natural_key)
     only_b = sorted(set(names_b) - set(names_a), key=natural_key)
@@ -385,9 +432,7 @@ def diff_checkpoints(
         nbytes=_pair_bytes,
         width=lambda pair: pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1],
         load=_load_for_task,
-        compute=partial(
-            _compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold
-        ),
+        compute=partial(_compare_or_skip, options=options, directions=directions),
         workers=workers,
         label=lambda pair: pair.name,
         progress=progress,
@@ -416,4 +461,6 @@ def diff_checkpoints(
         notes=notes,
         workers=workers,
         seconds=time.perf_counter() - began,
+        intruder_top_k=intruder_top_k,
+        subspace_threshold=subspace_threshold,
     )

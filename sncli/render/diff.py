@@ -28,7 +28,8 @@ CSV_FIELDS = (
     "delta_frobenius",
     "relative_frobenius",
     "min_subspace_cosine",
-    "intruders",
+    "outside_top_subspace",
+    "intruder_dimensions",
 )
 
 
@@ -59,7 +60,10 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
         item["algorithm"] = layer.algorithm
     if layer.subspace_cosines is not None:
         item["subspace_cosines"] = list(layer.subspace_cosines)
-        item["intruders"] = layer.intruders
+        item["outside_top_subspace"] = layer.outside_top_subspace
+    if layer.intruder_indices is not None:
+        item["intruder_dimensions"] = len(layer.intruder_indices)
+        item["intruder_indices"] = list(layer.intruder_indices)
     return item
 
 
@@ -73,6 +77,8 @@ def diff_to_dict(
         "format_b": report.format_b,
         "method": report.method.value,
         "top_k": report.top_k,
+        "subspace_threshold": report.subspace_threshold,
+        "intruder_top_k": report.intruder_top_k,
         "intruder_threshold": report.intruder_threshold,
         "layers": [layer_to_dict(layer) for layer in layers],
         "only_in_a": report.only_in_a,
@@ -127,7 +133,8 @@ def diff_to_csv(layers: list[LayerDiff]) -> str:
                 repr(layer.delta_frobenius),
                 "" if layer.relative_frobenius is None else repr(layer.relative_frobenius),
                 "" if not cosines else repr(min(cosines)),
-                "" if layer.intruders is None else layer.intruders,
+                "" if layer.outside_top_subspace is None else layer.outside_top_subspace,
+                "" if layer.intruder_dimensions is None else layer.intruder_dimensions,
             ]
         )
     return buffer.getvalue()
@@ -135,6 +142,41 @@ def diff_to_csv(layers: list[LayerDiff]) -> str:
 
 def _relative(value: float | None) -> str:
     return "--" if value is None else f"{value:.3g}"
+
+
+def _direction_cells(report: DiffReport, layer: LayerDiff) -> list[str]:
+    cells = []
+    if report.top_k:
+        cosines, outside = layer.subspace_cosines, layer.outside_top_subspace
+        cells += [
+            "--" if not cosines else f"{min(cosines):.3f}",
+            "--" if outside is None else str(outside),
+        ]
+    if report.intruder_top_k:
+        count = layer.intruder_dimensions
+        cells.append("--" if count is None else str(count))
+    return cells
+
+
+def _caption(report: DiffReport, layers: list[LayerDiff]) -> str:
+    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
+    caption = f"‖B−A‖₂ by --method {report.method.value}"
+    if lower:
+        caption += "; '≥' marks lower bounds (iterative estimates)"
+    if report.top_k:
+        caption += (
+            f"; min cos: smallest cosine of the principal angles between the top-{report.top_k} "
+            f"left singular subspaces (1 = same directions); outside: B's top-{report.top_k} "
+            f"directions with less than {report.subspace_threshold:g} of their length inside "
+            "A's top subspace"
+        )
+    if report.intruder_top_k:
+        caption += (
+            f"; intruders: B's top-{report.intruder_top_k} singular vectors whose |cos| with "
+            f"every singular vector of A is below {report.intruder_threshold:g} "
+            "(Shuttleworth et al. 2024)"
+        )
+    return caption
 
 
 def print_diff_table(
@@ -154,6 +196,8 @@ def print_diff_table(
     table.add_column("rel. Frobenius", justify="right")
     if report.top_k:
         table.add_column(f"top-{report.top_k} min cos", justify="right")
+        table.add_column(f"outside top-{report.top_k}", justify="right")
+    if report.intruder_top_k:
         table.add_column("intruders", justify="right")
     exceeding = {layer.name for layer in report.exceeding(fail_above)} if fail_above else set()
     for layer in layers:
@@ -172,12 +216,7 @@ def print_diff_table(
             else _relative(layer.relative),
             _relative(layer.relative_frobenius),
         ]
-        if report.top_k:
-            cosines = layer.subspace_cosines
-            row += [
-                "--" if not cosines else f"{min(cosines):.3f}",
-                "--" if layer.intruders is None else str(layer.intruders),
-            ]
+        row += _direction_cells(report, layer)
         table.add_row(*row, style=style)
     console.print(table)
     changed = report.changed
@@ -211,14 +250,4 @@ def print_diff_table(
             else f"shape {fmt_shape(m.shape_a)} → {fmt_shape(m.shape_b)} (not compared)"
         )
         console.print(f"mismatched: {escape(clean_text(m.name, 80))}: {what}", style="dim")
-    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
-    caption = f"‖B−A‖₂ by --method {report.method.value}"
-    if lower:
-        caption += "; '≥' marks lower bounds (iterative estimates)"
-    if report.top_k:
-        caption += (
-            f"; min cos: smallest cosine of the principal angles between the top-{report.top_k} "
-            f"left singular subspaces (1 = same directions); intruders: B's top directions "
-            f"with less than {report.intruder_threshold:g} of their length inside A's subspace"
-        )
-    console.print(caption, style="dim")
+    console.print(_caption(report, layers), style="dim")
