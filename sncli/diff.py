@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from sncli.formats.safetensors import SafetensorsStreamReader
+    from sncli.quant_diff import QuantizationReport
 
 DEFAULT_TOP_K = 8
 #: B's direction u_j counts as outside A's top-K subspace when ‖U_Aᵀu_j‖ (its part inside that
@@ -98,6 +99,9 @@ class LayerDiff:
     #: max |cos| < ``intruder_threshold`` with every singular vector of A (None: not computed,
     #: or A is zero).
     intruder_indices: tuple[int, ...] | None = None
+    #: How the rows were aligned before comparing (a GGUF side: "llama.cpp Q/K permutation
+    #: undone (N heads)"); empty when compared as stored.
+    rows: str = ""
 
     @property
     def intruder_dimensions(self) -> int | None:
@@ -129,6 +133,8 @@ class DiffReport:
     seconds: float | None = None
     intruder_top_k: int = 0
     subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD
+    #: Set when exactly one side is GGUF: names paired by llama.cpp's tables, error per type.
+    quantization: QuantizationReport | None = None
 
     @property
     def changed(self) -> list[LayerDiff]:
@@ -187,17 +193,21 @@ def relative_change(layer: LayerDiff) -> float:
 
 
 @dataclass(frozen=True)
-class _Pair:
+class Pair:
     name: str
     layer_a: Layer
     layer_b: Layer
+    #: Undo llama.cpp's Q/K row permutation of the GGUF side ("a" or "b") with this many heads.
+    heads: int | None = None
+    gguf_side: str = ""
 
 
 @dataclass
 class _LoadedPair:
-    pair: _Pair
+    pair: Pair
     a: torch.Tensor
     b: torch.Tensor
+    rows: str = ""
 
 
 def _byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -222,7 +232,7 @@ def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
 
 
 @dataclass(frozen=True)
-class _Directions:
+class Directions:
     """What ``diff`` measures of the singular directions (0 turns a measure off)."""
 
     top_k: int = DEFAULT_TOP_K
@@ -231,7 +241,7 @@ class _Directions:
     intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD
 
 
-def _compare(loaded: _LoadedPair, options: MethodOptions, directions: _Directions) -> LayerDiff:
+def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions) -> LayerDiff:
     import torch
 
     from sncli.numerics.floating import check_finite
@@ -254,6 +264,7 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: _Direction
         "dtype_b": pair.layer_b.dtype,
         "matrix": layer.matrix_description,
         "matrix_shape": layer.matrix_shape,
+        "rows": loaded.rows,
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)
@@ -325,7 +336,7 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: _Direction
     )
 
 
-def _pair_bytes(pair: _Pair) -> int:
+def _pair_bytes(pair: Pair) -> int:
     """Both sides as stored, plus the float64 copies and their difference."""
     size = math.prod(pair.layer_a.shape)
     stored = size * (bits_per_element(pair.layer_a.dtype) + bits_per_element(pair.layer_b.dtype))
@@ -333,17 +344,27 @@ def _pair_bytes(pair: _Pair) -> int:
 
 
 def _load_pair(
-    a: Checkpoint, b: Checkpoint, pair: _Pair, reader: SafetensorsStreamReader | None
+    a: Checkpoint, b: Checkpoint, pair: Pair, reader: SafetensorsStreamReader | None
 ) -> _LoadedPair:
-    return _LoadedPair(
+    loaded = _LoadedPair(
         pair,
         load_weight(a, pair.layer_a.name, reader),
         load_weight(b, pair.layer_b.name, reader if b.format == "safetensors" else None),
     )
+    if pair.heads is not None:
+        from sncli.gguf_names import closer_layout
+
+        if pair.gguf_side == "b":
+            loaded.b, undone = closer_layout(loaded.a, loaded.b, pair.heads)
+        else:
+            loaded.a, undone = closer_layout(loaded.b, loaded.a, pair.heads)
+        if undone:
+            loaded.rows = f"llama.cpp Q/K permutation undone ({pair.heads} heads)"
+    return loaded
 
 
 def _compare_or_skip(
-    loaded: _LoadedPair, options: MethodOptions, directions: _Directions
+    loaded: _LoadedPair, options: MethodOptions, directions: Directions
 ) -> LayerDiff | Skipped:
     try:
         return _compare(loaded, options, directions)
@@ -352,7 +373,7 @@ def _compare_or_skip(
 
 
 def _load_for_task(
-    checkpoints: tuple[Checkpoint, ...], pair: _Pair, reader: SafetensorsStreamReader | None
+    checkpoints: tuple[Checkpoint, ...], pair: Pair, reader: SafetensorsStreamReader | None
 ) -> _LoadedPair:
     return _load_pair(checkpoints[0], checkpoints[1], pair, reader)
 
@@ -380,6 +401,8 @@ def diff_checkpoints(
 ) -> DiffReport:
     """Compare every layer the two checkpoints share (see the module docstring).
 
+    When exactly one side is a GGUF file, names are paired by llama.cpp's tables instead
+    (:mod:`sncli.gguf_names`) and ``quantization`` summarises the error per GGUF type.
     Tensors only one side holds, and same-named tensors whose shape or dtype differ, are listed
     (``only_in_a``, ``only_in_b``, ``mismatched``). Raises ``NoLayersMatchedError`` when no
     layer is left to compare, ``NumericalError`` when a compared weight holds NaN/Inf.
@@ -387,7 +410,9 @@ def diff_checkpoints(
     options = options or MethodOptions()
     if top_k < 0 or intruder_top_k < 0:
         raise ValueError(f"top_k and intruder_top_k must be ≥ 0, got {top_k}, {intruder_top_k}")
-    directions = _Directions(top_k, subspace_threshold, intruder_top_k, intruder_threshold)
+    directions = Directions(top_k, subspace_threshold, intruder_top_k, intruder_threshold)
+    if (a.format == "gguf") != (b.format == "gguf"):  # a quantized file against its source
+        return _diff_quantized(a, b, options, directions, progress, include, exclude, transposed)
     names_a, names_b = _tensor_names(a), _tensor_names(b)
     only_a = sorted(set(names_a) - set(names_b), key=natural_key)
     only_b = sorted(set(names_b) - set(names_a), key=natural_key)
@@ -413,7 +438,7 @@ def diff_checkpoints(
     layers_b = {layer.short_name: layer for layer in classified_b.layers}
     selected = select(list(layers_a.values()), include, exclude)
     pairs = [
-        _Pair(layer.short_name, layer, layers_b[layer.short_name])
+        Pair(layer.short_name, layer, layers_b[layer.short_name])
         for layer in selected
         if layer.short_name in layers_b and layers_b[layer.short_name].shape == layer.shape
     ]
@@ -423,6 +448,74 @@ def diff_checkpoints(
             + (" after the filters" if (list(include) or list(exclude)) else ""),
             b.path,
         )
+    return measure_pairs(
+        a,
+        b,
+        pairs,
+        options=options,
+        directions=directions,
+        progress=progress,
+        only_in=(only_a, only_b),
+        mismatched=mismatched,
+        skipped=list(classified_a.skipped),
+    )
+
+
+def _diff_quantized(
+    a: Checkpoint,
+    b: Checkpoint,
+    options: MethodOptions,
+    directions: Directions,
+    progress: ProgressCallback | None,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    transposed: Iterable[str],
+) -> DiffReport:
+    """A GGUF file against its source (see :mod:`sncli.quant_diff`)."""
+    from dataclasses import replace
+
+    from sncli.quant_diff import pair_quantized, summarize
+
+    found = pair_quantized(a, b, include=include, exclude=exclude, transposed=transposed)
+    pairs = [Pair(name, la, lb, heads, found.gguf_side) for name, la, lb, heads in found.pairs]
+    if not pairs:
+        raise NoLayersMatchedError(
+            "nothing to compare: no layer of the source pairs with a tensor of the GGUF file "
+            f"(architecture {found.architecture}; {len(found.unmatched)} unmatched names)",
+            (a if found.gguf_side == "a" else b).path,
+        )
+    only = {
+        side: [u.name for u in found.unmatched if u.side == side] for side in ("source", "gguf")
+    }
+    sides = ("gguf", "source") if found.gguf_side == "a" else ("source", "gguf")
+    report = measure_pairs(
+        a,
+        b,
+        pairs,
+        options=options,
+        directions=directions,
+        progress=progress,
+        only_in=(only[sides[0]], only[sides[1]]),
+        mismatched=[],
+        skipped=found.skipped,
+    )
+    quantization = summarize(found.architecture, found.gguf_side, report.layers, found.unmatched)
+    return replace(report, notes=report.notes + found.notes, quantization=quantization)
+
+
+def measure_pairs(
+    a: Checkpoint,
+    b: Checkpoint,
+    pairs: list[Pair],
+    *,
+    options: MethodOptions,
+    directions: Directions,
+    progress: ProgressCallback | None,
+    only_in: tuple[list[str], list[str]],
+    mismatched: list[Mismatch],
+    skipped: list[Skipped],
+) -> DiffReport:
+    """Compare the matched ``pairs`` through :mod:`sncli.run` and assemble the report."""
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(pairs)))
     results, failed, workers, run_notes = measure_layers(
@@ -450,17 +543,17 @@ def diff_checkpoints(
         format_a=a.format,
         format_b=b.format,
         method=Method(options.method),
-        top_k=top_k,
-        intruder_threshold=intruder_threshold,
+        top_k=directions.top_k,
+        intruder_threshold=directions.intruder_threshold,
         layers=results,
-        only_in_a=only_a,
-        only_in_b=only_b,
+        only_in_a=only_in[0],
+        only_in_b=only_in[1],
         mismatched=mismatched,
-        skipped=list(classified_a.skipped),
+        skipped=skipped,
         unmeasured=failed,
         notes=notes,
         workers=workers,
         seconds=time.perf_counter() - began,
-        intruder_top_k=intruder_top_k,
-        subspace_threshold=subspace_threshold,
+        intruder_top_k=directions.intruder_top_k,
+        subspace_threshold=directions.subspace_threshold,
     )

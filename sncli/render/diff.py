@@ -61,6 +61,8 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
     if layer.subspace_cosines is not None:
         item["subspace_cosines"] = list(layer.subspace_cosines)
         item["outside_top_subspace"] = layer.outside_top_subspace
+    if layer.rows:
+        item["rows"] = layer.rows
     if layer.intruder_indices is not None:
         item["intruder_dimensions"] = len(layer.intruder_indices)
         item["intruder_indices"] = list(layer.intruder_indices)
@@ -107,10 +109,83 @@ def diff_to_dict(
         if largest is None
         else {"name": largest.name, "relative": largest.relative},
     }
+    if report.quantization is not None:
+        data["quantization"] = _quantization_dict(report)
     if fail_above is not None:
         data["summary"]["fail_above"] = fail_above
         data["summary"]["exceeding"] = [layer.name for layer in report.exceeding(fail_above)]
     return data
+
+
+def _quantization_dict(report: DiffReport) -> dict[str, Any]:
+    from sncli.quant_diff import sigma_drift
+
+    quant = report.quantization
+    assert quant is not None
+    return {
+        "architecture": quant.architecture,
+        "gguf_side": quant.gguf_side,
+        "by_type": [
+            {
+                "type": s.type,
+                "layers": s.layers,
+                "parameters": s.parameters,
+                "relative_max": s.relative_max,
+                "relative_median": s.relative_median,
+                "relative_frobenius_max": s.relative_frobenius_max,
+                "relative_frobenius_median": s.relative_frobenius_median,
+                "sigma_drift_max": s.sigma_drift_max,
+            }
+            for s in quant.by_type
+        ],
+        "sigma_drift": {layer.name: sigma_drift(layer) for layer in report.layers},
+        "unmatched": [
+            {"name": u.name, "side": u.side, "reason": u.reason} for u in quant.unmatched
+        ],
+    }
+
+
+def print_quantization(report: DiffReport, console: Console) -> None:
+    """The per-type summary and the unmatched names of a GGUF-vs-source diff."""
+    quant = report.quantization
+    if quant is None:
+        return
+    table = Table(
+        title=f"By GGUF type ({quant.architecture}; relative to A)",
+        title_justify="left",
+        header_style="bold",
+    )
+    for column in (
+        "type",
+        "layers",
+        "parameters",
+        "max ‖Q−W‖₂/‖W‖₂",
+        "median",
+        "max Frobenius",
+        "median",
+        "σ_max drift",
+    ):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for s in quant.by_type:
+        table.add_row(
+            escape(s.type),
+            str(s.layers),
+            f"{s.parameters:,}",
+            f"{s.relative_max:.3g}",
+            f"{s.relative_median:.3g}",
+            f"{s.relative_frobenius_max:.3g}",
+            f"{s.relative_frobenius_median:.3g}",
+            f"{s.sigma_drift_max:+.3g}",
+        )
+    console.print(table)
+    if quant.unmatched:
+        names = Table(title="Unmatched names", title_justify="left", header_style="bold")
+        names.add_column("name", overflow="fold")
+        names.add_column("side")
+        names.add_column("reason", overflow="fold")
+        for u in quant.unmatched:
+            names.add_row(escape(clean_text(u.name, 80)), u.side, escape(u.reason))
+        console.print(names)
 
 
 def diff_to_csv(layers: list[LayerDiff]) -> str:
@@ -251,3 +326,4 @@ def print_diff_table(
         )
         console.print(f"mismatched: {escape(clean_text(m.name, 80))}: {what}", style="dim")
     console.print(_caption(report, layers), style="dim")
+    print_quantization(report, console)
