@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=16)
     parser.add_argument("--ffn", type=int, default=5632)
     parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--extra", nargs="*", default=[], help="extra diff flags")
+    parser.add_argument("--norms-only", action="store_true", help="--top-k 0 --intruder-top-k 0")
     args = parser.parse_args()
     from safetensors.numpy import save_file
 
@@ -61,7 +61,13 @@ def main() -> None:
         print(f"{params / 1e6:.0f}M parameters; written in {time.perf_counter() - began:.0f} s")
         inspect_s, _ = _run("inspect", str(source), "--format", "json", "-q")
         diff_s, out = _run(
-            "diff", str(source), str(quantized), "--format", "json", "-q", *args.extra
+            "diff",
+            str(source),
+            str(quantized),
+            "--format",
+            "json",
+            "-q",
+            *(["--top-k", "0", "--intruder-top-k", "0"] if args.norms_only else []),
         )
         data = json.loads(out)
         print(f"inspect {inspect_s:.1f} s, diff {diff_s:.1f} s, ratio {diff_s / inspect_s:.2f}")
