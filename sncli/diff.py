@@ -3,9 +3,12 @@
 Layers are matched by their displayed name (a ``module.``-style prefix on every key of one side
 is ignored, as ``inspect`` does). For every matched layer pair: σ of each side, ‖B − A‖₂ of the
 difference by the same methods and error control as ``inspect`` (``MethodOptions``), relative
-to ‖A‖₂, the Frobenius distances, and — with ``top_k`` — how much the top-K left singular
-subspaces overlap (cosines of the principal angles) and how many of B's top-K directions are
-nearly outside A's (intruder dimensions: ‖U_Aᵀu_j‖ < ``intruder_threshold``). Pairs stream
+to ‖A‖₂, the Frobenius distances; with ``top_k``, how much the top-K left singular subspaces
+overlap (cosines of the principal angles) and how many of B's top-K directions lie mostly
+outside A's top-K subspace (‖U_Aᵀu_j‖ < ``subspace_threshold``); with ``intruder_top_k``, the
+intruder dimensions of Shuttleworth et al. (2024) as PEFT computes them: B's top singular
+vectors whose largest |cos| with every singular vector of A is below ``intruder_threshold``.
+Pairs stream
 through :mod:`sncli.run` (a reader thread within a byte budget, single-threaded workers),
 so memory stays near one layer pair plus its difference.
 """
@@ -32,10 +35,16 @@ if TYPE_CHECKING:
     import torch
 
     from sncli.formats.safetensors import SafetensorsStreamReader
+    from sncli.quant_diff import QuantizationReport
 
 DEFAULT_TOP_K = 8
-#: B's direction u_j is an intruder when ‖U_Aᵀu_j‖ (its part inside A's top-K span) is below
-#: this: cos < 0.5 means more than 60° from every direction of A's top subspace.
+#: B's direction u_j counts as outside A's top-K subspace when ‖U_Aᵀu_j‖ (its part inside that
+#: span) is below this: cos < 0.5 means more than 60° from every direction of the subspace.
+DEFAULT_SUBSPACE_THRESHOLD = 0.5
+#: Intruder dimensions (Shuttleworth et al. 2024; PEFT's ``reduce_intruder_dimension``
+#: defaults): B's top 10 singular vectors, each an intruder when its largest |cos| with any
+#: singular vector of A is below 0.5.
+DEFAULT_INTRUDER_TOP_K = 10
 DEFAULT_INTRUDER_THRESHOLD = 0.5
 
 
@@ -83,7 +92,20 @@ class LayerDiff:
     certified: bool = False
     algorithm: str = ""
     subspace_cosines: tuple[float, ...] | None = None
-    intruders: int | None = None
+    #: How many of B's top-K directions have less than ``subspace_threshold`` of their length
+    #: inside A's top-K subspace.
+    outside_top_subspace: int | None = None
+    #: Intruder dimensions: which of B's top ``intruder_top_k`` singular vectors (0-based) have
+    #: max |cos| < ``intruder_threshold`` with every singular vector of A (None: not computed,
+    #: or A is zero).
+    intruder_indices: tuple[int, ...] | None = None
+    #: How the rows were aligned before comparing (a GGUF side: "llama.cpp Q/K permutation
+    #: undone (N heads)"); empty when compared as stored.
+    rows: str = ""
+
+    @property
+    def intruder_dimensions(self) -> int | None:
+        return None if self.intruder_indices is None else len(self.intruder_indices)
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,7 @@ class DiffReport:
     format_b: str
     method: Method
     top_k: int
+    #: The threshold of the intruder dimensions (``intruder_top_k``), not of ``top_k``'s measure.
     intruder_threshold: float
     layers: list[LayerDiff]
     only_in_a: list[str]
@@ -108,6 +131,10 @@ class DiffReport:
     notes: list[str] = field(default_factory=list)
     workers: int = 1
     seconds: float | None = None
+    intruder_top_k: int = 0
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD
+    #: Set when exactly one side is GGUF: names paired by llama.cpp's tables, error per type.
+    quantization: QuantizationReport | None = None
 
     @property
     def changed(self) -> list[LayerDiff]:
@@ -166,17 +193,21 @@ def relative_change(layer: LayerDiff) -> float:
 
 
 @dataclass(frozen=True)
-class _Pair:
+class Pair:
     name: str
     layer_a: Layer
     layer_b: Layer
+    #: Undo llama.cpp's Q/K row permutation of the GGUF side ("a" or "b") with this many heads.
+    heads: int | None = None
+    gguf_side: str = ""
 
 
 @dataclass
 class _LoadedPair:
-    pair: _Pair
+    pair: Pair
     a: torch.Tensor
     b: torch.Tensor
+    rows: str = ""
 
 
 def _byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -200,13 +231,26 @@ def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
     )
 
 
-def _compare(
-    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
-) -> LayerDiff:
+@dataclass(frozen=True)
+class Directions:
+    """What ``diff`` measures of the singular directions (0 turns a measure off)."""
+
+    top_k: int = DEFAULT_TOP_K
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD
+    intruder_top_k: int = DEFAULT_INTRUDER_TOP_K
+    intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD
+
+
+def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions) -> LayerDiff:
     import torch
 
     from sncli.numerics.floating import check_finite
-    from sncli.numerics.subspaces import captured_fractions, principal_cosines, top_left_subspace
+    from sncli.numerics.subspaces import (
+        captured_fractions,
+        intruder_dimensions,
+        principal_cosines,
+        top_left_subspace,
+    )
 
     pair = loaded.pair
     layer = pair.layer_a
@@ -220,6 +264,7 @@ def _compare(
         "dtype_b": pair.layer_b.dtype,
         "matrix": layer.matrix_description,
         "matrix_shape": layer.matrix_shape,
+        "rows": loaded.rows,
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)
@@ -228,6 +273,7 @@ def _compare(
             check_finite(matrix)
         except NumericalError as exc:
             raise NumericalError(f"{exc.message} in {side}") from exc
+    top_k, intruder_k = directions.top_k, directions.intruder_top_k
     if _byte_equal(loaded.a, loaded.b):
         sigma = _sigma(a, options).sigma
         return LayerDiff(
@@ -244,7 +290,9 @@ def _compare(
             certified=True,
             algorithm="byte-equal",
             subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
-            intruders=0 if top_k and sigma > 0 else None,
+            outside_top_subspace=0 if top_k and sigma > 0 else None,
+            # each of B's singular vectors is one of A's: |cos| = 1, no intruder
+            intruder_indices=() if intruder_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     difference = b64 - a64  # one layer pair and its difference: the memory of this task
@@ -255,14 +303,20 @@ def _compare(
     delta_frob = float(torch.linalg.vector_norm(difference))
     del difference
     cosines: tuple[float, ...] | None = None
-    intruders: int | None = None
+    outside: int | None = None
     if top_k:
         space_a = top_left_subspace(a64, top_k, seed=options.seed)
         space_b = top_left_subspace(b64, top_k, seed=options.seed)
         if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
             cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
             captured = captured_fractions(space_a.vectors, space_b.vectors)
-            intruders = sum(1 for value in captured if value < threshold)
+            outside = sum(1 for value in captured if value < directions.subspace_threshold)
+    intruders = None
+    if intruder_k:
+        found = intruder_dimensions(
+            a64, b64, intruder_k, directions.intruder_threshold, seed=options.seed
+        )
+        intruders = None if found is None else found.indices
     return LayerDiff(
         **common,
         unchanged=False,
@@ -277,11 +331,12 @@ def _compare(
         certified=delta.certified,
         algorithm=delta.algorithm,
         subspace_cosines=cosines,
-        intruders=intruders,
+        outside_top_subspace=outside,
+        intruder_indices=intruders,
     )
 
 
-def _pair_bytes(pair: _Pair) -> int:
+def _pair_bytes(pair: Pair) -> int:
     """Both sides as stored, plus the float64 copies and their difference."""
     size = math.prod(pair.layer_a.shape)
     stored = size * (bits_per_element(pair.layer_a.dtype) + bits_per_element(pair.layer_b.dtype))
@@ -289,26 +344,36 @@ def _pair_bytes(pair: _Pair) -> int:
 
 
 def _load_pair(
-    a: Checkpoint, b: Checkpoint, pair: _Pair, reader: SafetensorsStreamReader | None
+    a: Checkpoint, b: Checkpoint, pair: Pair, reader: SafetensorsStreamReader | None
 ) -> _LoadedPair:
-    return _LoadedPair(
+    loaded = _LoadedPair(
         pair,
         load_weight(a, pair.layer_a.name, reader),
         load_weight(b, pair.layer_b.name, reader if b.format == "safetensors" else None),
     )
+    if pair.heads is not None:
+        from sncli.gguf_names import closer_layout
+
+        if pair.gguf_side == "b":
+            loaded.b, undone = closer_layout(loaded.a, loaded.b, pair.heads)
+        else:
+            loaded.a, undone = closer_layout(loaded.b, loaded.a, pair.heads)
+        if undone:
+            loaded.rows = f"llama.cpp Q/K permutation undone ({pair.heads} heads)"
+    return loaded
 
 
 def _compare_or_skip(
-    loaded: _LoadedPair, options: MethodOptions, top_k: int, threshold: float
+    loaded: _LoadedPair, options: MethodOptions, directions: Directions
 ) -> LayerDiff | Skipped:
     try:
-        return _compare(loaded, options, top_k, threshold)
+        return _compare(loaded, options, directions)
     except NumericalError as exc:
         return Skipped(loaded.pair.layer_a.name, exc.message)
 
 
 def _load_for_task(
-    checkpoints: tuple[Checkpoint, ...], pair: _Pair, reader: SafetensorsStreamReader | None
+    checkpoints: tuple[Checkpoint, ...], pair: Pair, reader: SafetensorsStreamReader | None
 ) -> _LoadedPair:
     return _load_pair(checkpoints[0], checkpoints[1], pair, reader)
 
@@ -331,16 +396,23 @@ def diff_checkpoints(
     top_k: int = DEFAULT_TOP_K,
     intruder_threshold: float = DEFAULT_INTRUDER_THRESHOLD,
     progress: ProgressCallback | None = None,
+    intruder_top_k: int = DEFAULT_INTRUDER_TOP_K,
+    subspace_threshold: float = DEFAULT_SUBSPACE_THRESHOLD,
 ) -> DiffReport:
     """Compare every layer the two checkpoints share (see the module docstring).
 
+    When exactly one side is a GGUF file, names are paired by llama.cpp's tables instead
+    (:mod:`sncli.gguf_names`) and ``quantization`` summarises the error per GGUF type.
     Tensors only one side holds, and same-named tensors whose shape or dtype differ, are listed
     (``only_in_a``, ``only_in_b``, ``mismatched``). Raises ``NoLayersMatchedError`` when no
     layer is left to compare, ``NumericalError`` when a compared weight holds NaN/Inf.
     """
     options = options or MethodOptions()
-    if top_k < 0:
-        raise ValueError(f"top_k must be ≥ 0, got {top_k}")
+    if top_k < 0 or intruder_top_k < 0:
+        raise ValueError(f"top_k and intruder_top_k must be ≥ 0, got {top_k}, {intruder_top_k}")
+    directions = Directions(top_k, subspace_threshold, intruder_top_k, intruder_threshold)
+    if (a.format == "gguf") != (b.format == "gguf"):  # a quantized file against its source
+        return _diff_quantized(a, b, options, directions, progress, include, exclude, transposed)
     names_a, names_b = _tensor_names(a), _tensor_names(b)
     only_a = sorted(set(names_a) - set(names_b), key=natural_key)
     only_b = sorted(set(names_b) - set(names_a), key=natural_key)
@@ -366,7 +438,7 @@ def diff_checkpoints(
     layers_b = {layer.short_name: layer for layer in classified_b.layers}
     selected = select(list(layers_a.values()), include, exclude)
     pairs = [
-        _Pair(layer.short_name, layer, layers_b[layer.short_name])
+        Pair(layer.short_name, layer, layers_b[layer.short_name])
         for layer in selected
         if layer.short_name in layers_b and layers_b[layer.short_name].shape == layer.shape
     ]
@@ -376,6 +448,74 @@ def diff_checkpoints(
             + (" after the filters" if (list(include) or list(exclude)) else ""),
             b.path,
         )
+    return measure_pairs(
+        a,
+        b,
+        pairs,
+        options=options,
+        directions=directions,
+        progress=progress,
+        only_in=(only_a, only_b),
+        mismatched=mismatched,
+        skipped=list(classified_a.skipped),
+    )
+
+
+def _diff_quantized(
+    a: Checkpoint,
+    b: Checkpoint,
+    options: MethodOptions,
+    directions: Directions,
+    progress: ProgressCallback | None,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    transposed: Iterable[str],
+) -> DiffReport:
+    """A GGUF file against its source (see :mod:`sncli.quant_diff`)."""
+    from dataclasses import replace
+
+    from sncli.quant_diff import pair_quantized, summarize
+
+    found = pair_quantized(a, b, include=include, exclude=exclude, transposed=transposed)
+    pairs = [Pair(name, la, lb, heads, found.gguf_side) for name, la, lb, heads in found.pairs]
+    if not pairs:
+        raise NoLayersMatchedError(
+            "nothing to compare: no layer of the source pairs with a tensor of the GGUF file "
+            f"(architecture {found.architecture}; {len(found.unmatched)} unmatched names)",
+            (a if found.gguf_side == "a" else b).path,
+        )
+    only = {
+        side: [u.name for u in found.unmatched if u.side == side] for side in ("source", "gguf")
+    }
+    sides = ("gguf", "source") if found.gguf_side == "a" else ("source", "gguf")
+    report = measure_pairs(
+        a,
+        b,
+        pairs,
+        options=options,
+        directions=directions,
+        progress=progress,
+        only_in=(only[sides[0]], only[sides[1]]),
+        mismatched=[],
+        skipped=found.skipped,
+    )
+    quantization = summarize(found.architecture, found.gguf_side, report.layers, found.unmatched)
+    return replace(report, notes=report.notes + found.notes, quantization=quantization)
+
+
+def measure_pairs(
+    a: Checkpoint,
+    b: Checkpoint,
+    pairs: list[Pair],
+    *,
+    options: MethodOptions,
+    directions: Directions,
+    progress: ProgressCallback | None,
+    only_in: tuple[list[str], list[str]],
+    mismatched: list[Mismatch],
+    skipped: list[Skipped],
+) -> DiffReport:
+    """Compare the matched ``pairs`` through :mod:`sncli.run` and assemble the report."""
     began = time.perf_counter()
     workers = options.workers or max(1, min(available_cores(), len(pairs)))
     results, failed, workers, run_notes = measure_layers(
@@ -385,9 +525,7 @@ def diff_checkpoints(
         nbytes=_pair_bytes,
         width=lambda pair: pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1],
         load=_load_for_task,
-        compute=partial(
-            _compare_or_skip, options=options, top_k=top_k, threshold=intruder_threshold
-        ),
+        compute=partial(_compare_or_skip, options=options, directions=directions),
         workers=workers,
         label=lambda pair: pair.name,
         progress=progress,
@@ -405,15 +543,17 @@ def diff_checkpoints(
         format_a=a.format,
         format_b=b.format,
         method=Method(options.method),
-        top_k=top_k,
-        intruder_threshold=intruder_threshold,
+        top_k=directions.top_k,
+        intruder_threshold=directions.intruder_threshold,
         layers=results,
-        only_in_a=only_a,
-        only_in_b=only_b,
+        only_in_a=only_in[0],
+        only_in_b=only_in[1],
         mismatched=mismatched,
-        skipped=list(classified_a.skipped),
+        skipped=skipped,
         unmeasured=failed,
         notes=notes,
         workers=workers,
         seconds=time.perf_counter() - began,
+        intruder_top_k=directions.intruder_top_k,
+        subspace_threshold=directions.subspace_threshold,
     )

@@ -101,7 +101,7 @@ def test_scaled_checkpoint_moves_by_c_minus_one(tmp_path: Path, c: float) -> Non
         # same directions up to sign: every principal cosine is 1
         assert layer.subspace_cosines is not None
         assert min(layer.subspace_cosines) == pytest.approx(1.0, abs=1e-9)
-        assert layer.intruders == 0
+        assert layer.outside_top_subspace == 0 and layer.intruder_indices == ()
 
 
 def test_auto_method_is_a_lower_bound_within_its_tolerance(tmp_path: Path) -> None:
@@ -211,7 +211,8 @@ def test_a_layer_moving_from_zero_sorts_first_and_fails_any_gate(tmp_path: Path)
     lora = next(layer for layer in report.layers if layer.name == "lora_B.weight")
     assert lora.relative is None and lora.delta_sigma > 0
     assert relative_change(lora) == float("inf")
-    assert lora.subspace_cosines is None and lora.intruders is None
+    assert lora.subspace_cosines is None and lora.outside_top_subspace is None
+    assert lora.intruder_indices is None
     assert [layer.name for layer in report.exceeding(1e6)] == ["lora_B.weight"]
 
 

@@ -15,6 +15,7 @@ from sncli.cli.opening import open_and_report
 from sncli.cli.sink import Sink, handle_errors
 from sncli.diff import (
     DEFAULT_INTRUDER_THRESHOLD,
+    DEFAULT_INTRUDER_TOP_K,
     DEFAULT_TOP_K,
     LayerDiff,
     diff_checkpoints,
@@ -98,18 +99,27 @@ def diff(
         typer.Option(
             "--top-k",
             min=0,
-            help="Compare the top-K left singular subspaces of A and B (principal angles, "
-            "intruder dimensions); 0 turns it off.",
+            help="Compare the top-K left singular subspaces of A and B (principal angles; "
+            "how many of B's top-K directions lie mostly outside A's); 0 turns it off.",
         ),
     ] = DEFAULT_TOP_K,
+    intruder_top_k: Annotated[
+        int,
+        typer.Option(
+            "--intruder-top-k",
+            min=0,
+            help="Intruder dimensions (Shuttleworth et al. 2024): test B's top-K singular "
+            "vectors, each against every singular vector of A; 0 turns it off.",
+        ),
+    ] = DEFAULT_INTRUDER_TOP_K,
     intruder_threshold: Annotated[
         float,
         typer.Option(
             "--intruder-threshold",
             min=0.0,
             max=1.0,
-            help="A top direction of B is an intruder when less than this fraction of its "
-            "length lies in A's top-K subspace.",
+            help="One of B's top singular vectors is an intruder when its largest |cos| with "
+            "A's singular vectors is below this.",
         ),
     ] = DEFAULT_INTRUDER_THRESHOLD,
     output_format: opt.FormatOpt = OutputFormat.TABLE,
@@ -166,6 +176,7 @@ def diff(
             ),
             **chosen,
             top_k=top_k,
+            intruder_top_k=intruder_top_k,
             intruder_threshold=intruder_threshold,
             progress=progress,
         )

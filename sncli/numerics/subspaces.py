@@ -2,9 +2,10 @@
 
 What ``sncli diff`` needs to say whether a fine-tune kept a layer's top singular directions:
 the top-K left singular vectors of A and of B, the cosines of the principal angles between the
-two subspaces (Björck & Golub 1973: the singular values of U_Aᵀ U_B), and, per direction of B,
-how much of it lies in A's subspace (‖U_Aᵀ u_j‖; an "intruder dimension" when that is small,
-Shuttleworth et al. 2024). These are diagnostics, not bounds: vectors come from float64 LAPACK
+two subspaces (Björck & Golub 1973: the singular values of U_Aᵀ U_B), per direction of B how
+much of it lies in A's subspace (‖U_Aᵀ u_j‖), and the intruder dimensions of Shuttleworth et
+al. (2024): B's top singular vectors far from every singular vector of A, one at a time
+(:func:`intruder_dimensions`). These are diagnostics, not bounds: vectors come from float64 LAPACK
 (dense LAPACK SVD up to ``DENSE_SIDE``) or from float64 randomized subspace iteration with a
 reported residual, cut to the numerical rank; cosines carry the vectors' rounding (~1e-14
 dense).
@@ -121,3 +122,69 @@ def captured_fractions(reference: torch.Tensor, directions: torch.Tensor) -> lis
 
     norms = torch.linalg.vector_norm(reference.T @ directions, dim=0)
     return [min(1.0, float(v)) for v in norms]
+
+
+@dataclass(frozen=True)
+class Intruders:
+    """Intruder dimensions of a fine-tuned matrix B against its base A (Shuttleworth et al.
+    2024, as PEFT's ``reduce_intruder_dimension`` computes them).
+
+    ``indices``: which of B's top ``checked`` left singular vectors (0-based, largest σ first)
+    have max_i |⟨u_j(B), u_i(A)⟩| < threshold over ALL of A's left singular vectors. ``checked``
+    is k cut to B's numerical rank. ``full_svd``: whether A's full SVD was needed (else every
+    direction was decided by A's top vectors alone, see :func:`intruder_dimensions`).
+    """
+
+    indices: tuple[int, ...]
+    checked: int
+    full_svd: bool
+
+
+#: A's top vectors computed beyond k to screen B's directions before any full SVD of A.
+_SCREEN_EXTRA = 16
+
+
+def intruder_dimensions(
+    base: torch.Tensor, tuned: torch.Tensor, k: int, threshold: float, *, seed: int = 0
+) -> Intruders | None:
+    """Which of ``tuned``'s top-``k`` left singular vectors are intruders against ``base``.
+
+    The definition is PEFT's ``_calc_intruder_ids``: each of B's top-k left singular vectors
+    (``full_matrices=False``) against all min(m, n) left singular vectors of A, one at a time.
+    It needs A's full SVD (O(mn·min(m, n))); above ``DENSE_SIDE`` A's top k + 16 vectors are
+    computed first and decide a direction when one of them already has |cos| ≥ threshold (not
+    an intruder), or when the part of u_j outside them is shorter than the threshold (then no
+    other singular vector of A can reach it: an intruder); only undecided directions pay for
+    the full SVD. None when A is zero (its singular vectors are arbitrary).
+    """
+    import torch
+
+    a = base.detach().to(torch.float64)
+    top_b = top_left_subspace(tuned, k, seed=seed).vectors
+    m, n = a.shape
+    if not bool(a.any()):
+        return None
+    if top_b.shape[1] == 0:
+        return Intruders((), 0, False)
+    full = min(m, n) <= DENSE_SIDE
+    best: torch.Tensor | None = None
+    if not full:
+        top_a = top_left_subspace(a, min(m, n, k + _SCREEN_EXTRA), seed=seed).vectors
+        if top_a.shape[1] == 0:
+            return None
+        cosines = top_a.T @ top_b
+        best = cosines.abs().max(dim=0).values
+        outside = (1.0 - cosines.square().sum(dim=0)).clamp_min(0.0).sqrt()
+        undecided = (best < threshold) & (outside >= threshold)
+        full = bool(undecided.any())
+    if full:
+        try:
+            left = torch.linalg.svd(a, full_matrices=False).U
+        except torch.linalg.LinAlgError as exc:
+            raise NumericalError(
+                "intruder dimensions not measurable: float64 LAPACK SVD did not converge"
+            ) from exc
+        best = (left.T @ top_b).abs().max(dim=0).values
+    assert best is not None
+    indices = tuple(int(j) for j in torch.nonzero(best < threshold).flatten())
+    return Intruders(indices, top_b.shape[1], full)

@@ -28,7 +28,8 @@ CSV_FIELDS = (
     "delta_frobenius",
     "relative_frobenius",
     "min_subspace_cosine",
-    "intruders",
+    "outside_top_subspace",
+    "intruder_dimensions",
 )
 
 
@@ -59,7 +60,12 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
         item["algorithm"] = layer.algorithm
     if layer.subspace_cosines is not None:
         item["subspace_cosines"] = list(layer.subspace_cosines)
-        item["intruders"] = layer.intruders
+        item["outside_top_subspace"] = layer.outside_top_subspace
+    if layer.rows:
+        item["rows"] = layer.rows
+    if layer.intruder_indices is not None:
+        item["intruder_dimensions"] = len(layer.intruder_indices)
+        item["intruder_indices"] = list(layer.intruder_indices)
     return item
 
 
@@ -73,6 +79,8 @@ def diff_to_dict(
         "format_b": report.format_b,
         "method": report.method.value,
         "top_k": report.top_k,
+        "subspace_threshold": report.subspace_threshold,
+        "intruder_top_k": report.intruder_top_k,
         "intruder_threshold": report.intruder_threshold,
         "layers": [layer_to_dict(layer) for layer in layers],
         "only_in_a": report.only_in_a,
@@ -101,10 +109,83 @@ def diff_to_dict(
         if largest is None
         else {"name": largest.name, "relative": largest.relative},
     }
+    if report.quantization is not None:
+        data["quantization"] = _quantization_dict(report)
     if fail_above is not None:
         data["summary"]["fail_above"] = fail_above
         data["summary"]["exceeding"] = [layer.name for layer in report.exceeding(fail_above)]
     return data
+
+
+def _quantization_dict(report: DiffReport) -> dict[str, Any]:
+    from sncli.quant_diff import sigma_drift
+
+    quant = report.quantization
+    assert quant is not None
+    return {
+        "architecture": quant.architecture,
+        "gguf_side": quant.gguf_side,
+        "by_type": [
+            {
+                "type": s.type,
+                "layers": s.layers,
+                "parameters": s.parameters,
+                "relative_max": s.relative_max,
+                "relative_median": s.relative_median,
+                "relative_frobenius_max": s.relative_frobenius_max,
+                "relative_frobenius_median": s.relative_frobenius_median,
+                "sigma_drift_max": s.sigma_drift_max,
+            }
+            for s in quant.by_type
+        ],
+        "sigma_drift": {layer.name: sigma_drift(layer) for layer in report.layers},
+        "unmatched": [
+            {"name": u.name, "side": u.side, "reason": u.reason} for u in quant.unmatched
+        ],
+    }
+
+
+def print_quantization(report: DiffReport, console: Console) -> None:
+    """The per-type summary and the unmatched names of a GGUF-vs-source diff."""
+    quant = report.quantization
+    if quant is None:
+        return
+    table = Table(
+        title=f"By GGUF type ({quant.architecture}; relative to A)",
+        title_justify="left",
+        header_style="bold",
+    )
+    for column in (
+        "type",
+        "layers",
+        "parameters",
+        "max ‖Q−W‖₂/‖W‖₂",
+        "median",
+        "max Frobenius",
+        "median",
+        "σ_max drift",
+    ):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for s in quant.by_type:
+        table.add_row(
+            escape(s.type),
+            str(s.layers),
+            f"{s.parameters:,}",
+            f"{s.relative_max:.3g}",
+            f"{s.relative_median:.3g}",
+            f"{s.relative_frobenius_max:.3g}",
+            f"{s.relative_frobenius_median:.3g}",
+            f"{s.sigma_drift_max:+.3g}",
+        )
+    console.print(table)
+    if quant.unmatched:
+        names = Table(title="Unmatched names", title_justify="left", header_style="bold")
+        names.add_column("name", overflow="fold")
+        names.add_column("side")
+        names.add_column("reason", overflow="fold")
+        for u in quant.unmatched:
+            names.add_row(escape(clean_text(u.name, 80)), u.side, escape(u.reason))
+        console.print(names)
 
 
 def diff_to_csv(layers: list[LayerDiff]) -> str:
@@ -127,7 +208,8 @@ def diff_to_csv(layers: list[LayerDiff]) -> str:
                 repr(layer.delta_frobenius),
                 "" if layer.relative_frobenius is None else repr(layer.relative_frobenius),
                 "" if not cosines else repr(min(cosines)),
-                "" if layer.intruders is None else layer.intruders,
+                "" if layer.outside_top_subspace is None else layer.outside_top_subspace,
+                "" if layer.intruder_dimensions is None else layer.intruder_dimensions,
             ]
         )
     return buffer.getvalue()
@@ -135,6 +217,41 @@ def diff_to_csv(layers: list[LayerDiff]) -> str:
 
 def _relative(value: float | None) -> str:
     return "--" if value is None else f"{value:.3g}"
+
+
+def _direction_cells(report: DiffReport, layer: LayerDiff) -> list[str]:
+    cells = []
+    if report.top_k:
+        cosines, outside = layer.subspace_cosines, layer.outside_top_subspace
+        cells += [
+            "--" if not cosines else f"{min(cosines):.3f}",
+            "--" if outside is None else str(outside),
+        ]
+    if report.intruder_top_k:
+        count = layer.intruder_dimensions
+        cells.append("--" if count is None else str(count))
+    return cells
+
+
+def _caption(report: DiffReport, layers: list[LayerDiff]) -> str:
+    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
+    caption = f"‖B−A‖₂ by --method {report.method.value}"
+    if lower:
+        caption += "; '≥' marks lower bounds (iterative estimates)"
+    if report.top_k:
+        caption += (
+            f"; min cos: smallest cosine of the principal angles between the top-{report.top_k} "
+            f"left singular subspaces (1 = same directions); outside: B's top-{report.top_k} "
+            f"directions with less than {report.subspace_threshold:g} of their length inside "
+            "A's top subspace"
+        )
+    if report.intruder_top_k:
+        caption += (
+            f"; intruders: B's top-{report.intruder_top_k} singular vectors whose |cos| with "
+            f"every singular vector of A is below {report.intruder_threshold:g} "
+            "(Shuttleworth et al. 2024)"
+        )
+    return caption
 
 
 def print_diff_table(
@@ -154,6 +271,8 @@ def print_diff_table(
     table.add_column("rel. Frobenius", justify="right")
     if report.top_k:
         table.add_column(f"top-{report.top_k} min cos", justify="right")
+        table.add_column(f"outside top-{report.top_k}", justify="right")
+    if report.intruder_top_k:
         table.add_column("intruders", justify="right")
     exceeding = {layer.name for layer in report.exceeding(fail_above)} if fail_above else set()
     for layer in layers:
@@ -172,12 +291,7 @@ def print_diff_table(
             else _relative(layer.relative),
             _relative(layer.relative_frobenius),
         ]
-        if report.top_k:
-            cosines = layer.subspace_cosines
-            row += [
-                "--" if not cosines else f"{min(cosines):.3f}",
-                "--" if layer.intruders is None else str(layer.intruders),
-            ]
+        row += _direction_cells(report, layer)
         table.add_row(*row, style=style)
     console.print(table)
     changed = report.changed
@@ -211,14 +325,5 @@ def print_diff_table(
             else f"shape {fmt_shape(m.shape_a)} → {fmt_shape(m.shape_b)} (not compared)"
         )
         console.print(f"mismatched: {escape(clean_text(m.name, 80))}: {what}", style="dim")
-    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
-    caption = f"‖B−A‖₂ by --method {report.method.value}"
-    if lower:
-        caption += "; '≥' marks lower bounds (iterative estimates)"
-    if report.top_k:
-        caption += (
-            f"; min cos: smallest cosine of the principal angles between the top-{report.top_k} "
-            f"left singular subspaces (1 = same directions); intruders: B's top directions "
-            f"with less than {report.intruder_threshold:g} of their length inside A's subspace"
-        )
-    console.print(caption, style="dim")
+    console.print(_caption(report, layers), style="dim")
+    print_quantization(report, console)

@@ -55,7 +55,8 @@ def test_json_contract(pair) -> None:
         "delta_frobenius",
         "relative_frobenius",
         "subspace_cosines",
-        "intruders",
+        "outside_top_subspace",
+        "intruder_dimensions",
         "delta_bound",
     } <= set(moved)
     assert data["only_in_b"] == ["extra.weight"] and data["only_in_a"] == []
@@ -135,3 +136,32 @@ def test_a_nan_layer_fails_the_gate(tmp_path: Path) -> None:
     assert "not compared: fc2.weight" in out
     code, _, err = invoke(*args)
     assert code == 0 and "fc2.weight" in err  # still said without a gate
+
+
+def test_intruder_dimensions_json_and_flags(tmp_path: Path) -> None:
+    """A float64 layer whose update is a large rank-1 x yᵀ with x orthogonal to every left
+    singular vector of A (A is 24×16, its vectors span 16 of 24 dimensions): exactly B's top
+    direction is an intruder; --intruder-top-k 0 turns the measure off."""
+    g = torch.Generator().manual_seed(5)
+    basis = torch.linalg.qr(torch.randn(24, 17, generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64)).Q
+    a = (basis[:, :16] * torch.linspace(4.0, 1.0, 16, dtype=torch.float64)) @ v.T
+    b = a + 10.0 * basis[:, 16:] @ v[:, :1].T
+    save_file({"fc.weight": a}, str(tmp_path / "a.safetensors"))
+    save_file({"fc.weight": b}, str(tmp_path / "b.safetensors"))
+    args = ("diff", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+    code, out, _ = invoke(*args, "--format", "json", "--intruder-top-k", "5")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["intruder_top_k"], data["intruder_threshold"], data["top_k"]) == (5, 0.5, 8)
+    layer = data["layers"][0]
+    assert (layer["intruder_dimensions"], layer["intruder_indices"]) == (1, [0])
+    # the old subspace measure, under its own name: x is outside A's top-8 subspace too
+    assert layer["outside_top_subspace"] == 1
+    code, out, _ = invoke(*args, "--format", "json", "--intruder-top-k", "0")
+    assert code == 0 and "intruder_dimensions" not in json.loads(out)["layers"][0]
+    code, out, _ = invoke(*args, "--format", "json", "--intruder-threshold", "0")
+    assert code == 0 and json.loads(out)["layers"][0]["intruder_dimensions"] == 0  # none < 0
+    code, out, _ = invoke(*args, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[0]["intruder_dimensions"] == "1" and rows[0]["outside_top_subspace"] == "1"

@@ -108,3 +108,97 @@ def test_extreme_scales_give_the_same_subspace(scale: float, dtype: torch.dtype)
     expected = math.ldexp(1.0, -exponent)
     assert torch.allclose(ratio, torch.full_like(ratio, expected), rtol=1e-12)
     assert here.residual < 1e-12
+
+
+def _numpy_intruders(a: torch.Tensor, b: torch.Tensor, k: int, threshold: float) -> list[int]:
+    """PEFT's definition written directly in NumPy (float64 LAPACK): each of B's top-k left
+    singular vectors against all of A's, largest |cos| below the threshold."""
+    import numpy as np
+
+    u_a = np.linalg.svd(a.numpy(), full_matrices=False)[0]
+    u_b = np.linalg.svd(b.numpy(), full_matrices=False)[0]
+    best = np.abs(u_b[:, :k].T @ u_a).max(axis=1)
+    return [int(j) for j in np.nonzero(best < threshold)[0]]
+
+
+def _numpy_best_cosines(a: torch.Tensor, b: torch.Tensor, k: int) -> list[float]:
+    import numpy as np
+
+    u_a = np.linalg.svd(a.numpy(), full_matrices=False)[0]
+    u_b = np.linalg.svd(b.numpy(), full_matrices=False)[0]
+    return np.abs(u_b[:, :k].T @ u_a).max(axis=1).tolist()
+
+
+@pytest.mark.parametrize("dense_side", [512, 8])
+@pytest.mark.parametrize("shape", [(50, 40), (40, 50)])
+def test_intruders_match_a_direct_numpy_computation(
+    monkeypatch: pytest.MonkeyPatch, dense_side: int, shape: tuple[int, int]
+) -> None:
+    """A fine-tune-like B (A plus rank-4 updates in random directions) against NumPy's full
+    SVDs, for thresholds away from every reference cosine (the decision is well-posed)."""
+    monkeypatch.setattr(subspaces, "DENSE_SIDE", dense_side)
+    m, n = shape
+    k = min(m, n)
+    u, v = _orthonormal(m, k, 11), _orthonormal(n, k, 12)
+    a = _matrix(u, [3.0 * 0.9**i for i in range(k)], v)
+    g = torch.Generator().manual_seed(13)
+    update = torch.randn(m, 4, generator=g, dtype=torch.float64) @ torch.randn(
+        4, n, generator=g, dtype=torch.float64
+    )
+    b = a + 0.4 * update
+    reference = _numpy_best_cosines(a, b, 10)
+    found_any = False
+    for threshold in (0.3, 0.5, 0.7, 0.9):
+        assert min(abs(c - threshold) for c in reference) > 1e-6
+        result = subspaces.intruder_dimensions(a, b, 10, threshold)
+        assert result is not None and result.checked == 10
+        assert list(result.indices) == _numpy_intruders(a, b, 10, threshold)
+        found_any |= bool(result.indices)
+    assert found_any  # the test exercises intruders, not only their absence
+
+
+@pytest.mark.parametrize("dense_side", [512, 8])
+def test_rank_one_update_outside_the_base_spectrum_is_the_only_intruder(
+    monkeypatch: pytest.MonkeyPatch, dense_side: int
+) -> None:
+    """A is 60×40 (its left singular vectors span 40 of 60 dimensions); B = A + 20·x yᵀ with x
+    orthogonal to all of them: B's top singular vector is x (|cos| 0 with every u_i(A)),
+    the other top vectors are A's own (|cos| 1)."""
+    monkeypatch.setattr(subspaces, "DENSE_SIDE", dense_side)
+    basis = _orthonormal(60, 41, 21)
+    u, x = basis[:, :40], basis[:, 40:]
+    v, y = _orthonormal(40, 40, 22), _orthonormal(40, 1, 23)
+    a = _matrix(u, [10.0 / (i + 1) for i in range(40)], v)
+    b = a + 20.0 * x @ y.T
+    result = subspaces.intruder_dimensions(a, b, 10, 0.5)
+    assert result is not None
+    assert result.indices == (0,) and result.checked == 10
+    assert _numpy_intruders(a, b, 10, 0.5) == [0]
+    # the same update in A's own top direction is no intruder
+    assert subspaces.intruder_dimensions(a, a + 20.0 * u[:, :1] @ y.T, 10, 0.5).indices == ()
+
+
+def test_screening_decides_without_a_full_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above DENSE_SIDE A's top k + 16 vectors decide: a direction spread evenly over 16 of
+    them (|cos| = 1/4 with each, nothing outside) is an intruder, a rescaled A has none, and
+    neither needs A's full SVD; a direction outside them does."""
+    monkeypatch.setattr(subspaces, "DENSE_SIDE", 8)
+    u, v = _orthonormal(80, 60, 31), _orthonormal(70, 60, 32)
+    a = _matrix(u, [10.0 * 0.95**i for i in range(60)], v)
+    spread = u[:, 3:19].sum(dim=1, keepdim=True) / 4.0
+    b = a + 30.0 * spread @ v[:, :1].T
+    result = subspaces.intruder_dimensions(a, b, 2, 0.5)
+    assert result is not None and result.indices == (0,) and not result.full_svd
+    assert _numpy_intruders(a, b, 2, 0.5) == [0]
+    scaled = subspaces.intruder_dimensions(a, 1.5 * a, 10, 0.5)
+    assert scaled is not None and scaled.indices == () and not scaled.full_svd
+    tail = u[:, 40:56].sum(dim=1, keepdim=True) / 4.0
+    far = subspaces.intruder_dimensions(a, a + 30.0 * tail @ v[:, :1].T, 2, 0.5)
+    assert far is not None and far.indices == (0,) and far.full_svd
+
+
+def test_intruders_of_a_zero_base_are_not_defined() -> None:
+    b = _orthonormal(20, 5, 41) @ _orthonormal(10, 5, 42).T
+    assert subspaces.intruder_dimensions(torch.zeros(20, 10), b, 10, 0.5) is None
+    empty = subspaces.intruder_dimensions(b, torch.zeros(20, 10), 10, 0.5)
+    assert empty is not None and empty.indices == () and empty.checked == 0
