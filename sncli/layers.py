@@ -274,6 +274,27 @@ def _skip_reason(info: TensorInfo, naming: _Naming, names: set[str]) -> str:
     return f"{ndim}-D weight: no linear or conv layer has this shape"
 
 
+def _companion_roles(
+    checkpoint: Checkpoint,
+    sn: dict[str, SpectralNormInfo],
+    weight_norms: dict[str, WeightNormPair],
+) -> dict[str, str]:
+    """Tensors that belong to another layer (spectral-norm vectors, weight-norm g, adapter
+    factors), each with the reason it is skipped."""
+    roles: dict[str, str] = {}
+    for owner, group in sn.items():
+        roles[group.u_key] = f"spectral-norm power-iteration vector u of {owner}"
+        if group.v_key:
+            roles[group.v_key] = f"spectral-norm power-iteration vector v of {owner}"
+        if group.effective_key:
+            roles[group.effective_key] = f"spectral-norm stored normalized weight of {owner}"
+    if checkpoint.adapter is not None:  # factors are measured as updates (sncli.adapters)
+        roles.update(checkpoint.adapter.roles)
+    for composed, pair in weight_norms.items():
+        roles[pair.g_key] = f"weight-norm magnitude g (of {composed})"
+    return roles
+
+
 def classify(
     checkpoint: Checkpoint,
     *,
@@ -298,18 +319,8 @@ def classify(
         if pair.g_key in names and pair.v_key in names
     }
     sn = spectral_norm_groups(names, set(weight_norms))
-    roles: dict[str, str] = {}
-    for owner, group in sn.items():
-        roles[group.u_key] = f"spectral-norm power-iteration vector u of {owner}"
-        if group.v_key:
-            roles[group.v_key] = f"spectral-norm power-iteration vector v of {owner}"
-        if group.effective_key:
-            roles[group.effective_key] = f"spectral-norm stored normalized weight of {owner}"
-    if checkpoint.adapter is not None:  # factors are measured as updates (sncli.adapters)
-        roles.update(checkpoint.adapter.roles)
+    roles = _companion_roles(checkpoint, sn, weight_norms)
     by_v = {pair.v_key: composed for composed, pair in weight_norms.items()}
-    for composed, pair in weight_norms.items():
-        roles[pair.g_key] = f"weight-norm magnitude g (of {composed})"
     layers: list[Layer] = []
     skipped: list[Skipped] = []
     for key, info in checkpoint.tensors.items():
