@@ -300,11 +300,43 @@ _WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul":
 _FLOAT_TYPES = frozenset({1, 10, 11, 16})
 #: AttributeProto.TENSOR and SPARSE_TENSOR.
 _TENSOR_ATTRIBUTE, _SPARSE_ATTRIBUTE = 4, 11
+_GRAPH_ATTRIBUTE, _GRAPHS_ATTRIBUTE = 5, 10  # AttributeProto.GRAPH, GRAPHS
 
 
-def _constant_nodes(graph: Any) -> Iterator[tuple[str, Any]]:
-    """(output name, node) of every Constant node of the main graph."""
+#: How deep subgraphs (If branches, Loop/Scan bodies) are followed for weights.
+MAX_SUBGRAPH_DEPTH = 16
+
+
+def _subgraphs(node: Any) -> Iterator[Any]:
+    """The subgraphs a node holds in its attributes (If's branches, Loop's and Scan's body)."""
+    for attribute in node.attribute:
+        if attribute.type == _GRAPH_ATTRIBUTE:
+            yield attribute.g
+        elif attribute.type == _GRAPHS_ATTRIBUTE:
+            yield from attribute.graphs
+
+
+def _nodes(graph: Any, nested: bool, depth: int = 0) -> Iterator[Any]:
+    """The graph's nodes, and with ``nested`` those of its subgraphs (depth-first, bounded)."""
     for node in graph.node:
+        yield node
+        if nested and depth < MAX_SUBGRAPH_DEPTH:
+            for subgraph in _subgraphs(node):
+                yield from _nodes(subgraph, nested, depth + 1)
+
+
+def _graphs(graph: Any, depth: int = 0) -> Iterator[Any]:
+    """The graph and its subgraphs, bounded by :data:`MAX_SUBGRAPH_DEPTH`."""
+    yield graph
+    if depth < MAX_SUBGRAPH_DEPTH:
+        for node in graph.node:
+            for subgraph in _subgraphs(node):
+                yield from _graphs(subgraph, depth + 1)
+
+
+def _constant_nodes(graph: Any, nested: bool = False) -> Iterator[tuple[str, Any]]:
+    """(output name, node) of every Constant node of the main graph (and its subgraphs)."""
+    for node in _nodes(graph, nested):
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
             yield node.output[0], node
 
@@ -313,7 +345,7 @@ class _Store:
     """The stored tensors of one model (initializers and Constant ``value`` tensors), checked,
     with their data read on demand."""
 
-    def __init__(self, model: Any, path: Path) -> None:
+    def __init__(self, model: Any, path: Path, nested: bool = False) -> None:
         self.path = path
         self.protos: dict[str, Any] = {}
         self.entries: dict[str, _Tensor] = {}
@@ -321,13 +353,26 @@ class _Store:
         self.constants: set[str] = set()
         #: Tensors listed but not read, with the reason (sparse Constants).
         self.refused: dict[str, str] = {}
+        #: With ``nested``: subgraph tensors not listed because their name is taken.
+        self.shadowed = 0
         sizes: dict[Path, int] = {}
         for proto in model.graph.initializer:
             if proto.name in self.entries:
                 raise CheckpointError(f"duplicate initializer {quote(proto.name)}", path)
             self.entries[proto.name] = _tensor_entry(proto, path, sizes)
             self.protos[proto.name] = proto
-        for name, node in _constant_nodes(model.graph):
+        if nested:  # initializers of If branches and Loop/Scan bodies, where names are free
+            for subgraph in list(_graphs(model.graph))[1:]:
+                for proto in subgraph.initializer:
+                    if proto.name in self.entries:
+                        self.shadowed += 1
+                        continue
+                    self.entries[proto.name] = _tensor_entry(proto, path, sizes)
+                    self.protos[proto.name] = proto
+        for name, node in _constant_nodes(model.graph, nested):
+            if nested and name in self.entries:
+                self.shadowed += 1
+                continue
             for attribute in node.attribute:
                 if attribute.name == "value" and attribute.type == _TENSOR_ATTRIBUTE:
                     self._add(name, _tensor_entry(attribute.t, path, sizes, name), attribute.t)
@@ -396,11 +441,11 @@ class _Store:
 
 
 def _weight_roles(graph: Any, stored: dict[str, _Tensor]) -> tuple[dict[str, str], int]:
-    """Which stored tensors a Conv/ConvTranspose/Gemm/MatMul node uses as its weight (name →
-    op type), followed back through Identity and Casts to float types; and how many of them
-    reach their node through a Cast that changes the float type."""
+    """Which stored tensors a Conv/ConvTranspose/Gemm/MatMul node (of the graph or a subgraph)
+    uses as its weight (name → op type), followed back through Identity and Casts to float
+    types; and how many of them reach their node through a Cast that changes the float type."""
     passes: dict[str, tuple[str, int | None]] = {}  # value → (its source value, Cast's type)
-    for node in graph.node:
+    for node in _nodes(graph, nested=True):
         if node.domain not in ("", "ai.onnx") or len(node.input) != 1 or len(node.output) != 1:
             continue
         if node.op_type == "Identity":
@@ -423,7 +468,7 @@ def _weight_roles(graph: Any, stored: dict[str, _Tensor]) -> tuple[dict[str, str
 
     roles: dict[str, str] = {}
     recast: set[str] = set()
-    for node in graph.node:
+    for node in _nodes(graph, nested=True):
         positions = _WEIGHT_INPUTS.get(node.op_type)
         if positions is None or node.domain not in ("", "ai.onnx"):
             continue
@@ -438,11 +483,15 @@ def _weight_roles(graph: Any, stored: dict[str, _Tensor]) -> tuple[dict[str, str
     return roles, len(recast)
 
 
+def _main_graph_names(graph: Any) -> set[str]:
+    return {p.name for p in graph.initializer} | {name for name, _ in _constant_nodes(graph)}
+
+
 def read_onnx(path: Path) -> FormatContents:
     """The model's stored tensors (initializers and Constant values) as a checkpoint's tensors,
     with the graph's word on which of them are Conv/ConvTranspose/Gemm/MatMul weights."""
     model = _parse_model(path)
-    store = _Store(model, path)
+    store = _Store(model, path, nested=True)
     tensors, unsupported = store.table()
     roles, recast = _weight_roles(model.graph, store.entries)
     notes = [
@@ -455,6 +504,17 @@ def read_onnx(path: Path) -> FormatContents:
         notes.append(
             f"{constant_weights} of its {len(roles)} layer weights are Constant nodes' values "
             "(listed under the Constant's output name)"
+        )
+    inside = len(set(tensors) - _main_graph_names(model.graph))
+    if inside:
+        notes.append(
+            f"{inside} tensors are stored inside subgraphs (If branches, Loop/Scan bodies) and "
+            "listed under their own names"
+        )
+    if store.shadowed:
+        notes.append(
+            f"{store.shadowed} tensors inside subgraphs are not listed: their name is taken by "
+            "another stored tensor"
         )
     if recast:
         notes.append(

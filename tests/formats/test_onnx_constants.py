@@ -363,3 +363,53 @@ def test_names_that_are_not_utf8_are_one_line(tmp_path: Path, where: str, comman
     assert lines[0].startswith("sncli: error: ") and str(path) in lines[0]
     assert "is not UTF-8 text" in lines[0] and "\\xff\\xfe" in lines[0]
     assert "unexpected" not in err
+
+
+# ------------------------------------------------------------------- weights inside subgraphs
+
+
+def test_weights_inside_if_branches_are_listed(tmp_path: Path) -> None:
+    """Silero VAD's exports keep their convs inside If branches (spox inlines them there with a
+    Constant per weight; the op18 export reads outer initializers from inside the branches)."""
+    rng = np.random.default_rng(3)
+    inner = rng.standard_normal((4, 2, 3)).astype(np.float32)  # a Constant in the then branch
+    outer = rng.standard_normal((5, 2, 3)).astype(np.float32)  # an initializer the else uses
+    then_branch = helper.make_graph(
+        [
+            helper.make_node(
+                "Constant", [], ["then.w"], value=numpy_helper.from_array(inner, "then.w")
+            ),
+            helper.make_node("Conv", ["x", "then.w"], ["y_then"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Conv", ["x", "outer.kernel"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(outer, "outer.kernel")],
+    )
+    path = tmp_path / "if.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    with open_checkpoint(path) as ckpt:
+        report = spectral_norms(ckpt)
+    found = {layer.name: layer for layer in report.layers}
+    assert set(found) == {"then.w", "outer.kernel"}  # "kernel" is no weight name: the graph says
+    for name, weight in (("then.w", inner), ("outer.kernel", outer)):
+        assert found[name].kind == "conv1d"
+        _check_sigma(found[name].sigma, found[name].bound, _reference_sigma(weight, "Conv"))
+    assert any("inside subgraphs" in note for note in report.notes)
