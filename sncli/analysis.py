@@ -102,6 +102,9 @@ class LayerSigma:
     reshape_note: str | None = None
     #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
     note: str = ""
+    #: An expert of a mixture-of-experts stack: its index and the stack's key (``Layer``).
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def sigma_upper(self) -> float | None:
@@ -270,6 +273,8 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         warm_start=start is not None and estimate.iterations is not None,
         reshape_note=layer.reshape_note,
         note=layer.note,
+        expert=layer.expert,
+        stack=layer.stack,
     )
 
 
