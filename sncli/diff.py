@@ -84,6 +84,9 @@ class LayerDiff:
     algorithm: str = ""
     subspace_cosines: tuple[float, ...] | None = None
     intruders: int | None = None
+    #: An expert of a mixture-of-experts stack: its index and the stack's key in A.
+    expert: int | None = None
+    stack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,8 @@ def _compare(
         "dtype_b": pair.layer_b.dtype,
         "matrix": layer.matrix_description,
         "matrix_shape": layer.matrix_shape,
+        "expert": layer.expert,
+        "stack": layer.stack,
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)

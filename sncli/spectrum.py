@@ -154,6 +154,9 @@ class LayerSpectrum:
     #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
     note: str = ""
     spectral_norm: bool = False
+    #: An expert of a mixture-of-experts stack: its index and the stack's key (``Layer``).
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def count(self) -> int:
@@ -265,6 +268,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
         "reshape_note": layer.reshape_note,
         "note": layer.note,
         "spectral_norm": layer.spectral_norm is not None,
+        "expert": layer.expert,
+        "stack": layer.stack,
     }
 
 

@@ -315,3 +315,37 @@ def test_safetensors_expert_reads_only_its_slice(
         for e in range(4):
             torch.testing.assert_close(ckpt.load(f"moe.experts.w2[{e}]"), stack[e], rtol=0, atol=0)
     assert reads == [0, 1, 2, 3]
+
+
+def test_gguf_spectrum_and_diff_per_expert(moe_gguf, tmp_path: Path) -> None:
+    path, stacks = moe_gguf
+    other = {
+        k: v + 0.1 * np.random.default_rng(9).standard_normal(v.shape).astype(np.float32)
+        for k, v in stacks.items()
+    }
+    path_b = write_gguf(tmp_path / "b.gguf", other)
+    spectrum = json.loads(run("spectrum", str(path), "--format", "json")[0])
+    diff = json.loads(
+        run("diff", str(path), str(path_b), "--format", "json", "--method", "exact")[0]
+    )
+    name = "blk.0.ffn_gate_exps.weight"
+    layer = next(item for item in spectrum["layers"] if item["name"] == f"{name}[5]")
+    assert (layer["expert"], layer["stack"]) == (5, name)
+    want = np.linalg.svd(stacks[name][5].astype(np.float64), compute_uv=False)
+    assert layer["sigma_max"] == pytest.approx(want[0], rel=RTOL)
+    assert layer["frobenius"] == pytest.approx(np.sqrt((want**2).sum()), rel=1e-9)
+    assert spectrum["summary"]["expert_stacks"][0]["experts"] == E
+    pairs = {item["name"]: item for item in diff["layers"]}
+    assert len(pairs) == 3 * E
+    for stack in stacks:
+        for e in range(E):
+            item = pairs[f"{stack}[{e}]"]
+            delta = other[stack][e].astype(np.float64) - stacks[stack][e].astype(np.float64)
+            assert (item["expert"], item["stack"]) == (e, stack)
+            assert item["delta_sigma"] == pytest.approx(_sigma(delta), rel=1e-9)
+            assert item["relative"] == pytest.approx(
+                _sigma(delta) / _sigma(stacks[stack][e]), rel=1e-9
+            )
+    groups = {g["stack"]: g for g in diff["summary"]["expert_stacks"]}
+    top = max(range(E), key=lambda e: pairs[f"{name}[{e}]"]["relative"])
+    assert groups[name]["largest"]["expert"] == top

@@ -11,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.diff import DiffReport, LayerDiff, relative_change
+from sncli.experts import stack_summaries, summaries_to_json
 from sncli.messages import clean_text
 from sncli.numerics.spectral import BoundKind
-from sncli.render.common import fmt_shape, fmt_sigma, plural
+from sncli.render.common import fmt_shape, fmt_sigma, plural, print_stacks
 
 CSV_FIELDS = (
     "name",
@@ -60,6 +61,8 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
     if layer.subspace_cosines is not None:
         item["subspace_cosines"] = list(layer.subspace_cosines)
         item["intruders"] = layer.intruders
+    if layer.expert is not None:
+        item["expert"], item["stack"] = layer.expert, layer.stack
     return item
 
 
@@ -101,6 +104,9 @@ def diff_to_dict(
         if largest is None
         else {"name": largest.name, "relative": largest.relative},
     }
+    stacks = stack_summaries(report.layers, "relative")
+    if stacks:
+        data["summary"]["expert_stacks"] = summaries_to_json(stacks, "relative")
     if fail_above is not None:
         data["summary"]["fail_above"] = fail_above
         data["summary"]["exceeding"] = [layer.name for layer in report.exceeding(fail_above)]
@@ -194,6 +200,7 @@ def print_diff_table(
     if report.unmeasured:
         parts.append(f"{len(report.unmeasured)} NOT compared (non-finite)")
     console.print(", ".join(parts), style="dim")
+    print_stacks(stack_summaries(report.layers, "relative"), console, "relative ‖B−A‖₂")
     for label, names in (("only in A", report.only_in_a), ("only in B", report.only_in_b)):
         if names:
             shown = ", ".join(clean_text(n, 60) for n in names[:8])
