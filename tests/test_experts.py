@@ -349,3 +349,43 @@ def test_gguf_spectrum_and_diff_per_expert(moe_gguf, tmp_path: Path) -> None:
     groups = {g["stack"]: g for g in diff["summary"]["expert_stacks"]}
     top = max(range(E), key=lambda e: pairs[f"{name}[{e}]"]["relative"])
     assert groups[name]["largest"]["expert"] == top
+
+
+def test_normalize_gguf_scales_each_expert_by_its_own_sigma(moe_gguf, tmp_path: Path) -> None:
+    path, stacks = moe_gguf
+    out = tmp_path / "out.gguf"
+    run("normalize", str(path), "-o", str(out), "--target", "1")
+    written = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(out)).tensors}
+    for name, data in stacks.items():
+        new = written[name].reshape(data.shape)
+        for e in range(E):
+            sigma = _sigma(new[e])
+            assert 1 - 1e-6 < sigma <= 1 + 1e-12
+            np.testing.assert_allclose(new[e], data[e] / _sigma(data[e]), rtol=1e-6, atol=1e-7)
+
+
+def test_normalize_gpt_oss_transposed_stacks(gpt_oss, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    folder, state = gpt_oss
+    out = tmp_path / "out.safetensors"
+    run("normalize", str(folder), "-o", str(out), "--target", "0.5", "--filter", "experts")
+    written = load_file(str(out))
+    for stem in ("gate_up_proj", "down_proj"):
+        key = f"model.layers.0.mlp.experts.{stem}"
+        for e in range(4):
+            assert _sigma(written[key][e]) == pytest.approx(0.5, rel=1e-6)
+            assert _sigma(written[key][e]) <= 0.5 * (1 + 1e-12)
+            np.testing.assert_allclose(
+                written[key][e], state[key][e] * 0.5 / _sigma(state[key][e]), rtol=1e-6, atol=1e-7
+            )
+    np.testing.assert_array_equal(
+        written["model.layers.0.mlp.router.weight"], state["model.layers.0.mlp.router.weight"]
+    )
+
+
+def test_normalize_refuses_a_stack_disagreeing_with_metadata(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "bad.gguf", gguf_stacks(np.random.default_rng(3)), expert_count=6)
+    _, err = run("normalize", str(path), "-o", str(tmp_path / "out.gguf"), code=1)
+    assert "qwen2moe.expert_count = 6" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.gguf").exists()
