@@ -389,3 +389,20 @@ def test_normalize_refuses_a_stack_disagreeing_with_metadata(tmp_path: Path) -> 
     _, err = run("normalize", str(path), "-o", str(tmp_path / "out.gguf"), code=1)
     assert "qwen2moe.expert_count = 6" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_lipschitz_never_chains_experts(moe_gguf, gpt_oss) -> None:
+    from sncli.lipschitz.product import lipschitz_report
+
+    path, _ = moe_gguf
+    _, err = run("lipschitz", str(path), code=4)
+    assert "mixture of experts" in err and "not in a chain" in err
+    folder, _ = gpt_oss
+    with open_checkpoint(folder) as ckpt:
+        report = lipschitz_report(ckpt)
+    assert not report.valid_architecture
+    assert any("mixture of experts" in c for c in report.caveats)
+    assert not any("[" in f.name for f in report.factors)  # no expert is a factor
+    reasons = {s.name: s.reason for s in report.excluded}
+    assert "side by side" in reasons["model.layers.0.mlp.experts.gate_up_proj[0]"]
+    assert not any("heads on one trunk" in c for c in report.caveats)
