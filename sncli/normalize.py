@@ -413,7 +413,7 @@ def _new_tensors(
     A plan with ``experts`` writes their stack, each expert scaled by its own factor.
     """
     if plan.experts:
-        return scaled_stack(checkpoint, plan, options.target)
+        return scaled_stack(checkpoint, plan, options.target, LayerOutcome)
     if layer is not None:
         weight, _ = _baked_weight(checkpoint, layer)
     else:

@@ -6,6 +6,7 @@ stored weight's σ is at most the target, since rounding to the dtype can push i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sncli.dtypes import UNIT_ROUNDOFF
@@ -90,11 +91,12 @@ def stack_plans(plans: list[Any]) -> list[Any]:
     ]
 
 
-def scaled_stack(checkpoint: Any, plan: Any, target: float) -> tuple[dict[str, Any], list[Any]]:
+def scaled_stack(
+    checkpoint: Any, plan: Any, target: float, outcome: Callable[..., Any]
+) -> tuple[dict[str, Any], list[Any]]:
     """A stack with each planned expert scaled by its own factor (``scaled_weight``), the others
-    as stored; and an outcome per scaled expert. The stack is read once, and written whole."""
-    from sncli.normalize import LayerOutcome
-
+    as stored; and ``outcome(...)`` (normalize's ``LayerOutcome``) per scaled expert. The stack
+    is read once, and written whole."""
     stack = checkpoint.load(plan.name).clone()
     outcomes = []
     for expert in plan.experts:
@@ -103,7 +105,7 @@ def scaled_stack(checkpoint: Any, plan: Any, target: float) -> tuple[dict[str, A
         new, sigma, shaves = scaled_weight(weight, expert, target)
         stack[part.index] = new.t() if part.transposed else new
         outcomes.append(
-            LayerOutcome(
+            outcome(
                 expert.name,
                 expert.name,
                 expert.dtype,
