@@ -105,6 +105,9 @@ class LayerSigma:
     #: A LoRA update's rank r and scale s (kind ``lora``, :mod:`sncli.adapters`); else None.
     rank: int | None = None
     scale: float | None = None
+    #: An expert of a mixture-of-experts stack: its index and the stack's key (``Layer``).
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def sigma_upper(self) -> float | None:
@@ -273,6 +276,8 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
         warm_start=start is not None and estimate.iterations is not None,
         reshape_note=layer.reshape_note,
         note=layer.note,
+        expert=layer.expert,
+        stack=layer.stack,
     )
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.dtypes import SAFETENSORS_DTYPES
 from sncli.errors import CheckpointError
+from sncli.experts import ExpertSlice, StackScan, scan_stacks
 from sncli.formats import sniff_format
 from sncli.formats.common import FormatContents, describe, quote, shown_names
 from sncli.formats.pickle_scan import dangerous_names
@@ -113,6 +114,8 @@ class Checkpoint:
     _contents: FormatContents | None = field(default=None, repr=False)
     #: A LoRA adapter's modules, factors and scales when the file is one (``sncli.adapters``).
     adapter: Adapter | None = None
+    #: Mixture-of-experts stacks (``sncli.experts``): ``load("KEY[e]")`` reads expert e alone.
+    experts: StackScan = field(default_factory=StackScan)
 
     @property
     def conv_layout_known(self) -> bool:
@@ -132,10 +135,15 @@ class Checkpoint:
         pair = self.derived.get(name)
         if pair is not None:
             return pair.compose(self.load(pair.g_key), self.load(pair.v_key))
+        part = self.experts.slices.get(name)
+        if part is not None:
+            name = part.stack
         info = self.tensors[name]
         if name in self.unsupported:
             raise CheckpointError(f"tensor {quote(name)}: {self.unsupported[name]}", info.file)
         try:
+            if part is not None:
+                return self._load_expert(info, part)
             if self._contents is not None:
                 return self._contents.load(info.key).detach()
             if self.format == "safetensors":
@@ -155,6 +163,25 @@ class Checkpoint:
             raise CheckpointError(
                 f"cannot read tensor {quote(name)}: {describe(exc)}", info.file
             ) from exc
+
+    def _load_expert(self, info: TensorInfo, part: ExpertSlice) -> torch.Tensor:
+        """One expert of a stack, oriented (out, in), reading only its slice where the format
+        allows (safetensors, GGUF; a PyTorch file's slice is a view of its mapped storage)."""
+        contents = self._contents
+        if contents is not None and contents.load_slice is not None:
+            matrix = contents.load_slice(info.key, part.index)
+        elif contents is not None:
+            matrix = contents.load(info.key)[part.index].clone()
+        elif self.format == "safetensors" and sys.byteorder == "little":
+            matrix = self._safetensors_reader().read_slice(info.file, info.key, part.index)
+        elif self.format == "safetensors":
+            matrix = self._safetensors_handle(info.file).get_slice(info.key)[part.index]
+        else:
+            stack = self._state_dict(info.file)[info.key]
+            self._verify_crc(info, stack)
+            matrix = stack[part.index]
+        matrix = matrix.detach()
+        return matrix.t() if part.transposed else matrix
 
     def container(self, file: Path) -> Any:
         """The full object ``torch.load`` returned for a PyTorch file (wrapper dict included)."""
@@ -414,6 +441,13 @@ def _assemble(
     """What every reader found, as a ``Checkpoint``: tensors in natural key order, the prefix
     every key carries (noted, and omitted from display names), weight norm's pairs."""
     ordered = {n: tensors[n] for n in sorted(tensors, key=natural_key)}
+    contents = details.get("_contents")
+    experts = scan_stacks(
+        path,
+        format,
+        {n: i.shape for n, i in ordered.items()},
+        contents.metadata if contents is not None else None,
+    )
     prefix = common_prefix(list(ordered))
     if prefix:
         notes = [*notes, f"prefix '{prefix}' is on every key; omitted from displayed names"]
@@ -427,6 +461,7 @@ def _assemble(
         index_path=index,
         derived=weight_norm_pairs(ordered),
         stamps=_stamps(files),
+        experts=experts,
         **details,
     )
 

@@ -102,6 +102,9 @@ class LayerDiff:
     #: How the rows were aligned before comparing (a GGUF side: "llama.cpp Q/K permutation
     #: undone (N heads)"); empty when compared as stored.
     rows: str = ""
+    #: An expert of a mixture-of-experts stack: its index and the stack's key in A.
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def intruder_dimensions(self) -> int | None:
@@ -265,6 +268,8 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         "matrix": layer.matrix_description,
         "matrix_shape": layer.matrix_shape,
         "rows": loaded.rows,
+        "expert": layer.expert,
+        "stack": layer.stack,
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)

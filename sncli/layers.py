@@ -124,6 +124,10 @@ class Layer:
     reshape_note: str | None = None
     #: Why the name was read the way it was, when a name decided (embeddings); else "".
     note: str = ""
+    #: For one expert of a mixture-of-experts stack (``sncli.experts``): its index, and the key
+    #: of the stored 3-D stack (``name`` is ``stack[expert]``, ``shape`` the expert's (out, in)).
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -136,6 +140,8 @@ class Layer:
     @property
     def matrix_description(self) -> str:
         """How the weight became a matrix, so a reshape norm is never taken for an operator norm."""
+        if self.expert is not None:
+            return f"expert {self.expert} of its stack, (out, in)"
         if not self.kind.is_conv:
             return "weight"
         if self.reshape_dim == 1:
@@ -337,6 +343,9 @@ def classify(
         if reason is not None:
             skipped.append(Skipped(key, reason))
             continue
+        if key in checkpoint.experts.notes or key in checkpoint.experts.refused:
+            _add_stack(checkpoint, key, info, layers, skipped)
+            continue
         name = by_v.get(key, key)
         if name != key and checkpoint.tensors[weight_norms[name].g_key].dtype not in FLOAT_DTYPES:
             skipped.append(Skipped(key, "weight-norm g is not a float tensor"))
@@ -386,6 +395,33 @@ def classify(
         skipped.append(Skipped(key, "not a tensor"))
     skipped.sort(key=lambda s: natural_key(s.name))
     return Classification(layers=layers, skipped=skipped)
+
+
+def _add_stack(
+    checkpoint: Checkpoint, key: str, info: TensorInfo, layers: list[Layer], skipped: list[Skipped]
+) -> None:
+    """One linear layer per expert of a stack, named ``KEY[e]`` (see ``sncli.experts``), or the
+    stack skipped with its reason (an expert-named 3-D tensor of no known layout; empty)."""
+    from sncli.experts import expert_shape
+
+    if key in checkpoint.experts.refused or not info.numel:
+        skipped.append(Skipped(key, checkpoint.experts.refused.get(key, "empty tensor")))
+        return
+    names = checkpoint.experts.experts_of(key)
+    transposed = checkpoint.experts.slices[names[0]].transposed
+    layers += [
+        Layer(
+            name=name,
+            short_name=checkpoint.short_name(name),
+            kind=LayerKind.LINEAR,
+            shape=expert_shape(info.shape, transposed),
+            dtype=info.dtype,
+            note=checkpoint.experts.notes[key],
+            expert=index,
+            stack=key,
+        )
+        for index, name in enumerate(names)
+    ]
 
 
 #: A convolution without spectral-norm vectors: Conv (out, in, k…) and ConvTranspose

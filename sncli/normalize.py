@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli._version import __version__
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
-from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
+from sncli.dtypes import bits_per_element
 from sncli.errors import (
     CheckpointError,
     NoLayersMatchedError,
@@ -37,7 +37,6 @@ from sncli.formats.sharded import resolve_directory, write_index
 from sncli.formats.torch_file import write_edited_torch
 from sncli.hub import is_cache_blob
 from sncli.layers import (
-    BATCHNORM_EPS,
     Layer,
     LayerKind,
     Skipped,
@@ -54,18 +53,17 @@ from sncli.numerics.spectral import (
     DEFAULT_SEED,
     Method,
     as_matrix,
-    exact_sigma,
     largest_singular_value,
     top_singular_vectors,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
+from sncli.scaling import diagonal_norm as _diagonal_norm
+from sncli.scaling import measure as _measure
+from sncli.scaling import scaled_stack, scaled_weight, stack_plans
 from sncli.transaction import StagedFile, Transaction, writer_lock
 
 if TYPE_CHECKING:
     import torch
-
-
-_MAX_SHAVES = 24
 
 
 class NormalizeMode(str, Enum):
@@ -118,6 +116,11 @@ class LayerPlan:
     sigma_stored_estimate: float | None = None
     #: BatchNorm scales (--norms): the running_var key; the factor is max|γ|/√(running_var + ε).
     running_var: str | None = None
+    #: An expert of a mixture-of-experts stack (``sncli.experts``): its index, the stack's key;
+    #: ``experts``: on the plan that writes a stack, the plans of its experts.
+    expert: int | None = None
+    stack: str | None = None
+    experts: tuple[LayerPlan, ...] = ()
 
     @property
     def expected_after(self) -> float | None:
@@ -315,16 +318,6 @@ def _plan_norm_scale(checkpoint: Checkpoint, name: str, options: NormalizeOption
     )
 
 
-def _diagonal_norm(gamma: torch.Tensor, running_var: torch.Tensor | None) -> float:
-    """max|γ| (norm scales), or BatchNorm's max|γ|/√(running_var + ε)."""
-    import torch
-
-    values = gamma.to(torch.float64).abs()
-    if running_var is not None:
-        values = values / torch.sqrt(running_var.to(torch.float64) + BATCHNORM_EPS)
-    return float(values.max()) if values.numel() else 0.0
-
-
 def _decide(
     name: str,
     checkpoint: Checkpoint,
@@ -384,6 +377,8 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
         )
     info = layer.spectral_norm
     extra: dict[str, Any] = {"reshape_dim": layer.reshape_dim}
+    if layer.stack is not None:
+        extra["expert"], extra["stack"] = layer.expert, layer.stack
     if info is not None:
         extra["spectral_norm"] = info.style
         extra["companions"] = tuple(k for k in (info.u_key, info.v_key, info.effective_key) if k)
@@ -409,49 +404,16 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
     )
 
 
-def _measure(
-    tensor: torch.Tensor, reshape_dim: int, running_var: torch.Tensor | None = None
-) -> float:
-    if tensor.dim() == 1:
-        return _diagonal_norm(tensor, running_var)
-    return exact_sigma(as_matrix(tensor, reshape_dim))
-
-
-def scaled_weight(
-    weight: torch.Tensor,
-    plan: LayerPlan,
-    target: float,
-    running_var: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, float, int]:
-    """Scale in float64, cast to the stored dtype, shave until the stored σ ≤ target.
-
-    ``running_var`` is given for BatchNorm scales, whose factor is max|γ|/√(running_var + ε).
-    Returns (new tensor, σ measured on the stored values, number of shaving steps).
-    """
-    import torch
-
-    unit = UNIT_ROUNDOFF.get(plan.dtype, 2.0**-8)
-    w64 = weight.to(torch.float64)
-    factor = plan.scale
-    for shaves in range(_MAX_SHAVES):
-        new = (w64 * factor).to(weight.dtype)
-        sigma = _measure(new, plan.reshape_dim, running_var)
-        if sigma <= target:
-            return new, sigma, shaves
-        factor *= (target / sigma) * (1.0 - min(unit * 2.0 ** (shaves - 3), 0.5))
-    raise NumericalError(
-        f"could not bring σ to {target} in {plan.dtype} (last {sigma:.9g}); "
-        "the dtype is too coarse for this target"
-    )
-
-
 def _new_tensors(
     checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions, layer: Layer | None
-) -> tuple[dict[str, torch.Tensor], LayerOutcome]:
+) -> tuple[dict[str, torch.Tensor], list[LayerOutcome]]:
     """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too).
 
     ``layer`` is given for spectral-norm layers being baked: their effective weight is written.
+    A plan with ``experts`` writes their stack, each expert scaled by its own factor.
     """
+    if plan.experts:
+        return scaled_stack(checkpoint, plan, options.target, LayerOutcome)
     if layer is not None:
         weight, _ = _baked_weight(checkpoint, layer)
     else:
@@ -469,7 +431,7 @@ def _new_tensors(
     outcome = LayerOutcome(
         plan.name, plan.output_name, plan.dtype, plan.sigma_before, sigma_after, plan.scale, shaves
     )
-    return tensors, outcome
+    return tensors, [outcome]
 
 
 @dataclass
@@ -661,7 +623,7 @@ def _write_all(
 ) -> NormalizeResult:
     edits = _edits(plan)
     by_file: dict[Path, list[LayerPlan]] = {}
-    for layer in plan.changed:
+    for layer in stack_plans(plan.changed):  # the experts of a stack are written as one tensor
         by_file.setdefault(checkpoint.tensors[layer.name].file, []).append(layer)
     layer_plans = {p.name: p for p in plan.layers}
     baked: dict[str, Layer] = {}
@@ -696,10 +658,10 @@ def _write_all(
                 nonlocal done
                 if progress is not None:
                     progress(done, total_changed, layer.short_name)
-                tensors, outcome = _new_tensors(
+                tensors, outcomes = _new_tensors(
                     checkpoint, layer, plan.options, baked.get(layer.name)
                 )
-                file_outcomes.append(outcome)
+                file_outcomes.extend(outcomes)
                 done += 1
                 return tensors
 
@@ -888,7 +850,10 @@ def _verify_file(
             raise WriteError(f"verification failed: tensors differ from the input ({missing})")
         limit = plan.options.target * (1 + DENSE_ROUNDING)
         for outcome in outcomes:
-            if outcome.output_name not in found:
+            if (
+                outcome.output_name not in found
+                and outcome.output_name not in reopened.experts.slices
+            ):
                 continue
             layer = layer_plans[outcome.name]
             running_var = reopened.load(layer.running_var) if layer.running_var else None

@@ -157,6 +157,9 @@ class LayerSpectrum:
     #: A LoRA update's rank r and scale s (kind ``lora``, :mod:`sncli.adapters`); else None.
     rank: int | None = None
     scale: float | None = None
+    #: An expert of a mixture-of-experts stack: its index and the stack's key (``Layer``).
+    expert: int | None = None
+    stack: str | None = None
 
     @property
     def count(self) -> int:
@@ -268,6 +271,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
         "reshape_note": layer.reshape_note,
         "note": layer.note,
         "spectral_norm": layer.spectral_norm is not None,
+        "expert": layer.expert,
+        "stack": layer.stack,
     }
 
 

@@ -116,3 +116,7 @@ class FormatContents:
     close: Callable[[], None] | None = None
     conv_layout_known: bool = False
     roles: dict[str, str] = field(default_factory=dict)
+    #: The file's own key-value metadata (GGUF), for what shapes alone cannot tell.
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: ``load_slice(name, e)``: ``load(name)[e]``, reading only that slice (GGUF expert stacks).
+    load_slice: Callable[[str, int], Any] | None = None

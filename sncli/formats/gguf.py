@@ -249,26 +249,33 @@ def _unsupported_reason(tensor: GGUFTensor) -> str | None:
     return None
 
 
-def _load(path: Path, tensor: GGUFTensor) -> Any:
-    """One tensor as torch: plain types as stored, quantized ones dequantized to float32."""
+def _load(path: Path, tensor: GGUFTensor, index: int | None = None) -> Any:
+    """One tensor as torch: plain types as stored, quantized ones dequantized to float32.
+
+    With ``index``, only ``tensor[index]`` (one expert of a stack) is read: the slices of the
+    outermost dimension are whole rows of blocks, ``nbytes / shape[0]`` bytes each."""
     import numpy as np
     import torch
     from gguf import quants
     from gguf.constants import GGMLQuantizationType
 
-    if tensor.nbytes == 0:
+    shape, offset, nbytes = tensor.shape, tensor.offset, tensor.nbytes
+    if index is not None:
+        nbytes //= shape[0]
+        shape, offset = shape[1:], offset + index * nbytes
+    if nbytes == 0:
         dtype = getattr(torch, _PLAIN.get(tensor.type_name, "float32"))
-        return torch.zeros(tensor.shape, dtype=dtype)
+        return torch.zeros(shape, dtype=dtype)
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        raw = np.frombuffer(data, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset).copy()
+        raw = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=offset).copy()
     plain = _PLAIN.get(tensor.type_name)
     if plain == "bfloat16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).reshape(tensor.shape)
+        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).reshape(shape)
     if plain is not None:
-        return torch.from_numpy(raw.view(np.dtype(plain).newbyteorder("<"))).reshape(tensor.shape)
-    rows = raw.reshape(-1, raw.size // max(1, math.prod(tensor.shape[:-1])))
+        return torch.from_numpy(raw.view(np.dtype(plain).newbyteorder("<"))).reshape(shape)
+    rows = raw.reshape(-1, raw.size // max(1, math.prod(shape[:-1])))
     values = quants.dequantize(rows, GGMLQuantizationType(tensor.type_id))
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(tensor.shape)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
 
 
 def read_gguf(path: Path) -> FormatContents:
@@ -299,6 +306,8 @@ def read_gguf(path: Path) -> FormatContents:
         load=lambda name: _load(path, header.tensors[name]),
         notes=notes,
         unsupported=unsupported,
+        metadata=dict(header.metadata),
+        load_slice=lambda name, index: _load(path, header.tensors[name], index),
     )
 
 

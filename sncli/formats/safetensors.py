@@ -198,6 +198,13 @@ class SafetensorsStreamReader:
         self._files: dict[Path, Any] = {}
 
     def read(self, file: Path, key: str) -> torch.Tensor:
+        return self._read(file, key, None)
+
+    def read_slice(self, file: Path, key: str, index: int) -> torch.Tensor:
+        """``read(file, key)[index]``, reading only that slice's bytes (an expert of a stack)."""
+        return self._read(file, key, index)
+
+    def _read(self, file: Path, key: str, index: int | None) -> torch.Tensor:
         import torch
 
         header = self._headers.get(file)
@@ -206,6 +213,9 @@ class SafetensorsStreamReader:
             self._files[file] = file.open("rb", buffering=0)
         code, shape, (begin, end) = header.tensors[key]
         dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
+        if index is not None:
+            step = (end - begin) // shape[0]
+            begin, end, shape = begin + index * step, begin + (index + 1) * step, shape[1:]
         buffer = torch.empty(end - begin, dtype=torch.uint8)
         handle = self._files[file]
         handle.seek(header.data_start + begin)

@@ -145,6 +145,28 @@ def chain_caveats(layers: Iterable[Layer]) -> list[str]:
     ]
 
 
+#: Why an expert is no factor of the state-dict product (its ``Skipped`` reason).
+EXPERT_EXCLUDED = (
+    "expert of a mixture-of-experts stack: experts sit side by side, not in a chain, so no "
+    "expert is a factor of the product"
+)
+
+
+def moe_caveats(layers: Iterable[Layer]) -> list[str]:
+    """A mixture of experts is not a chain: a router sends each token to k of E experts side by
+    side and sums their outputs with its weights, so multiplying experts as layers is wrong."""
+    stacks = sorted({layer.stack for layer in layers if layer.stack is not None}, key=natural_key)
+    if not stacks:
+        return []
+    shown = ", ".join(stacks[:3]) + (", …" if len(stacks) > 3 else "")
+    return [
+        f"the model is a mixture of experts ({len(stacks)} expert stack(s): {shown}); a router "
+        "sends each token to some of the experts side by side and sums their outputs with "
+        "input-dependent weights, so the experts are not layers of a chain and are left out of "
+        "the product, which is no bound on the model"
+    ]
+
+
 def selection_caveats(checkpoint: Checkpoint, left_out: list[str]) -> list[str]:
     if not left_out:
         return []

@@ -47,8 +47,10 @@ from sncli.layers import (
 from sncli.lipschitz.caveats import (
     ACTIVATION_ASSUMPTION,
     CHAIN_ASSUMPTION,
+    EXPERT_EXCLUDED,
     architecture_caveats,
     chain_caveats,
+    moe_caveats,
     product_statement,
     selection_caveats,
 )
@@ -673,6 +675,8 @@ def lipschitz_report(
     }
     excluded += [Skipped(n, "not selected") for n in unselected]
     layers = [layer for layer in selected if layer.kind is not LayerKind.EMBEDDING]
+    excluded += [Skipped(layer.name, EXPERT_EXCLUDED) for layer in layers if layer.stack]
+    layers = [layer for layer in layers if layer.stack is None]  # never chained: moe_caveats
     batchnorms = {
         prefix: keys
         for prefix, keys in _batchnorm_groups(checkpoint).items()
@@ -708,8 +712,16 @@ def lipschitz_report(
         for s in excluded
     ]
     if not layers and not batchnorms and not prelus:
+        moe = any(layer.stack for layer in selected)
         raise NoLayersMatchedError(
-            "nothing to bound: no linear or conv layer matched", checkpoint.path
+            "nothing to bound: "
+            + (
+                "the only layers are experts of a mixture of experts, which sit side by side "
+                "behind a router, not in a chain, so their σ are no factors of a product"
+                if moe
+                else "no linear or conv layer matched"
+            ),
+            checkpoint.path,
         )
 
     work: list[tuple[str, Layer | None, tuple[str, str, str] | None]] = [
@@ -731,7 +743,10 @@ def lipschitz_report(
             + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""),
             checkpoint.path,
         )
-    caveats = architecture_caveats(checkpoint.tensors) + chain_caveats(classification.layers)
+    caveats = architecture_caveats(checkpoint.tensors) + chain_caveats(
+        [layer for layer in classification.layers if layer.stack is None]
+    )
+    caveats += moe_caveats(classification.layers)
     valid = not caveats
     caveats += selection_caveats(checkpoint, left_out)
     if options.assume is Assumption.SEQUENTIAL and valid:

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from sncli.messages import ProgressCallback
+from sncli.messages import ProgressCallback, clean_text
 
 
 class OutputFormat(str, Enum):
@@ -103,6 +103,22 @@ def print_name_decisions(notes: list[str], console: Console) -> None:
             ),
             style="dim",
         )
+
+
+def print_stacks(summaries: list[Any], console: Console, what: str = "σ") -> None:
+    """Mixture-of-experts stacks (``sncli.experts.StackSummary``): the largest expert of each."""
+    if not summaries:
+        return
+    parts = [
+        f"{clean_text(s.stack)}: {s.experts} experts, largest {what} = "
+        f"{fmt_sigma(s.largest)} (expert {s.largest_expert})"
+        for s in summaries[:8]
+    ]
+    more = f"; and {len(summaries) - 8} more stacks" if len(summaries) > 8 else ""
+    console.print(
+        escape("Expert stacks (each expert is a layer KEY[e]): " + "; ".join(parts) + more),
+        style="dim",
+    )
 
 
 def print_non_finite(skipped: list[Any], console: Console) -> None:

@@ -11,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.diff import DiffReport, LayerDiff, relative_change
+from sncli.experts import stack_summaries, summaries_to_json
 from sncli.messages import clean_text
 from sncli.numerics.spectral import BoundKind
-from sncli.render.common import fmt_shape, fmt_sigma, plural
+from sncli.render.common import fmt_shape, fmt_sigma, plural, print_stacks
 
 CSV_FIELDS = (
     "name",
@@ -66,6 +67,8 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
     if layer.intruder_indices is not None:
         item["intruder_dimensions"] = len(layer.intruder_indices)
         item["intruder_indices"] = list(layer.intruder_indices)
+    if layer.expert is not None:
+        item["expert"], item["stack"] = layer.expert, layer.stack
     return item
 
 
@@ -111,6 +114,9 @@ def diff_to_dict(
     }
     if report.quantization is not None:
         data["quantization"] = _quantization_dict(report)
+    stacks = stack_summaries(report.layers, "relative")
+    if stacks:
+        data["summary"]["expert_stacks"] = summaries_to_json(stacks, "relative")
     if fail_above is not None:
         data["summary"]["fail_above"] = fail_above
         data["summary"]["exceeding"] = [layer.name for layer in report.exceeding(fail_above)]
@@ -308,6 +314,7 @@ def print_diff_table(
     if report.unmeasured:
         parts.append(f"{len(report.unmeasured)} NOT compared (non-finite)")
     console.print(", ".join(parts), style="dim")
+    print_stacks(stack_summaries(report.layers, "relative"), console, "relative ‖B−A‖₂")
     for label, names in (("only in A", report.only_in_a), ("only in B", report.only_in_b)):
         if names:
             shown = ", ".join(clean_text(n, 60) for n in names[:8])

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sncli.analysis import InspectReport, LayerSigma
+from sncli.experts import stack_summaries, summaries_to_json
 from sncli.layers import LayerKind
 from sncli.messages import clean_text
 from sncli.numerics.spectral import BoundKind, Method
@@ -22,6 +23,7 @@ from sncli.render.common import (
     plural,
     print_name_decisions,
     print_non_finite,
+    print_stacks,
     reason_group,
 )
 
@@ -58,6 +60,8 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
         item["classification"] = layer.note
     if layer.reshape_note:
         item["reshape_note"] = layer.reshape_note
+    if layer.expert is not None:
+        item["expert"], item["stack"] = layer.expert, layer.stack
     if layer.spectral_norm is not None:
         sn = layer.spectral_norm
         item["spectral_norm"] = {
@@ -73,17 +77,21 @@ def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str
     """``layers`` are those shown (``--top``/``--sort`` cut and order them); ``summary`` counts
     every analysed layer and names the largest among all of them."""
     largest = report.largest
+    summary: dict[str, Any] = {
+        "analysed": len(report.layers),
+        "skipped": len(report.skipped),
+        "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
+    }
+    stacks = stack_summaries(report.layers, "sigma")
+    if stacks:
+        summary["expert_stacks"] = summaries_to_json(stacks, "sigma")
     return {
         "checkpoint": report.checkpoint,
         "format": report.format,
         "method": report.method.value,
         "layers": [layer_to_dict(layer) for layer in layers],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
-        "summary": {
-            "analysed": len(report.layers),
-            "skipped": len(report.skipped),
-            "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
-        },
+        "summary": summary,
     }
 
 
@@ -264,6 +272,7 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
             style="dim",
         )
     print_name_decisions([layer.note for layer in layers], console)
+    print_stacks(stack_summaries(report.layers, "sigma"), console)
     if has_sn:
         console.print(
             "Spectral-norm layers: σ_max is the raw weight's; the model uses W/σ̂ with σ̂ from the "

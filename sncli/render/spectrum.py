@@ -10,9 +10,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sncli.experts import stack_summaries, summaries_to_json
 from sncli.layers import LayerKind
 from sncli.messages import clean_text
-from sncli.render.common import fmt_shape, fmt_sigma, plural, print_name_decisions, print_non_finite
+from sncli.render.common import (
+    fmt_shape,
+    fmt_sigma,
+    plural,
+    print_name_decisions,
+    print_non_finite,
+    print_stacks,
+)
 from sncli.render.inspect import print_reshape_notes
 from sncli.spectrum import METRICS, LayerSpectrum, SpectrumReport
 
@@ -50,6 +58,8 @@ def spectrum_layer_to_dict(layer: LayerSpectrum) -> dict[str, Any]:
         item["classification"] = layer.note
     if layer.reshape_note:
         item["reshape_note"] = layer.reshape_note
+    if layer.expert is not None:
+        item["expert"], item["stack"] = layer.expert, layer.stack
     if layer.spectral_norm:
         item["spectral_norm"] = SPECTRAL_NORM_NOTE
     return item
@@ -59,7 +69,7 @@ def spectrum_to_dict(report: SpectrumReport, layers: list[LayerSpectrum]) -> dic
     """``layers`` are those shown (``--top``/``--sort`` cut and order them); ``summary`` covers
     every analysed layer."""
     largest = report.largest
-    return {
+    data = {
         "checkpoint": report.checkpoint,
         "format": report.format,
         "mode": "full" if report.top_k is None else "top_k",
@@ -75,6 +85,10 @@ def spectrum_to_dict(report: SpectrumReport, layers: list[LayerSpectrum]) -> dic
             "mean": report.summary(),
         },
     }
+    stacks = stack_summaries(report.layers, "sigma_max")
+    if stacks:
+        data["summary"]["expert_stacks"] = summaries_to_json(stacks, "sigma_max")
+    return data
 
 
 CSV_COLUMNS = (
@@ -261,6 +275,7 @@ def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console
     if any(layer.kind is LayerKind.EMBEDDING for layer in layers):
         console.print("* embedding (recognised by its name and role).", style="dim")
     print_name_decisions([layer.note for layer in layers], console)
+    print_stacks(stack_summaries(report.layers, "sigma_max"), console)
     if any(layer.spectral_norm for layer in layers):
         console.print(f"Spectral-norm layers: {SPECTRAL_NORM_NOTE}.", style="dim")
     print_non_finite(report.skipped, console)

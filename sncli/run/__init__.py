@@ -54,10 +54,14 @@ def load_weight(
             load_weight(checkpoint, pair.g_key, reader),
             load_weight(checkpoint, pair.v_key, reader),
         )
-    info = checkpoint.tensors[name]
+    part = checkpoint.experts.slices.get(name)
+    info = checkpoint.tensors[part.stack if part is not None else name]
     if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
         return checkpoint.load(name)
     try:
+        if part is not None:  # one expert of a stack, (out, in) as the model applies it
+            matrix = reader.read_slice(info.file, info.key, part.index)
+            return matrix.t() if part.transposed else matrix
         return reader.read(info.file, info.key)
     except CheckpointError:
         raise
