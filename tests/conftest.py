@@ -54,7 +54,7 @@ def single_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """sncli's records of its own journals (``sncli.transaction.state_dir``) go to a temporary
+    """sncli's records of its own journals (``sncli.journal.state_dir``) go to a temporary
     folder, not the developer's ~/.local/state; subprocesses inherit it."""
     import os
 

@@ -558,7 +558,7 @@ def test_journal_that_is_a_link_is_refused(interrupted: Path, kind: str) -> None
 
 def test_record_is_removed_after_recovery(interrupted: Path) -> None:
     token = json.loads(journal_path(interrupted / INDEX).read_text())["token"]
-    from sncli.transaction import state_dir
+    from sncli.journal import state_dir
 
     assert (state_dir() / "journals" / token).exists()
     recover(interrupted)
