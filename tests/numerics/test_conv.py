@@ -442,6 +442,44 @@ def test_groups_take_the_max_over_blocks() -> None:
         conv_operator_norm(weight, groups=4)
 
 
+@pytest.mark.parametrize(
+    ("groups", "per_group", "kernel", "size", "stride", "dilation"),
+    [
+        (16, 1, (3, 3), (12, 20), (1, 1), (1, 1)),  # depthwise 3×3
+        (8, 1, (5, 5), (12, 16), (2, 2), (1, 1)),  # depthwise 5×5, stride 2 (MobileNet/PP-OCR)
+        (6, 2, (3, 3), (10, 10), (2, 1), (2, 1)),  # two input channels per group
+        (5, 1, (3,), (30,), (3,), (2,)),  # 1-D, dilation 2, kernel wider than the stride
+        (4, 3, (3, 3, 3), (6, 6, 6), (1, 1, 1), (1, 1, 1)),  # 3-D
+    ],
+)
+def test_one_output_channel_per_group_against_the_dense_operator(
+    groups: int, per_group: int, kernel: tuple, size: tuple, stride: tuple, dilation: tuple
+) -> None:
+    """Depthwise convs take the batched FFT path (one row per group); against the circular
+    conv's dense matrix (torch's own conv on every basis image) and the per-group path."""
+    weight = torch.randn(groups, per_group, *kernel, generator=_gen(7), dtype=torch.float64)
+    dims = len(size)
+    pads: list[int] = []
+    for k, d in zip(reversed(kernel), reversed(dilation), strict=True):
+        pads += [0, d * (k - 1)]  # wrap the end: the circular conv on the torus
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    basis = F.pad(_basis(groups * per_group, size), pads, mode="circular")
+    truth = _sigma(conv(basis, weight, stride=stride, dilation=dilation, groups=groups))
+    fast = conv_operator_norm(
+        weight, padding="circular", input_size=size, stride=stride, dilation=dilation, groups=groups
+    )
+    assert fast.exact and fast.lower is not None
+    assert fast.lower <= truth * (1 + REF_TOL) and truth <= fast.upper
+    assert fast.upper <= truth * (1 + 1e-10)
+    per_group_path = max(
+        conv_operator_norm(
+            part, padding="circular", input_size=size, stride=stride, dilation=dilation
+        ).upper
+        for part in weight.chunk(groups, dim=0)
+    )
+    assert fast.upper == pytest.approx(per_group_path, rel=EXACT_TOL)
+
+
 def _reference_grams(taps, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
     """K̂ᴴK̂ of the taps' exact symbol Σ_t K_t e^{−i p_t·ω} (complex exp per tap, float64)."""
     omega = 2 * math.pi * freqs.to(torch.float64) / torch.tensor(grid, dtype=torch.float64)
