@@ -14,7 +14,7 @@ from sncli.formats.onnx import OnnxGraph, OnnxNode
 from sncli.lipschitz.graph_results import LowerBound
 
 #: The lower-bound search's wall-clock budget (seconds); what it found by then is kept.
-LOWER_SECONDS = 60.0
+LOWER_SECONDS = 30.0
 #: Inputs up to this size get the whole finite-difference Jacobian (one run per coordinate).
 FULL_JACOBIAN = 1024
 #: The share of the available memory the search may plan to use (checked before it allocates).
