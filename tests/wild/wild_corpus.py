@@ -323,6 +323,8 @@ def tflite_weights(path: Path) -> dict[str, Weight]:
                 bshape[axis] = -1 if q.ScaleLength() > 1 else 1
                 zero = zero if q.ZeroPointLength() else np.zeros_like(scale)
                 array = (array - zero.reshape(bshape)) * scale.reshape(bshape)
+                # dequantized to float32, as LiteRT and sncli's reader do (σ moves by ~1e-8)
+                array = array.astype(np.float32).astype(np.float64)
             if name == "CONV_2D":  # (out, kh, kw, in)
                 array = array.transpose(0, 3, 1, 2)
             elif name == "DEPTHWISE_CONV_2D":  # (1, kh, kw, out·multiplier)
@@ -391,6 +393,8 @@ def match(name: str, reference: dict[str, Weight]) -> Weight | None:
     """The reference weight a sncli layer name stands for (same name, or a path ending in it)."""
     if name in reference:
         return reference[name]
+    if name.endswith(".weight") and name.removesuffix(".weight") in reference:
+        return reference[name.removesuffix(".weight")]  # TFLite: sncli names TENSOR.weight
     ends = [w for key, w in reference.items() if name.endswith(key) or key.endswith(name)]
     return ends[0] if len(ends) == 1 else None
 
