@@ -122,23 +122,25 @@ def lower_bound_search(
     best, method, point = 0.0, "", None
     if order is not None and constants is not None:
         try:
-            iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
-            best = probe.power(order, constants, iterations)
-            method = "Jacobian power iteration (torch) verified"
+            found = probe.ascent(order, constants, max(0, effort))
         except _NoProbe:
             raise
-        except Exception:  # an op the torch evaluator lacks, AD fails, out of time: fall back
-            best = max(0.0, probe.best)
-        if best > 0.0 and effort > 0:
+        except Exception:  # an op the torch evaluator lacks, AD fails: onnxruntime alone
+            found = None
+        if found is not None and found[0] > 0.0:
+            best, point = found[0], found[1]
+            method = (
+                "multi-start ascent (torch)" if effort > 0 else "Jacobian power iteration (torch)"
+            ) + ", float64 quotient checked with onnxruntime"
+        else:
             try:
-                found = probe.ascent(order, constants, effort)
+                iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
+                best = probe.power(order, constants, iterations)
+                method = "Jacobian power iteration (torch) verified"
             except _NoProbe:
                 raise
-            except Exception:  # as above: keep what the power iteration found
-                found = None
-            if found is not None and found[0] > 0.0:
-                best, point = found[0], found[1]
-                method = "multi-start ascent (torch), float64 quotient checked with onnxruntime"
+            except Exception:  # as above: the finite differences below
+                best = max(0.0, probe.best)
     if (best == 0.0 or probe.total <= FULL_JACOBIAN) and point is None and not probe.out_of_time():
         try:
             found_fd = probe.finite_differences(budget)
@@ -253,7 +255,8 @@ class _Probe:
         return session.run(None, feeds)
 
     def ratio(self, direction: Any) -> float:
-        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction."""
+        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction, less an
+        allowance of 16 float32 roundings of the two outputs (float32 evaluations)."""
         import numpy as np
 
         best = 0.0
@@ -261,7 +264,9 @@ class _Probe:
             delta = step * self.scale * direction
             norm = float(np.linalg.norm(delta))
             if norm > 0:
-                change = float(np.linalg.norm(self.run(self.x + delta) - self.base))
+                moved = self.run(self.x + delta)
+                allowance = 16 * 2.0**-24 * float(np.linalg.norm(moved) + np.linalg.norm(self.base))
+                change = float(np.linalg.norm(moved - self.base)) - allowance
                 best = max(best, change / norm)
                 if math.isfinite(best):
                     self.best = max(self.best, best)
