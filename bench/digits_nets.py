@@ -114,8 +114,6 @@ def reference_lower(model: nn.Module, x: torch.Tensor, starts: int = 20, steps: 
         jac = torch.func.vmap(torch.func.jacrev(lambda z: f(z[None])[0]))(inputs)
         return torch.linalg.matrix_norm(jac, 2)
 
-    with torch.no_grad():
-        pass
     gen = torch.Generator().manual_seed(0)
     pool = torch.cat(
         [data, data.mean(0) + torch.randn((400, 64), generator=gen, dtype=torch.float64)]

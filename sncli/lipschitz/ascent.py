@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 #: The float64 quotient's allowance for the rounding of the two outputs, relative to their
 #: norms: ‖f(x) − f(y)‖ is reduced by ROUNDING·(‖f(x)‖ + ‖f(y)‖) before it is divided.
 ROUNDING = 1024 * 2.0**-53
