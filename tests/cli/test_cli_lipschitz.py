@@ -137,5 +137,5 @@ def test_lipschitz_onnx_effort_options(tmp_path: Path) -> None:
     assert data["chains"][0]["method"] in ("ECLipsE-Fast", "product of σ (≤ ECLipsE-Fast here)")
     code, out, _ = invoke("lipschitz", str(path), "--format", "json", "--lower-effort", "2")
     assert code == 0 and "multi-start ascent" in json.loads(out)["lower_method"]
-    code, _, err = invoke("lipschitz", str(path), "--lower-effort", "-1")
+    code, _, _ = invoke("lipschitz", str(path), "--lower-effort", "-1")
     assert code == 2
