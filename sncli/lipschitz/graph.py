@@ -40,7 +40,12 @@ from sncli.lipschitz.graph_results import (
     OutputBound,
     PathStep,
 )
-from sncli.lipschitz.lower import LOWER_EFFORT, LOWER_SECONDS, lower_bound_or_why
+from sncli.lipschitz.lower import (
+    LOWER_ASCENT_SECONDS,
+    LOWER_EFFORT,
+    LOWER_SECONDS,
+    lower_bound_or_why,
+)
 from sncli.lipschitz.ops import (
     _broadcast_factor,
     _Context,
@@ -366,7 +371,8 @@ def graph_lipschitz(
     input); dims left dynamic after the defaults of :func:`read_onnx_graph` are refused with
     an :class:`InputShapeError` naming each input, before any factor is computed. The search
     for a lower bound never costs the bound (:func:`lower_bound_or_why`; ``lower_effort`` sets
-    its multi-start ascent, 0 for the single power iteration); ``chain_seconds`` is each dense
+    its multi-start ascent, 0 for the single power iteration, and the ascent's time:
+    ``lower_effort`` × the larger of 2 s and the bound's own time); ``chain_seconds`` is each dense
     chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone).
     """
     import time
@@ -422,6 +428,7 @@ def graph_lipschitz(
             constants=ctx.constants,
             seconds=lower_seconds,
             effort=lower_effort,
+            ascent_seconds=lower_effort * max(LOWER_ASCENT_SECONDS, seconds["bound"]),
         )
         if why:
             notes.append(f"no lower bound: {why}")

@@ -6,6 +6,7 @@ a time budget, and turns any onnxruntime error into one line."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,9 @@ LOWER_SECONDS = 60.0
 FULL_JACOBIAN = 1024
 #: The default effort of the multi-start ascent (starts and steps grow with it).
 LOWER_EFFORT = 1
+#: The ascent's time per unit of effort is at most the larger of this and the bound's time
+#: (``graph_lipschitz``), so the search at most doubles a model's total time past a few seconds.
+LOWER_ASCENT_SECONDS = 2.0
 #: The share of the available memory the search may plan to use (checked before it allocates).
 LOWER_MEMORY_SHARE = 0.5
 
@@ -61,6 +65,7 @@ def lower_bound_or_why(
     constants: dict[str, Any] | None = None,
     seconds: float = LOWER_SECONDS,
     effort: int = LOWER_EFFORT,
+    ascent_seconds: float | None = None,
 ) -> tuple[LowerBound | None, str | None]:
     """:func:`lower_bound_search` that never fails: (lower bound, None) or (None, why not).
 
@@ -86,6 +91,7 @@ def lower_bound_or_why(
             constants=constants if torch_fits else None,
             seconds=seconds,
             effort=effort,
+            ascent_seconds=ascent_seconds,
         )
     except MemoryError:
         return None, "out of memory during the search"
@@ -105,6 +111,7 @@ def lower_bound_search(
     constants: dict[str, Any] | None = None,
     seconds: float = LOWER_SECONDS,
     effort: int = LOWER_EFFORT,
+    ascent_seconds: float | None = None,
 ) -> LowerBound | None:
     """The largest ‖f(x) − f(y)‖/‖x − y‖ found by a short seeded search.
 
@@ -116,13 +123,14 @@ def lower_bound_search(
     model's. Otherwise (and for graphs the rebuild lacks) the finite-difference Jacobian under
     onnxruntime (whole, up to 1024 inputs; else sampled on random subspaces), whose ratios are
     two real float32 evaluations of the model. None when every ratio was 0; ``_NoProbe`` (with
-    the reason) when the model cannot be run. Stops after ``seconds`` with the best found.
+    the reason) when the model cannot be run. Stops after ``seconds`` with the best found; the
+    ascent's starts and steps stop after ``ascent_seconds`` (its final quotient is still taken).
     """
     probe = _Probe(graph, seed, seconds)
     best, method, point = 0.0, "", None
     if order is not None and constants is not None:
         try:
-            found = probe.ascent(order, constants, max(0, effort))
+            found = probe.ascent(order, constants, max(0, effort), ascent_seconds)
         except _NoProbe:
             raise
         except Exception:  # an op the torch evaluator lacks, AD fails: onnxruntime alone
@@ -315,7 +323,11 @@ class _Probe:
         return g
 
     def ascent(
-        self, order: Sequence[OnnxNode], constants: dict[str, Any], effort: int
+        self,
+        order: Sequence[OnnxNode],
+        constants: dict[str, Any],
+        effort: int,
+        seconds: float | None = None,
     ) -> tuple[float, LowerPoint] | None:
         """The ascent's best float64 quotient, if the rebuild agrees with onnxruntime there."""
         import numpy as np
@@ -329,7 +341,9 @@ class _Probe:
             self.x,
             seed=self.seed,
             effort=effort,
-            deadline=self.deadline,
+            deadline=self.deadline
+            if seconds is None
+            else min(self.deadline, time.monotonic() + seconds),
         )
         if pair is None:
             return None
