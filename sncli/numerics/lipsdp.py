@@ -54,6 +54,8 @@ _U = UNIT_ROUNDOFF
 #: The descent's default wall-clock budget per chain (seconds), and its most steps.
 LIPSDP_SECONDS = 2.0
 LIPSDP_STEPS = 2000
+#: The descent stops when c(T) fell by less than 1e-5 (relative) over this many steps.
+CONVERGED_STEPS = 50
 #: Chains whose widest layer exceeds this are left to ECLipsE-Fast (a step costs O(n³)).
 LIPSDP_MAX_WIDTH = 2048
 
@@ -84,11 +86,17 @@ def lipsdp_neuron_certificate(
         return eclipse_fast_certificate(weights, alpha, beta)
     exponents = [math.frexp(float(np.abs(w).max()))[1] for w in mats]
     scaled = [np.ldexp(w, -e) for w, e in zip(mats, exponents, strict=True)]
-    try:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # one thread: these matrices are small, and threads fighting for cores cost 10×
+        torch.set_num_threads(1)
         multipliers, estimate, closed_form = _descend(scaled, seconds, steps)
         root = _certify(scaled, multipliers) if estimate < closed_form else None
     except (ArithmeticError, np.linalg.LinAlgError, RuntimeError):
         root = None
+    finally:
+        torch.set_num_threads(threads)
     if root is None:
         return eclipse_fast_certificate(weights, alpha, beta)
     m_abs = _up(abs(alpha + beta) / 2.0)
@@ -163,11 +171,15 @@ def _descend(
     best_value, best = float(first), [p.detach().clone() for p in params]
     deadline = time.monotonic() + seconds  # the steps' time (torch's first call is not counted)
     rate = 0.05
-    optimizer = torch.optim.Adam(params, lr=rate)
-    for _ in range(steps):
+    adam = _Adam(params)
+    checkpoint = best_value
+    for step in range(steps):
         if time.monotonic() > deadline:
             break
-        optimizer.zero_grad()
+        if step and step % CONVERGED_STEPS == 0:  # converged: c fell < 1e-5 in that many steps
+            if best_value > checkpoint * (1 - 1e-5):
+                break
+            checkpoint = best_value
         value = _objective(ws, params)
         if value is None or not bool(torch.isfinite(value)):
             with torch.no_grad():  # infeasible: back to the best point, smaller steps
@@ -176,14 +188,39 @@ def _descend(
             rate /= 2
             if rate < 1e-5:
                 break
-            optimizer = torch.optim.Adam(params, lr=rate)
+            adam = _Adam(params)
             continue
         current = float(value.detach())
         if current < best_value:
             best_value, best = current, [p.detach().clone() for p in params]
-        torch.log(value).backward()
-        optimizer.step()
+        grads = torch.autograd.grad(torch.log(value), params)
+        adam.step(grads, rate)
     return [np.exp(b.numpy()) for b in best], math.sqrt(best_value), math.sqrt(float(first))
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) on a list of tensors, in place (written out: torch.optim's first
+    step imports machinery that costs seconds)."""
+
+    def __init__(self, params: list) -> None:
+        import torch
+
+        self.params = params
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads: tuple, rate: float, b1: float = 0.9, b2: float = 0.999) -> None:
+        import torch
+
+        self.t += 1
+        with torch.no_grad():
+            for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                m_hat = m / (1 - b1**self.t)
+                v_hat = v / (1 - b2**self.t)
+                p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
 
 
 def _block_certified(
