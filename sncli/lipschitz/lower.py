@@ -336,15 +336,18 @@ class _Probe:
         from sncli.lipschitz.ascent import ascend
 
         shared = dict(constants)
+        deadline = self.deadline
+        if seconds is not None:
+            deadline = min(deadline, time.monotonic() + seconds)
         pair = ascend(
             lambda beta: self._flat(order, shared, beta),
             self.x,
             seed=self.seed,
             effort=effort,
-            deadline=self.deadline
-            if seconds is None
-            else min(self.deadline, time.monotonic() + seconds),
+            deadline=deadline,
         )
+        if time.monotonic() > self.deadline:  # the search's own budget, not the ascent's share
+            self.stopped = True
         if pair is None:
             return None
         exact = self._flat(order, shared, None)
