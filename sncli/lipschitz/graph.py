@@ -372,7 +372,7 @@ def graph_lipschitz(
     an :class:`InputShapeError` naming each input, before any factor is computed. The search
     for a lower bound never costs the bound (:func:`lower_bound_or_why`; ``lower_effort`` sets
     its multi-start ascent, 0 for the single power iteration, and the ascent's time:
-    ``lower_effort`` × the larger of 2 s and the bound's own time); ``chain_seconds`` is each dense
+    ``lower_effort`` × the larger of 4 s and the bound's own time); ``chain_seconds`` is each dense
     chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone).
     """
     import time

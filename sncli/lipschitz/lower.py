@@ -22,7 +22,7 @@ FULL_JACOBIAN = 1024
 LOWER_EFFORT = 1
 #: The ascent's time per unit of effort is at most the larger of this and the bound's time
 #: (``graph_lipschitz``), so the search at most doubles a model's total time past a few seconds.
-LOWER_ASCENT_SECONDS = 2.0
+LOWER_ASCENT_SECONDS = 4.0
 #: The share of the available memory the search may plan to use (checked before it allocates).
 LOWER_MEMORY_SHARE = 0.5
 
