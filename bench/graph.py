@@ -7,6 +7,14 @@ torchvision is not a dependency) at 224×224, and an LSTM (2 layers, 64 hidden, 
 Printed per model: the time of ``graph_lipschitz`` without and with the lower-bound search,
 the time of the plain product of its layers' σ (the σ of every Gemm/Conv weight), the bound,
 bound / product of layer σ and bound / lower.
+
+Then the tightness section (``tightness_section``; also ``python bench/graph.py --tightness``):
+small nets trained here on scikit-learn's digits (bench/digits_nets.py: MLP 64-64-64-10, MLP
+64-256×4-10, a ReLU CNN, a residual CNN with BatchNorm; seeded, a few seconds each), per model:
+∏σ of the layers, the bound as before (ECLipsE-Fast chains, one power iteration:
+``chain_seconds=0, lower_effort=0``), the bound now (LipSDP-Neuron descent, multi-start
+ascent), sncli's ``lower``, the best lower bound of a 20-start ascent on the torch model
+(``digits_nets.reference_lower``), times, and tightness = certified / best lower.
 """
 
 from __future__ import annotations
@@ -156,4 +164,67 @@ def graph_section(folder: Path) -> dict:
         )
     table = "\n".join(lines)
     print(table, flush=True)
+    return {"table": table, "rows": rows, "tightness": tightness_section(folder)}
+
+
+def tightness_section(folder: Path) -> dict:
+    """Before/after bounds and lower bounds on the digits nets (module docstring)."""
+    from sncli.lipschitz import graph_lipschitz
+
+    try:
+        import digits_nets
+    except ImportError as exc:  # scikit-learn missing
+        print(f"tightness section skipped: {exc}", flush=True)
+        return {"skipped": str(exc)}
+    x, y = digits_nets.digits()
+    lines = [
+        "| model | acc | ∏σ | bound before (s) | bound now (s) | lower before | lower now (s) | "
+        "best lower (20-start) | before / best | now / best | lower now / best |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for name, model in digits_nets.models():
+        accuracy = digits_nets.train(model, x, y)
+        path = folder / f"{name}.onnx"
+        digits_nets.export(model, path)
+        before = graph_lipschitz(path, chain_seconds=0, lower_effort=0)
+        now = graph_lipschitz(path)
+        best = digits_nets.reference_lower(model, x)
+        old_low = before.lower.value if before.lower else float("nan")
+        new_low = now.lower.value if now.lower else float("nan")
+        assert now.bound is not None and before.bound is not None
+        best = max(best, new_low, old_low)
+        row = {
+            "model": name,
+            "accuracy": accuracy,
+            "product": now.product,
+            "bound_before": before.bound,
+            "bound_before_seconds": before.seconds["bound"],
+            "bound_now": now.bound,
+            "bound_now_seconds": now.seconds["bound"],
+            "lower_before": old_low,
+            "lower_before_seconds": before.seconds.get("lower"),
+            "lower_now": new_low,
+            "lower_now_seconds": now.seconds.get("lower"),
+            "best_lower": best,
+        }
+        rows.append(row)
+        lines.append(
+            f"| {name} | {accuracy:.3f} | {now.product:.4g} | {before.bound:.4g} "
+            f"({before.seconds['bound']:.1f}) | {now.bound:.4g} ({now.seconds['bound']:.1f}) | "
+            f"{old_low:.4g} | {new_low:.4g} ({now.seconds.get('lower', 0):.1f}) | {best:.4g} | "
+            f"{before.bound / best:.3f} | {now.bound / best:.3f} | {new_low / best:.2f} |"
+        )
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table, flush=True)
     return {"table": table, "rows": rows}
+
+
+if __name__ == "__main__" and "--tightness" in sys.argv:
+    import tempfile
+
+    sys.path.insert(0, str(HERE))
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="sncli-tight-") as tmp:
+        tightness_section(Path(tmp))

@@ -15,7 +15,7 @@ from sncli.analysis import InspectReport, spectral_norms
 from sncli.checkpoint import Checkpoint
 from sncli.diff import DiffReport, diff_checkpoints
 from sncli.errors import SncliError
-from sncli.lipschitz import LipschitzReport, lipschitz_report
+from sncli.lipschitz import GraphLipschitzReport, LipschitzReport, lipschitz_report
 from sncli.messages import ProgressCallback
 from sncli.spectrum import SpectrumReport, spectra
 
@@ -36,6 +36,9 @@ class ModelReport:
     diff: DiffReport | None
     diff_error: str | None
     command: str
+    #: An ONNX model's bound over its graph (``sncli lipschitz MODEL.onnx``), shown instead of
+    #: the product of its layers' σ, which is not the model's bound.
+    graph: GraphLipschitzReport | None = None
 
 
 def build_report(
@@ -45,12 +48,19 @@ def build_report(
     command: str = "",
     progress: ProgressCallback | None = None,
 ) -> ModelReport:
-    """Run inspect and lipschitz on ``checkpoint`` (and diff against ``other``) for the report."""
+    """Run inspect and lipschitz on ``checkpoint`` (and diff against ``other``) for the report;
+    for an ONNX model, lipschitz is the bound over its graph (with the lower-bound search)."""
     inspect = spectral_norms(checkpoint, progress=progress)
     lipschitz: LipschitzReport | None = None
+    graph: GraphLipschitzReport | None = None
     lipschitz_error = None
     try:
-        lipschitz = lipschitz_report(checkpoint)
+        if checkpoint.format == "onnx":
+            from sncli.lipschitz import graph_lipschitz
+
+            graph = graph_lipschitz(checkpoint.path)
+        else:
+            lipschitz = lipschitz_report(checkpoint)
     except SncliError as exc:
         lipschitz_error = exc.message
     spectrum: SpectrumReport | None = None
@@ -79,4 +89,5 @@ def build_report(
         diff=diff,
         diff_error=diff_error,
         command=command,
+        graph=graph,
     )

@@ -103,6 +103,24 @@ def lipschitz(
             help="ONNX models: skip the lower-bound search (onnxruntime runs of the model).",
         ),
     ] = False,
+    lower_effort: Annotated[
+        int | None,
+        typer.Option(
+            "--lower-effort",
+            min=0,
+            help="ONNX models: the lower-bound search's multi-start ascent (starts and steps "
+            "grow with it; 0: one power iteration at one point). Default 1.",
+        ),
+    ] = None,
+    chain_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--chain-seconds",
+            min=0.0,
+            help="ONNX models: seconds per dense chain for LipSDP-Neuron's descent from "
+            "ECLipsE-Fast (0: ECLipsE-Fast alone). Default 2.",
+        ),
+    ] = None,
     grid: Annotated[
         int | None,
         typer.Option(
@@ -176,6 +194,8 @@ def lipschitz(
             seed=seed,
             input_shapes=opt.parse_input_shapes(input_shape),
             lower=not no_lower,
+            lower_effort=lower_effort,
+            chain_seconds=chain_seconds,
             certified=certified,
             fail_above=fail_above,
             output_format=output_format,
@@ -186,6 +206,11 @@ def lipschitz(
         raise typer.BadParameter(
             "--input-shape and --no-lower are for ONNX models (a state dict has no graph)",
             param_hint="--input-shape" if input_shape else "--no-lower",
+        )
+    if lower_effort is not None or chain_seconds is not None:
+        raise typer.BadParameter(
+            "--lower-effort and --chain-seconds are for ONNX models (a state dict has no graph)",
+            param_hint="--lower-effort" if lower_effort is not None else "--chain-seconds",
         )
     size = opt.parse_size(input_size)
     if padding is Padding.CIRCULAR and size is None:

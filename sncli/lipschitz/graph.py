@@ -40,7 +40,12 @@ from sncli.lipschitz.graph_results import (
     OutputBound,
     PathStep,
 )
-from sncli.lipschitz.lower import LOWER_SECONDS, lower_bound_or_why
+from sncli.lipschitz.lower import (
+    LOWER_ASCENT_SECONDS,
+    LOWER_EFFORT,
+    LOWER_SECONDS,
+    lower_bound_or_why,
+)
 from sncli.lipschitz.ops import (
     _broadcast_factor,
     _Context,
@@ -250,7 +255,10 @@ def _chain_end_output(ctx: _Context, node: OnnxNode) -> str:
 
 
 def _pass_two(
-    ctx: _Context, order: list[OnnxNode], chains: list[list[OnnxNode]]
+    ctx: _Context,
+    order: list[OnnxNode],
+    chains: list[list[OnnxNode]],
+    chain_seconds: float | None = None,
 ) -> tuple[dict[str, _Bound], list[ChainInfo]]:
     bounds: dict[str, _Bound] = {v.name: _Bound(1.0, True) for v in ctx.graph.inputs}
     for name in ctx.discrete & set(bounds):
@@ -263,7 +271,7 @@ def _pass_two(
         alpha, beta = min(a for a, _ in acts), max(b for _, b in acts)
         weights = [ctx.linears[n.name].matrix for n in linears]
         product = math.prod(ctx.factors[n.name].factor or 0.0 for n in chain)
-        value, method = chain_bound(weights, alpha, beta, product)
+        value, method = chain_bound(weights, alpha, beta, product, chain_seconds)
         value = min(value, product)
         start = ctx.linears[chain[0].name].var_input
         ends[_chain_end_output(ctx, chain[-1])] = (start, value, True)
@@ -354,13 +362,18 @@ def graph_lipschitz(
     progress: Callable[[str], None] | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     lower_seconds: float = LOWER_SECONDS,
+    lower_effort: int = LOWER_EFFORT,
+    chain_seconds: float | None = None,
 ) -> GraphLipschitzReport:
     """The DAG bound of an ONNX model, per output and jointly, with a searched lower bound.
 
     ``input_shapes`` fixes the inputs' dynamic dims (``--input-shape``; the key "" is the only
     input); dims left dynamic after the defaults of :func:`read_onnx_graph` are refused with
     an :class:`InputShapeError` naming each input, before any factor is computed. The search
-    for a lower bound never costs the bound (:func:`lower_bound_or_why`).
+    for a lower bound never costs the bound (:func:`lower_bound_or_why`; ``lower_effort`` sets
+    its multi-start ascent, 0 for the single power iteration, and the ascent's time:
+    ``lower_effort`` × the larger of 4 s and the bound's own time); ``chain_seconds`` is each dense
+    chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone).
     """
     import time
 
@@ -382,7 +395,7 @@ def graph_lipschitz(
         progress("factors")
     _pass_one(ctx, order)
     chains = _chains(ctx, order)
-    bounds, infos = _pass_two(ctx, order, chains)
+    bounds, infos = _pass_two(ctx, order, chains, chain_seconds)
     outputs = []
     for value in graph.outputs:
         if value.name in ctx.constants:
@@ -414,9 +427,20 @@ def graph_lipschitz(
             order=order,
             constants=ctx.constants,
             seconds=lower_seconds,
+            effort=lower_effort,
+            ascent_seconds=lower_effort * max(LOWER_ASCENT_SECONDS, seconds["bound"]),
         )
         if why:
             notes.append(f"no lower bound: {why}")
+        joint = [o.bound for o in outputs]
+        if found is not None and None not in joint:
+            bound = math.sqrt(sum(v * v for v in joint if v is not None))
+            if found.value > bound:  # a lower bound above a proof: a bug, never printed
+                notes.append(
+                    f"no lower bound: the search's ratio {found.value:.9g} exceeds the bound "
+                    f"{bound:.9g}, which cannot be (please report this model)"
+                )
+                found = None
         seconds["lower"] = time.perf_counter() - began - seconds["bound"]
     report = GraphLipschitzReport(
         checkpoint=str(path),

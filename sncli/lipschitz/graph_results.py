@@ -48,12 +48,24 @@ class PathStep:
 
 
 @dataclass(frozen=True)
+class LowerPoint:
+    """Where the lower bound was found: ‖x‖, ‖y − x‖, and the output (graph output's name, flat
+    index in it) that changed most between x and y."""
+
+    input_norm: float
+    step: float
+    output: str
+    output_index: int
+
+
+@dataclass(frozen=True)
 class LowerBound:
     """max ‖f(x) − f(y)‖/‖x − y‖ found by a seeded search: a true lower bound on Lip(f)."""
 
     value: float
     evaluations: int
     method: str
+    point: LowerPoint | None = None
 
 
 @dataclass(frozen=True)

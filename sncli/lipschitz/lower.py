@@ -6,17 +6,23 @@ a time budget, and turns any onnxruntime error into one line."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sncli.formats.common import quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode
-from sncli.lipschitz.graph_results import LowerBound
+from sncli.lipschitz.graph_results import LowerBound, LowerPoint
 
 #: The lower-bound search's wall-clock budget (seconds); what it found by then is kept.
 LOWER_SECONDS = 30.0
 #: Inputs up to this size get the whole finite-difference Jacobian (one run per coordinate).
 FULL_JACOBIAN = 1024
+#: The default effort of the multi-start ascent (starts and steps grow with it).
+LOWER_EFFORT = 1
+#: The ascent's time per unit of effort is at most the larger of this and the bound's time
+#: (``graph_lipschitz``), so the search at most doubles a model's total time past a few seconds.
+LOWER_ASCENT_SECONDS = 4.0
 #: The share of the available memory the search may plan to use (checked before it allocates).
 LOWER_MEMORY_SHARE = 0.5
 
@@ -58,6 +64,8 @@ def lower_bound_or_why(
     order: Sequence[OnnxNode] | None = None,
     constants: dict[str, Any] | None = None,
     seconds: float = LOWER_SECONDS,
+    effort: int = LOWER_EFFORT,
+    ascent_seconds: float | None = None,
 ) -> tuple[LowerBound | None, str | None]:
     """:func:`lower_bound_search` that never fails: (lower bound, None) or (None, why not).
 
@@ -82,6 +90,8 @@ def lower_bound_or_why(
             order=order if torch_fits else None,
             constants=constants if torch_fits else None,
             seconds=seconds,
+            effort=effort,
+            ascent_seconds=ascent_seconds,
         )
     except MemoryError:
         return None, "out of memory during the search"
@@ -100,46 +110,68 @@ def lower_bound_search(
     order: Sequence[OnnxNode] | None = None,
     constants: dict[str, Any] | None = None,
     seconds: float = LOWER_SECONDS,
+    effort: int = LOWER_EFFORT,
+    ascent_seconds: float | None = None,
 ) -> LowerBound | None:
-    """The largest ‖f(x + δ) − f(x)‖/‖δ‖ found by a short seeded search, evaluated by onnxruntime.
+    """The largest ‖f(x) − f(y)‖/‖x − y‖ found by a short seeded search.
 
-    Directions: a Jacobian power iteration at a seeded Gaussian x with the graph rebuilt in torch
-    (:mod:`sncli.lipschitz.torch_graph`, when every op is known there), else the finite-difference
-    Jacobian (whole, up to 1024 inputs; else sampled on random subspaces). Whatever found the
-    direction, the reported ratio is that of two real evaluations of the model by onnxruntime,
-    so it is a lower bound on its Lipschitz constant (up to the evaluations' float32 rounding).
-    None when every ratio was 0; ``_NoProbe`` (with the reason) when the model cannot be run.
-    The search stops after ``seconds`` with the best ratio found by then.
+    With the graph rebuilt in torch (:mod:`sncli.lipschitz.torch_graph`, when every op is known
+    there): a Jacobian power iteration at a seeded Gaussian x, then the multi-start, multi-scale
+    ascent of :mod:`sncli.lipschitz.ascent` (``effort`` sets its starts and steps); its best pair
+    is evaluated in float64 by the rebuild and reported only if the rebuild agrees with the model
+    under onnxruntime at both points (float32 tolerance), so the float64 quotient is the
+    model's. Otherwise (and for graphs the rebuild lacks) the finite-difference Jacobian under
+    onnxruntime (whole, up to 1024 inputs; else sampled on random subspaces), whose ratios are
+    two real float32 evaluations of the model. None when every ratio was 0; ``_NoProbe`` (with
+    the reason) when the model cannot be run. Stops after ``seconds`` with the best found; the
+    ascent's starts and steps stop after ``ascent_seconds`` (its final quotient is still taken).
     """
     probe = _Probe(graph, seed, seconds)
-    best, method = 0.0, ""
+    best, method, point = 0.0, "", None
     if order is not None and constants is not None:
         try:
-            iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
-            best = probe.power(order, constants, iterations)
-            method = "Jacobian power iteration (torch) verified"
+            found = probe.ascent(order, constants, max(0, effort), ascent_seconds)
         except _NoProbe:
             raise
-        except Exception:  # an op the torch evaluator lacks, AD fails, out of time: fall back
-            best = max(0.0, probe.best)
-    if (best == 0.0 or probe.total <= FULL_JACOBIAN) and not probe.out_of_time():
+        except Exception:  # an op the torch evaluator lacks, AD fails: onnxruntime alone
+            found = None
+        if found is not None and found[0] > 0.0:
+            best, point = found[0], found[1]
+            method = (
+                "multi-start ascent (torch)" if effort > 0 else "Jacobian power iteration (torch)"
+            ) + ", float64 quotient checked with onnxruntime"
+        else:
+            try:
+                iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
+                best = probe.power(order, constants, iterations)
+                method = "Jacobian power iteration (torch) verified"
+            except _NoProbe:
+                raise
+            except Exception:  # as above: the finite differences below
+                best = max(0.0, probe.best)
+    if (best == 0.0 or probe.total <= FULL_JACOBIAN) and point is None and not probe.out_of_time():
         try:
-            found = probe.finite_differences(budget)
+            found_fd = probe.finite_differences(budget)
         except _NoProbe:
             raise
         except _OutOfTime:
-            found = probe.best
-        if found > best:
-            best, method = found, "finite-difference Jacobian"
+            found_fd = probe.best
+        if found_fd > best:
+            best, method = found_fd, "finite-difference Jacobian"
     if not math.isfinite(best) or best <= 0.0:
         return None
     stopped = "; stopped at the time budget" if probe.stopped else ""
-    return LowerBound(
-        best,
-        probe.evaluations,
-        f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method or 'best ratio found'}; "
-        f"{probe.evaluations} evaluations, float32{stopped})",
-    )
+    if point is not None:
+        text = (
+            f"largest ‖f(x) − f(y)‖/‖x − y‖ ({method}; "
+            f"{probe.evaluations} onnxruntime runs{stopped})"
+        )
+    else:
+        text = (
+            f"largest ‖f(x+δ) − f(x)‖/‖δ‖ with onnxruntime ({method or 'best ratio found'}; "
+            f"{probe.evaluations} evaluations, float32{stopped})"
+        )
+    return LowerBound(best, probe.evaluations, text, point)
 
 
 class _NoProbe(Exception):
@@ -235,7 +267,8 @@ class _Probe:
         return session.run(None, feeds)
 
     def ratio(self, direction: Any) -> float:
-        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction."""
+        """max over two step sizes of ‖f(x + δ) − f(x)‖/‖δ‖ along a unit direction, less an
+        allowance of 16 float32 roundings of the two outputs (float32 evaluations)."""
         import numpy as np
 
         best = 0.0
@@ -243,7 +276,9 @@ class _Probe:
             delta = step * self.scale * direction
             norm = float(np.linalg.norm(delta))
             if norm > 0:
-                change = float(np.linalg.norm(self.run(self.x + delta) - self.base))
+                moved = self.run(self.x + delta)
+                allowance = 16 * 2.0**-24 * float(np.linalg.norm(moved) + np.linalg.norm(self.base))
+                change = float(np.linalg.norm(moved - self.base)) - allowance
                 best = max(best, change / norm)
                 if math.isfinite(best):
                     self.best = max(self.best, best)
@@ -269,6 +304,87 @@ class _Probe:
         x = torch.as_tensor(self.x, dtype=dtype)
         direction, _ = power_direction(f, x, split, iterations, self.seed)
         return self.ratio(direction.to(torch.float64).numpy())
+
+    def _flat(
+        self, order: Sequence[OnnxNode], constants: dict[str, Any], beta: float | None
+    ) -> Any:
+        """The graph rebuilt in torch (float64) as a function of the flat float input."""
+        import torch
+
+        from sncli.lipschitz.torch_graph import torch_function
+
+        f = torch_function(self.graph, order, constants, torch.float64, beta)
+        names = [v.name for v in self.graph.inputs]
+        fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}
+
+        def g(z: Any) -> Any:
+            parts, offset = {}, 0
+            for name, size in zip(self.floats, self.sizes, strict=True):
+                parts[name] = z[offset : offset + size].reshape(self.feeds[name].shape)
+                offset += size
+            return f([parts.get(n, fixed.get(n)) for n in names])
+
+        return g
+
+    def ascent(
+        self,
+        order: Sequence[OnnxNode],
+        constants: dict[str, Any],
+        effort: int,
+        seconds: float | None = None,
+    ) -> tuple[float, LowerPoint] | None:
+        """The ascent's best float64 quotient, if the rebuild agrees with onnxruntime there."""
+        import numpy as np
+        import torch
+
+        from sncli.lipschitz.ascent import ascend
+
+        shared = dict(constants)
+        deadline = self.deadline
+        if seconds is not None:
+            deadline = min(deadline, time.monotonic() + seconds)
+        pair = ascend(
+            lambda beta: self._flat(order, shared, beta),
+            self.x,
+            seed=self.seed,
+            effort=effort,
+            deadline=deadline,
+        )
+        if time.monotonic() > self.deadline:  # the search's own budget, not the ascent's share
+            self.stopped = True
+        if pair is None:
+            return None
+        exact = self._flat(order, shared, None)
+        with torch.no_grad():
+            fx = exact(torch.as_tensor(pair.x)).numpy()
+            fy = exact(torch.as_tensor(pair.y)).numpy()
+        rx, ry = self.run(pair.x, check_time=False), self.run(pair.y, check_time=False)
+        for mine, theirs in ((fx, rx), (fy, ry)):  # float32 evaluation vs the float64 rebuild
+            if np.linalg.norm(mine - theirs) > 1e-4 * np.linalg.norm(theirs) + 1e-6 * math.sqrt(
+                theirs.size
+            ):
+                return None
+        change = np.abs(fy - fx)
+        index = int(np.argmax(change))
+        output, offset = "", 0
+        for value in self.graph.outputs:
+            size = (
+                math.prod(value.shape)
+                if value.shape and all(isinstance(d, int) for d in value.shape)
+                else 0
+            )
+            if offset <= index < offset + size:
+                output = value.name
+                index -= offset
+                break
+            offset += size
+        point = LowerPoint(
+            input_norm=float(np.linalg.norm(pair.x)),
+            step=float(np.linalg.norm(pair.y - pair.x)),
+            output=output,
+            output_index=index,
+        )
+        return pair.ratio, point
 
     def finite_differences(self, budget: int) -> float:
         import numpy as np

@@ -118,26 +118,37 @@ def _sigma_upper(matrix: np.ndarray) -> tuple[float, float, str]:
 
 
 def chain_bound(
-    weights: Sequence[np.ndarray], alpha: float, beta: float, product: float | None = None
+    weights: Sequence[np.ndarray],
+    alpha: float,
+    beta: float,
+    product: float | None = None,
+    seconds: float | None = None,
 ) -> tuple[float, str]:
     """A certified bound for W_l ∘ act ∘ … ∘ act ∘ W_1, activations slope-restricted in [α, β].
 
-    The product ∏σ(W_i)·max(|α|, |β|)^(l−1) always holds; ECLipsE-Fast
-    (``sncli.numerics.eclipse.eclipse_fast_bound``, Xu & Sivaranjani 2024) where its conditions
-    hold, and the smaller of the two (both are proofs) is returned. The one switch for the
-    chain method.
+    The product ∏σ(W_i)·max(|α|, |β|)^(l−1) always holds; LipSDP-Neuron's multipliers found by
+    first-order descent from ECLipsE-Fast's within ``seconds``
+    (``sncli.numerics.lipsdp.lipsdp_neuron_certificate``; never above ECLipsE-Fast, Xu &
+    Sivaranjani 2024, whose bound it falls back to) where their conditions hold, and the
+    smaller (all are proofs) is returned. ``seconds`` 0: ECLipsE-Fast alone. The one switch for
+    the chain method.
     """
     slope = max(abs(alpha), abs(beta))
     if product is None:  # the caller may pass the product of its certified factors
         product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
-    from sncli.numerics.eclipse import eclipse_fast_bound
+    from sncli.numerics.lipsdp import LIPSDP_SECONDS, lipsdp_neuron_certificate
 
     try:
-        eclipse = float(eclipse_fast_bound(list(weights), alpha, beta))
+        found = lipsdp_neuron_certificate(
+            list(weights), alpha, beta, seconds=LIPSDP_SECONDS if seconds is None else seconds
+        )
     except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
         return product, "product of σ (ECLipsE-Fast refused this chain)"
-    if math.isfinite(eclipse) and eclipse < product:
-        return eclipse, "ECLipsE-Fast"
+    value = float(found.bound)
+    if math.isfinite(value) and value < product:
+        if found.method == "lipsdp-neuron":
+            return value, "LipSDP-Neuron (first-order, from ECLipsE-Fast)"
+        return value, "ECLipsE-Fast"
     return product, "product of σ (≤ ECLipsE-Fast here)"
 
 

@@ -101,12 +101,14 @@ def _batchnorm(node: OnnxNode, args: list[Any]) -> Any:
     return (x - mean.reshape(shape)) * scale.reshape(shape) + beta.reshape(shape)
 
 
-def _unary_table() -> dict[str, Callable[[OnnxNode, Any], Any]]:
+def _unary_table(relu_beta: float | None = None) -> dict[str, Callable[[OnnxNode, Any], Any]]:
     import torch
     import torch.nn.functional as F
 
     return {
-        "Relu": lambda _n, x: F.relu(x),
+        "Relu": (lambda _n, x: F.relu(x))
+        if relu_beta is None
+        else (lambda _n, x: F.softplus(x, relu_beta)),
         "LeakyRelu": lambda _n, x: F.leaky_relu(x, float(_a(_n, "alpha", 0.01))),
         "Sigmoid": lambda _n, x: torch.sigmoid(x),
         "Tanh": lambda _n, x: torch.tanh(x),
@@ -164,6 +166,8 @@ def _apply(node: OnnxNode, args: list[Any], table: dict[str, Any]) -> list[Any]:
             [d for i, d in enumerate(a[0].shape) if d != 1 or not _in_axes(i, node, a)]
         ),
         "Unsqueeze": lambda a: _unsqueeze(node, a),
+        "ReduceMean": lambda a: _reduce(node, a, "mean"),
+        "ReduceSum": lambda a: _reduce(node, a, "sum"),
     }
     if op in simple:
         return [simple[op](args)]
@@ -182,6 +186,19 @@ def _in_axes(index: int, node: OnnxNode, args: list[Any]) -> bool:
     return not axes or index in [a % rank for a in axes]
 
 
+def _reduce(node: OnnxNode, args: list[Any], how: str) -> Any:
+    """ReduceMean/ReduceSum: axes from the attribute (opset < 18) or the second input."""
+    x = args[0]
+    axes = _axes(node, args)
+    if not axes:
+        if _a(node, "noop_with_empty_axes", 0):
+            return x
+        axes = list(range(x.dim()))
+    dims = tuple(sorted(a % x.dim() for a in axes))
+    keep = bool(_a(node, "keepdims", 1))
+    return x.mean(dim=dims, keepdim=keep) if how == "mean" else x.sum(dim=dims, keepdim=keep)
+
+
 def _unsqueeze(node: OnnxNode, args: list[Any]) -> Any:
     x = args[0]
     rank = x.dim() + len(_axes(node, args))
@@ -195,12 +212,14 @@ def torch_function(
     order: Sequence[OnnxNode],
     constants: dict[str, Any],
     dtype: Any,
+    relu_beta: float | None = None,
 ) -> Callable[[list[Any]], Any]:
-    """f(inputs) → the concatenated outputs, evaluated with torch (differentiable)."""
+    """f(inputs) → the concatenated outputs, evaluated with torch (differentiable); with
+    ``relu_beta``, ReLU is smoothed to softplus(β) (for gradient ascent only)."""
     import numpy as np
     import torch
 
-    table = _unary_table()
+    table = _unary_table(relu_beta)
 
     def tensor(value: Any) -> Any:
         array = np.array(value)

@@ -30,6 +30,14 @@ def graph_to_dict(report: GraphLipschitzReport) -> dict[str, Any]:
         "valid_architecture": report.bound is not None,
         "lower": None if lower is None else finite_or_none(lower.value),
         "lower_method": None if lower is None else lower.method,
+        "lower_point": None
+        if lower is None or lower.point is None
+        else {
+            "input_norm": finite_or_none(lower.point.input_norm),
+            "step": finite_or_none(lower.point.step),
+            "output": lower.point.output,
+            "output_index": lower.point.output_index,
+        },
         "statement": report.statement(),
         "assumptions": report.assumptions,
         "caveats": report.caveats,

@@ -77,7 +77,9 @@ def _summary(report: ModelReport) -> str:
         items.append(
             ("largest σ", f"{fmt_sigma(largest.sigma)} (<code>{_text(largest.short_name)}</code>)")
         )
-    if report.lipschitz is not None:
+    if report.graph is not None:
+        items.append(("Lipschitz", _text(_graph_line(report.graph))))
+    elif report.lipschitz is not None:
         items.append(("Lipschitz", _text(_lipschitz_line(report.lipschitz))))
     elif report.lipschitz_error:
         items.append(("Lipschitz", f"not computed: {_text(report.lipschitz_error)}"))
@@ -111,6 +113,79 @@ def _lipschitz_line(lipschitz: Any) -> str:
     if lipschitz.upper_bound:
         return f"L ≤ {shown}, conditional on the assumptions in the statement (not certified)"
     return f"L ≈ {shown}, an estimate (not every factor is an upper bound)"
+
+
+def _graph_line(graph: Any) -> str:
+    """The graph bound's headline: L, certified or not, and the lower bound found."""
+    lower = "" if graph.lower is None else f"; lower bound found {fmt_sigma(graph.lower.value)}"
+    if graph.bound is None:
+        return f"no Lipschitz bound for this graph{lower}"
+    kind = "certified" if graph.certified else "not certified (some factor is not proven)"
+    return f"L ≤ {fmt_sigma(graph.bound)} over the graph, {kind}{lower}"
+
+
+def _graph_parts(graph: Any) -> list[str]:
+    """The graph bound's section: statement, lower bound, per-output bounds, path, chains."""
+    warn = "" if graph.certified else " warn"
+    parts = [
+        "<h2>Lipschitz bound over the graph</h2>",
+        f'<p class="statement{warn}">{_text(graph.statement())}</p>',
+    ]
+    if graph.lower is not None:
+        parts.append(
+            f"<p>Lower bound found: {fmt_sigma(graph.lower.value)} — {_text(graph.lower.method)}"
+            + (
+                ""
+                if graph.bound is None or graph.lower.value <= 0
+                else f"; bound / lower = {graph.bound / graph.lower.value:.3g}"
+            )
+            + ".</p>"
+        )
+    outputs = [
+        ("", [_text(o.name), _number(o.bound, 6), "yes" if o.certified else "no"])
+        for o in graph.outputs
+    ]
+    parts.append(_table(["output", "bound", "certified"], outputs, "outputs"))
+    factors = {n.name: n for n in graph.nodes}
+    path = []
+    for step in graph.path:
+        node = factors.get(step.node)
+        source = "" if node is None else (node.why or node.source)
+        path.append(
+            (
+                "",
+                [
+                    _text(step.node),
+                    _text(step.op),
+                    _number(step.factor, 6),
+                    "yes" if step.proven else "no",
+                    _number(step.running, 6),
+                    _text(source),
+                ],
+            )
+        )
+    parts.append("<h3>Path of the largest contribution (input → output)</h3>")
+    parts.append(
+        _table(["node", "op", "factor", "proven", "L after it", "source"], path, "path nodes")
+    )
+    if graph.chains:
+        chains = [
+            (
+                "",
+                [
+                    _text(f"{c.nodes[0]} … {c.nodes[-1]}"),
+                    str(len(c.nodes)),
+                    _number(c.bound, 6),
+                    _number(c.product, 6),
+                    _text(c.method),
+                ],
+            )
+            for c in graph.chains
+        ]
+        parts.append(
+            _table(["chain", "nodes", "bound", "product of factors", "method"], chains, "chains")
+        )
+    return parts
 
 
 def _inspect_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
@@ -215,6 +290,8 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
             "layers",
         ),
     ]
+    if report.graph is not None:
+        parts += _graph_parts(report.graph)
     if report.lipschitz is not None:
         warn = "" if report.lipschitz.certified else " warn"
         parts += [

@@ -119,3 +119,23 @@ def test_normalize_refuses_onnx(tmp_path: Path) -> None:
     code, _, err = invoke("normalize", str(path), "-o", str(tmp_path / "out.onnx"))
     assert code != 0 and not (tmp_path / "out.onnx").exists()
     assert err.count("\n") == 1
+
+
+def test_lipschitz_onnx_effort_options(tmp_path: Path) -> None:
+    """--lower-effort 0 and --chain-seconds 0 give the single power iteration and
+    ECLipsE-Fast; both options are refused for state dicts."""
+    import json
+
+    path = _onnx_mlp(tmp_path / "m.onnx")
+    code, out, _ = invoke(
+        "lipschitz", str(path), "--format", "json", "--lower-effort", "0", "--chain-seconds", "0"
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert "power iteration" in data["lower_method"] and 0 < data["lower"] <= data["bound"]
+    assert data["lower_point"]["output"] == "y"
+    assert data["chains"][0]["method"] in ("ECLipsE-Fast", "product of σ (≤ ECLipsE-Fast here)")
+    code, out, _ = invoke("lipschitz", str(path), "--format", "json", "--lower-effort", "2")
+    assert code == 0 and "multi-start ascent" in json.loads(out)["lower_method"]
+    code, _, _ = invoke("lipschitz", str(path), "--lower-effort", "-1")
+    assert code == 2

@@ -191,3 +191,38 @@ def test_spectrum_plot_options(mlp_path: Path, tmp_path: Path) -> None:
     assert code == 2
     code, _, _ = invoke("spectrum", str(mlp_path), "--layer", "2.weight")
     assert code == 2
+
+
+def test_report_on_onnx_shows_the_graph_bound(tmp_path: Path) -> None:
+    """An ONNX model's report carries `lipschitz`'s graph bound (certified, per output, lower
+    bound, path), not the conditional product of its layers' σ."""
+    import json
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+            helper.make_node("Add", ["x", "g"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", f, [1, 3])],
+        [helper.make_tensor_value_info("y", f, [1, 3])],
+        [numpy_helper.from_array(0.5 * np.eye(3, dtype=np.float32), "w")],
+    )
+    path = tmp_path / "residual.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    out = tmp_path / "r.html"
+    code, _, err = invoke("report", str(path), "-o", str(out), "-q")
+    assert code == 0, err
+    page = out.read_text()
+    code, text, _ = invoke("lipschitz", str(path), "--format", "json")
+    data = json.loads(text)
+    assert data["certified"] and data["lower"] <= data["bound"]
+    assert "Lipschitz bound over the graph" in page and "conditional" not in page
+    assert "L ≤ 1.5 over the graph, certified; lower bound found 1.5" in page
+    assert "Path of the largest contribution" in page and "<td>Add</td>" in page
