@@ -797,10 +797,11 @@ def circular_operator_norm(
     return _circular(kernel, size, strides, dil)[1]
 
 
-def _circular(
+def _circular_taps(
     kernel: torch.Tensor, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
-) -> tuple[float, float]:
-    """(certified lower, certified upper) for the circular norm; they agree to ~1e-9."""
+) -> tuple[_Taps, tuple[int, ...]] | None:
+    """The circular strided conv as a stride-1 conv on its phases, and the grid it runs on
+    (n/s per axis); None for an all-zero kernel. A stride must divide the input size."""
     bad = [(n, s) for n, s in zip(size, strides, strict=True) if n % s]
     if bad:
         raise ValueError(
@@ -809,9 +810,19 @@ def _circular(
         )
     taps = _taps(kernel, dil)
     if taps is None:
+        return None
+    return _polyphase(taps, strides), tuple(n // s for n, s in zip(size, strides, strict=True))
+
+
+def _circular(
+    kernel: torch.Tensor, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
+) -> tuple[float, float]:
+    """(certified lower, certified upper) for the circular norm; they agree to ~1e-9."""
+    phased = _circular_taps(kernel, size, strides, dil)
+    if phased is None:
         return 0.0, 0.0
-    grid = tuple(n // s for n, s in zip(size, strides, strict=True))
-    result = _grid_max(_polyphase(taps, strides), grid, CERT_DELTA)
+    taps, grid = phased
+    result = _grid_max(taps, grid, CERT_DELTA)
     upper = math.nextafter(math.ldexp(result.upper, taps.exponent), math.inf)
     assert result.lower is not None
     lower = math.ldexp(result.lower, taps.exponent)
@@ -835,17 +846,10 @@ def _circular_rows(
     entry's rounding is at most ‖k‖₁·:data:`FFT_ROUNDING`, and so is a row norm's."""
     import torch
 
-    bad = [(n, s) for n, s in zip(size, strides, strict=True) if n % s]
-    if bad:
-        raise ValueError(
-            f"circular convolution with stride {_fmt(strides)} needs an input size divisible by "
-            f"the stride, got {_fmt(size)}: no exact norm for that case"
-        )
-    taps = _taps(kernel, dil)
-    if taps is None:
+    phased = _circular_taps(kernel, size, strides, dil)
+    if phased is None:
         return 0.0, 0.0
-    poly = _polyphase(taps, strides)
-    grid = tuple(n // s for n, s in zip(size, strides, strict=True))
+    poly, grid = phased
     groups, columns, _ = poly.values.shape
     cells = math.prod(grid)
     flat = torch.zeros(poly.positions.shape[0], dtype=torch.int64)
@@ -864,8 +868,8 @@ def _circular_rows(
         top = max(top, float(power.max()))
     norm = math.sqrt(top)
     slack = l1 * FFT_ROUNDING
-    upper = math.nextafter(math.ldexp(norm * (1 + FFT_ROUNDING) + slack, taps.exponent), math.inf)
-    lower = math.ldexp(max(0.0, norm * (1 - FFT_ROUNDING) - slack), taps.exponent)
+    upper = math.nextafter(math.ldexp(norm * (1 + FFT_ROUNDING) + slack, poly.exponent), math.inf)
+    lower = math.ldexp(max(0.0, norm * (1 - FFT_ROUNDING) - slack), poly.exponent)
     return lower, upper
 
 
