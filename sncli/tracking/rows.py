@@ -5,30 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The spectrum metrics ``--spectrum`` adds per point (``sncli.spectrum.METRICS`` but σ_max,
-#: which is inspect's measurement here).
-SPECTRUM_COLUMNS = (
-    "sigma_min",
-    "condition_number",
-    "frobenius",
-    "nuclear",
-    "stable_rank",
-    "effective_rank",
-    "numerical_rank",
-    "rank_tolerance",
-    "lambda_max",
-    "log_norm",
-    "log_spectral_norm",
-    "alpha",
-    "xmin",
-    "ks_distance",
-    "num_pl_spikes",
-    "alpha_weighted",
-    "log_alpha_norm",
-    "entropy",
-    "mp_edge",
-    "mp_spikes",
-)
+from sncli.spectrum import METRICS
+
+#: The spectrum metrics ``--spectrum`` adds per point: ``sncli.spectrum.METRICS`` but σ_max,
+#: which is inspect's measurement here (a metric spectrum gains is a column added here too).
+SPECTRUM_COLUMNS = tuple(metric for metric in METRICS if metric != "sigma_max")
 
 
 #: Every column, in order. The spectrum columns are empty without ``--spectrum``, ``delta``
