@@ -151,7 +151,7 @@ def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> 
     subprocess.run(
         [*common, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
         capture_output=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert shot.exists() and shot.stat().st_size > 5000
@@ -164,7 +164,7 @@ def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> 
         [*common, "--dump-dom", out.as_uri()],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     ).stdout
     assert "model.layers.1.self_attn.q_proj.weight" in dom
