@@ -119,7 +119,12 @@ def eager_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     eager.registered_callback = app.registered_callback
-    eager.registered_commands = list(app.registered_commands)
+    # registered in the order the old sncli/cli/__init__ imported the modules (COMMANDS' order)
+    order = list(COMMANDS)
+    eager.registered_commands = sorted(
+        app.registered_commands,
+        key=lambda info: order.index(info.name or info.callback.__name__),  # type: ignore[union-attr]
+    )
     return eager
 
 
