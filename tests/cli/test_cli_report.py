@@ -191,3 +191,35 @@ def test_spectrum_plot_options(mlp_path: Path, tmp_path: Path) -> None:
     assert code == 2
     code, _, _ = invoke("spectrum", str(mlp_path), "--layer", "2.weight")
     assert code == 2
+
+
+def test_report_options_reach_the_page(mlp_path: Path, tmp_path: Path) -> None:
+    """--filter/--exclude, --top-k, --workers and --sections: only the chosen parts and layers."""
+    out = tmp_path / "part.html"
+    code, _, err = invoke(
+        "report",
+        str(mlp_path),
+        "-o",
+        str(out),
+        "--filter",
+        r"^[02]\.",
+        "--exclude",
+        r"^0\.",
+        "--top-k",
+        "2",
+        "--tol",
+        "1e-6",
+        "--workers",
+        "1",
+        "--sections",
+        "spectrum",
+        "-q",
+    )
+    assert code == 0, err
+    text = out.read_text(encoding="utf-8")
+    assert "<h2>Spectra</h2>" in text and "Lipschitz bound" not in text
+    assert "<td>2.weight</td>" in text or ">2.weight<" in text
+    assert ">0.weight<" not in text and ">4.weight<" not in text
+    code, _, err = invoke("report", str(mlp_path), "-o", str(out), "--sections", "figures")
+    assert code == 2 and "Invalid value" in err and "--sections" in err
+    assert out.read_text(encoding="utf-8") == text  # nothing written on a usage error
