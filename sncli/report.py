@@ -1,23 +1,63 @@
 """Everything ``sncli report`` puts in one HTML file: inspect, lipschitz, spectrum and (with B)
 diff.
 
-The engines run as their commands would with default options; a failing part (no Lipschitz
-bound for a checkpoint without linear/conv layers, say) is recorded with its one-line reason
-instead of stopping the report.
+The engines run as their commands would, with the options of :class:`ReportOptions`; a failing
+part (no Lipschitz bound for a checkpoint without linear/conv layers, say) is recorded with its
+one-line reason instead of stopping the report. Each number is computed once: when the spectra
+are full (no ``top_k``) and the σ method is auto, dense or exact, σ of every layer is the
+largest of its float64 singular values (:func:`sigmas_from_spectra`) instead of a second pass.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from sncli.analysis import InspectReport, spectral_norms
+from sncli.analysis import InspectReport, LayerSigma, MethodOptions, spectral_norms
 from sncli.checkpoint import Checkpoint
 from sncli.diff import DiffReport, diff_checkpoints
 from sncli.errors import SncliError
-from sncli.lipschitz import GraphLipschitzReport, LipschitzReport, lipschitz_report
+from sncli.lipschitz import (
+    GraphLipschitzReport,
+    LipschitzOptions,
+    LipschitzReport,
+    lipschitz_report,
+)
 from sncli.messages import ProgressCallback
-from sncli.spectrum import SpectrumReport, spectra
+from sncli.numerics.spectral import BoundKind, Method
+from sncli.spectrum import SpectrumOptions, SpectrumReport, spectra
+
+#: The parts a report may leave out (σ of every layer is always there).
+SECTIONS = ("lipschitz", "spectrum", "diff")
+#: The stages a report goes through, in order, as :data:`StageProgress` names them.
+STAGES = ("spectra", "σ", "Lipschitz factors", "diff")
+#: A progress callback per stage: called once with the stage's name when the stage starts.
+StageProgress = Callable[[str], ProgressCallback | None]
+#: σ methods whose answer the float64 dense spectra already give (to float64 rounding).
+_FROM_SPECTRA = (Method.AUTO, Method.DENSE, Method.EXACT)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report runs. ``method``/``tol``: σ of every layer (as ``inspect``); ``top_k``:
+    only the K largest singular values per layer in the spectra (``spectrum --top-k``);
+    ``include``/``exclude``: regexes on keys for every part; ``workers``/``scheduler``: where
+    the per-layer work runs; ``sections``: the parts of :data:`SECTIONS` to compute."""
+
+    method: Method = Method.AUTO
+    tol: float | None = None
+    top_k: int | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    workers: int | None = None
+    scheduler: str | None = None
+    sections: frozenset[str] = field(default_factory=lambda: frozenset(SECTIONS))
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sections) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown report sections {sorted(unknown)}; known: {SECTIONS}")
 
 
 @dataclass(frozen=True)
@@ -41,39 +81,118 @@ class ModelReport:
     graph: GraphLipschitzReport | None = None
 
 
+def sigmas_from_spectra(spectrum: SpectrumReport, method: Method = Method.AUTO) -> InspectReport:
+    """σ of every layer as the largest of its full float64 spectrum (dense LAPACK values, exact
+    to float64 rounding): what ``inspect --method dense`` computes, without a second pass."""
+    if spectrum.top_k is not None:
+        raise ValueError("σ comes from full spectra only (top_k is None)")
+    layers = [
+        LayerSigma(
+            name=layer.name,
+            short_name=layer.short_name,
+            kind=layer.kind,
+            shape=layer.shape,
+            dtype=layer.dtype,
+            matrix_shape=layer.matrix_shape,
+            matrix=layer.matrix,
+            sigma=float(layer.values[0]) if layer.count else 0.0,
+            method=Method.DENSE,
+            bound=BoundKind.EXACT if layer.bound == "exact" else BoundKind.LOWER,
+            converged=layer.converged,
+            transposed=layer.transposed,
+            algorithm=layer.algorithm,
+            reshape_note=layer.reshape_note,
+            note=layer.note,
+            rank=layer.rank,
+            scale=layer.scale,
+            expert=layer.expert,
+            stack=layer.stack,
+        )
+        for layer in spectrum.layers
+    ]
+    return InspectReport(
+        checkpoint=spectrum.checkpoint,
+        format=spectrum.format,
+        method=method,
+        layers=layers,
+        skipped=list(spectrum.skipped),
+        notes=list(spectrum.notes),
+        workers=spectrum.workers,
+        seconds=spectrum.seconds,
+    )
+
+
 def build_report(
     checkpoint: Checkpoint,
     other: Checkpoint | None = None,
     *,
+    options: ReportOptions | None = None,
     command: str = "",
     progress: ProgressCallback | None = None,
+    stages: StageProgress | None = None,
 ) -> ModelReport:
-    """Run inspect and lipschitz on ``checkpoint`` (and diff against ``other``) for the report;
-    for an ONNX model, lipschitz is the bound over its graph (with the lower-bound search)."""
-    inspect = spectral_norms(checkpoint, progress=progress)
+    """Run spectrum, inspect and lipschitz on ``checkpoint`` (and diff against ``other``).
+
+    ``stages(name)`` is called as each stage of :data:`STAGES` starts and returns its progress
+    callback; without it ``progress`` follows the σ stage only."""
+    options = options or ReportOptions()
+
+    def stage(name: str) -> ProgressCallback | None:
+        if stages is not None:
+            return stages(name)
+        return progress if name == "σ" else None
+
+    chosen = {"include": options.include, "exclude": options.exclude}
+    spectrum: SpectrumReport | None = None
+    spectrum_error = None
+    if "spectrum" in options.sections:
+        tol = {} if options.tol is None else {"tol": options.tol}  # the top-k values' target
+        spectrum_options = SpectrumOptions(
+            top_k=options.top_k, workers=options.workers, scheduler=options.scheduler, **tol
+        )
+        try:
+            spectrum = spectra(
+                checkpoint, options=spectrum_options, **chosen, progress=stage("spectra")
+            )
+        except SncliError as exc:
+            spectrum_error = exc.message
+    if spectrum is not None and spectrum.top_k is None and options.method in _FROM_SPECTRA:
+        inspect = sigmas_from_spectra(spectrum, options.method)
+    else:
+        method_options = MethodOptions(
+            method=options.method,
+            tol=options.tol,
+            workers=options.workers,
+            scheduler=options.scheduler,
+        )
+        inspect = spectral_norms(checkpoint, options=method_options, **chosen, progress=stage("σ"))
     lipschitz: LipschitzReport | None = None
     graph: GraphLipschitzReport | None = None
     lipschitz_error = None
-    try:
-        if checkpoint.format == "onnx":
-            from sncli.lipschitz import graph_lipschitz
+    if "lipschitz" in options.sections:
+        lipschitz_options = LipschitzOptions(
+            **chosen, workers=options.workers, scheduler=options.scheduler
+        )
+        try:
+            if checkpoint.format == "onnx":  # the bound over its graph, with a lower bound
+                from sncli.lipschitz import graph_lipschitz
 
-            graph = graph_lipschitz(checkpoint.path)
-        else:
-            lipschitz = lipschitz_report(checkpoint)
-    except SncliError as exc:
-        lipschitz_error = exc.message
-    spectrum: SpectrumReport | None = None
-    spectrum_error = None
-    try:
-        spectrum = spectra(checkpoint)
-    except SncliError as exc:
-        spectrum_error = exc.message
+                stage("Lipschitz factors")
+                graph = graph_lipschitz(checkpoint.path)
+            else:
+                lipschitz = lipschitz_report(
+                    checkpoint, lipschitz_options, progress=stage("Lipschitz factors")
+                )
+        except SncliError as exc:
+            lipschitz_error = exc.message
     diff: DiffReport | None = None
     diff_error = None
-    if other is not None:
+    if other is not None and "diff" in options.sections:
+        method_options = MethodOptions(workers=options.workers, scheduler=options.scheduler)
         try:
-            diff = diff_checkpoints(checkpoint, other)
+            diff = diff_checkpoints(
+                checkpoint, other, options=method_options, **chosen, progress=stage("diff")
+            )
         except SncliError as exc:
             diff_error = exc.message
     return ModelReport(

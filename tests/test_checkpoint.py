@@ -59,7 +59,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "sncli", "inspect", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         env={**env, "COLUMNS": "200"},
     )
 

@@ -35,7 +35,7 @@ def test_short_fuzz_run_is_clean(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     runs = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

@@ -81,7 +81,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict:
         [sys.executable, "-c", _BATCH, str(out), json.dumps(args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         preexec_fn=limit,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )

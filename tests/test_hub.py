@@ -189,7 +189,7 @@ def test_cli_inspects_an_id_offline(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert [layer["name"] for layer in json.loads(result.stdout)["layers"]] == ["fc.weight"]
@@ -199,7 +199,7 @@ def test_cli_inspects_an_id_offline(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert missing.returncode == 1
     assert missing.stderr.startswith("sncli: error: org/absent: not a file or folder")

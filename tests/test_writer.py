@@ -53,7 +53,7 @@ def size_of(path: Path) -> int:
         return -1
 
 
-def wait_for_no_temp(folder: Path, timeout: float = 5.0) -> list[Path]:
+def wait_for_no_temp(folder: Path, timeout: float = 300.0) -> list[Path]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not temp_files(folder):
@@ -85,7 +85,7 @@ def test_sigkill_mid_write_leaves_original_or_new_and_no_temp(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     killed_with_temp = False
     thresholds = {"temp-appears": 0, "temp-grown": 2**24, "late": target.stat().st_size}
     while time.monotonic() < deadline and process.poll() is None:
@@ -95,7 +95,7 @@ def test_sigkill_mid_write_leaves_original_or_new_and_no_temp(
             killed_with_temp = True
             break
         time.sleep(0.002)
-    process.wait(timeout=60)
+    process.wait(timeout=600)
     if when != "late":
         assert killed_with_temp, "the writer finished before it could be killed"
     assert wait_for_no_temp(tmp_path) == []
@@ -124,7 +124,7 @@ def test_full_disk_rlimit_fsize_leaves_original(
         capture_output=True,
         text=True,
         preexec_fn=limit_file_size,
-        timeout=180,
+        timeout=600,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -139,7 +139,7 @@ def test_unwritable_output_folder(mlp_path: Path) -> None:
         [*CLI, "normalize", str(mlp_path), "-o", "/proc/sncli-cannot-write.safetensors"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
@@ -159,7 +159,7 @@ def test_read_only_folder_in_place(mlp_path: Path, tmp_path: Path) -> None:
             [*CLI, "normalize", str(target), "--in-place", "-q"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
         )
     finally:
         folder.chmod(0o755)

@@ -1,24 +1,14 @@
 """The ``sncli`` command line: parse options, call the library, render. No numerics here.
 
 ``app`` is the Typer application (``sncli.cli.app``); each command lives in its own module
-(``inspect``, ``lipschitz``, ``normalize``, ``recover``, ``spectrum``) and registers on it when
-imported.
+(``inspect``, ``lipschitz``, ``normalize``, ``recover``, ``spectrum``, ...) and registers on it when
+imported, which happens only when that command runs (``commands.LazyGroup``): ``sncli --help``
+loads no engine.
 Shared options are in ``options``, everything written to stderr goes through ``sink``.
 """
 
 from __future__ import annotations
 
-# Importing the command modules registers the commands, in this order.
-from sncli.cli import (  # noqa: F401
-    diff,
-    inspect,
-    lipschitz,
-    normalize,
-    recover,
-    report,
-    spectrum,
-    track,
-)
 from sncli.cli.app import app
 
 __all__ = ["app", "main"]

@@ -151,3 +151,38 @@ def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressCal
             bar.update(task, completed=done, total=total, layer=name)
 
         yield update
+
+
+@contextmanager
+def stage_bars(enabled: bool) -> Iterator[Callable[[str], ProgressCallback | None] | None]:
+    """Progress bars on stderr, one line per stage of a long run (``sncli report``): the
+    yielded ``start(stage)`` adds a line named ``stage`` and returns its callback; the lines of
+    finished stages stay until the run ends (transient). None when disabled or not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[layer]}"),
+        console=stderr_console(),
+        transient=True,
+    ) as bar:
+        tasks: list[Any] = []
+
+        def start(stage: str) -> ProgressCallback:
+            for earlier in tasks:  # a stage that reported no total still ends as done
+                bar.stop_task(earlier)
+            task = bar.add_task(stage, total=None, layer="")
+            tasks.append(task)
+
+            def update(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, layer=name)
+
+            return update
+
+        yield start

@@ -25,7 +25,6 @@ one-line :class:`SchedulerError`. Ctrl-C cancels the submitted tasks.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -252,6 +251,8 @@ def task_size(total_bytes: int, threads: int) -> int:
 def _probe(address: str, timeout: float) -> None:
     """Ask ``address`` who it is, within ``timeout`` seconds for the whole exchange (``Client``'s
     own timeout covers the TCP connect only: a dashboard or web port would hang it)."""
+    import asyncio  # here, not at import: `sncli CMD --help` loads no event loop
+
     from distributed.core import rpc
     from distributed.security import Security
 
@@ -525,6 +526,7 @@ def _result(outcome: Any) -> tuple[list[Any] | None, SncliError | None]:
         return outcome
     if isinstance(outcome, SncliError):
         raise outcome
+    import asyncio
     from concurrent.futures import CancelledError
 
     from distributed.comm.core import CommClosedError

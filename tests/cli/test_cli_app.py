@@ -34,7 +34,7 @@ def test_installed_entry_point_runs(mlp_path: Path) -> None:
         [exe, "inspect", str(mlp_path), "--format", "json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["layers"]) == 3
@@ -42,7 +42,7 @@ def test_installed_entry_point_runs(mlp_path: Path) -> None:
         [sys.executable, "-m", "sncli", "inspect", "/nonexistent.safetensors"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 1
     assert result.stderr == "sncli: error: /nonexistent.safetensors: no such file or directory\n"

@@ -114,7 +114,7 @@ def test_subprocess_run_of_the_installed_command(pair) -> None:
         [sys.executable, "-m", "sncli", "diff", str(a_path), str(b_path), "--format", "json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -151,7 +151,7 @@ def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> 
     subprocess.run(
         [*common, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
         capture_output=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert shot.exists() and shot.stat().st_size > 5000
@@ -164,7 +164,7 @@ def test_report_renders_in_a_headless_browser(samples: Path, tmp_path: Path) -> 
         [*common, "--dump-dom", out.as_uri()],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     ).stdout
     assert "model.layers.1.self_attn.q_proj.weight" in dom
@@ -226,3 +226,35 @@ def test_report_on_onnx_shows_the_graph_bound(tmp_path: Path) -> None:
     assert "Lipschitz bound over the graph" in page and "conditional" not in page
     assert "L ≤ 1.5 over the graph, certified; lower bound found 1.5" in page
     assert "Path of the largest contribution" in page and "<td>Add</td>" in page
+
+
+def test_report_options_reach_the_page(mlp_path: Path, tmp_path: Path) -> None:
+    """--filter/--exclude, --top-k, --workers and --sections: only the chosen parts and layers."""
+    out = tmp_path / "part.html"
+    code, _, err = invoke(
+        "report",
+        str(mlp_path),
+        "-o",
+        str(out),
+        "--filter",
+        r"^[02]\.",
+        "--exclude",
+        r"^0\.",
+        "--top-k",
+        "2",
+        "--tol",
+        "1e-6",
+        "--workers",
+        "1",
+        "--sections",
+        "spectrum",
+        "-q",
+    )
+    assert code == 0, err
+    text = out.read_text(encoding="utf-8")
+    assert "<h2>Spectra</h2>" in text and "Lipschitz bound" not in text
+    assert "<td>2.weight</td>" in text or ">2.weight<" in text
+    assert ">0.weight<" not in text and ">4.weight<" not in text
+    code, _, err = invoke("report", str(mlp_path), "-o", str(out), "--sections", "figures")
+    assert code == 2 and "Invalid value" in err and "--sections" in err
+    assert out.read_text(encoding="utf-8") == text  # nothing written on a usage error

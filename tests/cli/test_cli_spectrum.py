@@ -210,7 +210,7 @@ def test_real_subprocess(mlp_path: Path, tmp_path: Path) -> None:
         [*command, "--save-spectra", str(target)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))

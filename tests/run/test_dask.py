@@ -427,7 +427,7 @@ def test_installed_sncli_reads_the_scheduler_from_the_environment(tmp_path, sche
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert "computed on the Dask cluster at " + scheduler in done.stderr

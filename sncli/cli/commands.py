@@ -1,0 +1,45 @@
+"""The commands of ``sncli`` and where each lives: a command's module is imported only when that
+command runs (or shows its own ``--help``), so ``sncli --help`` loads no engine (``app.LazyGroup``).
+
+``COMMANDS`` names every command, in the order ``sncli --help`` lists them, with its module and
+the first paragraph of its docstring (what the top-level help shows; tests/cli/test_startup.py
+checks it against the command itself).
+"""
+
+from __future__ import annotations
+
+#: name → (module, first paragraph of the command's docstring)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "diff": (
+        "sncli.cli.diff",
+        "Compare two checkpoints of one model: σ of both sides and of their difference per layer.",
+    ),
+    "inspect": (
+        "sncli.cli.inspect",
+        "Report the largest singular value σ of every layer's weight matrix.",
+    ),
+    "lipschitz": (
+        "sncli.cli.lipschitz",
+        "The product Lipschitz upper bound ∏σ over the layers, and when it holds.",
+    ),
+    "normalize": (
+        "sncli.cli.normalize",
+        "Rewrite a checkpoint with spectrally normalized weights: W ← target·W/σ(W).",
+    ),
+    "recover": (
+        "sncli.cli.recover",
+        "Finish a write sncli was interrupted in (killed, power lost) using its journal.",
+    ),
+    "report": (
+        "sncli.cli.report",
+        "Write an offline HTML report: summary, σ per layer, Lipschitz factors, figures, tables.",
+    ),
+    "spectrum": (
+        "sncli.cli.spectrum",
+        "Report every layer's singular-value spectrum: ranks, norms, WeightWatcher's α and more.",
+    ),
+    "track": (
+        "sncli.cli.track",
+        "Follow every layer's σ_max (and spectrum metrics) over a training run's checkpoints.",
+    ),
+}
