@@ -13,6 +13,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
@@ -175,6 +176,9 @@ class MethodOptions:
     warm_start: bool = True
     scheduler: str | None = None
 
+    def __post_init__(self) -> None:
+        coerce_fields(self, method=Method)
+
 
 @dataclass
 class _Loaded:
@@ -318,8 +322,9 @@ def _load_for_task(
     return _load_layer(checkpoints[0], layer, reader)
 
 
+@takes_checkpoints("checkpoint")
 def spectral_norms(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     *,
     options: MethodOptions | None = None,
     include: Iterable[str] = (),

@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import MethodOptions
+from sncli.arguments import CheckpointSource, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
@@ -390,9 +391,10 @@ def _tensor_names(checkpoint: Checkpoint) -> dict[str, str]:
     return names
 
 
+@takes_checkpoints("a", "b")
 def diff_checkpoints(
-    a: Checkpoint,
-    b: Checkpoint,
+    a: CheckpointSource,
+    b: CheckpointSource,
     *,
     options: MethodOptions | None = None,
     include: Iterable[str] = (),

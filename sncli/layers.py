@@ -543,8 +543,13 @@ def select(
 ) -> list[Layer]:
     """Keep layers whose key or short name matches any ``include`` regex (all if none) and
     neither matches an ``exclude`` regex."""
-    include, exclude = tuple(include), tuple(exclude)
+    include, exclude = _patterns(include), _patterns(exclude)
     return [layer for layer in layers if matches(layer.name, include, exclude, layer.short_name)]
+
+
+def _patterns(patterns: Iterable[str]) -> tuple[str, ...]:
+    """One regex given as a string is one pattern, not one per character."""
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
 
 def select_or_refuse(
@@ -559,7 +564,7 @@ def select_or_refuse(
     classification = classify(checkpoint, transposed=transposed)
     selected = select(classification.layers, include, exclude)
     if kinds is not None:
-        wanted = set(kinds)
+        wanted = {LayerKind(kind) for kind in ([kinds] if isinstance(kinds, str) else kinds)}
         selected = [layer for layer in selected if layer.kind in wanted]
     if not selected:
         found, others = len(classification.layers), len(classification.skipped)

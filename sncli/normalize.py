@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli._version import __version__
+from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.dtypes import bits_per_element
 from sncli.errors import (
@@ -91,6 +92,9 @@ class NormalizeOptions:
     embeddings: bool = False
     norms: bool = False
     bake: bool = False
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, mode=NormalizeMode, method=Method)
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,9 @@ def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, f
     return weight.to(getattr(torch, layer.dtype)), estimate
 
 
+@takes_checkpoints("checkpoint")
 def plan_normalization(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     options: NormalizeOptions,
     progress: ProgressCallback | None = None,
 ) -> NormalizePlan:
@@ -579,10 +584,11 @@ def ensure_writable(checkpoint: Checkpoint) -> None:
         )
 
 
+@takes_checkpoints("checkpoint")
 def normalize_checkpoint(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     plan: NormalizePlan,
-    output: Path | None,
+    output: str | os.PathLike[str] | None,
     *,
     in_place: bool = False,
     force: bool = False,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from sncli.analysis import InspectReport, spectral_norms
-from sncli.checkpoint import Checkpoint
+from sncli.arguments import CheckpointSource, takes_checkpoints
 from sncli.diff import DiffReport, diff_checkpoints
 from sncli.errors import SncliError
 from sncli.lipschitz import LipschitzReport, lipschitz_report
@@ -38,9 +38,10 @@ class ModelReport:
     command: str
 
 
+@takes_checkpoints("checkpoint", "other")
 def build_report(
-    checkpoint: Checkpoint,
-    other: Checkpoint | None = None,
+    checkpoint: CheckpointSource,
+    other: CheckpointSource | None = None,
     *,
     command: str = "",
     progress: ProgressCallback | None = None,
