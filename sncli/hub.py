@@ -74,9 +74,7 @@ def resolve_repo_id(text: str) -> HubModel:
         raise CheckpointError("no such file or directory", text)
     repo_id, revision = match["repo"], match["rev"] or "main"
     cache = hub_cache()
-    fetch = f"hf download {repo_id}" + (
-        f" --revision {revision}" if match["rev"] else ""
-    )
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if match["rev"] else "")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
