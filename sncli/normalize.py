@@ -235,7 +235,7 @@ def plan_normalization(
     layers = [
         layer
         for layer in select(classification.layers, options.include, options.exclude)
-        if layer.kind in kinds
+        if layer.kind in kinds and layer.gates == 1  # a gate stack is refused (GATE_STACK)
     ]
     norm_scales: list[str] = []
     if options.norms:
@@ -253,8 +253,14 @@ def plan_normalization(
         if layer.name not in chosen
     ]
     total = len(layers) + len(norm_scales)
+    stacks = [
+        layer
+        for layer in select(classification.layers, options.include, options.exclude)
+        if layer.gates != 1
+    ]
     if total == 0:
-        raise NoLayersMatchedError("nothing to normalize: no layer matched", checkpoint.path)
+        why = f": {_unselected_reason(stacks[0])}" if stacks else ""
+        raise NoLayersMatchedError(f"nothing to normalize: no layer matched{why}", checkpoint.path)
 
     plans: list[LayerPlan] = []
     for index, layer in enumerate(layers):
@@ -270,6 +276,13 @@ def plan_normalization(
     plans.sort(key=lambda p: natural_key(p.name))
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
+    if stacks:
+        notes.append(
+            f"{len(stacks)} recurrent gate stack{'s' if len(stacks) != 1 else ''} left as "
+            f"they are ({', '.join(s.short_name for s in stacks[:4])}"
+            + ("…" if len(stacks) > 4 else "")
+            + "): scaling a stack would scale all its gates at once"
+        )
     if any(p.spectral_norm for p in plans) and not options.bake:
         notes.append(
             "spectral-norm layers: the raw weight is normalized and u, v are set to its exact "
@@ -278,7 +291,17 @@ def plan_normalization(
     return NormalizePlan(str(checkpoint.path), options, plans, skipped, notes)
 
 
+#: Why a recurrent weight stacking gates is never normalized (``Layer.gates``).
+GATE_STACK = (
+    "recurrent gate stack ({what}): not normalized, since scaling the stacked matrix to σ = "
+    "target would scale every gate at once by one factor, and σ of the stack is not a gate's"
+)
+
+
 def _unselected_reason(layer: Layer) -> str:
+    if layer.gates != 1:
+        what = layer.note.removeprefix("recurrent: ").split(";")[0]
+        return GATE_STACK.format(what=what)
     if layer.kind is LayerKind.EMBEDDING:
         why = layer.note.removeprefix("embedding: ")
         return f"embedding ({why}): not normalized without --embeddings"
