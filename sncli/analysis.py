@@ -141,7 +141,16 @@ class InspectReport:
 
     @property
     def largest(self) -> LayerSigma | None:
-        return max(self.layers, key=lambda layer: layer.sigma, default=None)
+        """The layer of largest σ among linear/conv layers (what a network's stretch is made
+        of); embedding tables, whose input is discrete, are :attr:`largest_embedding`."""
+        layers = [layer for layer in self.layers if layer.kind is not LayerKind.EMBEDDING]
+        return max(layers, key=lambda layer: layer.sigma, default=None)
+
+    @property
+    def largest_embedding(self) -> LayerSigma | None:
+        """The embedding table of largest σ (informational), or None."""
+        layers = [layer for layer in self.layers if layer.kind is LayerKind.EMBEDDING]
+        return max(layers, key=lambda layer: layer.sigma, default=None)
 
     def to_pandas(self) -> Any:
         """The layers as a pandas DataFrame (pandas optional); ``skipped`` is in ``attrs``."""

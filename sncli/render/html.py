@@ -77,6 +77,10 @@ def _summary(report: ModelReport) -> str:
         items.append(
             ("largest σ", f"{fmt_sigma(largest.sigma)} (<code>{_text(largest.short_name)}</code>)")
         )
+    embedding = inspect.largest_embedding
+    if embedding is not None:
+        shown = f"{fmt_sigma(embedding.sigma)} (<code>{_text(embedding.short_name)}</code>)"
+        items.append(("largest embedding σ", shown))
     if report.lipschitz is not None:
         items.append(("Lipschitz", _text(_lipschitz_line(report.lipschitz))))
     elif report.lipschitz_error:
