@@ -14,6 +14,7 @@ from typing import Any
 from sncli._version import __version__
 from sncli.messages import clean_text
 from sncli.render.common import fmt_shape, fmt_sigma
+from sncli.render.diff import fmt_bounded
 from sncli.report import ModelReport
 
 #: Tables longer than this start folded (a click on the summary line opens them).
@@ -179,16 +180,20 @@ def _diff_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
     assert report.diff is not None
     rows = []
     for layer in report.diff.layers:
+        intruders = layer.intruder_dimensions
         rows.append(
             (
                 "unchanged" if layer.unchanged else "",
                 [
                     _text(layer.name),
-                    fmt_sigma(layer.sigma_a),
-                    fmt_sigma(layer.sigma_b),
-                    "unchanged" if layer.unchanged else fmt_sigma(layer.delta_sigma),
+                    fmt_bounded(layer.sigma_a, layer.bound_a),
+                    fmt_bounded(layer.sigma_b, layer.bound_b),
+                    "unchanged"
+                    if layer.unchanged
+                    else fmt_bounded(layer.delta_sigma, layer.delta_bound),
                     "--" if layer.relative is None else f"{layer.relative:.3g}",
                     "--" if not layer.subspace_cosines else f"{min(layer.subspace_cosines):.3f}",
+                    "--" if intruders is None else str(intruders),
                 ],
             )
         )
@@ -255,9 +260,21 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
     if report.diff is not None:
         parts += [
             f"<h2>Compared with <code>{_text(report.diff.b)}</code></h2>",
-            _figure(figures.get("diff"), "Relative change ‖B−A‖₂/‖A‖₂ per layer."),
+            _figure(
+                figures.get("diff"),
+                "Relative change ‖B−A‖₂/‖A‖₂ per layer; in the table, ≥ marks a lower bound "
+                "(an iterative estimate), intruders are B's singular vectors far from all of A's.",
+            ),
             _table(
-                ["layer", "σ(A)", "σ(B)", "‖B−A‖₂", "relative", f"top-{report.diff.top_k} min cos"],
+                [
+                    "layer",
+                    "σ(A)",
+                    "σ(B)",
+                    "‖B−A‖₂",
+                    "relative",
+                    f"top-{report.diff.top_k} min cos",
+                    f"intruders (top-{report.diff.intruder_top_k})",
+                ],
                 _diff_rows(report),
                 "layers",
             ),

@@ -83,6 +83,10 @@ def test_report_with_a_second_checkpoint_adds_the_diff(samples: Path, tmp_path: 
     text = _check_page(out, ["2.weight", "4.weight"])
     # σ, Lipschitz factors, α per layer, the diff (the MLP has no repeated blocks: no heat maps)
     assert "Compared with" in text and text.count("<svg") == 4
+    # σ(A), σ(B) and ‖B−A‖₂ of 2.weight are lower bounds under auto, marked as inspect marks
+    # them; the intruders column is there (issue 28)
+    assert "<td>≥ 1.1314</td><td>≥ 1.13126</td><td>≥ 0.3</td>" in text
+    assert "intruders (top-10)" in text
 
 
 def test_report_refuses_to_overwrite_without_force(mlp_path: Path, tmp_path: Path) -> None:
