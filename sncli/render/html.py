@@ -45,10 +45,15 @@ def _text(value: object) -> str:
     return escape(clean_text(str(value), 400))
 
 
+def _prose(value: object) -> str:
+    """A whole sentence or paragraph (the Lipschitz statement, a caption): never cut."""
+    return escape(clean_text(str(value), 20_000))
+
+
 def _figure(svg: str | None, caption: str) -> str:
     if svg is None:
         return ""
-    return f"<figure>{svg}<figcaption>{_text(caption)}</figcaption></figure>"
+    return f"<figure>{svg}<figcaption>{_prose(caption)}</figcaption></figure>"
 
 
 def _table(headers: list[str], rows: list[tuple[str, list[str]]], what: str) -> str:
@@ -85,7 +90,7 @@ def _summary(report: ModelReport) -> str:
     if report.lipschitz is not None:
         items.append(("Lipschitz", _text(_lipschitz_line(report.lipschitz))))
     elif report.lipschitz_error:
-        items.append(("Lipschitz", f"not computed: {_text(report.lipschitz_error)}"))
+        items.append(("Lipschitz", f"not computed: {_prose(report.lipschitz_error)}"))
     if report.diff is not None:
         diff = report.diff
         items.append(
@@ -127,7 +132,7 @@ def _inspect_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
                 _text(layer.kind.value),
                 fmt_shape(layer.shape),
                 _text(layer.dtype),
-                fmt_sigma(layer.sigma) + ("" if layer.bound.value == "exact" else " (≥)"),
+                fmt_bounded(layer.sigma, layer.bound),  # "≥ 1.13" as inspect and diff print it
                 _text(layer.method.value),
             ],
         )
@@ -225,15 +230,26 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
         ),
     ]
     if report.lipschitz is not None:
-        warn = "" if report.lipschitz.certified else " warn"
+        lipschitz = report.lipschitz
+        warn = "" if lipschitz.certified else " warn"
+        reshaped = any(factor.reshape_sigma is not None for factor in lipschitz.factors)
+        caption = (
+            "log10 of each layer's factor (blue: proven upper bound) and of the running product"
+            + (
+                "; red ticks: σ of the reshaped conv kernel, shown, never multiplied."
+                if reshaped
+                else "."
+            )
+        )
         parts += [
             "<h2>Lipschitz bound</h2>",
-            f'<p class="statement{warn}">{_text(report.lipschitz.statement())}</p>',
-            _figure(
-                figures.get("lipschitz"),
-                "log10 of each layer's factor (blue: proven upper bound) and of the running "
-                "product; red ticks: σ of the reshaped conv kernel, shown, never multiplied.",
-            ),
+            f'<p class="statement{warn}">{_prose(lipschitz.statement())}</p>',
+            # a product that is no bound for this architecture is not drawn: the statement says
+            # why, and the table keeps the factors (diagnostic)
+            _figure(figures.get("lipschitz"), caption)
+            if lipschitz.valid_bound
+            else "<p>The chart of the running product is left out: it is not a bound for this "
+            "model (the reason is above).</p>",
             _table(
                 ["layer", "kind", "factor", "proven", "source", "log10 running product"],
                 _lipschitz_rows(report.lipschitz),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -195,3 +196,28 @@ def test_spectrum_plot_options(mlp_path: Path, tmp_path: Path) -> None:
     assert code == 2
     code, _, _ = invoke("spectrum", str(mlp_path), "--layer", "2.weight")
     assert code == 2
+
+
+def test_report_on_an_attention_model_shows_the_refusal_not_a_chart(
+    samples: Path, tmp_path: Path
+) -> None:
+    """Issue 28: a product that is no bound (attention) is not drawn; the statement is whole;
+    the caption mentions conv ticks only when there are convs; the legends sit beside the axes."""
+    import sncli
+    from sncli.render.html import report_html
+
+    index = samples / "tiny_transformer" / "model.safetensors.index.json"
+    out = tmp_path / "report.html"
+    code, _, err = invoke("report", str(index), "-o", str(out), "-q")
+    assert code == 0, err
+    text = out.read_text(encoding="utf-8")
+    statement = sncli.lipschitz_report(index).statement()
+    assert len(statement) > 400 and not statement.endswith("…")
+    assert escape(statement) in text  # whole, not cut at 400 characters
+    assert "The chart of the running product is left out" in text
+    assert "Lipschitz factors" not in text  # no chart title
+    assert "red ticks" not in text  # no convs
+    # with convs (the Lightning CNN) the chart and the red-tick caption are there
+    model = sncli.build_report(samples / "lightning_cnn.ckpt")
+    page = report_html(model, {"lipschitz": "<svg></svg>"})
+    assert "red ticks" in page and "left out" not in page
