@@ -1,18 +1,21 @@
 """sncli: spectral analysis of saved neural-network checkpoints.
 
-Library use (the CLI is built on the same calls)::
+Library use (the CLI is built on the same calls; every entry point takes a path, a folder, a
+Hugging Face id or an opened checkpoint)::
 
     import sncli
-    with sncli.open_checkpoint("model.safetensors") as ckpt:
-        report = sncli.spectral_norms(ckpt)
+    report = sncli.spectral_norms("model.safetensors")
     for layer in report.layers:
         print(layer.name, layer.sigma)
 
-Importing sncli does not import torch; it is loaded when a checkpoint is opened.
+Importing sncli does not import torch; it is loaded when a checkpoint is opened. The engines
+beyond inspect and track are imported when their name is first used (``sncli.spectra``…), so
+``import sncli`` stays quick.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from sncli._version import __version__
@@ -31,70 +34,188 @@ if TYPE_CHECKING:
     from sncli.numerics.spectral import Method, SigmaEstimate, largest_singular_value
     from sncli.tracking import Tracker, TrackOptions, TrackReport, track
 
-#: Where each public name lives; imported on first use, so that ``import sncli`` (and with it
-#: every ``sncli.x`` import, the CLI's included) loads no engine it does not use.
-_HOME = {
-    "InspectReport": "sncli.analysis",
-    "LayerSigma": "sncli.analysis",
-    "MethodOptions": "sncli.analysis",
-    "spectral_norms": "sncli.analysis",
-    "Checkpoint": "sncli.checkpoint",
-    "open_checkpoint": "sncli.checkpoint",
-    "CheckpointError": "sncli.errors",
-    "NoLayersMatchedError": "sncli.errors",
-    "NumericalError": "sncli.errors",
-    "SncliError": "sncli.errors",
-    "UnsafePickleError": "sncli.errors",
-    "Layer": "sncli.layers",
-    "LayerKind": "sncli.layers",
-    "classify": "sncli.layers",
-    "Method": "sncli.numerics.spectral",
-    "SigmaEstimate": "sncli.numerics.spectral",
-    "largest_singular_value": "sncli.numerics.spectral",
-    "Tracker": "sncli.tracking",
-    "TrackOptions": "sncli.tracking",
-    "TrackReport": "sncli.tracking",
-    "track": "sncli.tracking",
+if TYPE_CHECKING:
+    from sncli.analysis import SortKey, sort_layers
+    from sncli.arguments import CheckpointSource
+    from sncli.checkpoint import TensorInfo
+    from sncli.diff import DiffReport, LayerDiff, diff_checkpoints
+    from sncli.errors import BoundExceededError, InputShapeError, WriteError
+    from sncli.lipschitz import (
+        Assumption,
+        ChainBound,
+        ConvPolicy,
+        Factor,
+        GraphLipschitzReport,
+        LipschitzOptions,
+        LipschitzReport,
+        Padding,
+        graph_lipschitz,
+        is_graph_model,
+        lipschitz_report,
+    )
+    from sncli.normalize import (
+        Action,
+        LayerPlan,
+        NormalizeMode,
+        NormalizeOptions,
+        NormalizePlan,
+        NormalizeResult,
+        normalize_checkpoint,
+        plan_normalization,
+    )
+    from sncli.numerics.spectral import BoundKind
+    from sncli.report import ModelReport, build_report
+    from sncli.spectrum import (
+        LayerSpectrum,
+        SpectrumOptions,
+        SpectrumReport,
+        SpectrumSortKey,
+        save_spectra,
+        sort_spectra,
+        spectra,
+    )
+    from sncli.transaction import Recovery, recover
+
+#: Every public name, imported from its module on first use (PEP 562), so that ``import sncli``
+#: (and with it every ``sncli.x`` import, the CLI's included) loads no engine it does not use.
+_LAZY = {
+    "sncli.analysis": (
+        "InspectReport",
+        "LayerSigma",
+        "MethodOptions",
+        "SortKey",
+        "sort_layers",
+        "spectral_norms",
+    ),
+    "sncli.arguments": ("CheckpointSource",),
+    "sncli.checkpoint": ("Checkpoint", "TensorInfo", "open_checkpoint"),
+    "sncli.diff": ("DiffReport", "LayerDiff", "diff_checkpoints"),
+    "sncli.errors": (
+        "BoundExceededError",
+        "CheckpointError",
+        "InputShapeError",
+        "NoLayersMatchedError",
+        "NumericalError",
+        "SncliError",
+        "UnsafePickleError",
+        "WriteError",
+    ),
+    "sncli.layers": ("Layer", "LayerKind", "classify"),
+    "sncli.lipschitz": (
+        "Assumption",
+        "ChainBound",
+        "ConvPolicy",
+        "Factor",
+        "GraphLipschitzReport",
+        "LipschitzOptions",
+        "LipschitzReport",
+        "Padding",
+        "graph_lipschitz",
+        "is_graph_model",
+        "lipschitz_report",
+    ),
+    "sncli.normalize": (
+        "Action",
+        "LayerPlan",
+        "NormalizeMode",
+        "NormalizeOptions",
+        "NormalizePlan",
+        "NormalizeResult",
+        "normalize_checkpoint",
+        "plan_normalization",
+    ),
+    "sncli.numerics.spectral": ("BoundKind", "Method", "SigmaEstimate", "largest_singular_value"),
+    "sncli.report": ("ModelReport", "build_report"),
+    "sncli.spectrum": (
+        "LayerSpectrum",
+        "SpectrumOptions",
+        "SpectrumReport",
+        "SpectrumSortKey",
+        "save_spectra",
+        "sort_spectra",
+        "spectra",
+    ),
+    "sncli.tracking": ("TrackOptions", "TrackReport", "Tracker", "track"),
+    "sncli.transaction": ("Recovery", "recover"),
 }
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
-    """The public names, imported from their modules on first use (PEP 562)."""
-    home = _HOME.get(name)
-    if home is None:
+    module = _WHERE.get(name)
+    if module is None:
         raise AttributeError(f"module 'sncli' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(home), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *_WHERE})
 
 
 __all__ = [
+    "Action",
+    "Assumption",
+    "BoundExceededError",
+    "BoundKind",
+    "ChainBound",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointSource",
+    "ConvPolicy",
+    "DiffReport",
+    "Factor",
+    "GraphLipschitzReport",
+    "InputShapeError",
     "InspectReport",
     "Layer",
+    "LayerDiff",
     "LayerKind",
+    "LayerPlan",
     "LayerSigma",
+    "LayerSpectrum",
+    "LipschitzOptions",
+    "LipschitzReport",
     "Method",
     "MethodOptions",
+    "ModelReport",
     "NoLayersMatchedError",
+    "NormalizeMode",
+    "NormalizeOptions",
+    "NormalizePlan",
+    "NormalizeResult",
     "NumericalError",
+    "Padding",
+    "Recovery",
     "SigmaEstimate",
     "SncliError",
+    "SortKey",
+    "SpectrumOptions",
+    "SpectrumReport",
+    "SpectrumSortKey",
+    "TensorInfo",
     "TrackOptions",
     "TrackReport",
     "Tracker",
     "UnsafePickleError",
+    "WriteError",
     "__version__",
+    "build_report",
     "classify",
+    "diff_checkpoints",
+    "graph_lipschitz",
+    "is_graph_model",
     "largest_singular_value",
+    "lipschitz_report",
+    "normalize_checkpoint",
     "open_checkpoint",
+    "plan_normalization",
+    "recover",
+    "save_spectra",
+    "sort_layers",
+    "sort_spectra",
+    "spectra",
     "spectral_norms",
     "track",
 ]

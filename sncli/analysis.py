@@ -13,6 +13,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
@@ -140,7 +141,16 @@ class InspectReport:
 
     @property
     def largest(self) -> LayerSigma | None:
-        return max(self.layers, key=lambda layer: layer.sigma, default=None)
+        """The layer of largest σ among linear/conv layers (what a network's stretch is made
+        of); embedding tables, whose input is discrete, are :attr:`largest_embedding`."""
+        layers = [layer for layer in self.layers if layer.kind is not LayerKind.EMBEDDING]
+        return max(layers, key=lambda layer: layer.sigma, default=None)
+
+    @property
+    def largest_embedding(self) -> LayerSigma | None:
+        """The embedding table of largest σ (informational), or None."""
+        layers = [layer for layer in self.layers if layer.kind is LayerKind.EMBEDDING]
+        return max(layers, key=lambda layer: layer.sigma, default=None)
 
     def to_pandas(self) -> Any:
         """The layers as a pandas DataFrame (pandas optional); ``skipped`` is in ``attrs``."""
@@ -174,6 +184,9 @@ class MethodOptions:
     certify: bool = False
     warm_start: bool = True
     scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, method=Method)
 
 
 @dataclass
@@ -318,8 +331,9 @@ def _load_for_task(
     return _load_layer(checkpoints[0], layer, reader)
 
 
+@takes_checkpoints("checkpoint")
 def spectral_norms(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     *,
     options: MethodOptions | None = None,
     include: Iterable[str] = (),

@@ -354,7 +354,7 @@ def _open_hub_model(text: str, *, key: str | None, skip_objects: bool) -> Checkp
             raise
         raise CheckpointError(
             f"the cached snapshot of '{model.repo_id}' holds no weights file (only some files "
-            f"were fetched?); fetch them with `huggingface-cli download {model.repo_id}`",
+            f"were fetched?); fetch them with `hf download {model.repo_id}`",
             text,
         ) from exc
     ckpt.notes.insert(

@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import MethodOptions
+from sncli.arguments import CheckpointSource, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
@@ -105,6 +106,10 @@ class LayerDiff:
     #: An expert of a mixture-of-experts stack: its index and the stack's key in A.
     expert: int | None = None
     stack: str | None = None
+    #: What ``sigma_a``/``sigma_b`` are relative to the true σ (a lower bound for an iterative
+    #: estimate, as ``inspect`` marks it with ≥).
+    bound_a: BoundKind = BoundKind.EXACT
+    bound_b: BoundKind = BoundKind.EXACT
 
     @property
     def intruder_dimensions(self) -> int | None:
@@ -280,9 +285,12 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             raise NumericalError(f"{exc.message} in {side}") from exc
     top_k, intruder_k = directions.top_k, directions.intruder_top_k
     if _byte_equal(loaded.a, loaded.b):
-        sigma = _sigma(a, options).sigma
+        estimate = _sigma(a, options)
+        sigma = estimate.sigma
         return LayerDiff(
             **common,
+            bound_a=estimate.bound,
+            bound_b=estimate.bound,
             unchanged=True,
             sigma_a=sigma,
             sigma_b=sigma,
@@ -301,8 +309,8 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     difference = b64 - a64  # one layer pair and its difference: the memory of this task
-    sigma_a = _sigma(a, options).sigma
-    sigma_b = _sigma(b, options).sigma
+    estimate_a, estimate_b = _sigma(a, options), _sigma(b, options)
+    sigma_a, sigma_b = estimate_a.sigma, estimate_b.sigma
     delta = _sigma(difference, options)
     frob_a = float(torch.linalg.vector_norm(a64))
     delta_frob = float(torch.linalg.vector_norm(difference))
@@ -324,6 +332,8 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         intruders = None if found is None else found.indices
     return LayerDiff(
         **common,
+        bound_a=estimate_a.bound,
+        bound_b=estimate_b.bound,
         unchanged=False,
         sigma_a=sigma_a,
         sigma_b=sigma_b,
@@ -390,9 +400,10 @@ def _tensor_names(checkpoint: Checkpoint) -> dict[str, str]:
     return names
 
 
+@takes_checkpoints("a", "b")
 def diff_checkpoints(
-    a: Checkpoint,
-    b: Checkpoint,
+    a: CheckpointSource,
+    b: CheckpointSource,
     *,
     options: MethodOptions | None = None,
     include: Iterable[str] = (),

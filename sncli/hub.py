@@ -1,5 +1,5 @@
 """Hugging Face model ids (``org/name`` or ``org/name@revision``), resolved from the local hub
-cache that ``from_pretrained`` and ``huggingface-cli download`` fill. Nothing is downloaded.
+cache that ``from_pretrained`` and ``hf download`` fill. Nothing is downloaded.
 
 The cache is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default
 (``~/.cache/huggingface/hub``), read when an id is opened. A revision is a branch or tag name
@@ -74,9 +74,7 @@ def resolve_repo_id(text: str) -> HubModel:
         raise CheckpointError("no such file or directory", text)
     repo_id, revision = match["repo"], match["rev"] or "main"
     cache = hub_cache()
-    fetch = f"huggingface-cli download {repo_id}" + (
-        f" --revision {revision}" if match["rev"] else ""
-    )
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if match["rev"] else "")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -59,8 +59,14 @@ BATCHNORM_EPS = 1e-5
 #: (``weight_ih_l0``, ``weight_hh_l1_reverse``, ``weight_hr_l0``) or of MultiheadAttention;
 #: a bare matrix saved by hand or converted from JAX/TF (``w``, ``W1``, ``kernel``) too.
 WEIGHT_LEAF = re.compile(
-    r"weight|weight_(ih|hh|hr)_l\d+(_reverse)?|(in|q|k|v)_proj_weight|[wW]\d*|kernel"
+    r"weight|weight_(ih|hh|hr)(_l\d+(_reverse)?)?|(in|q|k|v)_proj_weight|[wW]\d*|kernel"
 )
+#: The weights of a recurrent layer: nn.LSTM/GRU/RNN's ``weight_ih_l0``, ``weight_hh_l1_reverse``,
+#: ``weight_hr_l0`` (an LSTM's projection) and a cell's ``weight_ih``/``weight_hh`` (LSTMCell…).
+#: One rule for all of them: each is a linear layer whose note says what its rows stack.
+RECURRENT_LEAF = re.compile(r"weight_(ih|hh|hr)((?:_l\d+)?(?:_reverse)?)")
+#: Gates stacked in the rows of ``weight_ih``/``weight_hh``, by count.
+GATE_CELLS = {4: "LSTM", 3: "GRU", 1: "RNN"}
 #: Leaves that are matrices only: RNN and attention weights are never convolutions, and a
 #: bare ``w``/``kernel`` of more dimensions has no known layout (TF kernels are HWIO).
 _MATRIX_ONLY_LEAF = re.compile(r"weight_.+|.+_proj_weight|[wW]\d*|kernel")
@@ -128,6 +134,9 @@ class Layer:
     #: of the stored 3-D stack (``name`` is ``stack[expert]``, ``shape`` the expert's (out, in)).
     expert: int | None = None
     stack: str | None = None
+    #: Gates stacked in the rows of a recurrent weight (4: LSTM, 3: GRU, 0: not known); 1 for
+    #: every other layer. σ of a stack is that of the stacked matrix, not of one gate.
+    gates: int = 1
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -250,6 +259,44 @@ def _kind_for(info: TensorInfo, naming: _Naming, names: set[str]) -> tuple[Layer
     return None, ""
 
 
+def _recurrent(
+    naming: _Naming, info: TensorInfo, tensors: Mapping[str, TensorInfo]
+) -> tuple[int, str]:
+    """(gates, note) of a recurrent weight (``RECURRENT_LEAF``); (1, "") for any other.
+
+    ``weight_hh`` is (G·H, H) and ``weight_ih`` (G·H, in), with ``weight_hr`` (P, H) when an
+    LSTM projects (then ``weight_hh`` is (4H, P)): H is read from ``weight_hr`` or
+    ``weight_hh``, G = rows / H.
+    """
+    match = RECURRENT_LEAF.fullmatch(naming.leaf)
+    if match is None or len(info.shape) != 2:
+        return 1, ""
+    which, suffix = match.groups()
+    if which == "hr":
+        return 1, "recurrent: an LSTM's output projection (weight_hr), one matrix"
+    hr, hh = (
+        tensors.get(key) or tensors.get(f"{key}_orig")  # legacy spectral norm's raw weight
+        for key in (f"{naming.prefix}weight_{w}{suffix}" for w in ("hr", "hh"))
+    )
+    hidden = hr.shape[1] if hr is not None and len(hr.shape) == 2 else None
+    if hidden is None and hh is not None and len(hh.shape) == 2:
+        hidden = hh.shape[1]
+    rows = info.shape[0]
+    gates = rows // hidden if hidden and rows % hidden == 0 else 0
+    if gates == 1:
+        return 1, "recurrent: a plain RNN's weight, one matrix (no gates)"
+    if gates in GATE_CELLS:
+        cell = f"{'an' if gates == 4 else 'a'} {GATE_CELLS[gates]}"
+        return gates, (
+            f"recurrent: the {gates} gates of {cell} stacked ({gates}×{hidden} rows); "
+            "σ is the stack's, not one gate's"
+        )
+    return 0, (
+        f"recurrent: {rows} rows of stacked gates, the gate count not known (no weight_hh "
+        "to read the hidden size from); σ is the stack's"
+    )
+
+
 def _kind_for_role(role: str | None, shape: tuple[int, ...]) -> LayerKind | None:
     """The kind of a weight whose use the file's graph records (ONNX), when its shape fits."""
     ndim = len(shape)
@@ -355,6 +402,10 @@ def classify(
         role = checkpoint.roles.get(name)
         graph_kind = _kind_for_role(role, info.shape)
         kind, note = (graph_kind, "") if graph_kind else _kind_for(info, naming, names)
+        gates = 1
+        if kind is LayerKind.LINEAR and graph_kind is None:
+            gates, recurrent_note = _recurrent(naming, info, checkpoint.tensors)
+            note = recurrent_note or note
         if kind is None:
             skipped.append(Skipped(key, _skip_reason(info, naming, names)))
             continue
@@ -389,6 +440,7 @@ def classify(
                 weight_norm=weight_norms.get(name),
                 reshape_note=reshape_note,
                 note=note,
+                gates=gates,
             )
         )
     for key in checkpoint.non_tensor_keys:
@@ -543,8 +595,13 @@ def select(
 ) -> list[Layer]:
     """Keep layers whose key or short name matches any ``include`` regex (all if none) and
     neither matches an ``exclude`` regex."""
-    include, exclude = tuple(include), tuple(exclude)
+    include, exclude = _patterns(include), _patterns(exclude)
     return [layer for layer in layers if matches(layer.name, include, exclude, layer.short_name)]
+
+
+def _patterns(patterns: Iterable[str]) -> tuple[str, ...]:
+    """One regex given as a string is one pattern, not one per character."""
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
 
 def select_or_refuse(
@@ -559,7 +616,7 @@ def select_or_refuse(
     classification = classify(checkpoint, transposed=transposed)
     selected = select(classification.layers, include, exclude)
     if kinds is not None:
-        wanted = set(kinds)
+        wanted = {LayerKind(kind) for kind in ([kinds] if isinstance(kinds, str) else kinds)}
         selected = [layer for layer in selected if layer.kind in wanted]
     if not selected:
         found, others = len(classification.layers), len(classification.skipped)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli._version import __version__
+from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.dtypes import bits_per_element
 from sncli.errors import (
@@ -91,6 +92,9 @@ class NormalizeOptions:
     embeddings: bool = False
     norms: bool = False
     bake: bool = False
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, mode=NormalizeMode, method=Method)
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,9 @@ def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, f
     return weight.to(getattr(torch, layer.dtype)), estimate
 
 
+@takes_checkpoints("checkpoint")
 def plan_normalization(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     options: NormalizeOptions,
     progress: ProgressCallback | None = None,
 ) -> NormalizePlan:
@@ -230,7 +235,7 @@ def plan_normalization(
     layers = [
         layer
         for layer in select(classification.layers, options.include, options.exclude)
-        if layer.kind in kinds
+        if layer.kind in kinds and layer.gates == 1  # a gate stack is refused (GATE_STACK)
     ]
     norm_scales: list[str] = []
     if options.norms:
@@ -248,8 +253,14 @@ def plan_normalization(
         if layer.name not in chosen
     ]
     total = len(layers) + len(norm_scales)
+    stacks = [
+        layer
+        for layer in select(classification.layers, options.include, options.exclude)
+        if layer.gates != 1
+    ]
     if total == 0:
-        raise NoLayersMatchedError("nothing to normalize: no layer matched", checkpoint.path)
+        why = f": {_unselected_reason(stacks[0])}" if stacks else ""
+        raise NoLayersMatchedError(f"nothing to normalize: no layer matched{why}", checkpoint.path)
 
     plans: list[LayerPlan] = []
     for index, layer in enumerate(layers):
@@ -265,6 +276,13 @@ def plan_normalization(
     plans.sort(key=lambda p: natural_key(p.name))
     skipped.sort(key=lambda s: natural_key(s.name))
     notes = list(checkpoint.notes)
+    if stacks:
+        notes.append(
+            f"{len(stacks)} recurrent gate stack{'s' if len(stacks) != 1 else ''} left as "
+            f"they are ({', '.join(s.short_name for s in stacks[:4])}"
+            + ("…" if len(stacks) > 4 else "")
+            + "): scaling a stack would scale all its gates at once"
+        )
     if any(p.spectral_norm for p in plans) and not options.bake:
         notes.append(
             "spectral-norm layers: the raw weight is normalized and u, v are set to its exact "
@@ -273,7 +291,17 @@ def plan_normalization(
     return NormalizePlan(str(checkpoint.path), options, plans, skipped, notes)
 
 
+#: Why a recurrent weight stacking gates is never normalized (``Layer.gates``).
+GATE_STACK = (
+    "recurrent gate stack ({what}): not normalized, since scaling the stacked matrix to σ = "
+    "target would scale every gate at once by one factor, and σ of the stack is not a gate's"
+)
+
+
 def _unselected_reason(layer: Layer) -> str:
+    if layer.gates != 1:
+        what = layer.note.removeprefix("recurrent: ").split(";")[0]
+        return GATE_STACK.format(what=what)
     if layer.kind is LayerKind.EMBEDDING:
         why = layer.note.removeprefix("embedding: ")
         return f"embedding ({why}): not normalized without --embeddings"
@@ -579,10 +607,11 @@ def ensure_writable(checkpoint: Checkpoint) -> None:
         )
 
 
+@takes_checkpoints("checkpoint")
 def normalize_checkpoint(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     plan: NormalizePlan,
-    output: Path | None,
+    output: str | os.PathLike[str] | None,
     *,
     in_place: bool = False,
     force: bool = False,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sncli.analysis import InspectReport, LayerSigma, MethodOptions, spectral_norms
-from sncli.checkpoint import Checkpoint
+from sncli.arguments import CheckpointSource, takes_checkpoints
 from sncli.diff import DiffReport, diff_checkpoints
 from sncli.errors import SncliError
 from sncli.lipschitz import (
@@ -122,9 +122,10 @@ def sigmas_from_spectra(spectrum: SpectrumReport, method: Method = Method.AUTO) 
     )
 
 
+@takes_checkpoints("checkpoint", "other")
 def build_report(
-    checkpoint: Checkpoint,
-    other: Checkpoint | None = None,
+    checkpoint: CheckpointSource,
+    other: CheckpointSource | None = None,
     *,
     options: ReportOptions | None = None,
     command: str = "",

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sncli.arguments import CheckpointSource, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NumericalError, WriteError
@@ -348,8 +349,9 @@ def _layer_bytes(layer: Layer) -> int:
     return total
 
 
+@takes_checkpoints("checkpoint")
 def spectra(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     *,
     options: SpectrumOptions | None = None,
     include: Iterable[str] = (),

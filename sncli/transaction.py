@@ -615,7 +615,7 @@ def recover_journal(path: Path) -> Recovery:
 
 
 def recover(
-    path: Path, *, wait: bool = True, on_wait: Callable[[str], None] | None = None
+    path: str | os.PathLike[str], *, wait: bool = True, on_wait: Callable[[str], None] | None = None
 ) -> list[Recovery]:
     """Finish every unfinished write of ``path`` (file, index or folder); [] when none."""
     path = Path(path)

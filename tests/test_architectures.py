@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import sncli
 from sncli.checkpoint import open_checkpoint
 from sncli.layers import LayerKind, classify, select
 from sncli.lipschitz import LipschitzOptions, architecture_caveats, lipschitz_report
@@ -287,6 +288,9 @@ def test_inspect_reports_the_decisions(tmp_path: Path) -> None:
     assert "'embed_out' ends in 'out', a projection" in console.export_text()
 
 
+LSTM_NOTE = "recurrent: the 4 gates of an LSTM stacked (4×5 rows); σ is the stack's, not one gate's"
+
+
 def test_rnn_and_attention_weights_stay_layers(tmp_path: Path) -> None:
     """Real torch modules: LSTM and MultiheadAttention weights are layers, their biases are biases;
     a bare projection Parameter (CLIP's text_projection) is a parameter, not a layer weight."""
@@ -306,11 +310,57 @@ def test_rnn_and_attention_weights_stay_layers(tmp_path: Path) -> None:
         result = classify(ckpt)
     assert {x.name: (x.kind, x.note) for x in result.layers} == {
         "members.weight": (LayerKind.LINEAR, ""),
-        "lstm.weight_ih_l0": (LayerKind.LINEAR, ""),
-        "lstm.weight_hh_l0": (LayerKind.LINEAR, ""),
+        "lstm.weight_ih_l0": (LayerKind.LINEAR, LSTM_NOTE),
+        "lstm.weight_hh_l0": (LayerKind.LINEAR, LSTM_NOTE),
         "self_attn.in_proj_weight": (LayerKind.LINEAR, ""),
         "self_attn.out_proj.weight": (LayerKind.LINEAR, ""),
     }
     skipped = {s.name: s.reason for s in result.skipped}
     assert skipped["lstm.bias_ih_l0"] == skipped["self_attn.in_proj_bias"] == "bias"
     assert skipped["text_projection"] == "parameter, not a layer weight (text_projection)"
+
+
+def test_recurrent_weights_one_rule(tmp_path: Path) -> None:
+    """nn.LSTM/GRU/RNN weights and a cell's (Silero VAD's ``lstm_cell.weight_ih``) are read the
+    same way: linear layers whose note says how many gates their rows stack (issue 28)."""
+    import numpy as np
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 8)
+            self.lstm_cell = nn.LSTMCell(16, 6)
+            self.gru = nn.GRU(3, 5)
+            self.projected = nn.LSTM(4, 8, proj_size=3)
+            self.rnn = nn.RNN(3, 6)
+
+    model = Model()
+    path = tmp_path / "rnn.pt"
+    torch.save(model.state_dict(), path)
+    with open_checkpoint(path) as ckpt:
+        layers = {layer.name: layer for layer in classify(ckpt).layers}
+    gates = {name: layer.gates for name, layer in layers.items()}
+    assert gates == {
+        "lstm.weight_ih_l0": 4,
+        "lstm.weight_hh_l0": 4,
+        "lstm_cell.weight_ih": 4,
+        "lstm_cell.weight_hh": 4,
+        "gru.weight_ih_l0": 3,
+        "gru.weight_hh_l0": 3,
+        "projected.weight_ih_l0": 4,  # weight_hh is (32, 3): the hidden size is weight_hr's
+        "projected.weight_hh_l0": 4,
+        "projected.weight_hr_l0": 1,
+        "rnn.weight_ih_l0": 1,
+        "rnn.weight_hh_l0": 1,
+    }
+    assert all(layer.kind is LayerKind.LINEAR for layer in layers.values())
+    assert "4 gates of an LSTM stacked (4×6 rows)" in layers["lstm_cell.weight_ih"].note
+    assert "3 gates of a GRU" in layers["gru.weight_hh_l0"].note
+    assert "output projection" in layers["projected.weight_hr_l0"].note
+    report = sncli.spectral_norms(path, options=sncli.MethodOptions(method="exact"))
+    weight = model.lstm_cell.weight_ih.detach().double().numpy()
+    sigma = {layer.name: layer.sigma for layer in report.layers}
+    assert sigma["lstm_cell.weight_ih"] == pytest.approx(
+        float(np.linalg.svd(weight, compute_uv=False)[0]), rel=1e-10
+    )

@@ -135,7 +135,7 @@ def test_uncached_id_says_how_to_fetch_it(tmp_path: Path, monkeypatch: pytest.Mo
     message = str(caught.value)
     assert message.startswith("meta-llama/Llama-3-8B: not a file or folder")
     assert "is not in the Hugging Face cache" in message and str(cache) in message
-    assert "huggingface-cli download meta-llama/Llama-3-8B" in message
+    assert "hf download meta-llama/Llama-3-8B" in message
     with pytest.raises(CheckpointError, match="--revision nope"):
         open_checkpoint("org/name@nope")
 

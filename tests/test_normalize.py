@@ -479,3 +479,41 @@ def test_plan_changed_is_computed_once(mlp_path: Path) -> None:
         plan = plan_normalization(ckpt, NormalizeOptions())
     assert plan.changed is plan.changed
     assert [p.name for p in plan.changed] == [p.name for p in plan.layers]
+
+
+def test_recurrent_gate_stacks_are_refused(tmp_path: Path) -> None:
+    """An LSTM's weight_ih/weight_hh stack 4 gates: scaling one to σ = 1 would scale every gate
+    by one factor, so normalize leaves them untouched, says so, and normalizes the rest
+    (a plain RNN's weights are one matrix each and are normalized)."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(4, 8)
+            self.rnn = nn.RNN(3, 6)
+            self.fc = nn.Linear(8, 2)
+
+    state = Model().state_dict()
+    path = tmp_path / "rnn.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    with open_checkpoint(path) as ckpt:
+        plan = plan_normalization(ckpt, NormalizeOptions(target=1.0))
+        planned = {p.name for p in plan.layers}
+        assert planned == {"fc.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0"}
+        reasons = {s.name: s.reason for s in plan.skipped}
+        assert reasons["lstm.weight_ih_l0"].startswith(
+            "recurrent gate stack (the 4 gates of an LSTM stacked (4×8 rows))"
+        )
+        assert any("2 recurrent gate stacks left as they are" in note for note in plan.notes)
+        out = tmp_path / "out.safetensors"
+        normalize_checkpoint(ckpt, plan, out)
+    written = load_file(out)
+    for key in ("lstm.weight_ih_l0", "lstm.weight_hh_l0"):
+        assert torch.equal(written[key], state[key])
+    sigma = torch.linalg.matrix_norm(written["rnn.weight_hh_l0"].double(), ord=2)
+    assert float(sigma) == pytest.approx(1.0, rel=1e-6)
+    with (
+        open_checkpoint(path) as ckpt,
+        pytest.raises(NoLayersMatchedError, match="recurrent gate stack"),
+    ):
+        plan_normalization(ckpt, NormalizeOptions(include=("lstm",)))

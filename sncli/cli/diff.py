@@ -73,10 +73,10 @@ def _ordered(layers: list[LayerDiff], by_change: bool, top: int | None) -> list[
 @handle_errors
 def diff(
     checkpoint_a: Annotated[
-        str, typer.Argument(metavar="A", help="The reference checkpoint (any input inspect reads).")
+        str, typer.Argument(metavar="A", help=f"The reference checkpoint: {opt.INPUTS}.")
     ],
     checkpoint_b: Annotated[
-        str, typer.Argument(metavar="B", help="The checkpoint compared with A.")
+        str, typer.Argument(metavar="B", help="The checkpoint compared with A (the same inputs).")
     ],
     method: Annotated[
         Method,

@@ -34,6 +34,7 @@ from sncli.render.lipschitz import (
     "  sncli lipschitz sample_models/sngan_disc_parametrized.pt\n\n"
     "  sncli lipschitz ckpt.pt --assume sequential --certified --fail-above 1e3   # CI gate\n\n"
     "  sncli lipschitz gan.pt --padding circular --input-size 32x32\n\n"
+    "  sncli lipschitz model.onnx   # an ONNX model: the certified bound over its graph\n\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 3 bound above --fail-above, 4 no layer matched."
 )
 @handle_errors
@@ -126,8 +127,9 @@ def lipschitz(
         typer.Option(
             "--grid",
             min=4,
-            help="FFT grid for the zero-padding bound (finer: tighter, slower). Default: the "
-            "finest of 64/32/16 that keeps the cost moderate for the layer's size.",
+            help="FFT grid for the zero-padding bound (finer: tighter, slower). Default, per "
+            "layer: the finest that keeps the cost near 3 s of one core; for 3×3 kernels 46 "
+            "below 208 channels, 23 below 328, 12 beyond (bounds within 0.5%, 2%, 7%).",
         ),
     ] = None,
     assume: Annotated[
@@ -172,7 +174,9 @@ def lipschitz(
     scheduler: opt.SchedulerOpt = None,
     quiet: opt.QuietOpt = False,
 ) -> None:
-    """The product Lipschitz upper bound ∏σ over the layers, and when it holds."""
+    """The product Lipschitz upper bound ∏σ over the layers, and when it holds.
+
+    An ONNX model gets the certified bound over its real graph (every op, branch and skip)."""
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     if is_graph_model(checkpoint):  # an ONNX model: the bound over its graph

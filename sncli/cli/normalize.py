@@ -49,7 +49,16 @@ class NormalizeFormat(str, Enum):
 )
 @handle_errors
 def normalize(
-    checkpoint: opt.CheckpointArg,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="CKPT",
+            help=f"The checkpoint: {opt.INPUTS}. Written: safetensors, PyTorch, GGUF and LoRA "
+            "adapters; the other formats are planned with --dry-run, not written. Recurrent gate "
+            "stacks (LSTM/GRU weight_ih, weight_hh) are left as they are, with a note.",
+            show_default=False,
+        ),
+    ],
     output: Annotated[
         str | None,
         typer.Option(

@@ -14,12 +14,18 @@ from sncli.render.common import OutputFormat
 if TYPE_CHECKING:
     from sncli.cli.sink import Sink
 
+#: Every input a command reads, for the help of each checkpoint argument.
+INPUTS = (
+    "safetensors (a file, a sharded *.index.json, or a folder holding one), PyTorch "
+    "(.pt, .pth, .bin, .ckpt), TorchScript, GGUF, NumPy .npy/.npz, Keras (.keras, .h5), ONNX, "
+    "TFLite, a LoRA adapter (PEFT folder or kohya file), or a Hugging Face id ORG/NAME from "
+    "the local cache"
+)
 CheckpointArg = Annotated[
     str,
     typer.Argument(
         metavar="CKPT",
-        help="Checkpoint file (.safetensors, .pt, .pth, .bin, .ckpt), an *.index.json of a "
-        "sharded checkpoint, or a folder holding one.",
+        help=f"The checkpoint: {INPUTS}.",
         show_default=False,
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -21,7 +22,16 @@ from sncli.transaction import recover as recover_writes
 )
 @handle_errors
 def recover(
-    checkpoint: opt.CheckpointArg,
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            metavar="CKPT",
+            help="The checkpoint a `sncli normalize` write was interrupted on: its file "
+            "(safetensors, PyTorch, GGUF, a LoRA adapter's), its sharded *.index.json, or the "
+            "folder holding it.",
+            show_default=False,
+        ),
+    ],
     no_wait: opt.NoWaitOpt = False,
     quiet: opt.QuietOpt = False,
 ) -> None:

@@ -31,7 +31,8 @@ def track(
         typer.Argument(
             metavar="CKPT... | FOLDER | 'GLOB'",
             help="The run's checkpoints: several, a folder holding them (entries with a step "
-            "in their name), or a quoted pattern. Step: the last integer in each name.",
+            "in their name), or a quoted pattern. Step: the last integer in each name. Each "
+            f"checkpoint: {opt.INPUTS}.",
             show_default=False,
         ),
     ],

@@ -25,10 +25,12 @@ A lower bound is found by a short seeded search with onnxruntime
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sncli.checkpoint import Checkpoint
 from sncli.errors import CheckpointError, InputShapeError, SncliError
 from sncli.formats.common import describe, quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode, read_onnx_graph
@@ -353,7 +355,7 @@ def _ancestors(ctx: _Context, order: list[OnnxNode]) -> set[str]:
 
 
 def graph_lipschitz(
-    path: str | Path,
+    path: str | os.PathLike[str] | Checkpoint,
     *,
     grid: int | None = None,
     seed: int = 0,
@@ -378,7 +380,7 @@ def graph_lipschitz(
     import time
 
     began = time.perf_counter()
-    path = Path(path)
+    path = Path(path.path if isinstance(path, Checkpoint) else path)
     graph = read_onnx_graph(path, input_shapes)
     if not graph.outputs:
         raise CheckpointError("the graph has no outputs", path)

@@ -30,6 +30,7 @@ from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError, SncliError
@@ -112,6 +113,11 @@ class LipschitzOptions:
     mlp: bool = False
     #: The address of a Dask scheduler to compute the factors on as tasks (:mod:`sncli.run.dask`).
     scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, method=Method, conv=ConvPolicy, padding=Padding, assume=Assumption)
+        if self.input_size is not None and not isinstance(self.input_size, tuple):
+            object.__setattr__(self, "input_size", tuple(self.input_size))
 
 
 @dataclass(frozen=True)
@@ -646,8 +652,9 @@ def _prelu_factor(checkpoint: Checkpoint, key: str) -> Factor:
     )
 
 
+@takes_checkpoints("checkpoint")
 def lipschitz_report(
-    checkpoint: Checkpoint,
+    checkpoint: CheckpointSource,
     options: LipschitzOptions | None = None,
     progress: ProgressCallback | None = None,
 ) -> LipschitzReport:

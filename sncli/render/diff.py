@@ -239,8 +239,17 @@ def _direction_cells(report: DiffReport, layer: LayerDiff) -> list[str]:
     return cells
 
 
+def fmt_bounded(value: float, bound: BoundKind) -> str:
+    """σ as ``inspect`` prints it: ``≥`` before a lower bound (an iterative estimate)."""
+    return ("≥ " if bound is BoundKind.LOWER else "") + fmt_sigma(value)
+
+
 def _caption(report: DiffReport, layers: list[LayerDiff]) -> str:
-    lower = any(not layer.unchanged and layer.delta_bound is BoundKind.LOWER for layer in layers)
+    lower = any(
+        (not layer.unchanged and layer.delta_bound is BoundKind.LOWER)
+        or BoundKind.LOWER in (layer.bound_a, layer.bound_b)
+        for layer in layers
+    )
     caption = f"‖B−A‖₂ by --method {report.method.value}"
     if lower:
         caption += "; '≥' marks lower bounds (iterative estimates)"
@@ -289,8 +298,8 @@ def print_diff_table(
         row = [
             escape(clean_text(layer.name)),
             fmt_shape(layer.shape),
-            fmt_sigma(layer.sigma_a),
-            fmt_sigma(layer.sigma_b),
+            fmt_bounded(layer.sigma_a, layer.bound_a),
+            fmt_bounded(layer.sigma_b, layer.bound_b),
             delta,
             "∞ (σ(A) = 0)"
             if layer.relative is None and layer.delta_sigma > 0

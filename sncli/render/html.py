@@ -14,6 +14,7 @@ from typing import Any
 from sncli._version import __version__
 from sncli.messages import clean_text
 from sncli.render.common import fmt_shape, fmt_sigma
+from sncli.render.diff import fmt_bounded
 from sncli.report import ModelReport
 
 #: Tables longer than this start folded (a click on the summary line opens them).
@@ -44,10 +45,15 @@ def _text(value: object) -> str:
     return escape(clean_text(str(value), 400))
 
 
+def _prose(value: object) -> str:
+    """A whole sentence or paragraph (the Lipschitz statement, a caption): never cut."""
+    return escape(clean_text(str(value), 20_000))
+
+
 def _figure(svg: str | None, caption: str) -> str:
     if svg is None:
         return ""
-    return f"<figure>{svg}<figcaption>{_text(caption)}</figcaption></figure>"
+    return f"<figure>{svg}<figcaption>{_prose(caption)}</figcaption></figure>"
 
 
 def _table(headers: list[str], rows: list[tuple[str, list[str]]], what: str) -> str:
@@ -77,12 +83,16 @@ def _summary(report: ModelReport) -> str:
         items.append(
             ("largest σ", f"{fmt_sigma(largest.sigma)} (<code>{_text(largest.short_name)}</code>)")
         )
+    embedding = inspect.largest_embedding
+    if embedding is not None:
+        shown = f"{fmt_sigma(embedding.sigma)} (<code>{_text(embedding.short_name)}</code>)"
+        items.append(("largest embedding σ", shown))
     if report.graph is not None:
         items.append(("Lipschitz", _text(_graph_line(report.graph))))
     elif report.lipschitz is not None:
         items.append(("Lipschitz", _text(_lipschitz_line(report.lipschitz))))
     elif report.lipschitz_error:
-        items.append(("Lipschitz", f"not computed: {_text(report.lipschitz_error)}"))
+        items.append(("Lipschitz", f"not computed: {_prose(report.lipschitz_error)}"))
     if report.diff is not None:
         diff = report.diff
         items.append(
@@ -197,7 +207,7 @@ def _inspect_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
                 _text(layer.kind.value),
                 fmt_shape(layer.shape),
                 _text(layer.dtype),
-                fmt_sigma(layer.sigma) + ("" if layer.bound.value == "exact" else " (≥)"),
+                fmt_bounded(layer.sigma, layer.bound),  # "≥ 1.13" as inspect and diff print it
                 _text(layer.method.value),
             ],
         )
@@ -250,16 +260,20 @@ def _diff_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
     assert report.diff is not None
     rows = []
     for layer in report.diff.layers:
+        intruders = layer.intruder_dimensions
         rows.append(
             (
                 "unchanged" if layer.unchanged else "",
                 [
                     _text(layer.name),
-                    fmt_sigma(layer.sigma_a),
-                    fmt_sigma(layer.sigma_b),
-                    "unchanged" if layer.unchanged else fmt_sigma(layer.delta_sigma),
+                    fmt_bounded(layer.sigma_a, layer.bound_a),
+                    fmt_bounded(layer.sigma_b, layer.bound_b),
+                    "unchanged"
+                    if layer.unchanged
+                    else fmt_bounded(layer.delta_sigma, layer.delta_bound),
                     "--" if layer.relative is None else f"{layer.relative:.3g}",
                     "--" if not layer.subspace_cosines else f"{min(layer.subspace_cosines):.3f}",
+                    "--" if intruders is None else str(intruders),
                 ],
             )
         )
@@ -293,15 +307,26 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
     if report.graph is not None:
         parts += _graph_parts(report.graph)
     if report.lipschitz is not None:
-        warn = "" if report.lipschitz.certified else " warn"
+        lipschitz = report.lipschitz
+        warn = "" if lipschitz.certified else " warn"
+        reshaped = any(factor.reshape_sigma is not None for factor in lipschitz.factors)
+        caption = (
+            "log10 of each layer's factor (blue: proven upper bound) and of the running product"
+            + (
+                "; red ticks: σ of the reshaped conv kernel, shown, never multiplied."
+                if reshaped
+                else "."
+            )
+        )
         parts += [
             "<h2>Lipschitz bound</h2>",
-            f'<p class="statement{warn}">{_text(report.lipschitz.statement())}</p>',
-            _figure(
-                figures.get("lipschitz"),
-                "log10 of each layer's factor (blue: proven upper bound) and of the running "
-                "product; red ticks: σ of the reshaped conv kernel, shown, never multiplied.",
-            ),
+            f'<p class="statement{warn}">{_prose(lipschitz.statement())}</p>',
+            # a product that is no bound for this architecture is not drawn: the statement says
+            # why, and the table keeps the factors (diagnostic)
+            _figure(figures.get("lipschitz"), caption)
+            if lipschitz.valid_bound
+            else "<p>The chart of the running product is left out: it is not a bound for this "
+            "model (the reason is above).</p>",
             _table(
                 ["layer", "kind", "factor", "proven", "source", "log10 running product"],
                 _lipschitz_rows(report.lipschitz),
@@ -328,9 +353,21 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
     if report.diff is not None:
         parts += [
             f"<h2>Compared with <code>{_text(report.diff.b)}</code></h2>",
-            _figure(figures.get("diff"), "Relative change ‖B−A‖₂/‖A‖₂ per layer."),
+            _figure(
+                figures.get("diff"),
+                "Relative change ‖B−A‖₂/‖A‖₂ per layer; in the table, ≥ marks a lower bound "
+                "(an iterative estimate), intruders are B's singular vectors far from all of A's.",
+            ),
             _table(
-                ["layer", "σ(A)", "σ(B)", "‖B−A‖₂", "relative", f"top-{report.diff.top_k} min cos"],
+                [
+                    "layer",
+                    "σ(A)",
+                    "σ(B)",
+                    "‖B−A‖₂",
+                    "relative",
+                    f"top-{report.diff.top_k} min cos",
+                    f"intruders (top-{report.diff.intruder_top_k})",
+                ],
                 _diff_rows(report),
                 "layers",
             ),

@@ -75,13 +75,17 @@ def layer_to_dict(layer: LayerSigma) -> dict[str, Any]:
 
 def inspect_to_dict(report: InspectReport, layers: list[LayerSigma]) -> dict[str, Any]:
     """``layers`` are those shown (``--top``/``--sort`` cut and order them); ``summary`` counts
-    every analysed layer and names the largest among all of them."""
+    every analysed layer and names the largest linear/conv layer among all of them (embedding
+    tables apart: ``largest_embedding`` when there are any)."""
     largest = report.largest
     summary: dict[str, Any] = {
         "analysed": len(report.layers),
         "skipped": len(report.skipped),
         "largest": None if largest is None else {"name": largest.name, "sigma": largest.sigma},
     }
+    embedding = report.largest_embedding
+    if embedding is not None:
+        summary["largest_embedding"] = {"name": embedding.name, "sigma": embedding.sigma}
     stacks = stack_summaries(report.layers, "sigma")
     if stacks:
         summary["expert_stacks"] = summaries_to_json(stacks, "sigma")
@@ -251,6 +255,12 @@ def print_inspect_table(report: InspectReport, layers: list[LayerSigma], console
     footer += f" · {skipped_summary(report)}"
     if largest is not None:
         footer += f" · largest σ = {fmt_sigma(largest.sigma)} ({clean_text(largest.short_name)})"
+    embedding = report.largest_embedding
+    if embedding is not None:
+        footer += (
+            f" · largest embedding σ = {fmt_sigma(embedding.sigma)} "
+            f"({clean_text(embedding.short_name)})"
+        )
     console.print(escape(footer))
     console.print(method_caption(report.method, layers), style="dim")
     if any(layer.kind.is_conv for layer in layers):

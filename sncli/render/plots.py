@@ -124,7 +124,8 @@ def inspect_figure(report: InspectReport) -> Figure:
     """σ_max of every layer in model order, log scale; hollow markers are lower bounds."""
     layers = report.layers
     names = [layer.short_name for layer in layers]
-    figure = _figure(max(6.4, min(16.0, 0.18 * len(layers) + 4)), 4.2)
+    # + 1.6 in for the legend beside the axes
+    figure = _figure(max(6.4, min(16.0, 0.18 * len(layers) + 4)) + 1.6, 4.2)
     axes = figure.add_subplot()
     _shade_blocks(axes, names)
     kinds = sorted({layer.kind.value for layer in layers})
@@ -159,8 +160,8 @@ def inspect_figure(report: InspectReport) -> Figure:
     axes.grid(True, which="major", axis="y", alpha=0.3)
     axes.set_xlim(-0.5, len(layers) - 0.5)
     _ticks(axes, names)
-    if kinds:
-        axes.legend(fontsize=8, loc="upper right")
+    if kinds:  # outside the axes: a legend inside covers markers
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
 
@@ -168,7 +169,7 @@ def inspect_figure(report: InspectReport) -> Figure:
 SPECTRUM_METRICS = {
     "sigma_max": ("σ_max", True),
     "stable_rank": ("stable rank ‖W‖_F²/σ_max²", True),
-    "alpha": ("power-law exponent α of the ESD tail (WeightWatcher)", False),
+    "alpha": ("α (ESD tail exponent)", False),
     "effective_rank": ("effective rank (Roy & Vetterli)", True),
     "condition_number": ("condition number σ_max/σ_min", True),
     "alpha_weighted": ("α·log10 λ_max", False),
@@ -289,7 +290,8 @@ def heatmap_figure(report: Any, metric: str = "sigma_max") -> Figure | None:
     axes.set_yticklabels([str(b) for b in blocks[::step]], fontsize=7)
     axes.set_xlabel("module within the block")
     axes.set_ylabel("block")
-    axes.set_title(f"{metric} by block and module — {_short(report.checkpoint)}", fontsize=11)
+    # two lines: a title wider than a narrow heat map is clipped at both ends
+    axes.set_title(f"{metric} by block and module\n{_short(report.checkpoint)}", fontsize=11)
     colourbar = figure.colorbar(image, ax=axes)
     colourbar.set_label(f"{metric} (log scale)")
     return figure
@@ -299,7 +301,8 @@ def lipschitz_figure(report: LipschitzReport) -> Figure:
     """Per-layer factors (log10) and the running product (log10 of the partial products)."""
     factors = report.factors
     names = [factor.short_name for factor in factors]
-    figure = _figure(max(6.4, min(16.0, 0.2 * len(factors) + 4)), 4.4)
+    # + 2.8 in for the legend beside the axes
+    figure = _figure(max(6.4, min(16.0, 0.2 * len(factors) + 4)) + 2.8, 4.4)
     axes = figure.add_subplot()
     positions = range(len(factors))
     logs = [factor.log10 if math.isfinite(factor.log10) else math.nan for factor in factors]
@@ -330,7 +333,8 @@ def lipschitz_figure(report: LipschitzReport) -> Figure:
     axes.grid(True, axis="y", alpha=0.3)
     axes.set_xlim(-0.5, len(factors) - 0.5)
     _ticks(axes, names)
-    axes.legend(fontsize=8, loc="upper left")
+    # outside the axes: inside, it covers the running product's first points
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return figure
 
 

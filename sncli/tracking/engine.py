@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sncli.analysis import MethodOptions
+from sncli.arguments import coerce_fields
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.messages import Level, Message, ProgressCallback, level_of
 from sncli.tracking.cache import TrackCache, cache_key, content_stamp
@@ -45,6 +46,9 @@ class TrackOptions:
     transposed: tuple[str, ...] = ()
     key: str | None = None
     skip_objects: bool = False
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
 
     def selection(self) -> dict[str, tuple[str, ...]]:
         return {"include": self.include, "exclude": self.exclude, "transposed": self.transposed}

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cli_helpers import invoke
+from typer.testing import CliRunner
+
+from sncli.cli import app
 
 
 def test_version_and_help() -> None:
@@ -91,3 +95,40 @@ def test_help_shows_no_type_for_on_off_flags() -> None:
         assert code == 0 and "<bool>" not in out, command
     code, out, _ = invoke("inspect", "--help")
     assert "<auto|exact" in out  # options with values keep their type
+
+
+#: What each command's checkpoint argument must say it reads (issue 28).
+INPUT_WORDS = (
+    "safetensors",
+    "PyTorch",
+    "TorchScript",
+    "GGUF",
+    ".npy/.npz",
+    "Keras",
+    "ONNX",
+    "TFLite",
+    "LoRA adapter",
+    "Hugging Face id",
+)
+
+
+@pytest.mark.parametrize(
+    "command", ["inspect", "spectrum", "lipschitz", "normalize", "diff", "report", "track"]
+)
+def test_every_checkpoint_help_lists_every_input(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.stdout.split())
+    missing = [word for word in INPUT_WORDS if word not in text]
+    assert result.exit_code == 0 and not missing, (command, missing)
+
+
+def test_lipschitz_help_names_the_onnx_graph_bound_and_the_grid() -> None:
+    from sncli.numerics.conv import auto_grid
+
+    result = CliRunner().invoke(app, ["lipschitz", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.stdout.split())
+    assert "ONNX model gets the certified bound over its real graph" in text
+    grids = [auto_grid((channels, channels, 3, 3)) for channels in (207, 327, 328)]
+    assert grids == [46, 23, 12]  # what the help says
+    assert "for 3×3 kernels 46 below 208 channels, 23 below 328, 12 beyond" in text
+    assert auto_grid((208, 208, 3, 3)) == 23

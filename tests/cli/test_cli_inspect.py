@@ -162,3 +162,28 @@ def test_certified_layers_carry_sigma_upper(mlp_path: Path) -> None:
 def test_quiet_hides_the_wrapper_key_note(lightning_path: Path) -> None:
     code, out, err = invoke("inspect", str(lightning_path), "--format", "csv", "-q")
     assert code == 0 and err == "" and out.startswith("name,kind,")
+
+
+def test_headline_is_a_linear_layer_and_embeddings_are_apart(tmp_path: Path) -> None:
+    """An embedding table of larger σ than every linear layer: the headline "largest σ" names
+    the linear layer, the embedding is listed apart (text and JSON), issue 28."""
+    gen = torch.Generator().manual_seed(0)
+    path = tmp_path / "emb.safetensors"
+    tensors = {
+        "embed_tokens.weight": 10 * torch.randn(50, 8, generator=gen),
+        "fc.weight": torch.randn(4, 8, generator=gen),
+    }
+    save_file(tensors, path)
+    code, out, _ = invoke("inspect", str(path), "--method", "exact")
+    assert code == 0
+    line = " ".join(out.split())
+    fc, emb = svd_sigma(tensors["fc.weight"]), svd_sigma(tensors["embed_tokens.weight"])
+    assert emb > fc
+    assert f"largest σ = {fc:.6g} (fc.weight)" in line
+    assert f"largest embedding σ = {emb:.6g} (embed_tokens.weight)" in line
+    code, out, _ = invoke("inspect", str(path), "--method", "exact", "--format", "json")
+    summary = json.loads(out)["summary"]
+    assert summary["largest"]["name"] == "fc.weight"
+    assert summary["largest"]["sigma"] == pytest.approx(fc, rel=1e-12)
+    assert summary["largest_embedding"]["name"] == "embed_tokens.weight"
+    assert summary["largest_embedding"]["sigma"] == pytest.approx(emb, rel=1e-12)

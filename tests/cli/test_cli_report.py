@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def test_report_with_a_second_checkpoint_adds_the_diff(samples: Path, tmp_path: 
     text = _check_page(out, ["2.weight", "4.weight"])
     # σ, Lipschitz factors, α per layer, the diff (the MLP has no repeated blocks: no heat maps)
     assert "Compared with" in text and text.count("<svg") == 4
+    # σ(A), σ(B) and ‖B−A‖₂ of 2.weight are lower bounds under auto, marked as inspect marks
+    # them; the intruders column is there (issue 28)
+    assert "<td>≥ 1.1314</td><td>≥ 1.13126</td><td>≥ 0.3</td>" in text
+    assert "intruders (top-10)" in text
 
 
 def test_report_refuses_to_overwrite_without_force(mlp_path: Path, tmp_path: Path) -> None:
@@ -258,3 +263,28 @@ def test_report_options_reach_the_page(mlp_path: Path, tmp_path: Path) -> None:
     code, _, err = invoke("report", str(mlp_path), "-o", str(out), "--sections", "figures")
     assert code == 2 and "Invalid value" in err and "--sections" in err
     assert out.read_text(encoding="utf-8") == text  # nothing written on a usage error
+
+
+def test_report_on_an_attention_model_shows_the_refusal_not_a_chart(
+    samples: Path, tmp_path: Path
+) -> None:
+    """Issue 28: a product that is no bound (attention) is not drawn; the statement is whole;
+    the caption mentions conv ticks only when there are convs; the legends sit beside the axes."""
+    import sncli
+    from sncli.render.html import report_html
+
+    index = samples / "tiny_transformer" / "model.safetensors.index.json"
+    out = tmp_path / "report.html"
+    code, _, err = invoke("report", str(index), "-o", str(out), "-q")
+    assert code == 0, err
+    text = out.read_text(encoding="utf-8")
+    statement = sncli.lipschitz_report(index).statement()
+    assert len(statement) > 400 and not statement.endswith("…")
+    assert escape(statement) in text  # whole, not cut at 400 characters
+    assert "The chart of the running product is left out" in text
+    assert "Lipschitz factors" not in text  # no chart title
+    assert "red ticks" not in text  # no convs
+    # with convs (the Lightning CNN) the chart and the red-tick caption are there
+    model = sncli.build_report(samples / "lightning_cnn.ckpt")
+    page = report_html(model, {"lipschitz": "<svg></svg>"})
+    assert "red ticks" in page and "left out" not in page

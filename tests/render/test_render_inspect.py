@@ -139,7 +139,8 @@ def test_inspect_to_dict_shows_the_layers_given_and_summarises_all() -> None:
     assert data["summary"] == {
         "analysed": 3,
         "skipped": 3,
-        "largest": {"name": "model.embed.weight", "sigma": 3.0},
+        "largest": {"name": "model.fc.weight", "sigma": 2.5},  # a linear layer (issue 28)
+        "largest_embedding": {"name": "model.embed.weight", "sigma": 3.0},
     }
     assert inspect_to_dict(REPORT, [])["summary"]["analysed"] == 3
     empty = InspectReport("e.pt", "torch", Method.POWER, [], [])
@@ -192,8 +193,8 @@ def test_print_inspect_table() -> None:
     assert "8×27 (reshape, T)" in rows["conv.weight"] and "8×3×3×3" in rows["conv.weight"]
     assert "embedding*" in rows["embed.weight"] and "3.25" in rows["embed.weight"]
     assert "≥" not in rows["fc.weight"] and "2.5 " in rows["fc.weight"]
-    footer = "3 layers analysed · 3 skipped (1 bias, 1 tied, 1 NON-FINITE) · largest σ = 3 "
-    assert footer + "(embed.weight)" in text
+    footer = "3 layers analysed · 3 skipped (1 bias, 1 tied, 1 NON-FINITE) · largest σ = 2.5 "
+    assert footer + "(fc.weight) · largest embedding σ = 3 (embed.weight)" in text
     assert "(T) = transposed conv: dim 1 (out) first, matrix (out, in·k)." in text
     assert "Reshape (conv.weight): the stored u, v do not tell Conv from ConvTranspose." in text
     assert "* embedding: recognised by its name" in text

@@ -227,10 +227,14 @@ class Weight:
     op: str  # Conv, ConvTranspose, Gemm, MatMul, LSTM, ... ('' for a state dict)
 
 
+#: A recurrent weight named as PyTorch names it (``rnn.weight_ih``, ``lstm.weight_hh_l0``).
+RECURRENT_KEY = re.compile(r"weight_(ih|hh)(_l\d+)?(_reverse)?$")
+
+
 def onnx_weights(path: Path) -> dict[str, Weight]:
     """Every constant ≥ 2-D input of a Conv/ConvTranspose/Gemm/MatMul (and LSTM/GRU/RNN) node,
     whatever produced it (initializer, Constant node, Identity of a constant), in subgraphs (If
-    branches) too."""
+    branches) too; and every 2-D initializer named as a recurrent weight (not required)."""
     import onnx
     from onnx import numpy_helper
 
@@ -258,6 +262,9 @@ def onnx_weights(path: Path) -> dict[str, Weight]:
                 if name in consts and consts[name].ndim >= 2:
                     array = consts[name].astype(np.float64)
                     found.setdefault(name, Weight(name, array, node.op_type))
+        for name, value in consts.items():  # an LSTMCell's gate stack, sliced into gates
+            if RECURRENT_KEY.search(name) and value.ndim == 2:  # (silero_vad.onnx): by name
+                found.setdefault(name, Weight(name, value.astype(np.float64), "recurrent"))
 
     walk(model.graph, {})
     return found
