@@ -12,6 +12,7 @@ the dequantized weight, which is what the model computes with.
 
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import struct
@@ -226,7 +227,21 @@ def _parse(cursor: _Cursor) -> GGUFHeader:
                 path,
             )
         tensors[name] = GGUFTensor(name, ne, type_id, type_name, start, nbytes)
+    _refuse_partial_overlaps(tensors, path)
     return GGUFHeader(version, metadata, tensors, data_start)
+
+
+def _refuse_partial_overlaps(tensors: dict[str, GGUFTensor], path: Path) -> None:
+    """Two tensors whose data ranges overlap without being the same range: no writer makes
+    that (a damaged or crafted file), and writing one would change the other."""
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values() if t.nbytes)
+    for (start_a, end_a, a), (start_b, end_b, b) in itertools.pairwise(spans):
+        if start_b < end_a and (start_a, end_a) != (start_b, end_b):
+            raise CheckpointError(
+                f"corrupt GGUF: the data of tensors {quote(a)} (bytes {start_a}–{end_a}) and "
+                f"{quote(b)} (bytes {start_b}–{end_b}) overlap",
+                path,
+            )
 
 
 def _dtype_label(tensor: GGUFTensor) -> str:

@@ -123,6 +123,8 @@ def load_torch_object(
         raise
     except BaseException as exc:
         detail = _unformatted(describe(exc))
+        if "wrong byte size" in detail:  # torch's text leaves its numbers unfilled ("? got ?…")
+            detail = "a storage's byte count in the file disagrees with its declared size"
         raise CheckpointError(f"damaged or unreadable PyTorch file: {detail}", path) from exc
     return obj, replaced, crcs
 

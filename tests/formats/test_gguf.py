@@ -337,3 +337,19 @@ def test_normalize_refuses_quantized_gguf_tensors(tmp_path: Path) -> None:
             normalize_checkpoint(ckpt, plan, output)
     assert not output.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
+
+
+def test_partially_overlapping_tensor_data_is_refused(tmp_path: Path) -> None:
+    """Issue #28: tensors sharing part of their bytes (a crafted file) were read, and normalize
+    then failed its verification without naming why; now one line names both tensors."""
+    from sncli.formats.gguf import GGUFTensor, _refuse_partial_overlaps
+
+    def tensor(name: str, offset: int, nbytes: int) -> GGUFTensor:
+        return GGUFTensor(name, (nbytes // 4,), 0, "F32", offset, nbytes)
+
+    path = tmp_path / "m.gguf"
+    same = {"a": tensor("a", 64, 32), "b": tensor("b", 64, 32), "c": tensor("c", 96, 32)}
+    _refuse_partial_overlaps(same, path)  # the same range twice, or ranges that touch: fine
+    crafted = {"a": tensor("a", 64, 32), "b": tensor("b", 80, 32)}
+    with pytest.raises(CheckpointError, match=r"tensors 'a' \(bytes 64–96\) and 'b' .* overlap"):
+        _refuse_partial_overlaps(crafted, path)

@@ -460,3 +460,23 @@ def test_crafted_zip_has_no_torch_structure_problems(tmp_path: Path) -> None:
     write_torch_zip(path, CRAFTED)
     assert check_zip(path).pickle == CRAFTED
     assert struct.unpack("<I", path.read_bytes()[:4])[0] == 0x04034B50
+
+
+def test_legacy_storage_size_that_lies_names_the_problem(tmp_path: Path) -> None:
+    """Issue #28: a legacy file whose storage size field says 2**32 elements gave torch's
+    unfilled "storage has wrong byte size: expected ? got ?…"; now the cause in words."""
+    import torch
+
+    from sncli.checkpoint import open_checkpoint
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    data = bytearray(path.read_bytes())
+    where = data.rfind(struct.pack("<q", 4))  # the storage's element count before its bytes
+    data[where : where + 8] = struct.pack("<q", 2**32)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(path).close()
+    message = str(info.value)
+    assert "a storage's byte count in the file disagrees with its declared size" in message
+    assert "?" not in message and "\n" not in message
