@@ -53,6 +53,9 @@ class ReportOptions:
     workers: int | None = None
     scheduler: str | None = None
     sections: frozenset[str] = field(default_factory=lambda: frozenset(SECTIONS))
+    #: An ONNX model's static input shapes for its graph bound (``--input-shape``), as
+    #: (input name, shape) pairs; "" names the only input.
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.sections) - set(SECTIONS)
@@ -179,7 +182,7 @@ def build_report(
                 from sncli.lipschitz import graph_lipschitz
 
                 stage("Lipschitz factors")
-                graph = graph_lipschitz(checkpoint.path)
+                graph = graph_lipschitz(checkpoint.path, input_shapes=dict(options.input_shapes))
             else:
                 lipschitz = lipschitz_report(
                     checkpoint, lipschitz_options, progress=stage("Lipschitz factors")

@@ -86,17 +86,7 @@ def lipschitz(
             help="Spatial input size, e.g. 32x32 (state dicts; ONNX models: --input-shape).",
         ),
     ] = None,
-    input_shape: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input-shape",
-            metavar="NAME=SHAPE",
-            help="ONNX models: the static shape of an input with dynamic dimensions, e.g. "
-            "images=1x3x320x320 (repeat for each input; a bare 1x3x320x320 when the model has "
-            "one). Without it a batch dimension is taken as 1 and an image size from the "
-            "model's metadata, said in a note; other dynamic dimensions are refused.",
-        ),
-    ] = None,
+    input_shape: opt.InputShapeOpt = None,
     no_lower: Annotated[
         bool,
         typer.Option(

@@ -110,6 +110,17 @@ SchedulerOpt = Annotated[
         show_default=False,
     ),
 ]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        metavar="NAME=SHAPE",
+        help="ONNX models: the static shape of an input with dynamic dimensions, e.g. "
+        "images=1x3x320x320 (repeat for each input; a bare 1x3x320x320 when the model has "
+        "one). Without it a batch dimension is taken as 1 and an image size from the "
+        "model's metadata, said in a note; other dynamic dimensions are refused.",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random start vector.")]
 FormatOpt = Annotated[
     OutputFormat,

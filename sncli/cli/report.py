@@ -97,6 +97,7 @@ def report(
             callback=sections,
         ),
     ] = None,
+    input_shape: opt.InputShapeOpt = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
     quiet: opt.QuietOpt = False,
@@ -118,6 +119,7 @@ def report(
         workers=workers,
         scheduler=scheduler,
         sections=frozenset(section or SECTIONS),
+        input_shapes=tuple(opt.parse_input_shapes(input_shape).items()),
     )
     sink = Sink(quiet)
     opt.note_ignored_workers(sink, scheduler, workers)

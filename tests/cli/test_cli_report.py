@@ -288,3 +288,32 @@ def test_report_on_an_attention_model_shows_the_refusal_not_a_chart(
     model = sncli.build_report(samples / "lightning_cnn.ckpt")
     page = report_html(model, {"lipschitz": "<svg></svg>"})
     assert "red ticks" in page and "left out" not in page
+
+
+def test_report_on_a_dynamic_onnx_model_takes_input_shape(tmp_path: Path) -> None:
+    """The graph bound needs static shapes: without --input-shape the page says why (and which
+    option), with it the certified bound is there."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.full((2, 3, 1, 1), 0.5, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    path = tmp_path / "dynamic.onnx"
+    path.write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    )
+    out = tmp_path / "r.html"
+    code, _, err = invoke("report", str(path), "-o", str(out), "-q")
+    assert code == 0, err
+    assert "--input-shape x=1x3xHxW" in out.read_text(encoding="utf-8")
+    code, _, err = invoke(
+        "report", str(path), "-o", str(out), "-q", "--force", "--input-shape", "x=1x3x4x4"
+    )
+    assert code == 0, err
+    assert "over the graph, certified" in out.read_text(encoding="utf-8")
