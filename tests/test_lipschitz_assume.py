@@ -182,6 +182,9 @@ def test_mtcnn_pnet_conv_heads_are_side_by_side(tmp_path: Path) -> None:
     heads = report_for(path, assume=SEQUENTIAL, transposed=(r"up",))
     assert heads.refused and "both read a 8-channel input" in heads.caveats[0]
     assert not report_for(path, assume=SEQUENTIAL).refused
+    # depthwise convs store one input channel per group: consecutive ones are no heads
+    chain = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3, groups=8))
+    assert not report_for(save(chain, tmp_path, "dw.pt"), assume=SEQUENTIAL).refused
 
 
 def test_residual_names_refuse_and_unnamed_residuals_stay_conditional(tmp_path: Path) -> None:

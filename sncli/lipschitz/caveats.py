@@ -102,7 +102,10 @@ def _widths(layer: Layer) -> tuple[int, int] | None:
         return layer.shape[0], layer.shape[1]
     if layer.kind.is_conv:
         first, second = layer.shape[0], layer.shape[1]
-        return (second, first) if layer.transposed else (first, second)
+        outputs, inputs = (second, first) if layer.transposed else (first, second)
+        # One input channel per output group is a depthwise conv: its stored width is per
+        # group (a state dict does not record groups), so it says nothing about what it reads.
+        return None if inputs == 1 and outputs > 1 else (outputs, inputs)
     return None
 
 
