@@ -283,7 +283,13 @@ def _chain_scaled(mats: list[np.ndarray]) -> tuple[float, float] | None:
             factor = scipy.linalg.cholesky(y, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
             return None
-    w = mats[-1]
+    return final_bound(y, factor, mats[-1])
+
+
+def final_bound(y: np.ndarray, factor: np.ndarray, w: np.ndarray) -> tuple[float, float] | None:
+    """(certified bound, estimate) of the chain's last step: the smallest c on the ladder above
+    λ_max of the whitened last weight for which c·Y − WᵀW is proven positive definite
+    (float64 Cholesky with the Gram's rounding allowance); None when no rung certifies."""
     g = _whitened(factor, w)
     c_hat = _top_eigenvalue(g.T @ g)
     gram = w.T @ w

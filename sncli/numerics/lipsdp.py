@@ -33,7 +33,6 @@ from sncli.numerics.eclipse import (
     _TINY,
     EclipseBound,
     _certified_positive_definite,
-    _final_certified,
     _frobenius_up,
     _ladder,
     _ldexp_up,
@@ -44,8 +43,9 @@ from sncli.numerics.eclipse import (
     _validate,
     _whitened,
     eclipse_fast_certificate,
+    final_bound,
 )
-from sncli.numerics.floating import UNIT_ROUNDOFF, gamma
+from sncli.numerics.floating import UNIT_ROUNDOFF
 
 if TYPE_CHECKING:
     import numpy as np
@@ -276,14 +276,5 @@ def _certify(mats: list[np.ndarray], multipliers: list[np.ndarray]) -> float | N
         except np.linalg.LinAlgError:
             return None
     assert y is not None
-    w = mats[-1]
-    g = _whitened(factor, w)
-    c_hat = _top_eigenvalue(g.T @ g)
-    gram = w.T @ w
-    frob = _frobenius_up(w)
-    gram_error = gamma(w.shape[0]) * frob * frob * (1.0 + 4 * _U) + y.size * _TINY
-    for eta in _ladder(y.shape[0]):
-        c = c_hat * (1.0 + eta)
-        if _final_certified(y, gram, gram_error, c):
-            return _up(math.sqrt(c))
-    return None
+    found = final_bound(y, factor, mats[-1])
+    return None if found is None else found[0]
