@@ -829,9 +829,12 @@ def _circular(
     return (math.nextafter(lower, 0.0) if lower < 2.0**-1022 else lower), upper
 
 
-#: Relative allowance, against the ℓ1 norm of a group's taps, for the rounding of a float64 FFT
-#: (≈ log2(N)·u ≤ 5e-15 for grids up to 2²⁰ points): what :func:`_circular_rows` adds.
+#: Relative allowance for the squares summed and the square root in :func:`_circular_rows`.
 FFT_ROUNDING = 1e-12
+#: The constant of the float64 FFT's a-priori error bound used there: every DFT entry is off by
+#: at most c·(log2 N + 2)·u·√N·‖x‖₂ (Higham 2002, §24.1, gives c ≈ 5 for radix 2; 32 leaves room
+#: for pocketfft's mixed-radix and Bluestein paths).
+FFT_ERROR_CONSTANT = 32
 #: Complex values one batched FFT of :func:`_circular_rows` may hold (64 MiB).
 _ROWS_CHUNK = 1 << 22
 
@@ -842,8 +845,9 @@ def _circular_rows(
     """(certified lower, certified upper) of the circular norm of a grouped conv whose groups
     each have one output channel (depthwise convs): the operator is block-diagonal over the
     groups and each group's symbol is a row, so the norm is the largest row norm over the DFT
-    grid and the groups — batched FFTs instead of one eigenvalue search per group. Each symbol
-    entry's rounding is at most ‖k‖₁·:data:`FFT_ROUNDING`, and so is a row norm's."""
+    grid and the groups — batched FFTs instead of one eigenvalue search per group. A row norm's
+    rounding is at most the FFT's error bound (:data:`FFT_ERROR_CONSTANT`) times the group's
+    ‖k‖_F, which is added (upper) and subtracted (lower)."""
     import torch
 
     phased = _circular_taps(kernel, size, strides, dil)
@@ -855,7 +859,8 @@ def _circular_rows(
     flat = torch.zeros(poly.positions.shape[0], dtype=torch.int64)
     for axis, n in enumerate(grid):  # wrap taps beyond the grid (aliasing), row-major index
         flat = flat * n + poly.positions[:, axis] % n
-    top, l1 = 0.0, float(poly.values.abs().sum(dim=(1, 2)).max())
+    top = 0.0
+    frobenius = float(poly.values.square().sum(dim=(1, 2)).sqrt().max())
     step = max(1, _ROWS_CHUNK // max(1, columns * cells))
     for first in range(0, groups, step):
         part = poly.values[first : first + step]
@@ -867,7 +872,8 @@ def _circular_rows(
         power = (spectrum.real.square() + spectrum.imag.square()).sum(dim=1)
         top = max(top, float(power.max()))
     norm = math.sqrt(top)
-    slack = l1 * FFT_ROUNDING
+    fft_error = FFT_ERROR_CONSTANT * (math.log2(cells) + 2) * 2.0**-53 * math.sqrt(cells)
+    slack = fft_error * frobenius * (1 + FFT_ROUNDING)
     upper = math.nextafter(math.ldexp(norm * (1 + FFT_ROUNDING) + slack, poly.exponent), math.inf)
     lower = math.ldexp(max(0.0, norm * (1 - FFT_ROUNDING) - slack), poly.exponent)
     return lower, upper
