@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sncli.analysis import InspectReport, LayerSigma
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
@@ -107,42 +107,10 @@ def adapter_sigmas(
 ) -> InspectReport:
     """σ_max of every adapted module's update s·B·A (kind ``lora``), from its factors."""
     adapter = adapter_of(checkpoint)
-    chosen = _selected(adapter, include, exclude, checkpoint.path)
     began = time.perf_counter()
-    layers: list[LayerSigma] = []
-    failed: list[Skipped] = []
-    for done, module in enumerate(chosen):
-        if progress is not None:
-            progress(done, len(chosen), module.name)
-        try:
-            values = update_svd(checkpoint, module).values
-        except NumericalError as exc:
-            failed.append(Skipped(module.name, exc.message))
-            continue
-        layers.append(
-            LayerSigma(
-                name=module.name,
-                short_name=module.name,
-                kind=LayerKind.LORA,
-                shape=module.weight_shape,
-                dtype=module.dtype,
-                matrix_shape=module.matrix_shape,
-                matrix=LORA_MATRIX,
-                sigma=float(values[0]) if values.size else 0.0,
-                method=Method.EXACT,
-                bound=BoundKind.EXACT,
-                algorithm=LORA_ALGORITHM,
-                rank=module.rank,
-                scale=module.scale,
-            )
-        )
-    if progress is not None:
-        progress(len(chosen), len(chosen), "")
-    if not layers:
-        raise NumericalError(
-            f"no adapted module could be measured: {failed[0].name}: {failed[0].reason}",
-            checkpoint.path,
-        )
+    layers, failed = _each_module(
+        checkpoint, _selected(adapter, include, exclude, checkpoint.path), _module_sigma, progress
+    )
     return InspectReport(
         checkpoint=str(checkpoint.path),
         format=f"{checkpoint.format} ({adapter.format} LoRA adapter)",
@@ -151,6 +119,55 @@ def adapter_sigmas(
         skipped=_skipped(adapter, failed),
         notes=[*checkpoint.notes, FACTOR_NOTE],
         seconds=time.perf_counter() - began,
+    )
+
+
+#: What :func:`_each_module` measures per module (a LayerSigma or a LayerSpectrum).
+Measured = TypeVar("Measured")
+
+
+def _each_module(
+    checkpoint: Checkpoint,
+    modules: list[AdaptedModule],
+    measure: Callable[[AdaptedModule, np.ndarray], Measured],
+    progress: ProgressCallback | None,
+) -> tuple[list[Measured], list[Skipped]]:
+    """``measure(module, singular values of its update)`` for each module, in order; a module
+    whose update cannot be measured is skipped with the reason, and none measured is an error."""
+    results: list[Measured] = []
+    failed: list[Skipped] = []
+    for done, module in enumerate(modules):
+        if progress is not None:
+            progress(done, len(modules), module.name)
+        try:
+            results.append(measure(module, update_svd(checkpoint, module).values))
+        except NumericalError as exc:
+            failed.append(Skipped(module.name, exc.message))
+    if progress is not None:
+        progress(len(modules), len(modules), "")
+    if not results:
+        raise NumericalError(
+            f"no adapted module could be measured: {failed[0].name}: {failed[0].reason}",
+            checkpoint.path,
+        )
+    return results, failed
+
+
+def _module_sigma(module: AdaptedModule, values: np.ndarray) -> LayerSigma:
+    return LayerSigma(
+        name=module.name,
+        short_name=module.name,
+        kind=LayerKind.LORA,
+        shape=module.weight_shape,
+        dtype=module.dtype,
+        matrix_shape=module.matrix_shape,
+        matrix=LORA_MATRIX,
+        sigma=float(values[0]) if values.size else 0.0,
+        method=Method.EXACT,
+        bound=BoundKind.EXACT,
+        algorithm=LORA_ALGORITHM,
+        rank=module.rank,
+        scale=module.scale,
     )
 
 
@@ -203,24 +220,13 @@ def adapter_spectra(
     """The r singular values of every adapted module's update, with the metrics of its whole
     spectrum (the other min(m, n) − r singular values are zero and counted as such)."""
     adapter = adapter_of(checkpoint)
-    chosen = _selected(adapter, include, exclude, checkpoint.path)
     began = time.perf_counter()
-    layers: list[LayerSpectrum] = []
-    failed: list[Skipped] = []
-    for done, module in enumerate(chosen):
-        if progress is not None:
-            progress(done, len(chosen), module.name)
-        try:
-            layers.append(_module_spectrum(module, update_svd(checkpoint, module).values))
-        except NumericalError as exc:
-            failed.append(Skipped(module.name, exc.message))
-    if progress is not None:
-        progress(len(chosen), len(chosen), "")
-    if not layers:
-        raise NumericalError(
-            f"no adapted module could be measured: {failed[0].name}: {failed[0].reason}",
-            checkpoint.path,
-        )
+    layers, failed = _each_module(
+        checkpoint,
+        _selected(adapter, include, exclude, checkpoint.path),
+        _module_spectrum,
+        progress,
+    )
     notes = [*checkpoint.notes, FACTOR_NOTE]
     notes.append(
         "LoRA updates: each layer lists its r singular values; the metrics count the other "
