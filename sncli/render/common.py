@@ -128,15 +128,11 @@ def print_non_finite(skipped: list[Any], console: Console) -> None:
         console.print(f"[bold red]Non-finite weights[/] in: {escape(', '.join(bad))}")
 
 
-@contextmanager
-def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressCallback | None]:
-    """A transient progress bar on stderr; yields None when disabled or not a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
-        return
+def _bars() -> Any:
+    """Rich's transient progress lines on stderr: stage, bar, done/total, time, current layer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -144,7 +140,16 @@ def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressCal
         TextColumn("{task.fields[layer]}"),
         console=stderr_console(),
         transient=True,
-    ) as bar:
+    )
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str = "σ") -> Iterator[ProgressCallback | None]:
+    """A transient progress bar on stderr; yields None when disabled or not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    with _bars() as bar:
         task = bar.add_task(description, total=None, layer="")
 
         def update(done: int, total: int, name: str) -> None:
@@ -161,17 +166,7 @@ def stage_bars(enabled: bool) -> Iterator[Callable[[str], ProgressCallback | Non
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[layer]}"),
-        console=stderr_console(),
-        transient=True,
-    ) as bar:
+    with _bars() as bar:
         tasks: list[Any] = []
 
         def start(stage: str) -> ProgressCallback:
