@@ -6,6 +6,7 @@ results cached (:mod:`sncli.tracking.cache`) so a rerun computes only what is ne
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,8 +17,9 @@ from typing import Any
 from sncli.analysis import MethodOptions
 from sncli.arguments import coerce_fields
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
+from sncli.errors import NoLayersMatchedError
 from sncli.messages import Level, Message, ProgressCallback, level_of
-from sncli.tracking.cache import TrackCache, cache_key, content_stamp
+from sncli.tracking.cache import TrackCache, cached_layers, content_stamp, exact_names
 from sncli.tracking.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
 from sncli.tracking.series import SeriesItem, discover
 
@@ -175,10 +177,31 @@ def _notes_of(pairs: Iterable[list[Any]]) -> list[str]:
     return [Message(text, Level(level)) for level, text in pairs]
 
 
+def _only(options: TrackOptions, names: Sequence[str] | None) -> TrackOptions:
+    """The options narrowed to exactly these layers (None: as they are)."""
+    if names is None:
+        return options
+    return dataclasses.replace(options, include=(exact_names(names),), exclude=())
+
+
+def _chosen(layers: Sequence[Sequence[str]] | None, options: TrackOptions) -> list[str] | None:
+    """The layers (of a cached list of every layer) the run's filters select; None when not
+    known or none (then the engine runs and says why)."""
+    from sncli.layers import matches
+
+    if not layers:
+        return None
+    chosen = [n for n, short in layers if matches(n, options.include, options.exclude, short)]
+    return chosen or None
+
+
 def _sigma_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
     from sncli.analysis import spectral_norms
+    from sncli.layers import classify
 
     report = spectral_norms(ckpt, options=options.method, **options.selection())
+    every = classify(ckpt, transposed=options.transposed).layers
+    layer_names = {layer.name for layer in every}
     records = [
         {
             "name": layer.name,
@@ -191,21 +214,35 @@ def _sigma_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
         }
         for layer in report.layers
     ]
-    notes = list(report.notes)
-    notes += [
-        f"{s.name} not measured: {s.reason}" for s in report.skipped if s.reason.startswith("non-")
-    ]
-    return {"format": ckpt.format, "records": records, "notes": _note_pairs(notes)}
+    missing = {  # selected layers that failed (not finite): not recomputed while cached
+        s.name: _note_pairs(
+            [f"{s.name} not measured: {s.reason}"] if s.reason.startswith("non-") else []
+        )
+        for s in report.skipped
+        if s.name in layer_names
+    }
+    return {
+        "format": ckpt.format,
+        "records": records,
+        "notes": _note_pairs(report.notes),
+        "missing": missing,
+        "layers": [[layer.name, layer.short_name] for layer in every],
+    }
 
 
 def _spectrum_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
     from sncli.spectrum import SpectrumOptions, spectra
 
-    report = spectra(
-        ckpt,
-        options=SpectrumOptions(workers=options.method.workers, scheduler=options.method.scheduler),
-        **options.selection(),
-    )
+    try:
+        report = spectra(
+            ckpt,
+            options=SpectrumOptions(
+                workers=options.method.workers, scheduler=options.method.scheduler
+            ),
+            **options.selection(),
+        )
+    except NoLayersMatchedError:
+        return {"format": ckpt.format, "records": [], "notes": []}
     records = []
     for layer in report.layers:
         record: dict[str, Any] = {"name": layer.name}
@@ -217,7 +254,12 @@ def _spectrum_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]
 def _delta_payload(before: Checkpoint, after: Checkpoint, options: TrackOptions) -> dict[str, Any]:
     from sncli.diff import diff_checkpoints
 
-    report = diff_checkpoints(before, after, options=options.method, top_k=0, **options.selection())
+    try:
+        report = diff_checkpoints(
+            before, after, options=options.method, top_k=0, **options.selection()
+        )
+    except NoLayersMatchedError:  # none of these layers is in the previous checkpoint
+        return {"format": after.format, "records": [], "notes": []}
     records = [
         {"name": layer.key_b, "delta": layer.delta_sigma, "delta_relative": layer.relative}
         for layer in report.layers
@@ -244,18 +286,24 @@ class _Run:
     notes: dict[str, None] = field(default_factory=dict)
 
     def _cached(
-        self, kind: str, stamps: list[Any] | None, key_options: dict[str, Any], compute: Callable
+        self,
+        kind: str,
+        stamps: list[Any] | None,
+        key_options: dict[str, Any],
+        wanted: Callable[[Mapping[str, Any] | None], Sequence[str] | None],
+        compute: Callable[[TrackOptions], dict[str, Any]],
     ) -> tuple[dict[str, Any], bool]:
-        key = None
-        if self.cache is not None and stamps is not None:
-            key = cache_key(kind, stamps, key_options)
-            found = self.cache.get(key)
-            if found is not None:
-                return found, True
-        payload = compute()
-        if key is not None and self.cache is not None:
-            self.cache.put(key, payload)
-        return payload, False
+        """Per layer through the cache (:func:`~sncli.tracking.cache.cached_layers`):
+        ``compute`` gets the options narrowed to the layers the entry lacks."""
+
+        def computed(names: Sequence[str] | None) -> dict[str, Any]:
+            payload = compute(_only(self.options, names))
+            if names is not None:  # asked for, but no record: not asked again
+                done = {r["name"] for r in payload["records"]} | set(payload.get("missing", {}))
+                payload.setdefault("missing", {}).update({n: [] for n in names if n not in done})
+            return payload
+
+        return cached_layers(self.cache, kind, stamps, key_options, wanted, computed)
 
     def measure(
         self, source: _Source, previous: _Source | None
@@ -274,19 +322,22 @@ class _Run:
                 "sigma",
                 source.stamp,
                 options.sigma_key_options(),
-                lambda: _sigma_payload(get(source), options),
+                lambda entry: _chosen(entry.get("layers") if entry else None, options),
+                lambda narrowed: _sigma_payload(get(source), narrowed),
             )
             all_hit = hit
             source.format = sigma.get("format", "")
             for note in _notes_of(sigma.get("notes", [])):
                 self.notes[note] = None
+            names = [r["name"] for r in sigma["records"]]
             spectrum: dict[str, dict[str, Any]] = {}
             if options.spectrum:
                 payload, hit = self._cached(
                     "spectrum",
                     source.stamp,
                     options.spectrum_key_options(),
-                    lambda: _spectrum_payload(get(source), options),
+                    lambda _: names,
+                    lambda narrowed: _spectrum_payload(get(source), narrowed),
                 )
                 all_hit &= hit
                 spectrum = {r["name"]: r for r in payload["records"]}
@@ -301,7 +352,8 @@ class _Run:
                     "delta",
                     stamps,
                     options.sigma_key_options(),
-                    lambda: _delta_payload(get(previous), get(source), options),
+                    lambda _: names,
+                    lambda narrowed: _delta_payload(get(previous), get(source), narrowed),
                 )
                 all_hit &= hit
                 delta = {r["name"]: r for r in payload["records"]}
