@@ -1,5 +1,7 @@
 """Everything ``sncli report`` puts in one HTML file: inspect, lipschitz, spectrum and (with B)
-diff.
+diff; for a training run (several checkpoints, a run folder, a pattern: :func:`run_items`), the
+``sncli track`` series through its cache, per layer its trend, and the last checkpoint's parts
+(:func:`build_run_report`).
 
 The engines run as their commands would, with the options of :class:`ReportOptions`; a failing
 part (no Lipschitz bound for a checkpoint without linear/conv layers, say) is recorded with its
@@ -11,8 +13,11 @@ largest of its float64 singular values (:func:`sigmas_from_spectra`) instead of 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sncli.analysis import InspectReport, LayerSigma, MethodOptions, spectral_norms
 from sncli.arguments import CheckpointSource, takes_checkpoints
@@ -28,10 +33,18 @@ from sncli.messages import ProgressCallback
 from sncli.numerics.spectral import BoundKind, Method
 from sncli.spectrum import SpectrumOptions, SpectrumReport, spectra
 
+if TYPE_CHECKING:
+    from sncli.tracking import TrackCache, TrackReport
+
 #: The parts a report may leave out (σ of every layer is always there).
 SECTIONS = ("lipschitz", "spectrum", "diff")
 #: The stages a report goes through, in order, as :data:`StageProgress` names them.
 STAGES = ("spectra", "σ", "Lipschitz factors", "diff")
+#: A run report's stages: the track over every checkpoint, then the last checkpoint's.
+RUN_STAGES = ("track", *STAGES)
+#: The last checkpoint's parts a run report computes unless told (cheap: one σ pass of one
+#: checkpoint; the spectra of every layer are not, and diff needs a second checkpoint).
+RUN_SECTIONS = frozenset({"lipschitz"})
 #: A progress callback per stage: called once with the stage's name when the stage starts.
 StageProgress = Callable[[str], ProgressCallback | None]
 #: σ methods whose answer the float64 dense spectra already give (to float64 rounding).
@@ -214,3 +227,164 @@ def build_report(
         command=command,
         graph=graph,
     )
+
+
+# ----------------------------------------------------------------------------- a run
+
+_PATTERN = re.compile(r"[*?\[]")
+
+
+def run_items(
+    arguments: Sequence[str], steps: Sequence[int] | None = None, *, run: bool = False
+) -> list[str] | None:
+    """The checkpoints of a run, in step order, when ``arguments`` name one; None when they name
+    one checkpoint or the A and B of a diff. A run: three or more checkpoints, two with
+    ``run``, any with ``steps``, a pattern, or a folder that is not itself a checkpoint (one
+    with no index and several weight files, or ``checkpoint-N/`` folders). Found and ordered
+    as ``sncli track`` finds them (:func:`sncli.tracking.series.discover`, whose errors name
+    the checkpoint without a step)."""
+    from sncli.errors import CheckpointError
+    from sncli.formats.sharded import resolve_directory
+    from sncli.tracking.series import discover
+
+    arguments = list(arguments)
+    if len(arguments) == 2 and not run and steps is None:
+        return None
+    if len(arguments) == 1 and not run and steps is None:
+        path = Path(arguments[0])
+        if path.is_dir():
+            try:
+                resolve_directory(path)
+                return None  # a checkpoint folder (an index, a model file): one checkpoint
+            except CheckpointError:
+                pass
+        elif path.exists() or not _PATTERN.search(arguments[0]):
+            return None
+    return [item.path for item in discover(arguments, steps)]
+
+
+@dataclass(frozen=True)
+class LayerTrend:
+    """One layer's metric over a run: ``values`` per step of the run (None where the layer is
+    absent or the value undefined), the first value present, the value at the last step, the
+    least and the largest, and ``change`` = (last − first)/|first| (None when undefined)."""
+
+    name: str
+    kind: str
+    values: tuple[float | None, ...]
+    first: float | None
+    last: float | None
+    minimum: float | None
+    maximum: float | None
+    change: float | None
+
+
+def layer_trends(run: TrackReport, metric: str = "sigma_max") -> list[LayerTrend]:
+    """Per layer (model order), the trend of ``metric`` over the run's steps (what ``sncli
+    track``'s table shows: first, last, min, max, change)."""
+    kinds = {p.name: p.kind for p in run.points}
+    trends = []
+    for name, series in run.series(metric).items():
+        by_step = dict(series)
+        values = tuple(
+            None if v is None or not math.isfinite(v) else float(v)
+            for v in (by_step.get(step) for step in run.steps)
+        )
+        present = [v for v in values if v is not None]
+        first = present[0] if present else None
+        last = values[-1]
+        change = None
+        if first not in (None, 0) and last is not None:
+            change = 0.0 if last == first else (last - first) / abs(first)
+        trends.append(
+            LayerTrend(
+                name=name,
+                kind=kinds[name],
+                values=values,
+                first=first,
+                last=last,
+                minimum=min(present) if present else None,
+                maximum=max(present) if present else None,
+                change=change,
+            )
+        )
+    return trends
+
+
+def run_metrics(run: TrackReport) -> tuple[str, ...]:
+    """The metrics a run report shows: σ_max; α, stable and effective rank with the spectrum
+    metrics; ‖W_t − W_{t−1}‖₂/σ_max(W_{t−1}) with the deltas."""
+    metrics = ("sigma_max",)
+    if run.spectrum:
+        metrics += ("alpha", "stable_rank", "effective_rank")
+    if run.delta:
+        metrics += ("delta_relative",)
+    return metrics
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What the HTML report of a run shows: the track series (``track``), per metric of
+    :func:`run_metrics` the trend of every layer, and the last checkpoint's report (None when
+    no part of it was asked for)."""
+
+    track: TrackReport
+    trends: dict[str, list[LayerTrend]]
+    last: ModelReport | None
+    command: str
+
+
+def build_run_report(
+    checkpoints: Sequence[str],
+    *,
+    steps: Sequence[int] | None = None,
+    options: ReportOptions | None = None,
+    spectrum: bool = False,
+    delta: bool = False,
+    key: str | None = None,
+    skip_objects: bool = False,
+    cache: TrackCache | str | Path | None = None,
+    command: str = "",
+    stages: StageProgress | None = None,
+) -> RunReport:
+    """Track every checkpoint of a run (``sncli track``'s engine and cache, with ``spectrum``
+        and ``delta`` as its options, σ by ``options.method``), then report the last checkpoint's
+        ``options.sections`` (diff: the first checkpoint against the last) as :func:`build_report`
+        does, with the first checkpoint as its B (diff: the change from the last back to the first).
+    ``checkpoints``/``steps``: as ``sncli track`` takes them."""
+    from sncli.checkpoint import open_checkpoint
+    from sncli.tracking import TrackOptions, track
+
+    options = options or ReportOptions(sections=RUN_SECTIONS)
+    method = MethodOptions(
+        method=options.method, tol=options.tol, workers=options.workers, scheduler=options.scheduler
+    )
+    track_options = TrackOptions(
+        method=method,
+        spectrum=spectrum,
+        delta=delta,
+        include=options.include,
+        exclude=options.exclude,
+        key=key,
+        skip_objects=skip_objects,
+    )
+    series = track(
+        checkpoints,
+        steps=steps,
+        options=track_options,
+        cache=cache,
+        progress=stages("track") if stages is not None else None,
+    )
+    last = None
+    if options.sections:
+        first_path, last_path = series.checkpoints[0].path, series.checkpoints[-1].path
+        with open_checkpoint(last_path, key=key, skip_objects=skip_objects) as ckpt:
+            if "diff" in options.sections and first_path != last_path:
+                with open_checkpoint(first_path, key=key, skip_objects=skip_objects) as first:
+                    last = build_report(
+                        ckpt, first, options=options, command=command, stages=stages
+                    )
+            else:
+                last = build_report(ckpt, options=options, command=command, stages=stages)
+    trends = {metric: layer_trends(series, metric) for metric in run_metrics(series)}
+    return RunReport(track=series, trends=trends, last=last, command=command)

@@ -15,7 +15,7 @@ from sncli._version import __version__
 from sncli.messages import clean_text
 from sncli.render.common import fmt_shape, fmt_sigma
 from sncli.render.diff import fmt_bounded
-from sncli.report import ModelReport
+from sncli.report import LayerTrend, ModelReport, RunReport
 
 #: Tables longer than this start folded (a click on the summary line opens them).
 OPEN_ROWS = 200
@@ -39,6 +39,8 @@ code, pre { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; }
 pre { background: #f6f8fa; padding: .6em 1em; overflow-x: auto; }
 footer { margin-top: 3em; color: #777; font-size: 12px; }
 """
+#: Added to a run's page only (the page of one checkpoint keeps ``_CSS`` as it was).
+_RUN_CSS = ".spark { font-family: ui-monospace, monospace; letter-spacing: -1px; }"
 
 
 def _text(value: object) -> str:
@@ -280,16 +282,40 @@ def _diff_rows(report: ModelReport) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _head(title: str, css: str = _CSS) -> list[str]:
+    return [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>sncli report: {_text(title)}</title>",
+        f"<style>{css}</style></head><body>",
+    ]
+
+
+def _tail(command: str) -> list[str]:
+    return [
+        "<h2>Command</h2>",
+        f"<pre>{_text(command)}</pre>",
+        f"<footer>sncli {escape(__version__)}</footer>",
+        "</body></html>",
+    ]
+
+
 def report_html(report: ModelReport, figures: dict[str, str]) -> str:
     """The whole page. ``figures`` maps a section ('inspect', 'heatmap', 'lipschitz', 'diff')
     to its inline SVG (see :mod:`sncli.render.plots`)."""
     parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>sncli report: {_text(report.checkpoint)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        *_head(report.checkpoint),
         f"<h1>Spectral report: <code>{_text(report.checkpoint)}</code></h1>",
+        *_model_parts(report, figures),
+        *_tail(report.command),
+    ]
+    return "\n".join(part for part in parts if part) + "\n"
+
+
+def _model_parts(report: ModelReport, figures: dict[str, str]) -> list[str]:
+    """A checkpoint's summary and sections (everything between the title and the command)."""
+    parts = [
         _summary(report),
         "<h2>σ of every layer</h2>",
         _figure(
@@ -374,10 +400,131 @@ def report_html(report: ModelReport, figures: dict[str, str]) -> str:
         ]
     elif report.diff_error:
         parts.append(f"<h2>Comparison</h2><p>not computed: {_text(report.diff_error)}</p>")
-    parts += [
-        "<h2>Command</h2>",
-        f"<pre>{_text(report.command)}</pre>",
-        f"<footer>sncli {escape(__version__)}</footer>",
-        "</body></html>",
+    return parts
+
+
+# ----------------------------------------------------------------------------- a run
+
+#: What each metric of a run is called on the page, and the caption of its figure.
+RUN_METRICS = {
+    "sigma_max": ("σ_max", "Largest singular value of each layer"),
+    "alpha": ("α", "Power-law exponent α of each layer's eigenvalue tail (WeightWatcher's fit)"),
+    "stable_rank": ("stable rank", "Stable rank ‖W‖_F²/σ_max² of each layer"),
+    "effective_rank": ("effective rank", "Effective rank (entropy of the normalized spectrum)"),
+    "delta_relative": (
+        "‖W_t − W_{t−1}‖₂ / σ_max(W_{t−1})",
+        "Change of each layer since the previous checkpoint, relative to its σ_max there",
+    ),
+}
+
+
+def _exact(value: float | None) -> str:
+    """A number as shown, with its exact value (``repr``, as JSON writes it) on hover."""
+    if value is None:
+        return "--"
+    return f'<span title="{value!r}">{fmt_sigma(value)}</span>'
+
+
+def _change(value: float | None) -> str:
+    if value is None:
+        return "--"
+    shown = "0" if value == 0 else f"{value:+.2%}"
+    return f'<span title="{value!r}">{shown}</span>'
+
+
+def _trend_rows(trends: list[LayerTrend]) -> list[tuple[str, list[str]]]:
+    from sncli.render.track import sparkline
+
+    return [
+        (
+            "unchanged" if trend.change == 0 else "",
+            [
+                _text(trend.name),
+                _text(trend.kind),
+                _exact(trend.first),
+                _exact(trend.last),
+                _exact(trend.minimum),
+                _exact(trend.maximum),
+                _change(trend.change),
+                f'<span class="spark">{escape(sparkline(trend.values))}</span>',
+            ],
+        )
+        for trend in trends
     ]
+
+
+def _run_summary(report: RunReport) -> str:
+    run = report.track
+    steps = run.steps
+    cached = sum(1 for c in run.checkpoints if c.cached)
+    items: list[tuple[str, str]] = [
+        ("checkpoints", f"{len(steps):,}, steps {steps[0]} … {steps[-1]}"),
+        ("first", f"<code>{_text(run.checkpoints[0].path)}</code>"),
+        ("last", f"<code>{_text(run.checkpoints[-1].path)}</code>"),
+        ("format", _text(", ".join(sorted({c.format for c in run.checkpoints if c.format})))),
+        ("layers tracked", f"{len(run.layers()):,}"),
+        ("σ_max method", _text(run.method)),
+        ("computed", f"{run.computed:,} checkpoint(s); {cached:,} from the cache"),
+    ]
+    moved = [t for t in report.trends.get("sigma_max", []) if t.change is not None]
+    if moved:
+        top = max(moved, key=lambda t: abs(t.change or 0.0))
+        items.append(
+            ("largest σ_max change", f"<code>{_text(top.name)}</code> {_change(top.change)}")
+        )
+        still = sum(1 for t in moved if t.change == 0 and t.minimum == t.maximum)
+        items.append(("layers that never moved", f"{still:,} (σ_max equal at every step)"))
+    return (
+        '<dl class="summary">'
+        + "".join(f"<dt>{_text(k)}</dt><dd>{v}</dd>" for k, v in items)
+        + "</dl>"
+    )
+
+
+def run_report_html(
+    report: RunReport, figures: dict[str, str], last_figures: dict[str, str] | None = None
+) -> str:
+    """The page of a run: summary, per metric its figure (``figures[metric]``, metric against
+    step, the layers that moved most labelled) and the table of every layer's first, last, min,
+    max, change and sparkline; then the last checkpoint's sections (``last_figures`` as
+    :func:`report_html` takes them)."""
+    run = report.track
+    first, last = run.checkpoints[0], run.checkpoints[-1]
+    title = f"{first.path} … {last.path}"
+    parts = [
+        *_head(title, _CSS + _RUN_CSS + "\n"),
+        f"<h1>Spectral report of a run: <code>{_text(first.path)}</code> … "
+        f"<code>{_text(last.path)}</code></h1>",
+        _run_summary(report),
+    ]
+    for metric, trends in report.trends.items():
+        name, caption = RUN_METRICS.get(metric, (metric, metric))
+        parts += [
+            f"<h2>{_text(name)} over the run</h2>",
+            _figure(
+                figures.get(metric),
+                f"{caption} against the step; the layers that moved most (|last − first| / "
+                "|first|) are labelled; with more than 30 layers, one line per module type (the "
+                "median over blocks).",
+            ),
+            _table(
+                ["layer", "kind", "first", "last", "min", "max", "change", "over the steps"],
+                _trend_rows(trends),
+                "layers",
+            ),
+        ]
+    parts.append(
+        "<p>Exact values show on hover; <code>sncli track … --format csv</code> gives every "
+        "checkpoint × layer.</p>"
+    )
+    if run.notes:
+        parts.append(
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{_prose(n)}</li>" for n in run.notes) + "</ul>"
+        )
+    if report.last is not None:
+        parts += [
+            f"<h2>Last checkpoint: step {last.step}, <code>{_text(last.path)}</code></h2>",
+            *_model_parts(report.last, last_figures or {}),
+        ]
+    parts += _tail(report.command)
     return "\n".join(part for part in parts if part) + "\n"
