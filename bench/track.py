@@ -135,11 +135,10 @@ def main() -> None:
         write_checkpoint(folder, 100 * count, tensors, moves)
         more_s, out, err = timed([*track, "--format", "json"], env)
         more = json.loads(out)
-        report_s, _, _ = timed(
-            [*sncli, "report", str(folder), "--cache", str(cache), "--spectrum"]
-            + ["-o", str(Path(scratch) / "run.html"), "-q"],
-            env,
-        )
+        page = str(Path(scratch) / "run.html")
+        report = [*sncli, "report", str(folder), "--cache", str(cache), "--spectrum", "-o", page]
+        report_s, _, _ = timed([*report, "-q"], env)
+        lipschitz_s, _, _ = timed([*report, "--sections", "lipschitz", "--force", "-q"], env)
         spectrum_s = 0.0
         for path in paths:
             seconds, out, _ = timed([*sncli, "spectrum", str(path), "--format", "json"], env)
@@ -163,6 +162,7 @@ def main() -> None:
         print(f"sncli track --spectrum, cold cache ({count}):    {first_s:7.2f} s")
         print(f"sncli track --spectrum, +1 checkpoint ({count + 1}): {more_s:7.2f} s")
         print(f"sncli report on the run after it ({count + 1}):     {report_s:7.2f} s")
+        print(f"the same with --sections lipschitz:       {lipschitz_s:7.2f} s")
         print(f"{count} separate sncli spectrum calls:           {spectrum_s:7.2f} s")
         print(f"first run / {count} spectrum calls: {first_s / spectrum_s:.2f}×")
         print(f"rerun with one more / first run: {more_s / first_s:.3f}×")

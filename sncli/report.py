@@ -42,9 +42,11 @@ SECTIONS = ("lipschitz", "spectrum", "diff")
 STAGES = ("spectra", "σ", "Lipschitz factors", "diff")
 #: A run report's stages: the track over every checkpoint, then the last checkpoint's.
 RUN_STAGES = ("track", *STAGES)
-#: The last checkpoint's parts a run report computes unless told (cheap: one σ pass of one
-#: checkpoint; the spectra of every layer are not, and diff needs a second checkpoint).
-RUN_SECTIONS = frozenset({"lipschitz"})
+#: The last checkpoint's parts a run report computes unless told: none, so that a report after
+#: a track run computes nothing (its σ, and with --spectrum its α and ranks, are the run's last
+#: values already); each part costs what it costs in the report of one checkpoint (on 22M
+#: parameters, Lipschitz and its σ pass took longer than tracking 5 checkpoints from scratch).
+RUN_SECTIONS: frozenset[str] = frozenset()
 #: A progress callback per stage: called once with the stage's name when the stage starts.
 StageProgress = Callable[[str], ProgressCallback | None]
 #: σ methods whose answer the float64 dense spectra already give (to float64 rounding).

@@ -37,7 +37,7 @@ def sections(values: list[str] | None) -> list[str] | None:
         return None
     names = [name.strip().lower() for value in values for name in value.split(",")]
     if names == ["none"]:
-        return []
+        return names  # (an empty list would reach the command as None)
     unknown = [name for name in names if name not in SECTIONS]
     if unknown or not names:
         raise typer.BadParameter(
@@ -51,7 +51,7 @@ def sections(values: list[str] | None) -> list[str] | None:
     "  sncli report sample_models/mlp.safetensors -o mlp.html\n\n"
     "  sncli report base.safetensors tuned.safetensors -o change.html\n\n"
     "  sncli report runs/exp1/ --spectrum -o run.html     # every checkpoint-N/ or step_N.*\n\n"
-    "  sncli report 'runs/exp1/step_*.safetensors' --sections none\n\n"
+    "  sncli report 'runs/exp1/step_*.safetensors' --sections lipschitz\n\n"
     "The file has no scripts and fetches nothing: it opens offline.\n\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
 )
@@ -111,8 +111,8 @@ def report(
             "--sections",
             metavar="NAMES",
             help=f"Only these parts besides σ, comma-separated: {', '.join(SECTIONS)}, or none "
-            "(default: all; diff needs B). For a run, the last checkpoint's parts (default: "
-            f"{', '.join(sorted(RUN_SECTIONS))}; diff: the last against the first).",
+            "(default: all; diff needs B). For a run, the last checkpoint's parts besides the "
+            "run's figures and tables (default: none; diff: the last against the first).",
             callback=sections,
         ),
     ] = None,
@@ -189,7 +189,7 @@ def report(
         exclude=chosen["exclude"],
         workers=workers,
         scheduler=scheduler,
-        sections=frozenset(SECTIONS if section is None else section),
+        sections=frozenset(SECTIONS if section is None else _named(section)),
         input_shapes=tuple(opt.parse_input_shapes(input_shape).items()),
     )
     sink = Sink(quiet)
@@ -197,7 +197,7 @@ def report(
     command = shlex.join(["sncli", *sys.argv[1:]]) if sys.argv[1:] else "sncli report"
     if items is not None and len(items) > 1:
         run_options = dataclasses.replace(
-            options, sections=frozenset(RUN_SECTIONS if section is None else section)
+            options, sections=frozenset(RUN_SECTIONS if section is None else _named(section))
         )
         _run_report(
             checkpoints,
@@ -233,6 +233,10 @@ def report(
         if problem:
             sink.warning(f"left out of the report: {problem}")
     sink.note(f"report written to {target} ({len(page) / 1024:,.0f} KB)")
+
+
+def _named(section: list[str]) -> list[str]:
+    return [] if section == ["none"] else section
 
 
 def _steps(text: str | None) -> list[int] | None:
