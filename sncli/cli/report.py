@@ -64,7 +64,7 @@ def report(
             help=f"The checkpoint ({opt.INPUTS}); a second checkpoint B of the same model adds "
             "`sncli diff`. A run instead (three or more checkpoints, a folder of checkpoint-N/ or "
             "step_N.* entries, a quoted pattern, or two with --run): `sncli track`'s figures and "
-            "tables, then the last checkpoint's parts.",
+            "tables (with --sections, the last checkpoint's parts too).",
             show_default=False,
         ),
     ],
@@ -166,7 +166,8 @@ def report(
     Given a training run's checkpoints, the report of the run: per layer σ_max (and with
     --spectrum α, stable and effective rank; with --delta the change per step) against the
     step, and each layer's first, last, min, max and change, from sncli track's engine and
-    cache; then the last checkpoint's parts."""
+    cache (a report after sncli track computes nothing); with --sections, the last
+    checkpoint's parts too."""
     from sncli.render.html import report_html
     from sncli.report import run_items
     from sncli.writer import staged_write

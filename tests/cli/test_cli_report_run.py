@@ -226,3 +226,12 @@ def test_bad_runs_are_one_line_errors_and_write_nothing(
         assert len(err.strip().splitlines()) == 1
     assert not Path("out.html").exists()
     assert not [p for p in Path().iterdir() if p.name.startswith(".out.html")]  # no staged file
+
+
+@pytest.mark.usefixtures("run")
+def test_sections_none_leaves_sigma_only() -> None:
+    code, _, err = invoke("report", "run/step_0.safetensors", "--sections", "none", "-o", "o.html")
+    assert code == 0, err
+    text = Path("o.html").read_text()
+    assert "σ of every layer" in text and "Lipschitz bound" not in text
+    assert "<h2>Spectra</h2>" not in text and text.count("<svg") == 1
