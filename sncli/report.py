@@ -265,6 +265,27 @@ def run_items(
     return [item.path for item in discover(arguments, steps)]
 
 
+def folder_run_note(arguments: Sequence[str]) -> str | None:
+    """When a single folder argument is one checkpoint (an index, ``model.safetensors``…) but
+    also holds a run (``checkpoint-N/`` entries, as a Trainer's output folder does): a note
+    saying so (``--run`` reports the run)."""
+    from sncli.errors import SncliError
+    from sncli.tracking.series import discover
+
+    if len(arguments) != 1 or not Path(arguments[0]).is_dir():
+        return None
+    try:
+        found = discover(arguments)
+    except SncliError:
+        return None
+    if len(found) < 2:
+        return None
+    return (
+        f"{arguments[0]}: reporting the checkpoint in it; it also holds a run of {len(found)} "
+        "checkpoints (--run reports the run)"
+    )
+
+
 @dataclass(frozen=True)
 class LayerTrend:
     """One layer's metric over a run: ``values`` per step of the run (None where the layer is

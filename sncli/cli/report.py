@@ -179,6 +179,13 @@ def report(
         raise typer.BadParameter("--cache and --no-cache contradict each other")
     step_list = _steps(steps)
     items = run_items(checkpoints, step_list, run=run)
+    sink = Sink(quiet)
+    if items is None:
+        from sncli.report import folder_run_note
+
+        note = folder_run_note(checkpoints)
+        if note:
+            sink.note(note)
     # not a run: one checkpoint, or A and B (run_items makes three or more a run)
     checkpoint, other = (*checkpoints, None)[:2] if items is None else (items[0], None)
     chosen = opt.selection(include, exclude, None)
@@ -193,7 +200,6 @@ def report(
         sections=frozenset(SECTIONS if section is None else _named(section)),
         input_shapes=tuple(opt.parse_input_shapes(input_shape).items()),
     )
-    sink = Sink(quiet)
     opt.note_ignored_workers(sink, scheduler, workers)
     command = shlex.join(["sncli", *sys.argv[1:]]) if sys.argv[1:] else "sncli report"
     if items is not None and len(items) > 1:

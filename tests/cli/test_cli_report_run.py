@@ -235,3 +235,23 @@ def test_sections_none_leaves_sigma_only() -> None:
     text = Path("o.html").read_text()
     assert "σ of every layer" in text and "Lipschitz bound" not in text
     assert "<h2>Spectra</h2>" not in text and text.count("<svg") == 1
+
+
+@pytest.mark.usefixtures("run")
+def test_a_trainer_folder_is_its_model_unless_run() -> None:
+    """A Trainer's output folder: the final model.safetensors beside checkpoint-N/ folders."""
+    for name, source in (("out", 3), ("out/checkpoint-100", 1), ("out/checkpoint-200", 2)):
+        Path(name).mkdir(parents=True)
+        step = STEPS[source]
+        Path(name, "model.safetensors").write_bytes(
+            Path(f"run/step_{step}.safetensors").read_bytes()
+        )
+    code, _, err = invoke("report", "out", "-o", "model.html")
+    assert code == 0, err
+    assert "out: reporting the checkpoint in it; it also holds a run of 2 checkpoints" in err
+    assert "Spectral report: <code>out/model.safetensors</code>" in Path("model.html").read_text()
+    code, _, err = invoke("report", "out", "--run", "-o", "run.html")
+    assert code == 0, err
+    found = tables(Path("run.html"))["σ_max over the run"]
+    assert [len(cells) for cells in found.values()] == [5, 5, 5]
+    assert "2, steps 100 … 200" in Path("run.html").read_text()
