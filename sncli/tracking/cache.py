@@ -288,7 +288,8 @@ def cached_layers(
         entry = cache.get(key)
     names = wanted(entry)
     if entry is not None and names is not None:
-        lacking = [name for name in names if name not in _done(entry)]
+        done = _done(entry)
+        lacking = [name for name in names if name not in done]
         if not lacking:
             return _restrict(entry, names), True
     else:
