@@ -179,6 +179,22 @@ def test_a_folder_checkpoint_is_one_checkpoint(tmp_path: Path) -> None:
     ]
 
 
+def test_a_sharded_folder_is_one_checkpoint(tmp_path: Path) -> None:
+    """Shards (``model-00001-of-00002.safetensors``) are one checkpoint, not steps 1 and 2."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for shard in (1, 2):
+        write_step(folder, 1, step=shard).rename(folder / f"model-0000{shard}-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text("{}")
+    assert [Path(i.path).name for i in discover([str(folder)], steps=[3])] == ["model"]
+    runs = tmp_path / "run"
+    (runs / "checkpoint-10").mkdir(parents=True)
+    write_step(runs / "checkpoint-10", 1, step=0).rename(
+        runs / "checkpoint-10" / "model-00001-of-00001.safetensors"
+    )
+    assert [(i.step, Path(i.path).name) for i in discover([str(runs)])] == [(10, "checkpoint-10")]
+
+
 # ----------------------------------------------------------------------------- cache
 
 

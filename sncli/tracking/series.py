@@ -32,6 +32,8 @@ _INTEGER = re.compile(r"\d+")
 _GLOB = re.compile(r"[*?\[]")
 #: A folder named like a training checkpoint (``checkpoint-1200``, ``step_50``, ``global_step7``).
 _STEP_FOLDER = re.compile(r"(?i)(?:checkpoint|ckpt|step|global_step|iter|iteration|epoch)[-_]?\d+")
+#: One shard of a sharded checkpoint (``model-00001-of-00002.safetensors``): never a step.
+_SHARD = re.compile(r"-\d+-of-\d+$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def step_of(path: str | Path) -> int | None:
 
 def _run_folder_entries(folder: Path) -> list[Path]:
     """The checkpoints a run folder holds: entries with an integer in their name that are
-    checkpoint files or folders holding one. Empty when the folder is a checkpoint itself."""
+    checkpoint files or folders holding one, shards of one sharded checkpoint apart. Empty when
+    the folder is a checkpoint itself (a sharded Hugging Face folder, say)."""
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
@@ -74,6 +77,8 @@ def _run_folder_entries(folder: Path) -> list[Path]:
     found = []
     for entry in entries:
         if entry.name.startswith(".") or not _INTEGER.search(_stem(entry)):
+            continue
+        if _SHARD.search(_stem(entry)):
             continue
         if _holds_checkpoint(entry) or (
             entry.is_file() and entry.name.lower().endswith(CHECKPOINT_SUFFIXES)
