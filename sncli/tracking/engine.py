@@ -18,7 +18,7 @@ from sncli.arguments import coerce_fields
 from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.messages import Level, Message, ProgressCallback, level_of
 from sncli.tracking.cache import TrackCache, cache_key, content_stamp
-from sncli.tracking.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
+from sncli.tracking.rows import COLUMNS, EXTRA_COLUMNS, SPECTRUM_COLUMNS, point_row
 from sncli.tracking.series import SeriesItem, discover
 
 __all__ = [
@@ -36,11 +36,16 @@ __all__ = [
 class TrackOptions:
     """What a track run computes. ``method``: inspect's σ settings; ``spectrum``: add the
     spectrum metrics (full float64 spectra); ``delta``: add ‖W_t − W_{t−1}‖₂ (diff's
-    measurement, no subspaces); ``key``/``skip_objects``: as for opening any checkpoint."""
+    measurement, no subspaces); ``key``/``skip_objects``: as for opening any checkpoint.
+    ``hill``/``mp_fit``/``randomize`` (with ``spectrum``): add ``sncli spectrum``'s extra
+    metrics (alpha_hill; WeightWatcher's MP fit; its randomized ESD, seeded by ``method.seed``)."""
 
     method: MethodOptions = field(default_factory=MethodOptions)
     spectrum: bool = False
     delta: bool = False
+    hill: bool = False
+    mp_fit: bool = False
+    randomize: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     transposed: tuple[str, ...] = ()
@@ -78,7 +83,34 @@ class TrackOptions:
         }
 
     def spectrum_key_options(self) -> dict[str, Any]:
-        return self._common()
+        """What changes the spectrum records: the selection, and each extra metric asked for
+        (only when asked, so the plain ``--spectrum`` entries of earlier runs stay valid)."""
+        options = self._common()
+        if self.hill:
+            options["hill"] = True
+        if self.mp_fit:
+            options["mp_fit"] = True
+        if self.randomize:
+            options["randomize"] = True
+            options["seed"] = self.method.seed
+        return options
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The extra columns these options add (``sncli.spectrum.EXTRA_METRICS`` order)."""
+        return self._spectrum_options().extras if self.spectrum else ()
+
+    def _spectrum_options(self) -> Any:
+        from sncli.spectrum import SpectrumOptions
+
+        return SpectrumOptions(
+            seed=self.method.seed,
+            workers=self.method.workers,
+            scheduler=self.method.scheduler,
+            hill=self.hill,
+            mp_fit=self.mp_fit,
+            randomize=self.randomize,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,7 +138,7 @@ class TrackPoint:
 
     def value(self, metric: str) -> float | int | None:
         """A metric by name: a field (sigma_max, drift_first, delta…) or a spectrum metric."""
-        if metric in SPECTRUM_COLUMNS:
+        if metric in SPECTRUM_COLUMNS or metric in EXTRA_COLUMNS:
             return self.metrics.get(metric)
         return getattr(self, metric)
 
@@ -135,6 +167,13 @@ class TrackReport:
     notes: list[str] = field(default_factory=list)
     computed: int = 0
     seconds: float | None = None
+    #: The extra spectrum columns asked for (``TrackOptions.extras``), after ``COLUMNS``.
+    extras: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The output's columns: ``COLUMNS`` then ``extras``."""
+        return (*COLUMNS, *self.extras)
 
     @property
     def steps(self) -> list[int]:
@@ -159,7 +198,9 @@ class TrackReport:
             import pandas
         except ImportError as exc:  # pragma: no cover - pandas is installed in the test env
             raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        frame = pandas.DataFrame([point_row(p) for p in self.points], columns=list(COLUMNS))
+        frame = pandas.DataFrame(
+            [point_row(p, self.extras) for p in self.points], columns=list(self.columns)
+        )
         frame.attrs.update({"method": self.method, "steps": self.steps})
         return frame
 
@@ -199,17 +240,15 @@ def _sigma_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
 
 
 def _spectrum_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
-    from sncli.spectrum import SpectrumOptions, spectra
+    from sncli.spectrum import spectra
 
-    report = spectra(
-        ckpt,
-        options=SpectrumOptions(workers=options.method.workers, scheduler=options.method.scheduler),
-        **options.selection(),
-    )
+    spectrum_options = options._spectrum_options()
+    report = spectra(ckpt, options=spectrum_options, **options.selection())
     records = []
     for layer in report.layers:
         record: dict[str, Any] = {"name": layer.name}
         record.update({column: getattr(layer, column) for column in SPECTRUM_COLUMNS})
+        record.update({column: getattr(layer, column) for column in spectrum_options.extras})
         records.append(record)
     return {"format": ckpt.format, "records": records, "notes": []}
 
@@ -353,7 +392,7 @@ def _assemble(
                     drift_prev=_drift(value, previous.get(name)) if index else None,
                     delta=moved.get("delta"),
                     delta_relative=moved.get("delta_relative"),
-                    metrics={c: metrics.get(c) for c in SPECTRUM_COLUMNS} if metrics else {},
+                    metrics={c: v for c, v in metrics.items() if c != "name"} if metrics else {},
                 )
             )
             current[name] = value
@@ -388,6 +427,7 @@ def _run(
         notes=notes,
         computed=sum(1 for s in sources if not s.cached),
         seconds=time.perf_counter() - began,
+        extras=options.extras,
     )
 
 
@@ -519,6 +559,7 @@ class Tracker:
             delta=self.options.delta,
             notes=list(self._run.notes) + (self.cache.notes if self.cache else []),
             computed=self._computed,
+            extras=self.options.extras,
         )
 
 
