@@ -186,7 +186,9 @@ def jensen_shannon_distance(p: np.ndarray, q: np.ndarray) -> float:
     def kl(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.sum(rel_entr(a / np.sum(a), b / np.sum(b))))
 
-    return math.sqrt((kl(p, m) + kl(q, m)) / 2)
+    # ≥ 0 in exact arithmetic; rounding can leave −1e-17 for equal distributions, where
+    # WeightWatcher's np.sqrt returns NaN: sncli returns 0.
+    return math.sqrt(max(0.0, (kl(p, m) + kl(q, m)) / 2))
 
 
 def layer_rng(seed: int, name: str) -> np.random.Generator:
