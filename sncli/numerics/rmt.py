@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -199,19 +200,33 @@ def layer_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode())])
 
 
-def randomized_eigenvalues(
-    matrix: np.ndarray, rng: np.random.Generator, replicas: int = 1
-) -> list[np.ndarray]:
-    """Per replica, the eigenvalues σ² (ascending, float64 LAPACK ``gesdd``) of ``matrix`` with
-    its elements permuted at random."""
-    import numpy as np
+#: Singular values of a float64 matrix (any order): the caller's SVD.
+SingularValues = Callable[["np.ndarray"], "np.ndarray"]
+
+
+def _lapack_svdvals(matrix: np.ndarray) -> np.ndarray:
     import scipy.linalg
 
+    return scipy.linalg.svdvals(matrix, check_finite=False)
+
+
+def randomized_eigenvalues(
+    matrix: np.ndarray,
+    rng: np.random.Generator,
+    replicas: int = 1,
+    svdvals: SingularValues | None = None,
+) -> list[np.ndarray]:
+    """Per replica, the eigenvalues σ² (ascending) of ``matrix`` with its elements permuted at
+    random. ``svdvals``: the SVD to use (default float64 LAPACK ``gesdd`` via scipy, whose own
+    BLAS threads oversubscribe beside parallel workers: sncli's engine passes its own)."""
+    import numpy as np
+
+    svd = svdvals or _lapack_svdvals
     flat = np.asarray(matrix, dtype=np.float64).reshape(-1)
     out = []
     for _ in range(replicas):
         shuffled = rng.permutation(flat).reshape(matrix.shape)
-        sigma = scipy.linalg.svdvals(shuffled, check_finite=False)
+        sigma = np.asarray(svd(shuffled), dtype=np.float64)
         out.append(np.sort(sigma * sigma))
     return out
 
@@ -226,7 +241,10 @@ class RandomizedESD:
 
 
 def randomized_esd(
-    matrix: np.ndarray, eigenvalues: np.ndarray, rng: np.random.Generator
+    matrix: np.ndarray,
+    eigenvalues: np.ndarray,
+    rng: np.random.Generator,
+    svdvals: SingularValues | None = None,
 ) -> RandomizedESD:
     """``apply_random_esd`` and ``apply_mp_fit(random=True)`` on one m×n ``matrix`` whose
     eigenvalues (σ², any order) are ``eigenvalues``.
@@ -239,7 +257,7 @@ def randomized_esd(
 
     evals = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     replicas = SMALL_LAYER_REPLICAS if evals.size < SMALL_LAYER_EVALS else 1
-    draws = randomized_eigenvalues(matrix, rng, replicas)
+    draws = randomized_eigenvalues(matrix, rng, replicas, svdvals)
     pooled = np.sort(np.concatenate(draws))
     fit = mp_fit(pooled, matrix.shape)
     distance = None

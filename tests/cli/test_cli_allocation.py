@@ -1,7 +1,7 @@
 """The allocation options on the command line (``--hill``, ``--mp-fit``, ``--randomize``,
 ``--group``, ``--export``) of ``spectrum`` and ``track``: values against numpy on the stored
 weights, the export against the printed values, reproducible randomization, refusals, and new
-golden files (``tests/golden/{spectrum,track}/*allocation*``, ``*hill*``, ``*group*``; the
+golden files (``tests/golden/allocation/``, ``tests/golden/track/mlp-run-{allocation,group-*}``; the
 default output is unchanged, as the existing goldens check)."""
 
 from __future__ import annotations
@@ -84,18 +84,18 @@ def _compare(actual: str, name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "args"),
     [
-        ("spectrum/transformer-hill-mp.csv", ["--hill", "--mp-fit", "--format", "csv"]),
+        ("allocation/spectrum-transformer-hill-mp.csv", ["--hill", "--mp-fit", "--format", "csv"]),
         (
-            "spectrum/transformer-group-block.json",
+            "allocation/spectrum-transformer-group-block.json",
             ["--hill", "--group", "block", "--format", "json"],
         ),
-        ("spectrum/transformer-group-module.txt", ["--hill", "--group", "module"]),
+        ("allocation/spectrum-transformer-group-module.txt", ["--hill", "--group", "module"]),
         (
-            "spectrum/transformer-randomize.json",
+            "allocation/spectrum-transformer-randomize.json",
             ["--randomize", "--seed", "3", "--filter", "q_proj", "--format", "json"],
         ),
         (
-            "spectrum/transformer-allocation.txt",
+            "allocation/spectrum-transformer-allocation.txt",
             ["--hill", "--mp-fit", "--randomize", "-f", "q_proj"],
         ),
     ],

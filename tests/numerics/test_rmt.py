@@ -169,3 +169,17 @@ def test_small_layers_pool_five_replicas() -> None:
     pooled = rmt.randomized_eigenvalues(w, rmt.layer_rng(1, "w"), rmt.SMALL_LAYER_REPLICAS)
     result = rmt.randomized_esd(w, evals, rmt.layer_rng(1, "w"))
     assert result.max_rand_eval == pytest.approx(max(float(d.max()) for d in pooled), rel=1e-12)
+
+
+def test_the_callers_svd_gives_the_same_draws() -> None:
+    """The engine passes its own SVD; the permutations, hence the values, are the same."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((120, 70))
+    evals = np.linalg.svd(w, compute_uv=False) ** 2
+    a = rmt.randomized_esd(w, evals, rmt.layer_rng(2, "w"))
+    b = rmt.randomized_esd(
+        w, evals, rmt.layer_rng(2, "w"), lambda m: np.linalg.svd(m, compute_uv=False)
+    )
+    assert a.num_traps == b.num_traps
+    assert a.rand_distance == pytest.approx(b.rand_distance, rel=1e-9)
+    assert a.max_rand_eval == pytest.approx(b.max_rand_eval, rel=1e-12)
