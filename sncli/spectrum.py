@@ -87,11 +87,13 @@ METRICS = (
 #: ``rand_distance``, ``num_traps``, ``max_rand_eval``: its randomized ESD
 #: (:mod:`sncli.numerics.rmt`).
 HILL_METRICS = ("alpha_hill",)
+#: ``snr``: the "Spectrum" paper's layer SNR (:func:`sncli.numerics.esd.spectrum_snr`), ``--snr``.
+SNR_METRICS = ("snr",)
 MP_FIT_METRICS = ("mp_softrank", "num_spikes", "bulk_max")
 RANDOMIZE_METRICS = ("rand_distance", "num_traps", "max_rand_eval")
-EXTRA_METRICS = HILL_METRICS + MP_FIT_METRICS + RANDOMIZE_METRICS
+EXTRA_METRICS = HILL_METRICS + SNR_METRICS + MP_FIT_METRICS + RANDOMIZE_METRICS
 #: The extras the summary averages when they are asked for.
-AVERAGED_EXTRAS = ("alpha_hill", "mp_softrank", "rand_distance")
+AVERAGED_EXTRAS = ("alpha_hill", "snr", "mp_softrank", "rand_distance")
 #: Metrics that the K largest singular values and ‖W‖_F determine (``--top-k``).
 PARTIAL_METRICS = (
     "sigma_max",
@@ -164,6 +166,7 @@ class LayerSpectrum:
     mp_spikes: int | None = None
     small_n_fit: bool = False
     alpha_hill: float | None = None
+    snr: float | None = None
     mp_softrank: float | None = None
     num_spikes: int | None = None
     bulk_max: float | None = None
@@ -273,7 +276,8 @@ class SpectrumOptions:
     the metrics that need the whole spectrum are then None). ``workers``: layers computed at
     once, each single-threaded (None: one per core, at most one per layer). ``scheduler``: the
     address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.run.dask`).
-    ``hill``: the output carries ``alpha_hill`` (always computed with a full spectrum);
+    ``hill``/``snr``: the output carries ``alpha_hill``/``snr`` (always computed with a full
+    spectrum);
     ``mp_fit``: WeightWatcher's fitted MP bulk; ``randomize``: its randomized-ESD metrics, each
     layer's permutations drawn from ``seed`` and the layer's name (reproducible). ``seed`` also
     starts ``top_k``'s Lanczos.
@@ -287,12 +291,14 @@ class SpectrumOptions:
     hill: bool = False
     mp_fit: bool = False
     randomize: bool = False
+    snr: bool = False
 
     @property
     def extras(self) -> tuple[str, ...]:
         """The ``EXTRA_METRICS`` these options put in the output."""
         return (
             (HILL_METRICS if self.hill else ())
+            + (SNR_METRICS if self.snr else ())
             + (MP_FIT_METRICS if self.mp_fit else ())
             + (RANDOMIZE_METRICS if self.randomize else ())
         )
@@ -456,7 +462,7 @@ def spectra(
     options = options or SpectrumOptions()
     if options.top_k is not None and options.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {options.top_k}")
-    if options.top_k is not None and (options.mp_fit or options.randomize or options.hill):
+    if options.top_k is not None and options.extras:
         raise ValueError("alpha_hill, the MP fit and the randomized ESD need full spectra")
     selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
     skipped = list(classification.skipped)

@@ -20,11 +20,13 @@ ALL = TrackOptions(
     method=MethodOptions(method=Method.DENSE, seed=4),
     spectrum=True,
     hill=True,
+    snr=True,
     mp_fit=True,
     randomize=True,
 )
 EXTRAS = (
     "alpha_hill",
+    "snr",
     "mp_softrank",
     "num_spikes",
     "bulk_max",
@@ -57,7 +59,7 @@ def test_equal_to_spectrum_per_checkpoint(run: Path) -> None:
     report = track(run, options=ALL)
     assert report.extras == EXTRAS
     assert report.columns[-len(EXTRAS) :] == EXTRAS
-    options = SpectrumOptions(hill=True, mp_fit=True, randomize=True, seed=4)
+    options = SpectrumOptions(hill=True, snr=True, mp_fit=True, randomize=True, seed=4)
     for step in STEPS:
         one = {
             layer.name: layer

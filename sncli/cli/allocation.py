@@ -18,6 +18,14 @@ HillOpt = Annotated[
         "with xmin at the median eigenvalue).",
     ),
 ]
+SNROpt = Annotated[
+    bool,
+    typer.Option(
+        "--snr",
+        help="Add snr: the Spectrum paper's layer signal-to-noise ratio (σ above / at or below "
+        "an MP threshold from the σ's interquartile range, divided by σ_max).",
+    ),
+]
 MPFitOpt = Annotated[
     bool,
     typer.Option(

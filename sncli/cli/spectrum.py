@@ -75,6 +75,7 @@ def spectrum(
     ] = TOP_K_TOL,
     seed: Annotated[int, typer.Option("--seed", help=alloc.SEED_HELP)] = 0,
     hill: alloc.HillOpt = False,
+    snr: alloc.SNROpt = False,
     mp_fit: alloc.MPFitOpt = False,
     randomize: alloc.RandomizeOpt = False,
     group: alloc.GroupOpt = None,
@@ -138,8 +139,10 @@ def spectrum(
             f"{export_metric!r} is not one of {', '.join(METRICS + EXTRA_METRICS)}",
             param_hint="--export-metric",
         )
-    if top_k is not None and (hill or mp_fit or randomize):
-        raise typer.BadParameter("--hill, --mp-fit and --randomize need full spectra: drop --top-k")
+    if top_k is not None and (hill or snr or mp_fit or randomize):
+        raise typer.BadParameter(
+            "--hill, --snr, --mp-fit and --randomize need full spectra: drop --top-k"
+        )
     alloc.check_export(export)
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
@@ -166,6 +169,7 @@ def spectrum(
                         workers=workers,
                         scheduler=scheduler,
                         hill=hill,
+                        snr=snr,
                         mp_fit=mp_fit,
                         randomize=randomize,
                     ),

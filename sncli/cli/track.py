@@ -106,6 +106,7 @@ def track(
         ),
     ] = 0,
     hill: alloc.HillOpt = False,
+    snr: alloc.SNROpt = False,
     mp_fit: alloc.MPFitOpt = False,
     randomize: alloc.RandomizeOpt = False,
     group: alloc.GroupOpt = None,
@@ -126,14 +127,15 @@ def track(
 ) -> None:
     """Follow every layer's σ_max (and spectrum metrics) over a training run's checkpoints."""
     from sncli.render.track import print_track_table, track_figure, track_to_csv, track_to_dict
-    from sncli.spectrum import HILL_METRICS, MP_FIT_METRICS, RANDOMIZE_METRICS
+    from sncli.spectrum import HILL_METRICS, MP_FIT_METRICS, RANDOMIZE_METRICS, SNR_METRICS
     from sncli.tracking import SPECTRUM_COLUMNS, TrackCache, TrackOptions
     from sncli.tracking import track as run_track
     from sncli.tracking.rows import EXTRA_COLUMNS
     from sncli.tracking.series import parse_steps
 
-    spectrum = spectrum or hill or mp_fit or randomize  # the extras are spectrum metrics
+    spectrum = spectrum or hill or snr or mp_fit or randomize  # the extras are spectrum metrics
     flags = {name: ("--hill", hill) for name in HILL_METRICS}
+    flags |= {name: ("--snr", snr) for name in SNR_METRICS}
     flags |= {name: ("--mp-fit", mp_fit) for name in MP_FIT_METRICS}
     flags |= {name: ("--randomize", randomize) for name in RANDOMIZE_METRICS}
     known = BASE_METRICS + SPECTRUM_COLUMNS + EXTRA_COLUMNS
@@ -166,6 +168,7 @@ def track(
         spectrum=spectrum,
         delta=delta,
         hill=hill,
+        snr=snr,
         mp_fit=mp_fit,
         randomize=randomize,
         key=key,

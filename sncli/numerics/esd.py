@@ -12,6 +12,8 @@ Everything here is a pure function of the singular values σ₁ ≥ … ≥ σ_k
 * AlphaPruning's ``PL_Alpha_Hill`` (:func:`alpha_hill`): the Hill estimate of the tail exponent
   with xmin fixed at the median eigenvalue, the per-layer number behind AlphaPruning's sparsity
   allocation.
+* Spectrum's layer signal-to-noise ratio (:func:`spectrum_snr`), by which its authors choose
+  the layers to unfreeze.
 * A Marchenko–Pastur bulk edge (:func:`mp_edge`): the largest eigenvalue a random matrix of the
   same shape and the same ‖W‖_F would have, and the number of λ above it.
 """
@@ -167,6 +169,35 @@ def alpha_hill(eigenvalues: np.ndarray) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def spectrum_snr(sigma: np.ndarray, shape: tuple[int, int]) -> float | None:
+    """The "Spectrum" SNR of a layer (Hartford et al. 2024), as its code computes it.
+
+    Transcribes ``ModelModifier.calculate_snr_for_layer`` of github.com/cognitivecomputations/
+    spectrum (``spectrum.py``): σ_est = (q₇₅ − q₂₅)/1.349 over the singular values (linear
+    quantiles, ``torch.quantile``), threshold σ_est·(1 + √β) with β = min(m, n)/max(m, n)
+    (``_marchenko_pastur_threshold``), SNR = Σσ above the threshold / Σσ at or below it, and
+    the reported value that SNR divided by σ_max (``snr_ratio``). Not scale invariant (÷ σ_max).
+    None when no σ is at or below the threshold (Spectrum: ∞) or for the zero matrix.
+    """
+    import numpy as np
+
+    sigma = np.asarray(sigma, dtype=np.float64)
+    m, n = shape
+    if sigma.size == 0 or m == 0 or n == 0:
+        return None
+    top = float(np.max(sigma))
+    if top == 0.0:
+        return None
+    q75, q25 = np.quantile(sigma, [0.75, 0.25])
+    beta = n / m if n < m else m / n
+    threshold = (q75 - q25) / 1.349 * math.sqrt((1 + math.sqrt(beta)) ** 2)
+    noise = float(np.sum(sigma[sigma <= threshold]))
+    if noise == 0.0:
+        return None
+    signal = float(np.sum(sigma[sigma > threshold]))
+    return signal / noise / top
+
+
 #: Candidate xmins evaluated at once by ``_standard_fit`` (a block × N array of float64).
 FIT_BLOCK = 64
 
@@ -298,6 +329,7 @@ class SpectrumMetrics:
     mp_spikes: int
     small_n_fit: bool = False
     alpha_hill: float | None = None
+    snr: float | None = None
 
 
 def _log10(value: float) -> float | None:
@@ -351,6 +383,7 @@ def spectrum_metrics(sigma: np.ndarray, shape: tuple[int, int], eps: float) -> S
         mp_spikes=int(np.count_nonzero(lam > edge)) if top > 0 else 0,
         small_n_fit=fit is not None and fit.small_n,
         alpha_hill=alpha_hill(lam),
+        snr=spectrum_snr(sigma, shape),
     )
 
 

@@ -20,6 +20,7 @@ HEADERS = {
     "sigma_max": "σ_max",
     "alpha": "α",
     "alpha_hill": "α_hill",
+    "snr": "SNR",
     "stable_rank": "stable rank",
     "effective_rank": "eff. rank",
     "entropy": "entropy",

@@ -153,6 +153,7 @@ def _num(value: float | int | None, digits: int = 4) -> str:
 #: Table headers of the ``EXTRA_METRICS`` (``max_rand_eval`` and ``bulk_max``: JSON/CSV only).
 EXTRA_HEADERS = {
     "alpha_hill": "α_hill",
+    "snr": "SNR",
     "mp_softrank": "MP softrank",
     "num_spikes": "spikes (MP fit)",
     "rand_distance": "rand. dist.",
@@ -254,6 +255,11 @@ def _print_extra_caption(extras: tuple[str, ...], console: Console) -> None:
         parts.append(
             "α_hill: AlphaPruning's PL_Alpha_Hill, the Hill estimate with xmin at the median "
             "eigenvalue"
+        )
+    if "snr" in extras:
+        parts.append(
+            "SNR: Spectrum's Σσ above / Σσ below σ_IQR·(1 + √β), divided by σ_max (−− when no σ "
+            "is below)"
         )
     if "mp_softrank" in extras:
         parts.append(

@@ -37,13 +37,15 @@ class TrackOptions:
     """What a track run computes. ``method``: inspect's σ settings; ``spectrum``: add the
     spectrum metrics (full float64 spectra); ``delta``: add ‖W_t − W_{t−1}‖₂ (diff's
     measurement, no subspaces); ``key``/``skip_objects``: as for opening any checkpoint.
-    ``hill``/``mp_fit``/``randomize`` (with ``spectrum``): add ``sncli spectrum``'s extra
-    metrics (alpha_hill; WeightWatcher's MP fit; its randomized ESD, seeded by ``method.seed``)."""
+    ``hill``/``snr``/``mp_fit``/``randomize`` (with ``spectrum``): add ``sncli spectrum``'s
+    extra metrics (alpha_hill; Spectrum's SNR; WeightWatcher's MP fit; its randomized ESD,
+    seeded by ``method.seed``)."""
 
     method: MethodOptions = field(default_factory=MethodOptions)
     spectrum: bool = False
     delta: bool = False
     hill: bool = False
+    snr: bool = False
     mp_fit: bool = False
     randomize: bool = False
     include: tuple[str, ...] = ()
@@ -88,6 +90,8 @@ class TrackOptions:
         options = self._common()
         if self.hill:
             options["hill"] = True
+        if self.snr:
+            options["snr"] = True
         if self.mp_fit:
             options["mp_fit"] = True
         if self.randomize:
@@ -108,6 +112,7 @@ class TrackOptions:
             workers=self.method.workers,
             scheduler=self.method.scheduler,
             hill=self.hill,
+            snr=self.snr,
             mp_fit=self.mp_fit,
             randomize=self.randomize,
         )

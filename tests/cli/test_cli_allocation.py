@@ -84,7 +84,10 @@ def _compare(actual: str, name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "args"),
     [
-        ("allocation/spectrum-transformer-hill-mp.csv", ["--hill", "--mp-fit", "--format", "csv"]),
+        (
+            "allocation/spectrum-transformer-hill-mp.csv",
+            ["--hill", "--snr", "--mp-fit", "--format", "csv"],
+        ),
         (
             "allocation/spectrum-transformer-group-block.json",
             ["--hill", "--group", "block", "--format", "json"],
