@@ -133,6 +133,9 @@ def track(
     from sncli.tracking.rows import EXTRA_COLUMNS
     from sncli.tracking.series import parse_steps
 
+    if export is not None:  # the cheap extras come with their export (the default alpha_hill)
+        hill = hill or export_metric in HILL_METRICS
+        snr = snr or export_metric in SNR_METRICS
     spectrum = spectrum or hill or snr or mp_fit or randomize  # the extras are spectrum metrics
     flags = {name: ("--hill", hill) for name in HILL_METRICS}
     flags |= {name: ("--snr", snr) for name in SNR_METRICS}

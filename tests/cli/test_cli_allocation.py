@@ -225,6 +225,9 @@ def test_track_allocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     data = json.loads(out)
     assert data["group_by"] == "module" and data["steps"] == [0, 100, 200, 300]
     assert len(data["groups"]) == 12  # 4 steps × 3 layers outside any block
+    code, _, err = invoke("track", "run", "-m", "dense", "--export", "b.json")  # implies --hill
+    assert code == 0, err
+    assert json.loads(Path("b.json").read_text())["values"] == table.tolist()
     code, out, err = invoke("track", "run", "--metric", "alpha_hill")
     assert code == 2 and "needs --hill" in " ".join((out + err).replace("│", " ").split())
 
