@@ -85,7 +85,8 @@ def print_groups_table(
     console: Console,
     steps: Sequence[int] | None = None,
 ) -> None:
-    shown = [m for m in metrics if m in HEADERS] or list(metrics)
+    defined = [m for m in metrics if any(g.means.get(m) is not None for g in groups)]
+    shown = [m for m in defined if m in HEADERS] or defined
     table = Table(title=escape(clean_text(title)), title_justify="left")
     if steps is not None:
         table.add_column("step", justify="right")
