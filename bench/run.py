@@ -62,6 +62,54 @@ def _weights(path: str):
                 yield name, tensor
 
 
+def _allocation_child(kind: str, path: str) -> tuple[dict[str, float], dict[str, object]]:
+    """The children of ``_allocation_agreement``: sncli's extra metrics, or WeightWatcher's and
+    AlphaPruning's."""
+    import torch
+
+    sigmas: dict[str, float] = {}
+    extra: dict[str, object] = {}
+    if kind == "spectrum_allocation":  # spectrum with --hill --mp-fit --randomize (seed 0)
+        import sncli
+        from sncli.spectrum import EXTRA_METRICS, SpectrumOptions, spectra
+
+        options = SpectrumOptions(hill=True, mp_fit=True, randomize=True)
+        with sncli.open_checkpoint(path) as ckpt:
+            report = spectra(ckpt, options=options)
+        sigmas = {layer.name: layer.sigma_max for layer in report.layers}
+        extra = {
+            "metrics": {
+                layer.name: {m: getattr(layer, m) for m in EXTRA_METRICS} for layer in report.layers
+            }
+        }
+    else:  # /work/venv-ww: analyze(mp_fit, randomize) + AP
+        import numpy as np
+        import weightwatcher
+        from safetensors.torch import load_file
+
+        np.random.seed(0)
+        details = weightwatcher.WeightWatcher(model=str(Path(path).parent)).analyze(
+            mp_fit=True, randomize=True
+        )
+        columns = [c for c in WW_ALLOCATION_COLUMNS if c in details.columns]
+        rows = details[["name", *columns]].to_dict(orient="records")
+        extra = {"ww_metrics": {row.pop("name") + ".weight": row for row in rows}}
+        # AlphaPruning's alpha_mid (lib/esd_utils.py, net_esd_estimator, fix_fingers='xmin_mid'),
+        # its own code path: float32 torch svdvals, eigs ascending, i = int(N/2)
+        hill = {}
+        for name, tensor in load_file(str(path)).items():
+            if tensor.dim() != 2:
+                continue
+            eigs = torch.square(torch.linalg.svdvals(tensor.to(torch.float32)).flatten())
+            eigs, _ = torch.sort(eigs, descending=False)
+            i = int(len(eigs) / 2)
+            n = float(len(eigs) - i)
+            logs = torch.log(eigs)
+            hill[name] = (1 + n / (torch.sum(logs[i:]) - n * logs[i])).item()
+        extra["alphapruning_alpha_mid"] = hill
+    return sigmas, extra
+
+
 def child(kind: str, path: str, method: str | None) -> dict[str, object]:
     """Run one measurement in this process."""
     began = time.perf_counter()
@@ -115,6 +163,8 @@ def child(kind: str, path: str, method: str | None) -> dict[str, object]:
             "save_seconds": time.perf_counter() - start_save,
             "metrics": {layer.name: layer.metrics() for layer in report.layers},
         }
+    elif kind in ("spectrum_allocation", "weightwatcher_allocation"):
+        sigmas, extra = _allocation_child(kind, path)
     elif kind == "svdvals64_spectra":  # float64 scipy svdvals loop, values to <path>.svd.npz
         import numpy as np
         import scipy.linalg
@@ -182,6 +232,17 @@ WW_COLUMNS = {
     "log_alpha_norm": "log_alpha_norm",
     "entropy": "entropy",
     "matrix_rank": "numerical_rank",
+}
+
+
+#: WeightWatcher's mp_fit/randomize columns compared with sncli's --mp-fit/--randomize ones.
+WW_ALLOCATION_COLUMNS = {
+    "mp_softrank": "mp_softrank",
+    "num_spikes": "num_spikes",
+    "bulk_max": "bulk_max",
+    "rand_distance": "rand_distance",
+    "num_traps": "num_traps",
+    "max_rand_eval": "max_rand_eval",
 }
 
 
@@ -534,9 +595,72 @@ def spectrum_section(folder: Path, env: dict[str, str], repeat: int, quick: bool
             "(numerical_rank differs by design: sncli takes ε of the stored dtype, WeightWatcher's "
             "matrix_rank float64's.)"
         )
+        lines += _allocation_agreement(path, env)
     table = "\n".join(lines)
     print(table, flush=True)
     return {"table": table, "sncli": ours, "svdvals": svd, "weightwatcher": ww, "errors": errors}
+
+
+def _allocation_agreement(path: Path, env: dict[str, str]) -> list[str]:
+    """sncli's --hill/--mp-fit/--randomize against WeightWatcher 0.7.7's analyze(mp_fit=True,
+    randomize=True) and AlphaPruning's alpha_mid code (float32 torch) on the same file. The
+    fitted MP bulk is deterministic (compared exactly); the randomized metrics come from
+    different random permutations on each side (compared as distributions)."""
+    import statistics
+
+    ours = run_child(
+        "sncli spectrum --hill --mp-fit --randomize", "spectrum_allocation", path, None, 1, env
+    )
+    ww = run_child(
+        "WeightWatcher analyze(mp_fit, randomize)",
+        "weightwatcher_allocation",
+        path,
+        None,
+        1,
+        _ww_env(env),
+        WW_PYTHON,
+    )
+    mine, theirs = ours.extra["metrics"], ww.extra["ww_metrics"]  # type: ignore[union-attr]
+    lines = [
+        "",
+        f"Allocation metrics (sncli --hill --mp-fit --randomize {ours.seconds:.1f} s; "
+        f"WeightWatcher analyze(mp_fit=True, randomize=True) {ww.seconds:.1f} s, one run each):",
+        "",
+        "| metric | layers | agreement |",
+        "|---|---:|---|",
+    ]
+    hill = ww.extra["alphapruning_alpha_mid"]  # type: ignore[index]
+    diffs = [abs(mine[k]["alpha_hill"] - v) / abs(v) for k, v in hill.items() if k in mine]
+    lines.append(
+        f"| alpha_hill vs AlphaPruning's alpha_mid (float32 torch svdvals) | {len(diffs)} | "
+        f"max rel. difference {max(diffs):.1e} |"
+    )
+    for name in ("mp_softrank", "bulk_max", "num_spikes"):
+        pairs = [(mine[k][name], row[name]) for k, row in theirs.items() if k in mine]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and b == b]
+        rel = [abs(a - b) / abs(b) if b else abs(a) for a, b in pairs]
+        same = sum(1 for a, b in pairs if a == b)
+        lines.append(
+            f"| {name} (deterministic) | {len(pairs)} | max rel. difference {max(rel):.1e}; "
+            f"{same} identical |"
+        )
+    for name in ("rand_distance", "max_rand_eval"):
+        pairs = [(mine[k][name], row[name]) for k, row in theirs.items() if k in mine]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and b == b]
+        rel = [abs(a - b) / abs(b) for a, b in pairs if b]
+        ours_median = statistics.median(a for a, _ in pairs)
+        lines.append(
+            f"| {name} (random) | {len(pairs)} | median sncli {ours_median:.4g}"
+            f", WeightWatcher {statistics.median(b for _, b in pairs):.4g}; rel. difference "
+            f"median {statistics.median(rel):.1e}, max {max(rel):.1e} |"
+        )
+    pairs = [(mine[k]["num_traps"], row["num_traps"]) for k, row in theirs.items() if k in mine]
+    same = sum(1 for a, b in pairs if a == b)
+    lines.append(
+        f"| num_traps (random) | {len(pairs)} | equal on {same}; sncli total "
+        f"{sum(a or 0 for a, _ in pairs)}, WeightWatcher total {sum(int(b) for _, b in pairs)} |"
+    )
+    return lines
 
 
 def _ww_env(env: dict[str, str]) -> dict[str, str]:

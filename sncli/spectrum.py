@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import pandas
 
 __all__ = [
+    "EXTRA_METRICS",
     "METRICS",
     "LayerSpectrum",
     "SpectrumOptions",
@@ -79,6 +80,20 @@ METRICS = (
     "mp_edge",
     "mp_spikes",
 )
+#: Metrics beyond ``METRICS``, each a column of the output only when asked for (``--hill``,
+#: ``--mp-fit``, ``--randomize``; ``SpectrumReport.extras``), so the default output is unchanged.
+#: ``alpha_hill``: AlphaPruning's PL_Alpha_Hill (:func:`sncli.numerics.esd.alpha_hill`);
+#: ``mp_softrank``, ``num_spikes``, ``bulk_max``: WeightWatcher's fitted Marchenko–Pastur bulk;
+#: ``rand_distance``, ``num_traps``, ``max_rand_eval``: its randomized ESD
+#: (:mod:`sncli.numerics.rmt`).
+HILL_METRICS = ("alpha_hill",)
+#: ``snr``: the "Spectrum" paper's layer SNR (:func:`sncli.numerics.esd.spectrum_snr`), ``--snr``.
+SNR_METRICS = ("snr",)
+MP_FIT_METRICS = ("mp_softrank", "num_spikes", "bulk_max")
+RANDOMIZE_METRICS = ("rand_distance", "num_traps", "max_rand_eval")
+EXTRA_METRICS = HILL_METRICS + SNR_METRICS + MP_FIT_METRICS + RANDOMIZE_METRICS
+#: The extras the summary averages when they are asked for.
+AVERAGED_EXTRAS = ("alpha_hill", "snr", "mp_softrank", "rand_distance")
 #: Metrics that the K largest singular values and ‖W‖_F determine (``--top-k``).
 PARTIAL_METRICS = (
     "sigma_max",
@@ -150,6 +165,14 @@ class LayerSpectrum:
     mp_edge: float | None = None
     mp_spikes: int | None = None
     small_n_fit: bool = False
+    alpha_hill: float | None = None
+    snr: float | None = None
+    mp_softrank: float | None = None
+    num_spikes: int | None = None
+    bulk_max: float | None = None
+    rand_distance: float | None = None
+    num_traps: int | None = None
+    max_rand_eval: float | None = None
     transposed: bool = False
     reshape_note: str | None = None
     #: How the name was read (embedding or not), from ``Layer.note``; "" when no name decided.
@@ -178,6 +201,12 @@ class LayerSpectrum:
         """The metric fields as a dict, in ``METRICS`` order."""
         return {name: getattr(self, name) for name in METRICS}
 
+    def value(self, metric: str) -> float | int | None:
+        """One metric (of ``METRICS`` or ``EXTRA_METRICS``) by name."""
+        if metric not in METRICS and metric not in EXTRA_METRICS:
+            raise KeyError(metric)
+        return getattr(self, metric)
+
 
 @dataclass(frozen=True)
 class SpectrumReport:
@@ -195,6 +224,8 @@ class SpectrumReport:
     notes: list[str] = field(default_factory=list)
     workers: int = 1
     seconds: float | None = None
+    #: The ``EXTRA_METRICS`` the output carries (from ``SpectrumOptions``), in that order.
+    extras: tuple[str, ...] = ()
 
     @property
     def largest(self) -> LayerSpectrum | None:
@@ -203,7 +234,7 @@ class SpectrumReport:
     def summary(self) -> dict[str, float | None]:
         """The mean of each of ``SUMMARY_METRICS`` over the layers where it is defined."""
         means: dict[str, float | None] = {}
-        for name in SUMMARY_METRICS:
+        for name in SUMMARY_METRICS + tuple(m for m in self.extras if m in AVERAGED_EXTRAS):
             values = [getattr(layer, name) for layer in self.layers]
             present = [v for v in values if v is not None and math.isfinite(v)]
             means[name] = sum(present) / len(present) if present else None
@@ -231,9 +262,10 @@ class SpectrumReport:
                 "count": layer.count,
             }
             row.update(layer.metrics())
+            row.update({name: getattr(layer, name) for name in self.extras})
             rows.append(row)
         columns = ["name", "kind", "shape", "dtype", "matrix_shape", "algorithm", "bound"]
-        return pandas.DataFrame(rows, columns=[*columns, "count", *METRICS])
+        return pandas.DataFrame(rows, columns=[*columns, "count", *METRICS, *self.extras])
 
 
 @dataclass(frozen=True)
@@ -244,6 +276,11 @@ class SpectrumOptions:
     the metrics that need the whole spectrum are then None). ``workers``: layers computed at
     once, each single-threaded (None: one per core, at most one per layer). ``scheduler``: the
     address of a Dask scheduler to run the layers on as tasks (:mod:`sncli.run.dask`).
+    ``hill``/``snr``: the output carries ``alpha_hill``/``snr`` (always computed with a full
+    spectrum);
+    ``mp_fit``: WeightWatcher's fitted MP bulk; ``randomize``: its randomized-ESD metrics, each
+    layer's permutations drawn from ``seed`` and the layer's name (reproducible). ``seed`` also
+    starts ``top_k``'s Lanczos.
     """
 
     top_k: int | None = None
@@ -251,6 +288,20 @@ class SpectrumOptions:
     seed: int = DEFAULT_SEED
     workers: int | None = None
     scheduler: str | None = None
+    hill: bool = False
+    mp_fit: bool = False
+    randomize: bool = False
+    snr: bool = False
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The ``EXTRA_METRICS`` these options put in the output."""
+        return (
+            (HILL_METRICS if self.hill else ())
+            + (SNR_METRICS if self.snr else ())
+            + (MP_FIT_METRICS if self.mp_fit else ())
+            + (RANDOMIZE_METRICS if self.randomize else ())
+        )
 
 
 def dtype_eps(dtype: str) -> float:
@@ -292,6 +343,7 @@ def _spectrum_of(layer: Layer, weight: Any, options: SpectrumOptions) -> LayerSp
         metrics = spectrum_metrics(spectrum.values, layer.matrix_shape, info["eps"])
         values = {f.name: _finite(getattr(metrics, f.name)) for f in fields(metrics)}
         values.pop("small_n_fit")
+        values.update(_rmt_metrics(layer, matrix, spectrum.values, options))
         return LayerSpectrum(
             **info,
             algorithm=spectrum.algorithm,
@@ -315,6 +367,46 @@ def _spectrum_of(layer: Layer, weight: Any, options: SpectrumOptions) -> LayerSp
         converged=spectrum.converged,
         **values,
     )
+
+
+def _rmt_metrics(
+    layer: Layer, matrix: Any, sigma: np.ndarray, options: SpectrumOptions
+) -> dict[str, float | int | None]:
+    """WeightWatcher's fitted-MP (``mp_fit``) and randomized-ESD (``randomize``) metrics."""
+    if not (options.mp_fit or options.randomize):
+        return {}
+    import numpy as np
+
+    from sncli.numerics import rmt
+
+    lam = np.asarray(sigma, dtype=np.float64) ** 2
+    out: dict[str, float | int | None] = {}
+    if options.mp_fit:
+        fit = rmt.mp_fit(lam, layer.matrix_shape)
+        out["mp_softrank"] = None if fit is None else _finite(fit.mp_softrank)
+        out["num_spikes"] = None if fit is None else fit.num_spikes
+        out["bulk_max"] = None if fit is None else _finite(fit.bulk_max)
+    if options.randomize:
+        dense = matrix.detach().cpu().double().numpy() if hasattr(matrix, "detach") else matrix
+        randomized = rmt.randomized_esd(
+            np.asarray(dense, dtype=np.float64),
+            lam,
+            rmt.layer_rng(options.seed, layer.name),
+            _engine_svdvals,
+        )
+        out["rand_distance"] = _finite(randomized.rand_distance)
+        out["num_traps"] = randomized.num_traps
+        out["max_rand_eval"] = _finite(randomized.max_rand_eval)
+    return out
+
+
+def _engine_svdvals(matrix: np.ndarray) -> np.ndarray:
+    """The spectrum engine's own float64 SVD (:func:`singular_values`), for the randomized
+    ESD: it runs on the worker's single BLAS thread (scipy's ``svdvals`` on its own OpenBLAS
+    threads took 6× longer beside two workers under load)."""
+    import torch
+
+    return singular_values(torch.from_numpy(matrix)).values
 
 
 def layer_spectrum(
@@ -370,6 +462,8 @@ def spectra(
     options = options or SpectrumOptions()
     if options.top_k is not None and options.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {options.top_k}")
+    if options.top_k is not None and options.extras:
+        raise ValueError("alpha_hill, the MP fit and the randomized ESD need full spectra")
     selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
     skipped = list(classification.skipped)
     began = time.perf_counter()
@@ -410,6 +504,7 @@ def spectra(
         notes=notes,
         workers=workers,
         seconds=time.perf_counter() - began,
+        extras=options.extras,
     )
 
 

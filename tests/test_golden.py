@@ -529,6 +529,8 @@ def test_golden_files_have_cases() -> None:
         }
     # sncli track's goldens need a run folder built per test: tests/cli/test_cli_track.py
     known |= set((GOLDEN / "track").glob("*"))
+    # spectrum/track with --hill, --mp-fit, --randomize, --group: tests/cli/test_cli_allocation.py
+    known |= set((GOLDEN / "allocation").glob("*"))
     stale = [p.relative_to(REPO) for p in GOLDEN.rglob("*") if p.is_file() and p not in known]
     assert not stale, f"golden files of no case (delete them): {stale}"
     assert len({case.id for case in CASES}) == len(CASES)

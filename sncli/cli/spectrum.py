@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sncli.cli import allocation as alloc
 from sncli.cli import options as opt
 from sncli.cli.app import app
 from sncli.cli.opening import open_with_base
@@ -29,6 +30,8 @@ from sncli.spectrum import (
     "  sncli spectrum sample_models/mlp.safetensors\n\n"
     "  sncli spectrum model.safetensors --format json --sort alpha --top 10\n\n"
     "  sncli spectrum model.safetensors --top-k 32 --save-spectra spectra.npz\n\n"
+    "  sncli spectrum model.safetensors --hill --group block --export alpha.npy\n\n"
+    "  sncli spectrum model.safetensors --mp-fit --randomize --seed 1 --format csv\n\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
 )
 @handle_errors
@@ -70,7 +73,14 @@ def spectrum(
             help="--top-k: the relative error each value must reach (estimated).",
         ),
     ] = TOP_K_TOL,
-    seed: opt.SeedOpt = 0,
+    seed: Annotated[int, typer.Option("--seed", help=alloc.SEED_HELP)] = 0,
+    hill: alloc.HillOpt = False,
+    snr: alloc.SNROpt = False,
+    mp_fit: alloc.MPFitOpt = False,
+    randomize: alloc.RandomizeOpt = False,
+    group: alloc.GroupOpt = None,
+    export: alloc.ExportOpt = None,
+    export_metric: alloc.ExportMetricOpt = "alpha_hill",
     save: Annotated[
         str | None,
         typer.Option(
@@ -122,6 +132,18 @@ def spectrum(
         )
     if plot_layer is not None and plot is None:
         raise typer.BadParameter("--layer chooses what --plot draws; give --plot FILE too")
+    from sncli.spectrum import EXTRA_METRICS, METRICS
+
+    if export_metric not in METRICS + EXTRA_METRICS:
+        raise typer.BadParameter(
+            f"{export_metric!r} is not one of {', '.join(METRICS + EXTRA_METRICS)}",
+            param_hint="--export-metric",
+        )
+    if top_k is not None and (hill or snr or mp_fit or randomize):
+        raise typer.BadParameter(
+            "--hill, --snr, --mp-fit and --randomize need full spectra: drop --top-k"
+        )
+    alloc.check_export(export)
     chosen = opt.selection(include, exclude, transposed)
     sink = Sink(quiet)
     opt.note_ignored_workers(sink, scheduler, workers)
@@ -141,7 +163,15 @@ def spectrum(
                 report = spectra(
                     ckpt,
                     options=SpectrumOptions(
-                        top_k=top_k, tol=tol, seed=seed, workers=workers, scheduler=scheduler
+                        top_k=top_k,
+                        tol=tol,
+                        seed=seed,
+                        workers=workers,
+                        scheduler=scheduler,
+                        hill=hill,
+                        snr=snr,
+                        mp_fit=mp_fit,
+                        randomize=randomize,
                     ),
                     **chosen,
                     progress=progress,
@@ -157,14 +187,70 @@ def spectrum(
         layers = layers[::-1]
     if top is not None:
         layers = layers[:top]
-    emit(
-        output_format,
-        lambda: spectrum_to_dict(report, layers),
-        lambda: spectrum_to_csv(layers),
-        lambda console: print_spectrum_table(report, layers, console),
-    )
+    if export is not None:
+        _export(report, export, export_metric, group, sink)
+    if group is not None:
+        _emit_groups(report, group.value, output_format)
+    else:
+        emit(
+            output_format,
+            lambda: spectrum_to_dict(report, layers),
+            lambda: spectrum_to_csv(layers, report.extras),
+            lambda console: print_spectrum_table(report, layers, console),
+        )
     if plot is not None:
         _plot(report, plot, metric, plot_layer, sink)
+
+
+def _rows(report: SpectrumReport) -> list[tuple[str, dict]]:
+    """Every analysed layer in model order with its metrics (and the asked-for extras)."""
+    from sncli.spectrum import EXTRA_METRICS
+
+    return [
+        (layer.name, {**layer.metrics(), **{m: getattr(layer, m) for m in EXTRA_METRICS}})
+        for layer in report.layers
+    ]
+
+
+def _export(report: SpectrumReport, path: str, metric: str, group: object, sink: Sink) -> None:
+    from sncli.allocation import export_values, write_export
+
+    names, values, groups = export_values(
+        _rows(report),
+        metric,
+        None if group is None else group.value,  # type: ignore[attr-defined]
+    )
+    written = write_export(
+        path,
+        metric,
+        names,
+        values,
+        groups=groups,
+        by=None if group is None else group.value,  # type: ignore[attr-defined]
+        source=report.checkpoint,
+    )
+    missing = sum(1 for v in values if v is None)
+    note = f"{metric} of {len(names)} matrices written to {written}"
+    if missing:
+        note += f" ({missing} undefined: NaN/null)"
+    sink.note(note)
+
+
+def _emit_groups(report: SpectrumReport, by: str, output_format: OutputFormat) -> None:
+    from sncli.allocation import group_means
+    from sncli.render.allocation import groups_to_csv, groups_to_dict, print_groups_table
+    from sncli.spectrum import METRICS
+
+    metrics = [*METRICS, *report.extras]
+    groups = group_means(_rows(report), by, metrics)
+    emit(
+        output_format,
+        lambda: groups_to_dict(report.checkpoint, by, groups, metrics),
+        lambda: groups_to_csv(groups, metrics),
+        lambda console: print_groups_table(
+            f"Spectrum per {by}: {report.checkpoint}", groups, metrics, console
+        ),
+    )
 
 
 def _plot(report: SpectrumReport, path: str, metric: str, name: str | None, sink: Sink) -> None:

@@ -9,6 +9,11 @@ Everything here is a pure function of the singular values σ₁ ≥ … ≥ σ_k
 * WeightWatcher 0.7.x's metrics on the eigenvalues λᵢ = σᵢ² of WᵀW (not normalized): the
   power-law tail fit (:func:`fit_power_law`, its ``WW_powerlaw.WWFit``), ``log_alpha_norm``,
   ``alpha_weighted`` and the matrix entropy (:func:`ww_entropy`, its ``RMT_Util.matrix_entropy``).
+* AlphaPruning's ``PL_Alpha_Hill`` (:func:`alpha_hill`): the Hill estimate of the tail exponent
+  with xmin fixed at the median eigenvalue, the per-layer number behind AlphaPruning's sparsity
+  allocation.
+* Spectrum's layer signal-to-noise ratio (:func:`spectrum_snr`), by which its authors choose
+  the layers to unfreeze.
 * A Marchenko–Pastur bulk edge (:func:`mp_edge`): the largest eigenvalue a random matrix of the
   same shape and the same ‖W‖_F would have, and the number of λ above it.
 """
@@ -133,6 +138,64 @@ def mp_edge(frobenius_sq: float, shape: tuple[int, int]) -> float:
     if m == 0 or n == 0:
         return 0.0
     return frobenius_sq / (m * n) * (math.sqrt(m) + math.sqrt(n)) ** 2
+
+
+def alpha_hill(eigenvalues: np.ndarray) -> float | None:
+    """AlphaPruning's ``PL_Alpha_Hill``: α = 1 + n/Σ_{j≥i} ln(λⱼ/λᵢ), xmin = λᵢ the median.
+
+    Transcribes ``net_esd_estimator(fix_fingers='xmin_mid')`` of AlphaPruning
+    (github.com/haiquanlu/AlphaPruning, ``lib/esd_utils.py``, the metric ``alpha_mid`` that
+    ``get_esd_metrics`` computes): the eigenvalues λ = σ² of WᵀW, not normalized and not
+    filtered (its default ``filter_zeros=False``), sorted ascending; i = ⌊N/2⌋ (``xmin_pos=2``),
+    n = N − i, α = 1 + n/(Σ_{j≥i} ln λⱼ − n·ln λᵢ). AlphaPruning takes float32 singular values;
+    sncli passes its float64 ones. Scale invariant (λ → cλ leaves α unchanged). None with fewer
+    than two eigenvalues, a zero median (ln 0) or a constant upper half (α = ∞).
+    """
+    import numpy as np
+
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    count = lam.size
+    if count < 2:
+        return None
+    index = count // 2  # int(len(nz_eigs) / xmin_pos), xmin_pos = 2
+    if not lam[index] > 0:
+        return None
+    n = float(count - index)
+    logs = np.log(lam[index:])
+    denominator = float(np.sum(logs)) - n * float(logs[0])
+    if not denominator > 0:
+        return None
+    value = 1.0 + n / denominator
+    return value if math.isfinite(value) else None
+
+
+def spectrum_snr(sigma: np.ndarray, shape: tuple[int, int]) -> float | None:
+    """The "Spectrum" SNR of a layer (Hartford et al. 2024), as its code computes it.
+
+    Transcribes ``ModelModifier.calculate_snr_for_layer`` of github.com/cognitivecomputations/
+    spectrum (``spectrum.py``): σ_est = (q₇₅ − q₂₅)/1.349 over the singular values (linear
+    quantiles, ``torch.quantile``), threshold σ_est·(1 + √β) with β = min(m, n)/max(m, n)
+    (``_marchenko_pastur_threshold``), SNR = Σσ above the threshold / Σσ at or below it, and
+    the reported value that SNR divided by σ_max (``snr_ratio``). Not scale invariant (÷ σ_max).
+    None when no σ is at or below the threshold (Spectrum: ∞) or for the zero matrix.
+    """
+    import numpy as np
+
+    sigma = np.asarray(sigma, dtype=np.float64)
+    m, n = shape
+    if sigma.size == 0 or m == 0 or n == 0:
+        return None
+    top = float(np.max(sigma))
+    if top == 0.0:
+        return None
+    q75, q25 = np.quantile(sigma, [0.75, 0.25])
+    beta = n / m if n < m else m / n
+    threshold = (q75 - q25) / 1.349 * math.sqrt((1 + math.sqrt(beta)) ** 2)
+    noise = float(np.sum(sigma[sigma <= threshold]))
+    if noise == 0.0:
+        return None
+    signal = float(np.sum(sigma[sigma > threshold]))
+    return signal / noise / top
 
 
 #: Candidate xmins evaluated at once by ``_standard_fit`` (a block × N array of float64).
@@ -265,6 +328,8 @@ class SpectrumMetrics:
     mp_edge: float
     mp_spikes: int
     small_n_fit: bool = False
+    alpha_hill: float | None = None
+    snr: float | None = None
 
 
 def _log10(value: float) -> float | None:
@@ -317,6 +382,8 @@ def spectrum_metrics(sigma: np.ndarray, shape: tuple[int, int], eps: float) -> S
         mp_edge=edge,
         mp_spikes=int(np.count_nonzero(lam > edge)) if top > 0 else 0,
         small_n_fit=fit is not None and fit.small_n,
+        alpha_hill=alpha_hill(lam),
+        snr=spectrum_snr(sigma, shape),
     )
 
 

@@ -28,8 +28,9 @@ from sncli.spectrum import METRICS, LayerSpectrum, SpectrumReport
 SPECTRAL_NORM_NOTE = "raw weight; the model uses W/σ̂ (σ̂ = uᵀWv from the stored u, v)"
 
 
-def spectrum_layer_to_dict(layer: LayerSpectrum) -> dict[str, Any]:
-    """The JSON object for one layer (a stable contract; see README "Spectrum")."""
+def spectrum_layer_to_dict(layer: LayerSpectrum, extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON object for one layer (a stable contract; see README "Spectrum"); ``extras``:
+    the asked-for ``EXTRA_METRICS``, after ``METRICS``."""
     item: dict[str, Any] = {
         "name": layer.name,
         "short_name": layer.short_name,
@@ -48,6 +49,7 @@ def spectrum_layer_to_dict(layer: LayerSpectrum) -> dict[str, Any]:
         item["converged"] = layer.converged
         item["error_estimate"] = layer.max_error_estimate
     item.update(layer.metrics())
+    item.update({name: getattr(layer, name) for name in extras})
     if layer.rank is not None:  # a LoRA update: its r singular values are the whole story
         item["rank"] = layer.rank
         item["scale"] = layer.scale
@@ -74,7 +76,7 @@ def spectrum_to_dict(report: SpectrumReport, layers: list[LayerSpectrum]) -> dic
         "format": report.format,
         "mode": "full" if report.top_k is None else "top_k",
         "top_k": report.top_k,
-        "layers": [spectrum_layer_to_dict(layer) for layer in layers],
+        "layers": [spectrum_layer_to_dict(layer, report.extras) for layer in layers],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
         "summary": {
             "analysed": len(report.layers),
@@ -116,9 +118,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def spectrum_to_csv(layers: list[LayerSpectrum]) -> str:
+def spectrum_to_csv(layers: list[LayerSpectrum], extras: tuple[str, ...] = ()) -> str:
+    """One row per layer: ``CSV_COLUMNS`` then the asked-for ``EXTRA_METRICS``."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, (*CSV_COLUMNS, *extras), lineterminator="\n")
     writer.writeheader()
     for layer in layers:
         row = {
@@ -133,6 +136,7 @@ def spectrum_to_csv(layers: list[LayerSpectrum]) -> str:
             "bound": layer.bound,
             "error_estimate": layer.max_error_estimate,
             **layer.metrics(),
+            **{name: getattr(layer, name) for name in extras},
         }
         writer.writerow({key: _cell(value) for key, value in row.items()})
     return buffer.getvalue()
@@ -145,6 +149,16 @@ def _num(value: float | int | None, digits: int = 4) -> str:
         return str(value)
     return fmt_sigma(value, digits)
 
+
+#: Table headers of the ``EXTRA_METRICS`` (``max_rand_eval`` and ``bulk_max``: JSON/CSV only).
+EXTRA_HEADERS = {
+    "alpha_hill": "α_hill",
+    "snr": "SNR",
+    "mp_softrank": "MP softrank",
+    "num_spikes": "spikes (MP fit)",
+    "rand_distance": "rand. dist.",
+    "num_traps": "traps",
+}
 
 _SPARKS = "▁▂▃▄▅▆▇█"
 #: How many of the largest singular values the table's sparkline shows.
@@ -182,6 +196,9 @@ def print_spectrum_table(
         table.add_column("stable rank", justify="right")
         table.add_column("est. error", justify="right")
     table.add_column("MP spikes", justify="right")
+    extras = [name for name in report.extras if name in EXTRA_HEADERS]
+    for name in extras:
+        table.add_column(EXTRA_HEADERS[name], justify="right")
     table.add_column(f"top {SPARKLINE_VALUES} σ", no_wrap=True)
     for layer in layers:
         matrix = fmt_shape(layer.matrix_shape)
@@ -215,6 +232,7 @@ def print_spectrum_table(
         if layer.mp_spikes is None and not full:
             spikes = f"≥ {layer.count}"
         row.append(spikes)
+        row += [_num(getattr(layer, name), 3) for name in extras]
         row.append(sparkline(layer.values))
         table.add_row(*row)
     console.print(table)
@@ -231,6 +249,31 @@ def print_spectrum_table(
     _print_captions(report, layers, console)
 
 
+def _print_extra_caption(extras: tuple[str, ...], console: Console) -> None:
+    parts = []
+    if "alpha_hill" in extras:
+        parts.append(
+            "α_hill: AlphaPruning's PL_Alpha_Hill, the Hill estimate with xmin at the median "
+            "eigenvalue"
+        )
+    if "snr" in extras:
+        parts.append(
+            "SNR: Spectrum's Σσ above / Σσ below σ_IQR·(1 + √β), divided by σ_max (−− when no σ "
+            "is below)"
+        )
+    if "mp_softrank" in extras:
+        parts.append(
+            "MP softrank, spikes (MP fit): WeightWatcher's fitted Marchenko–Pastur bulk "
+            "(λ₊/λ_max, λ above λ₊ plus its Tracy–Widom allowance)"
+        )
+    if "rand_distance" in extras:
+        parts.append(
+            "rand. dist.: WeightWatcher's Jensen–Shannon distance between the ESD and that of "
+            "W with its elements permuted (seeded by --seed); traps: spikes of the permuted W"
+        )
+    console.print("; ".join(parts) + ".", style="dim")
+
+
 def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console: Console) -> None:
     if report.top_k is None:
         console.print(
@@ -241,6 +284,8 @@ def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console
             "Marchenko–Pastur edge of a random matrix with the same shape and ‖W‖_F.",
             style="dim",
         )
+        if report.extras:
+            _print_extra_caption(report.extras, console)
         if any(layer.small_n_fit for layer in layers):
             console.print("† fewer than 20 eigenvalues: WeightWatcher's small-n rule.", style="dim")
         silly = [

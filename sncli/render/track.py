@@ -14,7 +14,7 @@ from rich.table import Table
 
 from sncli.render.common import fmt_sigma, plural
 from sncli.tracking.engine import TrackReport
-from sncli.tracking.rows import COLUMNS, point_row
+from sncli.tracking.rows import point_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,8 +35,8 @@ def track_to_dict(report: TrackReport) -> dict[str, Any]:
         "checkpoints": [
             {"step": c.step, "checkpoint": c.path, "format": c.format} for c in report.checkpoints
         ],
-        "columns": list(COLUMNS),
-        "points": [point_row(point) for point in report.points],
+        "columns": list(report.columns),
+        "points": [point_row(point, report.extras) for point in report.points],
     }
 
 
@@ -52,10 +52,10 @@ def track_to_csv(report: TrackReport) -> str:
     """The long-form points, one row per checkpoint × layer, columns ``COLUMNS``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(report.columns)
     for point in report.points:
-        row = point_row(point)
-        writer.writerow([_cell(row[column]) for column in COLUMNS])
+        row = point_row(point, report.extras)
+        writer.writerow([_cell(row[column]) for column in report.columns])
     return buffer.getvalue()
 
 

@@ -20,7 +20,7 @@ from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
 from sncli.errors import NoLayersMatchedError
 from sncli.messages import Level, Message, ProgressCallback, level_of
 from sncli.tracking.cache import TrackCache, cached_layers, content_stamp, exact_names
-from sncli.tracking.rows import COLUMNS, SPECTRUM_COLUMNS, point_row
+from sncli.tracking.rows import COLUMNS, EXTRA_COLUMNS, SPECTRUM_COLUMNS, point_row
 from sncli.tracking.series import SeriesItem, discover
 
 __all__ = [
@@ -38,11 +38,18 @@ __all__ = [
 class TrackOptions:
     """What a track run computes. ``method``: inspect's σ settings; ``spectrum``: add the
     spectrum metrics (full float64 spectra); ``delta``: add ‖W_t − W_{t−1}‖₂ (diff's
-    measurement, no subspaces); ``key``/``skip_objects``: as for opening any checkpoint."""
+    measurement, no subspaces); ``key``/``skip_objects``: as for opening any checkpoint.
+    ``hill``/``snr``/``mp_fit``/``randomize`` (with ``spectrum``): add ``sncli spectrum``'s
+    extra metrics (alpha_hill; Spectrum's SNR; WeightWatcher's MP fit; its randomized ESD,
+    seeded by ``method.seed``)."""
 
     method: MethodOptions = field(default_factory=MethodOptions)
     spectrum: bool = False
     delta: bool = False
+    hill: bool = False
+    snr: bool = False
+    mp_fit: bool = False
+    randomize: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     transposed: tuple[str, ...] = ()
@@ -80,7 +87,37 @@ class TrackOptions:
         }
 
     def spectrum_key_options(self) -> dict[str, Any]:
-        return self._common()
+        """What changes the spectrum records: the selection, and each extra metric asked for
+        (only when asked, so the plain ``--spectrum`` entries of earlier runs stay valid)."""
+        options = self._common()
+        if self.hill:
+            options["hill"] = True
+        if self.snr:
+            options["snr"] = True
+        if self.mp_fit:
+            options["mp_fit"] = True
+        if self.randomize:
+            options["randomize"] = True
+            options["seed"] = self.method.seed
+        return options
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """The extra columns these options add (``sncli.spectrum.EXTRA_METRICS`` order)."""
+        return self._spectrum_options().extras if self.spectrum else ()
+
+    def _spectrum_options(self) -> Any:
+        from sncli.spectrum import SpectrumOptions
+
+        return SpectrumOptions(
+            seed=self.method.seed,
+            workers=self.method.workers,
+            scheduler=self.method.scheduler,
+            hill=self.hill,
+            snr=self.snr,
+            mp_fit=self.mp_fit,
+            randomize=self.randomize,
+        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +145,7 @@ class TrackPoint:
 
     def value(self, metric: str) -> float | int | None:
         """A metric by name: a field (sigma_max, drift_first, delta…) or a spectrum metric."""
-        if metric in SPECTRUM_COLUMNS:
+        if metric in SPECTRUM_COLUMNS or metric in EXTRA_COLUMNS:
             return self.metrics.get(metric)
         return getattr(self, metric)
 
@@ -137,6 +174,13 @@ class TrackReport:
     notes: list[str] = field(default_factory=list)
     computed: int = 0
     seconds: float | None = None
+    #: The extra spectrum columns asked for (``TrackOptions.extras``), after ``COLUMNS``.
+    extras: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The output's columns: ``COLUMNS`` then ``extras``."""
+        return (*COLUMNS, *self.extras)
 
     @property
     def steps(self) -> list[int]:
@@ -161,7 +205,9 @@ class TrackReport:
             import pandas
         except ImportError as exc:  # pragma: no cover - pandas is installed in the test env
             raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
-        frame = pandas.DataFrame([point_row(p) for p in self.points], columns=list(COLUMNS))
+        frame = pandas.DataFrame(
+            [point_row(p, self.extras) for p in self.points], columns=list(self.columns)
+        )
         frame.attrs.update({"method": self.method, "steps": self.steps})
         return frame
 
@@ -231,22 +277,18 @@ def _sigma_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
 
 
 def _spectrum_payload(ckpt: Checkpoint, options: TrackOptions) -> dict[str, Any]:
-    from sncli.spectrum import SpectrumOptions, spectra
+    from sncli.spectrum import spectra
 
+    spectrum_options = options._spectrum_options()
     try:
-        report = spectra(
-            ckpt,
-            options=SpectrumOptions(
-                workers=options.method.workers, scheduler=options.method.scheduler
-            ),
-            **options.selection(),
-        )
+        report = spectra(ckpt, options=spectrum_options, **options.selection())
     except NoLayersMatchedError:
         return {"format": ckpt.format, "records": [], "notes": []}
     records = []
     for layer in report.layers:
         record: dict[str, Any] = {"name": layer.name}
         record.update({column: getattr(layer, column) for column in SPECTRUM_COLUMNS})
+        record.update({column: getattr(layer, column) for column in spectrum_options.extras})
         records.append(record)
     return {"format": ckpt.format, "records": records, "notes": []}
 
@@ -405,7 +447,7 @@ def _assemble(
                     drift_prev=_drift(value, previous.get(name)) if index else None,
                     delta=moved.get("delta"),
                     delta_relative=moved.get("delta_relative"),
-                    metrics={c: metrics.get(c) for c in SPECTRUM_COLUMNS} if metrics else {},
+                    metrics={c: v for c, v in metrics.items() if c != "name"} if metrics else {},
                 )
             )
             current[name] = value
@@ -440,6 +482,7 @@ def _run(
         notes=notes,
         computed=sum(1 for s in sources if not s.cached),
         seconds=time.perf_counter() - began,
+        extras=options.extras,
     )
 
 
@@ -571,6 +614,7 @@ class Tracker:
             delta=self.options.delta,
             notes=list(self._run.notes) + (self.cache.notes if self.cache else []),
             computed=self._computed,
+            extras=self.options.extras,
         )
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sncli.spectrum import METRICS
+from sncli.spectrum import EXTRA_METRICS, METRICS
 
 #: The spectrum metrics ``--spectrum`` adds per point: ``sncli.spectrum.METRICS`` but σ_max,
 #: which is inspect's measurement here (a metric spectrum gains is a column added here too).
 SPECTRUM_COLUMNS = tuple(metric for metric in METRICS if metric != "sigma_max")
+#: Spectrum metrics beyond these (``--hill``, ``--mp-fit``, ``--randomize``): columns appended
+#: after ``COLUMNS`` only when asked for (``TrackReport.extras``), so the default output is stable.
+EXTRA_COLUMNS = EXTRA_METRICS
 
 
 #: Every column, in order. The spectrum columns are empty without ``--spectrum``, ``delta``
@@ -32,9 +35,9 @@ COLUMNS = (
 )
 
 
-def point_row(point: Any) -> dict[str, Any]:
-    """A :class:`~sncli.tracking.engine.TrackPoint` as a dict of ``COLUMNS`` (None where not
-    computed or undefined)."""
+def point_row(point: Any, extras: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A :class:`~sncli.tracking.engine.TrackPoint` as a dict of ``COLUMNS`` and the asked-for
+    ``extras`` (None where not computed or undefined)."""
     row: dict[str, Any] = {
         "step": point.step,
         "checkpoint": point.checkpoint,
@@ -51,4 +54,5 @@ def point_row(point: Any) -> dict[str, Any]:
         "delta_relative": point.delta_relative,
     }
     row.update({column: point.metrics.get(column) for column in SPECTRUM_COLUMNS})
+    row.update({column: point.metrics.get(column) for column in extras})
     return row
