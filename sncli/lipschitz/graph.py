@@ -58,6 +58,7 @@ from sncli.lipschitz.ops import (
     _Vacuous,
     chain_bound,
 )
+from sncli.lipschitz.segments import Segment, find_segments
 from sncli.numerics.floating import DENSE_ROUNDING
 
 # ------------------------------------------------------------------------ the walk
@@ -261,11 +262,12 @@ def _pass_two(
     order: list[OnnxNode],
     chains: list[list[OnnxNode]],
     chain_seconds: float | None = None,
+    segments: list[tuple[Segment, float, str]] = (),
 ) -> tuple[dict[str, _Bound], list[ChainInfo]]:
     bounds: dict[str, _Bound] = {v.name: _Bound(1.0, True) for v in ctx.graph.inputs}
     for name in ctx.discrete & set(bounds):
         bounds[name] = _Bound(None, False)
-    ends: dict[str, tuple[str, float, bool]] = {}
+    ends: dict[str, list[tuple[str, float, int]]] = {}
     infos = []
     for chain in chains:
         linears = [n for n in chain if n.name in ctx.linears]
@@ -276,23 +278,62 @@ def _pass_two(
         value, method = chain_bound(weights, alpha, beta, product, chain_seconds)
         value = min(value, product)
         start = ctx.linears[chain[0].name].var_input
-        ends[_chain_end_output(ctx, chain[-1])] = (start, value, True)
+        ends.setdefault(_chain_end_output(ctx, chain[-1]), []).append((start, value, -1))
         infos.append(ChainInfo(tuple(n.name for n in chain), value, product, method, True))
+    for index, (segment, value, _) in enumerate(segments):
+        ends.setdefault(segment.end, []).append((segment.source, value, index))
+    rule_ratio: dict[int, float] = {}
     for node in order:
         for name in node.outputs:
             if not name or name in ctx.constants:
                 continue
             bounds[name] = _combine(ctx, bounds, name, node)
-            if name in ends:
-                source, value, _ = ends[name]
+            for source, value, index in ends.get(name, []):
                 base = bounds.get(source, _Bound(None, False))
                 if base.value is not None and bounds[name].value is not None:
-                    chained = base.value * value
+                    if index < 0:  # a dense chain
+                        chained = base.value * value
+                        if chained < bounds[name].value:
+                            bounds[name] = _Bound(
+                                chained, bounds[name].proven, bounds[name].parent, node.name
+                            )
+                        continue
+                    chained = base.value * value * (1 + DENSE_ROUNDING)
+                    if base.value > 0:
+                        rule_ratio[index] = bounds[name].value / base.value
                     if chained < bounds[name].value:
                         bounds[name] = _Bound(
-                            chained, bounds[name].proven, bounds[name].parent, node.name
+                            chained, bounds[name].proven and base.proven, source, node.name
                         )
+    for index, (segment, value, method) in enumerate(segments):
+        product = math.prod(ctx.factors[n].factor or 0.0 for n in segment.nodes)
+        ratio = rule_ratio.get(index)
+        rule = "" if ratio is None else f"; the DAG rule gives {ratio:.6g}"
+        infos.append(ChainInfo(segment.nodes, value, product, method + rule, True))
     return bounds, infos
+
+
+def _segment_bounds(
+    ctx: _Context, order: list[OnnxNode], seconds: float | None
+) -> list[tuple[Segment, float, str]]:
+    """Each conv segment's proven bound (:mod:`sncli.lipschitz.segments`); a segment whose
+    certificate fails is left to the DAG rule. ``seconds`` 0 skips them (the old bound)."""
+    from sncli.numerics.conv_program import PROGRAM_SECONDS, program_bound
+
+    if seconds is not None and seconds <= 0:
+        return []
+    found = []
+    for segment in find_segments(ctx, order):
+        try:
+            result = program_bound(segment.program, PROGRAM_SECONDS if seconds is None else seconds)
+        except (ValueError, ArithmeticError, SncliError):
+            continue
+        method = (
+            f"Fourier LipSDP over a conv segment ({len(segment.program.activations)} "
+            f"activations, {'×'.join(map(str, result.torus))} torus, per-channel multipliers)"
+        )
+        found.append((segment, result.bound, method))
+    return found
 
 
 def _combine(ctx: _Context, bounds: dict[str, _Bound], name: str, node: OnnxNode) -> _Bound:
@@ -397,7 +438,8 @@ def graph_lipschitz(
         progress("factors")
     _pass_one(ctx, order)
     chains = _chains(ctx, order)
-    bounds, infos = _pass_two(ctx, order, chains, chain_seconds)
+    segments = _segment_bounds(ctx, order, chain_seconds)
+    bounds, infos = _pass_two(ctx, order, chains, chain_seconds, segments)
     outputs = []
     for value in graph.outputs:
         if value.name in ctx.constants:
