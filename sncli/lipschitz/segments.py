@@ -14,6 +14,7 @@ L(p)·(1 + L(A)L(B))… for q (:func:`sncli.lipschitz.graph._pass_two`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +200,18 @@ def _program(ctx: _Context, start: str, exprs: dict, acts: list, end: str) -> Co
     return ConvProgram(image[1], image[2], activations, renumber(exprs[end]))
 
 
+def _least_cost(ctx: _Context, start: str) -> float:
+    """A lower bound on the cost of any program from ``start`` (one activation one channel
+    wide, the torus no larger than the image): to skip starts that cannot fit, before any
+    kernel is read."""
+    image = _image(ctx, start)
+    if image is None:
+        return math.inf
+    size = image[2]
+    freqs = math.prod(size) // max(size) * (max(size) // 2 + 1)
+    return float(freqs) * (image[1] + 1) ** 3
+
+
 def find_segments(ctx: _Context, order: list[OnnxNode]) -> list[Segment]:
     """Maximal segments (module docstring), each cut to the last tensor whose program fits
     :data:`sncli.numerics.conv_program.PROGRAM_MAX_COST`; segments follow one another."""
@@ -213,7 +226,7 @@ def find_segments(ctx: _Context, order: list[OnnxNode]) -> list[Segment]:
     inside: set[str] = set()
     segments: list[Segment] = []
     for start in starts:
-        if start in inside:
+        if start in inside or _least_cost(ctx, start) > PROGRAM_MAX_COST:
             continue
         grown = _grow(ctx, order, start)
         if grown is None:
