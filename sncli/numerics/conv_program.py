@@ -74,6 +74,8 @@ _U = UNIT_ROUNDOFF
 PROGRAM_MAX_COST = 3e8
 #: Default optimization budget (seconds) after the feasible start.
 PROGRAM_SECONDS = 3.0
+#: Temperature (relative to ρ²) of the softmax over frequencies in the descent's gradient.
+_SMOOTH = 0.02
 #: The relative room on R's diagonal every iterate keeps (so that the proof can succeed).
 _ROOM = 1e-7
 #: Relative margins on ρ² tried by the proof, in turn.
@@ -302,13 +304,18 @@ def _rho2(
     top = float(values[where, -1])
     if not grad:
         return top, None
-    v = vectors[where][:, -1]
-    xi = np.concatenate([v, y[where] @ v])
+    # a smoothed max over frequencies: softmax weights on the top eigenvalues (the gradient of
+    # each is ξᴴ(∂N/∂t)ξ at its eigenvector, ξ = (v, R⁻¹Nᵣ₀v))
+    weights = np.exp((values[:, -1] - top) / (_SMOOTH * max(abs(top), 1e-300)))
+    weights /= weights.sum()
+    v = vectors[:, :, -1]  # (F, c0)
+    xi = np.concatenate([v, (y @ v[:, :, None])[:, :, 0]], axis=1)  # (F, D)
     grads = []
     for k, (u, beta) in enumerate(zip(forms.u, forms.betas, strict=True)):
-        z = xi[forms.offsets[k + 1] : forms.offsets[k + 2]]
-        pre = u[where] @ xi
-        grads.append(2.0 * beta * np.real(np.conj(z) * pre) - 2.0 * np.abs(z) ** 2)
+        z = xi[:, forms.offsets[k + 1] : forms.offsets[k + 2]]
+        pre = (u @ xi[:, :, None])[:, :, 0]
+        per = 2.0 * beta * np.real(np.conj(z) * pre) - 2.0 * np.abs(z) ** 2
+        grads.append(weights @ per)
     return top, grads
 
 
