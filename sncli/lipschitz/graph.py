@@ -55,6 +55,7 @@ from sncli.lipschitz.ops import (
     _node_rule,
     _NoRule,
     _Rule,
+    _static,
     _Vacuous,
     chain_bound,
 )
@@ -222,7 +223,9 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
             nxt = single_next(act)
             if nxt is None or nxt.name not in ctx.linears:
                 break
-            if ctx.linears[nxt.name].var_input != act.outputs[0]:
+            if _through(ctx, ctx.linears[nxt.name].var_input) != act.outputs[0]:
+                break
+            if ctx.linears[nxt.name].matrix.shape[1] != ctx.linears[current.name].matrix.shape[0]:
                 break
             chain += [act, nxt]
             current = nxt
@@ -231,11 +234,35 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
     return chains
 
 
+def _through(ctx: _Context, name: str) -> str:
+    """The tensor ``name`` is a pass-through copy of (back through Flatten, bias Adds…)."""
+    producer = ctx.producers.get(name)
+    while producer is not None and _passthrough(ctx, producer):
+        if producer.name in ctx.folded:
+            break
+        name = next(n for n in producer.inputs if n and not ctx.is_const(n))
+        producer = ctx.producers.get(name)
+    return name
+
+
 def _passthrough(ctx: _Context, node: OnnxNode) -> bool:
     """A node that does not change a chain's Lipschitz constant: a BatchNorm folded into the
-    linear before it, or the Add of a constant bias."""
+    linear before it, the Add of a constant bias, or a Flatten/Reshape that keeps the batch
+    axis (row-major order per sample: the unrolled conv's rows are the Gemm's columns)."""
     if node.name in ctx.folded:
         return True
+    if node.op_type in ("Flatten", "Reshape"):
+        before, after = _static(ctx.shape(node.inputs[0])), _static(ctx.shape(node.outputs[0]))
+        factor = ctx.factors.get(node.name)
+        return (
+            before is not None
+            and after is not None
+            and len(before) >= 2
+            and len(after) >= 2
+            and before[0] == after[0]
+            and factor is not None
+            and factor.proven
+        )
     if node.op_type != "Add" or len(node.inputs) != 2:
         return False
     factor = ctx.factors.get(node.name)
@@ -275,7 +302,10 @@ def _pass_two(
         alpha, beta = min(a for a, _ in acts), max(b for _, b in acts)
         weights = [ctx.linears[n.name].matrix for n in linears]
         product = math.prod(ctx.factors[n.name].factor or 0.0 for n in chain)
-        value, method = chain_bound(weights, alpha, beta, product, chain_seconds)
+        seconds = chain_seconds
+        if any({n.name for n in chain} <= set(s.nodes) for s, _, _ in segments):
+            seconds = 0.0  # inside a conv segment (unrolled convs): ECLipsE-Fast only
+        value, method = chain_bound(weights, alpha, beta, product, seconds)
         value = min(value, product)
         start = ctx.linears[chain[0].name].var_input
         ends.setdefault(_chain_end_output(ctx, chain[-1]), []).append((start, value, -1))
@@ -437,8 +467,8 @@ def graph_lipschitz(
     if progress:
         progress("factors")
     _pass_one(ctx, order)
-    chains = _chains(ctx, order)
     segments = _segment_bounds(ctx, order, chain_seconds)
+    chains = _chains(ctx, order)
     bounds, infos = _pass_two(ctx, order, chains, chain_seconds, segments)
     outputs = []
     for value in graph.outputs:

@@ -426,7 +426,11 @@ def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | 
         raise _NoRule(f"cannot bound this convolution: {exc}") from exc
     upper = (norm.upper if norm.upper is not None else norm.value) * (1 + 4 * 2.0**-53)
     where = f" at input {'×'.join(map(str, size))}" if size else ""
-    dense = None if transposed else _unrolled_sigma(node, kernel, size, strides, dilations, groups)
+    dense = None
+    if not transposed:
+        from sncli.lipschitz.unrolled import unrolled_factor
+
+        dense = unrolled_factor(ctx, node, kernel, size, strides, dilations, groups, var)
     if dense is not None and dense[0] < upper:  # zero padding as zero padding (unrolled.py)
         return dense[0], f"{node.op_type}{where}{note}: {dense[2]} of the unrolled matrix", dense[1]
     if torus is not None:
@@ -437,18 +441,6 @@ def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | 
         )
         return upper, f"{node.op_type}{where}{note}: {described}", None
     return upper, f"{node.op_type}{where}{note}: {norm.description}", norm.lower
-
-
-def _unrolled_sigma(
-    node: OnnxNode, kernel: Any, size: Any, strides: Any, dilations: Any, groups: int
-) -> tuple[float, float, str] | None:
-    from sncli.lipschitz.unrolled import unrolled_conv
-
-    if size is None or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return None
-    pads = tuple(_attr(node, "pads", [0] * (2 * len(size))))
-    matrix = unrolled_conv(kernel, tuple(size), strides, dilations, pads, groups)
-    return None if matrix is None else _sigma_upper(matrix)
 
 
 def _circular_embedding(

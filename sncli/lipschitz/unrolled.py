@@ -8,16 +8,21 @@ or the certified interval above 256) — the exact norm of the layer at this siz
 al. (2024, arXiv 2402.00240) bound zero padding through the Toeplitz (here: the whole) matrix
 rather than the circulant one. The matrix is built from the ONNX definition
 y[o, i] = Σ_{c,t} K[o, c, t]·x[c, s·i + d·t − p_b] (x = 0 outside the image), groups as a
-block-diagonal kernel.
+block-diagonal kernel. The matrix also joins the dense chains W_1 → act → … → W_l
+(:func:`sncli.lipschitz.graph._chains`, through Flatten into the Gemm layers after it), so a
+small CNN's convs and dense layers are bounded together by ECLipsE-Fast / LipSDP-Neuron.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from sncli.formats.onnx import OnnxNode
+    from sncli.lipschitz.ops import _Context
 
 #: Largest unrolled matrix (entries) built, and its largest side.
 UNROLLED_ENTRIES = 1 << 21
@@ -69,3 +74,28 @@ def unrolled_conv(
                 column = (g * per_group + c) * math.prod(size) + in_index
                 matrix[o * len(out_grid) + out_index, column] += kernel[(o, c, *tap)]
     return matrix
+
+
+def unrolled_factor(
+    ctx: _Context,
+    node: OnnxNode,
+    kernel: Any,
+    size: Any,
+    strides: Any,
+    dilations: Any,
+    groups: int,
+    var: str,
+) -> tuple[float, float, str] | None:
+    """(σ upper, σ lower, method) of the conv's unrolled matrix at its static size (BatchNorm
+    already folded into ``kernel``), registering it as a linear layer for chains; None when the
+    size is unknown, ``auto_pad`` is SAME or the matrix is too large."""
+    from sncli.lipschitz.ops import _attr, _Linear, _sigma_upper
+
+    if size is None or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    pads = tuple(_attr(node, "pads", [0] * (2 * len(size))))
+    matrix = unrolled_conv(kernel, tuple(size), tuple(strides), tuple(dilations), pads, groups)
+    if matrix is None:
+        return None
+    ctx.linears[node.name] = _Linear(matrix, var)
+    return _sigma_upper(matrix)

@@ -153,7 +153,29 @@ def test_strided_conv_is_not_a_segment(tmp_path: Path) -> None:
     path = _export(model, (1, 1, 8, 8), tmp_path / "strided.onnx")
     report = graph_lipschitz(path, lower=False)
     assert not any("Fourier LipSDP" in c.method for c in report.chains)
-    assert report.bound == graph_lipschitz(path, lower=False, chain_seconds=0).bound
+    assert report.bound is not None and report.certified
+
+
+def test_conv_flatten_gemm_chain_against_brute_force(tmp_path: Path) -> None:
+    """conv → relu → flatten → fc as one dense chain of the unrolled conv and the fc (ECLipsE /
+    LipSDP-Neuron): ≥ the sup over the 2⁸ activation patterns, below the product."""
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(8, 2),
+    )  # fmt: skip
+    path = _export(model, (1, 1, 4), tmp_path / "chain.onnx")
+    report = graph_lipschitz(path, lower=False)
+    conv = _linear(model[0].double(), (1, 4))
+    fc = model[3].weight.detach().double().numpy()
+    exact = max(
+        float(np.linalg.norm(fc @ (np.asarray(p)[:, None] * conv), 2))
+        for p in itertools.product((0.0, 1.0), repeat=8)
+    )
+    chain = next(c for c in report.chains if "Gemm" in c.nodes[-1])
+    assert report.certified and report.bound is not None
+    assert exact <= report.bound <= chain.product
+    assert report.bound < float(np.linalg.norm(conv, 2) * np.linalg.norm(fc, 2))
 
 
 def test_explicit_batchnorm_nodes_are_folded(tmp_path: Path) -> None:
