@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from sncli.formats.onnx import OnnxNode
-    from sncli.lipschitz.ops import _Context
 
 #: Largest unrolled matrix (entries) built, and its largest side.
 UNROLLED_ENTRIES = 1 << 21
@@ -76,26 +74,16 @@ def unrolled_conv(
     return matrix
 
 
-def unrolled_factor(
-    ctx: _Context,
-    node: OnnxNode,
-    kernel: Any,
-    size: Any,
-    strides: Any,
-    dilations: Any,
-    groups: int,
-    var: str,
-) -> tuple[float, float, str] | None:
-    """(σ upper, σ lower, method) of the conv's unrolled matrix at its static size (BatchNorm
-    already folded into ``kernel``), registering it as a linear layer for chains; None when the
-    size is unknown, ``auto_pad`` is SAME or the matrix is too large."""
-    from sncli.lipschitz.ops import _attr, _Linear, _sigma_upper
-
-    if size is None or _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+def unrolled_for(
+    attributes: dict[str, Any], kernel: Any, size: Any, dilations: Any, groups: int
+) -> np.ndarray | None:
+    """The unrolled matrix of an ONNX Conv node (its ``attributes``; BatchNorm already folded
+    into ``kernel``) at its static ``size``; None when the size is unknown, ``auto_pad`` is
+    SAME or the matrix is too large. ``sncli.lipschitz.ops._conv`` takes its σ and registers
+    it as a linear layer for chains."""
+    if size is None or attributes.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
-    pads = tuple(_attr(node, "pads", [0] * (2 * len(size))))
-    matrix = unrolled_conv(kernel, tuple(size), tuple(strides), tuple(dilations), pads, groups)
-    if matrix is None:
-        return None
-    ctx.linears[node.name] = _Linear(matrix, var)
-    return _sigma_upper(matrix)
+    dims = len(size)
+    pads = tuple(attributes.get("pads", [0] * (2 * dims)))
+    strides = tuple(attributes.get("strides", [1] * dims))
+    return unrolled_conv(kernel, tuple(size), strides, tuple(dilations), pads, groups)
