@@ -14,8 +14,12 @@ residual x + g(x) gets L(x)·(1 + L(g)) from the sum rule. Each node's factor c 
 the op table (:mod:`sncli.lipschitz.ops`, README "Lipschitz on the graph"); an op without a
 rule, a product of two variable tensors (attention), recurrences and control flow give no bound
 (None), and the report names the node, its op and why. LayerNorm gets its vacuous max|γ|/√ε,
-shown but not certified. On maximal chains W_1 → act → … → W_l of constant-weight Gemm/MatMul and
-slope-restricted activations, :func:`chain_bound` replaces the product of the factors.
+shown but not certified. On maximal chains W_1 → act → … → W_l of constant-weight Gemm/MatMul
+(and convs at a small static size, as their unrolled matrices, through Flatten into the Gemm
+after them) and slope-restricted activations, :func:`chain_bound` replaces the product of the
+factors. Conv segments — stride-1 convs, activations and residual Adds, e.g. a stack of residual
+blocks — are bounded jointly by Fourier-domain LipSDP (:mod:`sncli.lipschitz.segments`); each
+tensor takes the smallest of the DAG rule and every chain or segment that ends there.
 
 A lower bound is found by a short seeded search with onnxruntime
 (:func:`sncli.lipschitz.lower.lower_bound_search`). The per-op factors are in
@@ -446,7 +450,8 @@ def graph_lipschitz(
     for a lower bound never costs the bound (:func:`lower_bound_or_why`; ``lower_effort`` sets
     its multi-start ascent, 0 for the single power iteration, and the ascent's time:
     ``lower_effort`` × the larger of 4 s and the bound's own time); ``chain_seconds`` is each dense
-    chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone).
+    chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone) and
+    each conv segment's for its multipliers (default 3 s; 0: no segments, the DAG rule there).
     """
     import time
 
