@@ -232,7 +232,11 @@ def find_segments(ctx: _Context, order: list[OnnxNode]) -> list[Segment]:
         if grown is None:
             continue
         exprs, acts = grown
-        ends = sorted((n for n in exprs if n != start), key=lambda n: -position.get(n, -1))
+        folded = {n for producer in ctx.folded.values() for n in producer.outputs}
+        ends = sorted(  # not a conv's own output when a BatchNorm folded into it follows
+            (n for n in exprs if n != start and n not in folded),
+            key=lambda n: -position.get(n, -1),
+        )
         for end in ends:
             program = _program(ctx, start, exprs, acts, end)
             if program is None or program_cost(program) > PROGRAM_MAX_COST:
