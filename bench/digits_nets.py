@@ -50,6 +50,21 @@ class CNN(nn.Module):
         return self.body(x.reshape(-1, 1, 8, 8))
 
 
+class CNNTanh(nn.Module):
+    """conv → tanh → conv → tanh → flatten → fc: no pooling, so the unrolled convs and the fc
+    form one dense chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, 1, 1), nn.Tanh(), nn.Conv2d(8, 8, 3, 1, 1), nn.Tanh(),
+            nn.Flatten(), nn.Linear(512, 10),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.reshape(-1, 1, 8, 8))
+
+
 def _mlp(widths: list[int]) -> nn.Module:
     layers: list[nn.Module] = []
     for i in range(len(widths) - 1):
@@ -74,6 +89,7 @@ def models() -> list[tuple[str, nn.Module]]:
         ("mlp_256x4", _mlp([64, 256, 256, 256, 256, 10])),
         ("cnn", CNN()),
         ("rescnn_bn3", ResCNN()),
+        ("cnn_tanh", CNNTanh()),
     ]
 
 

@@ -11,10 +11,11 @@ bound / product of layer σ and bound / lower.
 Then the tightness section (``tightness_section``; also ``python bench/graph.py --tightness``):
 small nets trained here on scikit-learn's digits (bench/digits_nets.py: MLP 64-64-64-10, MLP
 64-256×4-10, a ReLU CNN, a residual CNN with BatchNorm; seeded, a few seconds each), per model:
-∏σ of the layers, the bound as before (ECLipsE-Fast chains, one power iteration:
-``chain_seconds=0, lower_effort=0``), the bound now (LipSDP-Neuron descent, multi-start
-ascent), sncli's ``lower``, the best lower bound of a 20-start ascent on the torch model
-(``digits_nets.reference_lower``), times, and tightness = certified / best lower.
+∏σ of the layers, the bound as before (ECLipsE-Fast chains, no conv segments, one power
+iteration: ``chain_seconds=0, lower_effort=0``), the bound now (LipSDP-Neuron descent, conv
+segments by Fourier LipSDP, multi-start ascent), sncli's ``lower``, the best lower bound of a
+20-start ascent on the torch model (``digits_nets.reference_lower``), times, and tightness =
+certified / best lower.
 """
 
 from __future__ import annotations

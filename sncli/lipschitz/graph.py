@@ -14,8 +14,12 @@ residual x + g(x) gets L(x)·(1 + L(g)) from the sum rule. Each node's factor c 
 the op table (:mod:`sncli.lipschitz.ops`, README "Lipschitz on the graph"); an op without a
 rule, a product of two variable tensors (attention), recurrences and control flow give no bound
 (None), and the report names the node, its op and why. LayerNorm gets its vacuous max|γ|/√ε,
-shown but not certified. On maximal chains W_1 → act → … → W_l of constant-weight Gemm/MatMul and
-slope-restricted activations, :func:`chain_bound` replaces the product of the factors.
+shown but not certified. On maximal chains W_1 → act → … → W_l of constant-weight Gemm/MatMul
+(and convs at a small static size, as their unrolled matrices, through Flatten into the Gemm
+after them) and slope-restricted activations, :func:`chain_bound` replaces the product of the
+factors. Conv segments — stride-1 convs, activations and residual Adds, e.g. a stack of residual
+blocks — are bounded jointly by Fourier-domain LipSDP (:mod:`sncli.lipschitz.segments`); each
+tensor takes the smallest of the DAG rule and every chain or segment that ends there.
 
 A lower bound is found by a short seeded search with onnxruntime
 (:func:`sncli.lipschitz.lower.lower_bound_search`). The per-op factors are in
@@ -55,9 +59,11 @@ from sncli.lipschitz.ops import (
     _node_rule,
     _NoRule,
     _Rule,
+    _static,
     _Vacuous,
     chain_bound,
 )
+from sncli.lipschitz.segments import Segment, find_segments
 from sncli.numerics.floating import DENSE_ROUNDING
 
 # ------------------------------------------------------------------------ the walk
@@ -221,7 +227,9 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
             nxt = single_next(act)
             if nxt is None or nxt.name not in ctx.linears:
                 break
-            if ctx.linears[nxt.name].var_input != act.outputs[0]:
+            if _through(ctx, ctx.linears[nxt.name].var_input) != act.outputs[0]:
+                break
+            if ctx.linears[nxt.name].matrix.shape[1] != ctx.linears[current.name].matrix.shape[0]:
                 break
             chain += [act, nxt]
             current = nxt
@@ -230,11 +238,35 @@ def _chains(ctx: _Context, order: list[OnnxNode]) -> list[list[OnnxNode]]:
     return chains
 
 
+def _through(ctx: _Context, name: str) -> str:
+    """The tensor ``name`` is a pass-through copy of (back through Flatten, bias Adds…)."""
+    producer = ctx.producers.get(name)
+    while producer is not None and _passthrough(ctx, producer):
+        if producer.name in ctx.folded:
+            break
+        name = next(n for n in producer.inputs if n and not ctx.is_const(n))
+        producer = ctx.producers.get(name)
+    return name
+
+
 def _passthrough(ctx: _Context, node: OnnxNode) -> bool:
     """A node that does not change a chain's Lipschitz constant: a BatchNorm folded into the
-    linear before it, or the Add of a constant bias."""
+    linear before it, the Add of a constant bias, or a Flatten/Reshape that keeps the batch
+    axis (row-major order per sample: the unrolled conv's rows are the Gemm's columns)."""
     if node.name in ctx.folded:
         return True
+    if node.op_type in ("Flatten", "Reshape"):
+        before, after = _static(ctx.shape(node.inputs[0])), _static(ctx.shape(node.outputs[0]))
+        factor = ctx.factors.get(node.name)
+        return (
+            before is not None
+            and after is not None
+            and len(before) >= 2
+            and len(after) >= 2
+            and before[0] == after[0]
+            and factor is not None
+            and factor.proven
+        )
     if node.op_type != "Add" or len(node.inputs) != 2:
         return False
     factor = ctx.factors.get(node.name)
@@ -261,11 +293,12 @@ def _pass_two(
     order: list[OnnxNode],
     chains: list[list[OnnxNode]],
     chain_seconds: float | None = None,
+    segments: list[tuple[Segment, float, str]] = (),
 ) -> tuple[dict[str, _Bound], list[ChainInfo]]:
     bounds: dict[str, _Bound] = {v.name: _Bound(1.0, True) for v in ctx.graph.inputs}
     for name in ctx.discrete & set(bounds):
         bounds[name] = _Bound(None, False)
-    ends: dict[str, tuple[str, float, bool]] = {}
+    ends: dict[str, list[tuple[str, float, int]]] = {}
     infos = []
     for chain in chains:
         linears = [n for n in chain if n.name in ctx.linears]
@@ -273,26 +306,68 @@ def _pass_two(
         alpha, beta = min(a for a, _ in acts), max(b for _, b in acts)
         weights = [ctx.linears[n.name].matrix for n in linears]
         product = math.prod(ctx.factors[n.name].factor or 0.0 for n in chain)
-        value, method = chain_bound(weights, alpha, beta, product, chain_seconds)
+        seconds = chain_seconds
+        if any({n.name for n in chain} <= set(s.nodes) for s, _, _ in segments):
+            seconds = 0.0  # inside a conv segment (unrolled convs): ECLipsE-Fast only
+        value, method = chain_bound(weights, alpha, beta, product, seconds)
         value = min(value, product)
         start = ctx.linears[chain[0].name].var_input
-        ends[_chain_end_output(ctx, chain[-1])] = (start, value, True)
+        ends.setdefault(_chain_end_output(ctx, chain[-1]), []).append((start, value, -1))
         infos.append(ChainInfo(tuple(n.name for n in chain), value, product, method, True))
+    for index, (segment, value, _) in enumerate(segments):
+        ends.setdefault(segment.end, []).append((segment.source, value, index))
+    rule_ratio: dict[int, float] = {}
     for node in order:
         for name in node.outputs:
             if not name or name in ctx.constants:
                 continue
             bounds[name] = _combine(ctx, bounds, name, node)
-            if name in ends:
-                source, value, _ = ends[name]
+            for source, value, index in ends.get(name, []):
                 base = bounds.get(source, _Bound(None, False))
                 if base.value is not None and bounds[name].value is not None:
-                    chained = base.value * value
+                    if index < 0:  # a dense chain
+                        chained = base.value * value
+                        if chained < bounds[name].value:
+                            bounds[name] = _Bound(
+                                chained, bounds[name].proven, bounds[name].parent, node.name
+                            )
+                        continue
+                    chained = base.value * value * (1 + DENSE_ROUNDING)
+                    if base.value > 0:
+                        rule_ratio[index] = bounds[name].value / base.value
                     if chained < bounds[name].value:
                         bounds[name] = _Bound(
-                            chained, bounds[name].proven, bounds[name].parent, node.name
+                            chained, bounds[name].proven and base.proven, source, node.name
                         )
+    for index, (segment, value, method) in enumerate(segments):
+        product = math.prod(ctx.factors[n].factor or 0.0 for n in segment.nodes)
+        ratio = rule_ratio.get(index)
+        rule = "" if ratio is None else f"; the DAG rule gives {ratio:.6g}"
+        infos.append(ChainInfo(segment.nodes, value, product, method + rule, True))
     return bounds, infos
+
+
+def _segment_bounds(
+    ctx: _Context, order: list[OnnxNode], seconds: float | None
+) -> list[tuple[Segment, float, str]]:
+    """Each conv segment's proven bound (:mod:`sncli.lipschitz.segments`); a segment whose
+    certificate fails is left to the DAG rule. ``seconds`` 0 skips them (the old bound)."""
+    from sncli.numerics.conv_program import PROGRAM_SECONDS, program_bound
+
+    if seconds is not None and seconds <= 0:
+        return []
+    found = []
+    for segment in find_segments(ctx, order):
+        try:
+            result = program_bound(segment.program, PROGRAM_SECONDS if seconds is None else seconds)
+        except (ValueError, ArithmeticError, SncliError):
+            continue
+        method = (
+            f"Fourier LipSDP over a conv segment ({len(segment.program.activations)} "
+            f"activations, {'×'.join(map(str, result.torus))} torus, per-channel multipliers)"
+        )
+        found.append((segment, result.bound, method))
+    return found
 
 
 def _combine(ctx: _Context, bounds: dict[str, _Bound], name: str, node: OnnxNode) -> _Bound:
@@ -375,7 +450,8 @@ def graph_lipschitz(
     for a lower bound never costs the bound (:func:`lower_bound_or_why`; ``lower_effort`` sets
     its multi-start ascent, 0 for the single power iteration, and the ascent's time:
     ``lower_effort`` × the larger of 4 s and the bound's own time); ``chain_seconds`` is each dense
-    chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone).
+    chain's budget for LipSDP-Neuron's descent (:func:`chain_bound`; 0: ECLipsE-Fast alone) and
+    each conv segment's for its multipliers (default 3 s; 0: no segments, the DAG rule there).
     """
     import time
 
@@ -396,8 +472,9 @@ def graph_lipschitz(
     if progress:
         progress("factors")
     _pass_one(ctx, order)
+    segments = _segment_bounds(ctx, order, chain_seconds)
     chains = _chains(ctx, order)
-    bounds, infos = _pass_two(ctx, order, chains, chain_seconds)
+    bounds, infos = _pass_two(ctx, order, chains, chain_seconds, segments)
     outputs = []
     for value in graph.outputs:
         if value.name in ctx.constants:

@@ -16,6 +16,7 @@ from sncli.formats.common import quote
 from sncli.formats.onnx import OnnxGraph, OnnxNode
 from sncli.lipschitz.gates import gated_product
 from sncli.lipschitz.graph_results import NodeFactor
+from sncli.lipschitz.unrolled import unrolled_for as _unrolled
 from sncli.numerics.floating import DENSE_ROUNDING
 
 if TYPE_CHECKING:
@@ -426,6 +427,13 @@ def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | 
         raise _NoRule(f"cannot bound this convolution: {exc}") from exc
     upper = (norm.upper if norm.upper is not None else norm.value) * (1 + 4 * 2.0**-53)
     where = f" at input {'×'.join(map(str, size))}" if size else ""
+    dense = None  # zero padding as zero padding, and a linear layer for chains (unrolled.py)
+    matrix = None if transposed else _unrolled(node.attributes, kernel, size, dilations, groups)
+    if matrix is not None:
+        ctx.linears[node.name] = _Linear(matrix, var)
+        dense = _sigma_upper(matrix)
+    if dense is not None and dense[0] < upper:
+        return dense[0], f"{node.op_type}{where}{note}: {dense[2]} of the unrolled matrix", dense[1]
     if torus is not None:
         described = (
             f"the zero-padded conv is a restriction of the circular one on the "
