@@ -109,7 +109,8 @@ def lipschitz(
             "--chain-seconds",
             min=0.0,
             help="ONNX models: seconds per dense chain for LipSDP-Neuron's descent from "
-            "ECLipsE-Fast (0: ECLipsE-Fast alone). Default 2.",
+            "ECLipsE-Fast, and per conv segment for its multipliers (0: ECLipsE-Fast alone, "
+            "no conv segments). Default 2.",
         ),
     ] = None,
     grid: Annotated[
