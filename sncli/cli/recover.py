@@ -37,8 +37,9 @@ def recover(
 ) -> None:
     """Finish a write sncli was interrupted in (killed, power lost) using its journal.
 
-    Rolls forward when every staged file is complete and matches the hash in the journal,
-    else back to the originals the write kept. Either way the checkpoint is consistent again.
+    Rolls forward when every staged file is complete and matches its hash in the journal.
+
+    Else rolls back to the originals the write kept: either way the checkpoint is consistent.
     """
     sink = Sink(quiet)
     results = recover_writes(Path(checkpoint), wait=not no_wait, on_wait=sink.note)

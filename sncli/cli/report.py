@@ -163,11 +163,13 @@ def report(
 ) -> None:
     """Write an offline HTML report: summary, σ per layer, Lipschitz factors, figures, tables.
 
-    Given a training run's checkpoints, the report of the run: per layer σ_max (and with
-    --spectrum α, stable and effective rank; with --delta the change per step) against the
-    step, and each layer's first, last, min, max and change, from sncli track's engine and
-    cache (a report after sncli track computes nothing); with --sections, the last
-    checkpoint's parts too."""
+    A training run: per layer σ_max against the step, first, last, min, max and change.
+
+    Its numbers come from sncli track's engine and cache (after sncli track: nothing to compute).
+
+    --spectrum adds α, stable and effective rank; --delta the change per step.
+
+    --sections adds the last checkpoint's parts (lipschitz, spectrum, diff: last vs first)."""
     from sncli.render.html import report_html
     from sncli.report import run_items
     from sncli.writer import staged_write
