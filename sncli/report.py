@@ -140,6 +140,22 @@ def sigmas_from_spectra(spectrum: SpectrumReport, method: Method = Method.AUTO) 
     )
 
 
+def _dense_sigmas(spectrum: SpectrumReport | None) -> dict[str, float]:
+    """σ of each plain layer from its full float64 spectrum, for the Lipschitz factors (one
+    dense pass, not two); none from top-K spectra or expert slices."""
+    if spectrum is None or spectrum.top_k is not None:
+        return {}
+    return {
+        layer.name: float(layer.values[0])
+        for layer in spectrum.layers
+        if layer.count
+        and layer.bound == "exact"
+        and layer.expert is None
+        and layer.stack is None
+        and layer.scale is None
+    }
+
+
 @takes_checkpoints("checkpoint", "other")
 def build_report(
     checkpoint: CheckpointSource,
@@ -200,7 +216,10 @@ def build_report(
                 graph = graph_lipschitz(checkpoint.path, input_shapes=dict(options.input_shapes))
             else:
                 lipschitz = lipschitz_report(
-                    checkpoint, lipschitz_options, progress=stage("Lipschitz factors")
+                    checkpoint,
+                    lipschitz_options,
+                    progress=stage("Lipschitz factors"),
+                    known_sigmas=_dense_sigmas(spectrum),
                 )
         except SncliError as exc:
             lipschitz_error = exc.message

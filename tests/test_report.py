@@ -86,6 +86,46 @@ def test_sigma_pass_runs_when_the_spectra_cannot_give_it(
             assert layer.sigma <= expected * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("sample", ["mlp.safetensors", "sngan_disc_parametrized.pt"])
+def test_lipschitz_factors_reuse_the_spectra(
+    samples: Path, sample: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's Lipschitz factors of plain linear layers take σ from the full spectra (no
+    second dense pass): the same factors as ``lipschitz`` alone (float64 rounding, 1e-12) and
+    above LAPACK's σ; parametrized (spectral-norm) layers are still computed."""
+    import sncli.lipschitz.product as product
+    from sncli.lipschitz import lipschitz_report
+
+    with open_checkpoint(samples / sample) as ckpt:
+        alone = lipschitz_report(ckpt)
+        computed: list[str] = []
+        real = product._layer_factor
+
+        def counted(task, options):  # type: ignore[no-untyped-def]
+            computed.append(task.name)
+            return real(task, options)
+
+        monkeypatch.setattr(product, "_layer_factor", counted)
+        result = build_report(ckpt)
+        assert result.lipschitz is not None
+        plain = {
+            layer.name
+            for layer in result.spectrum.layers  # type: ignore[union-attr]
+            if not layer.spectral_norm and not layer.kind.startswith("conv")
+        }
+        assert not plain & set(computed)
+        assert plain or sample != "mlp.safetensors"
+        got = {f.name: f for f in result.lipschitz.factors}
+        assert list(got) == [f.name for f in alone.factors]
+        for expected in alone.factors:
+            factor = got[expected.name]
+            assert factor.sigma == pytest.approx(expected.sigma, rel=1e-12)
+            assert factor.certified == expected.certified and factor.source == expected.source
+            if factor.name in plain and sample == "mlp.safetensors":
+                assert factor.sigma_upper >= reference_sigma(ckpt, factor.name)
+        assert result.lipschitz.bound == pytest.approx(alone.bound, rel=1e-11)
+
+
 def test_filters_and_sections_reach_every_part(mlp_path: Path) -> None:
     with open_checkpoint(mlp_path) as ckpt:
         result = build_report(

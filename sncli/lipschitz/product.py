@@ -64,12 +64,15 @@ from sncli.numerics.spectral import (
     DEFAULT_SEED,
     BoundKind,
     Method,
+    SigmaEstimate,
     as_matrix,
     largest_singular_value,
 )
 from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import torch
 
 
@@ -345,6 +348,12 @@ def _matrix_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions
     estimate = largest_singular_value(
         matrix, options.method, iters=options.iters, tol=options.tol, seed=options.seed
     )
+    return _factor_of(layer, estimate)
+
+
+def _factor_of(layer: Layer, estimate: SigmaEstimate) -> Factor:
+    """A matrix layer's factor from its σ estimate: certified when the estimate's upper side is
+    proven (a dense float64 σ within DENSE_ROUNDING, or a Cholesky certificate)."""
     upper = None
     if estimate.certified:
         upper = estimate.upper if estimate.upper is not None else estimate.sigma
@@ -514,17 +523,78 @@ def _fill_task(
         task.factor = _batchnorm_factor(checkpoint, task.name, bn)
         return
     assert layer is not None
-    plain = (
+    if _is_plain(checkpoint, layer):  # inspect's readinto path: no mmap'd pages left resident
+        task.weight = load_weight(checkpoint, layer.name, reader)
+    else:
+        task.weight, task.estimate = effective_weight(checkpoint, layer)
+
+
+def _is_plain(checkpoint: Checkpoint, layer: Layer) -> bool:
+    """The layer's weight is a stored tensor as it is (no parametrization, nothing derived)."""
+    return (
         layer.spectral_norm is None
         and layer.weight_norm is None
         and layer.name in checkpoint.tensors
         and layer.name not in checkpoint.unsupported
         and layer.name not in checkpoint.derived
     )
-    if plain:  # inspect's readinto path: no mmap'd pages left resident
-        task.weight = load_weight(checkpoint, layer.name, reader)
-    else:
-        task.weight, task.estimate = effective_weight(checkpoint, layer)
+
+
+def _known_factors(
+    checkpoint: Checkpoint,
+    layers: list[Layer],
+    options: LipschitzOptions,
+    known_sigmas: Mapping[str, float] | None,
+) -> dict[str, Factor]:
+    """Factors of plain linear layers whose dense float64 σ is already known (``sncli report``
+    passes the largest value of each full spectrum: the same Gram + eigvalsh as ``--method
+    dense``, so the same number to rounding), for the default method only."""
+    if not known_sigmas or options.method is not Method.DENSE or options.certified:
+        return {}
+    return {
+        layer.name: _factor_of(
+            layer,
+            SigmaEstimate(
+                known_sigmas[layer.name],
+                Method.DENSE,
+                BoundKind.EXACT,
+                None,
+                None,
+                0.0,
+                True,
+                algorithm="dense-eigvalsh-float64 (the spectrum's)",
+            ),
+        )
+        for layer in layers
+        if not layer.kind.is_conv
+        and layer.name in known_sigmas
+        and math.isfinite(known_sigmas[layer.name])
+        and _is_plain(checkpoint, layer)
+    }
+
+
+def _all_factors(
+    checkpoint: Checkpoint,
+    layers: list[Layer],
+    batchnorms: list[tuple[str, str, str]],
+    options: LipschitzOptions,
+    progress: ProgressCallback | None,
+    known_sigmas: Mapping[str, float] | None,
+    notes: list[str],
+) -> tuple[list[Factor], list[str]]:
+    """The factors of ``layers`` and ``batchnorms`` (those with a known σ not recomputed) and
+    the layers refused for non-finite values."""
+    known = _known_factors(checkpoint, layers, options, known_sigmas)
+    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]] = [
+        (layer.name, layer, None) for layer in layers if layer.name not in known
+    ] + [(keys[0], None, keys) for keys in batchnorms]
+    work.sort(key=lambda item: natural_key(item[0]))
+    factors, bad = (
+        _compute_factors(checkpoint, work, options, progress, notes) if work else ([], [])
+    )
+    if known and not work and progress is not None:
+        progress(len(known), len(known), "σ from the spectra")
+    return factors + list(known.values()), bad
 
 
 def _layer_factor(task: _Task, options: LipschitzOptions) -> Factor:
@@ -657,9 +727,12 @@ def lipschitz_report(
     checkpoint: CheckpointSource,
     options: LipschitzOptions | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    known_sigmas: Mapping[str, float] | None = None,
 ) -> LipschitzReport:
     """The per-layer factors and their product, with validity caveats. Refuses NaN/Inf weights
-    and LoRA adapters (an adapter is not a network)."""
+    and LoRA adapters (an adapter is not a network). ``known_sigmas``: dense float64 σ already
+    computed per layer name (the report's spectra), used instead of a second dense pass."""
     from sncli.adapters import refuse_adapter
 
     refuse_adapter(checkpoint, "lipschitz")
@@ -731,12 +804,10 @@ def lipschitz_report(
             checkpoint.path,
         )
 
-    work: list[tuple[str, Layer | None, tuple[str, str, str] | None]] = [
-        (layer.name, layer, None) for layer in layers
-    ] + [(keys[0], None, keys) for keys in batchnorms.values()]
-    work.sort(key=lambda item: natural_key(item[0]))
     run_notes: list[str] = []
-    factors, bad = _compute_factors(checkpoint, work, options, progress, run_notes)
+    factors, bad = _all_factors(
+        checkpoint, layers, list(batchnorms.values()), options, progress, known_sigmas, run_notes
+    )
     for key in prelus:
         try:
             factors.append(_prelu_factor(checkpoint, key))
