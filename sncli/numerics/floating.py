@@ -40,7 +40,13 @@ def gamma(k: int, *, complex_arith: bool = False) -> float:
 
 
 def check_finite(matrix: torch.Tensor) -> None:
-    """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds."""
+    """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds (a torch
+    tensor or a NumPy array)."""
+    if type(matrix).__module__ != "torch":
+        from sncli.numerics.spectral_numpy import check_finite_array
+
+        check_finite_array(matrix)
+        return
     import torch
 
     finite = torch.isfinite(matrix)
@@ -68,7 +74,7 @@ def scale_(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
     if exponent:
         half = exponent // 2
         for part in (half, exponent - half) if abs(exponent) > 1000 else (exponent,):
-            tensor.mul_(math.ldexp(1.0, part))
+            tensor *= math.ldexp(1.0, part)  # in place, a torch tensor or a NumPy array
     return tensor
 
 

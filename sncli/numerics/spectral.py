@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from sncli.arrays import is_array
 from sncli.errors import NumericalError
 from sncli.numerics.bounds import ScaledGram
 from sncli.numerics.floating import check_finite, pow2_exponent, scale_
@@ -156,7 +157,12 @@ def as_matrix(weight: torch.Tensor, reshape_dim: int = 0) -> torch.Tensor:
     ``reshape_dim`` goes first (0 for Linear/Conv, 1 for ConvTranspose), the rest is flattened.
     The result is detached: σ needs no gradient, and an ``nn.Parameter`` would make torch warn
     (``float()`` of a tensor that requires grad) or refuse (``mv`` with ``out=``).
+    A NumPy array gives a NumPy matrix (a view where the layout allows).
     """
+    if is_array(weight):
+        from sncli.numerics.spectral_numpy import as_matrix_array
+
+        return as_matrix_array(weight, reshape_dim)
     weight = weight.detach()
     if weight.dim() < 2:
         raise ValueError(f"need at least 2 dimensions, got shape {tuple(weight.shape)}")
@@ -217,6 +223,10 @@ def _gram64(matrix: torch.Tensor, exponent: int, lower_only: bool = False) -> to
 
 def exact_sigma(matrix: torch.Tensor) -> float:
     """σ_max via float64 ``eigvalsh`` of the smaller Gram matrix (scaled to avoid overflow)."""
+    if is_array(matrix):
+        from sncli.numerics.spectral_numpy import exact_sigma_array
+
+        return exact_sigma_array(matrix)
     import torch
 
     if matrix.numel() == 0:
@@ -245,7 +255,13 @@ def _norm(vector: torch.Tensor) -> float:
 
 
 def matvec64(matrix: torch.Tensor, vector: torch.Tensor, exponent: int = 0) -> torch.Tensor:
-    """(2^e·matrix) @ vector in float64, converting W a chunk of rows at a time (no full copy)."""
+    """(2^e·matrix) @ vector in float64, converting W a chunk of rows at a time (no full copy).
+
+    NumPy in (matrix and vector), NumPy out."""
+    if is_array(matrix):
+        from sncli.numerics.spectral_numpy import matvec64_array
+
+        return matvec64_array(matrix, vector, exponent)
     import torch
 
     m, n = matrix.shape
@@ -597,7 +613,21 @@ def largest_singular_value(
     proven upper bound (costs a float64 Gram matrix and a Cholesky factorization).
     Raises ``NumericalError`` when the matrix holds NaN or Inf (no σ would be meaningful) or
     when LAPACK fails on it (the caller reports that one layer as not measurable).
+
+    A NumPy matrix (``start`` then NumPy too) is measured by the same methods on NumPy/LAPACK
+    (:mod:`.spectral_numpy`, no torch) when the device is the CPU; on a GPU it is moved to torch.
     """
+    if is_array(matrix):
+        if device in ("", "cpu"):
+            from sncli.numerics.spectral_numpy import largest_singular_value_array
+
+            return largest_singular_value_array(
+                matrix, Method(method), iters, tol, seed, start, certify
+            )
+        from sncli.arrays import to_torch
+
+        matrix = to_torch(matrix)
+        start = None if start is None else to_torch(start)
     import torch
 
     try:
