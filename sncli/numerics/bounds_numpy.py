@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sncli.arrays import upcast
-from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, gamma
+from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, check_finite_array, gamma
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,8 +31,6 @@ def scaled_gram(matrix: np.ndarray) -> tuple[np.ndarray, int, int, float] | None
     """(G = WᵀW of the smaller side of 2^(−e)·W, e, inner dimension, upper bound on ‖·‖_F²);
     None for the zero matrix. Raises ``NumericalError`` on NaN/Inf."""
     import numpy as np
-
-    from sncli.numerics.spectral_numpy import check_finite_array
 
     w = upcast(matrix, np.float64)
     check_finite_array(w)

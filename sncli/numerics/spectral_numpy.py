@@ -12,20 +12,21 @@ when it computes on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
 from sncli.arrays import as_float, is_bfloat16, torch_randn, upcast
 from sncli.errors import NumericalError
+from sncli.numerics import estimates as sp
 from sncli.numerics.bounds_numpy import certify_upper
-from sncli.numerics.floating import pow2_exponent, scale_
+from sncli.numerics.estimates import BoundKind, Method, SigmaEstimate
+from sncli.numerics.floating import check_finite_array, pow2_exponent, scale_
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import numpy as np
-
-    from sncli.numerics.spectral import Method, SigmaEstimate
 
 
 def as_matrix_array(weight: np.ndarray, reshape_dim: int = 0) -> np.ndarray:
@@ -39,31 +40,11 @@ def as_matrix_array(weight: np.ndarray, reshape_dim: int = 0) -> np.ndarray:
 
 
 def _row_chunks(matrix: np.ndarray) -> Iterator[np.ndarray]:
-    from sncli.numerics.spectral import CHUNK_ELEMENTS
 
     m, n = matrix.shape
-    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    step = max(1, sp.CHUNK_ELEMENTS // max(n, 1))
     for start in range(0, m, step):
         yield matrix[start : start + step]
-
-
-def check_finite_array(matrix: np.ndarray) -> None:
-    """Raise ``NumericalError`` naming how many NaN/Inf entries the array holds."""
-    import numpy as np
-
-    nan = inf = 0
-    for chunk in _row_chunks(matrix.reshape(matrix.shape[0], -1) if matrix.ndim else matrix):
-        values = upcast(chunk) if is_bfloat16(chunk) else chunk
-        if values.dtype.kind not in "fc":
-            continue
-        finite = np.isfinite(values)
-        if finite.all():
-            continue
-        bad_nan = int(np.isnan(values).sum())
-        nan += bad_nan
-        inf += int(values.size - int(finite.sum()) - bad_nan)
-    if nan or inf:
-        raise NumericalError(f"non-finite values ({nan} NaN, {inf} Inf)")
 
 
 def max_abs(matrix: np.ndarray) -> float:
@@ -89,20 +70,18 @@ def _gram64(matrix: np.ndarray, exponent: int, lower_only: bool = False) -> np.n
     """float64 Gram matrix of the smaller side of 2^e·matrix (as :func:`.spectral._gram64`)."""
     import numpy as np
 
-    from sncli.numerics.spectral import CHUNK_ELEMENTS, GRAM_BLOCK, GRAM_BLOCK_SIDE, GRAM_MIN_RANK
-
     m, n = matrix.shape
     tall = m >= n
     side = n if tall else m
     gram = np.zeros((side, side), dtype=np.float64)
     length = m if tall else n
-    step = max(1, CHUNK_ELEMENTS // max(side, 1), GRAM_MIN_RANK)
+    step = max(1, sp.CHUNK_ELEMENTS // max(side, 1), sp.GRAM_MIN_RANK)
     for start in range(0, length, step):
         part = matrix[start : start + step] if tall else matrix[:, start : start + step].T
         chunk = _chunk64(part, exponent)
-        if lower_only and side >= GRAM_BLOCK_SIDE:
-            for row in range(0, side, GRAM_BLOCK):
-                end = min(side, row + GRAM_BLOCK)
+        if lower_only and side >= sp.GRAM_BLOCK_SIDE:
+            for row in range(0, side, sp.GRAM_BLOCK):
+                end = min(side, row + sp.GRAM_BLOCK)
                 gram[row:end, :end] += chunk[:, row:end].T @ chunk[:, :end]
         else:
             gram += chunk.T @ chunk
@@ -167,17 +146,15 @@ class _NormalOperator:
     def __init__(self, matrix: np.ndarray, dtype: np.dtype, exponent: int) -> None:
         import numpy as np
 
-        from sncli.numerics.spectral import CHUNK_ELEMENTS, FLOAT32_SAFE_EXPONENT
-
         self.matrix = matrix
         self.dtype = np.dtype(dtype)
         self.exponent = exponent
         bf16 = is_bfloat16(matrix)
         self.scale_first = exponent != 0 and (
-            (matrix.dtype == np.float64 and not bf16) or abs(exponent) > FLOAT32_SAFE_EXPONENT
+            (matrix.dtype == np.float64 and not bf16) or abs(exponent) > sp.FLOAT32_SAFE_EXPONENT
         )
         m, n = matrix.shape
-        self.rows = max(1, min(m, CHUNK_ELEMENTS // max(n, 1)))
+        self.rows = max(1, min(m, sp.CHUNK_ELEMENTS // max(n, 1)))
         self.direct = (
             not bf16 and matrix.dtype == self.dtype and exponent == 0 and matrix.flags.c_contiguous
         )
@@ -239,10 +216,8 @@ def _block_lanczos(
     """:func:`.spectral._block_lanczos` on NumPy: (θ, Ritz vector, error, steps, converged)."""
     import numpy as np
 
-    from sncli.numerics.spectral import BLOCK_SIZE, WARM_START_MIN_STEPS
-
-    width = max(1, min(block or BLOCK_SIZE, n))
-    min_steps = 1 if start is None else WARM_START_MIN_STEPS
+    width = max(1, min(block or sp.BLOCK_SIZE, n))
+    min_steps = 1 if start is None else sp.WARM_START_MIN_STEPS
     first = torch_randn(seed, (width, n))
     if start is not None and start.size == n:
         guess = upcast(start, np.float64).reshape(-1)
@@ -303,10 +278,8 @@ def lanczos_array(
     """:func:`.spectral._lanczos` on NumPy."""
     import numpy as np
 
-    from sncli.numerics.spectral import FLOAT32_TOL_FLOOR, BoundKind, SigmaEstimate
-
     if precision is None:
-        precision = "float64" if tol < FLOAT32_TOL_FLOOR else "float32"
+        precision = "float64" if tol < sp.FLOAT32_TOL_FLOOR else "float32"
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision must be float32 or float64, not {precision!r}")
     if amax == 0.0:
@@ -342,8 +315,6 @@ def power_array(
 ) -> SigmaEstimate:
     """:func:`.spectral.power_iteration` on NumPy."""
     import numpy as np
-
-    from sncli.numerics.spectral import BoundKind, Method, SigmaEstimate
 
     amax = max_abs(matrix)
     if amax == 0.0:
@@ -388,18 +359,14 @@ def largest_singular_value_array(
     """:func:`.spectral._largest_singular_value` for a NumPy matrix on the CPU."""
     import numpy as np
 
-    from sncli.numerics import spectral as sp
-
     if matrix.ndim != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(matrix.shape)}")
     matrix = as_float(matrix)
     try:
         amax = max_abs(matrix)
         if amax == 0.0:
-            estimate = sp.SigmaEstimate(
-                0.0, method, sp.BoundKind.EXACT, 0, True, 0.0, True, 0.0, "zero"
-            )
-        elif method is sp.Method.POWER:
+            estimate = SigmaEstimate(0.0, method, BoundKind.EXACT, 0, True, 0.0, True, 0.0, "zero")
+        elif method is Method.POWER:
             estimate = power_array(
                 matrix,
                 iters=iters,
@@ -408,12 +375,12 @@ def largest_singular_value_array(
                 start=start,
             )
         elif (
-            method is sp.Method.DENSE
-            or (method is sp.Method.AUTO and min(matrix.shape) <= sp.DENSE_MAX_SIDE)
-            or (method is sp.Method.EXACT and min(matrix.shape) <= sp.EXACT_DENSE_MAX_SIDE)
+            method is Method.DENSE
+            or (method is Method.AUTO and min(matrix.shape) <= sp.DENSE_MAX_SIDE)
+            or (method is Method.EXACT and min(matrix.shape) <= sp.EXACT_DENSE_MAX_SIDE)
         ):
             estimate = _dense(matrix, method)
-        elif method is sp.Method.EXACT:
+        elif method is Method.EXACT:
             estimate = lanczos_array(
                 matrix,
                 amax,
@@ -426,18 +393,18 @@ def largest_singular_value_array(
                 sp.EXACT_BLOCK_SIZE,
             )
             if estimate.converged:
-                estimate = sp._replace(estimate, bound=sp.BoundKind.EXACT)
+                estimate = dataclasses.replace(estimate, bound=BoundKind.EXACT)
             else:
                 estimate = _dense(matrix, method, "lanczos did not converge")
         else:
             target = sp.DEFAULT_TOL if tol is None else tol
             max_dim = (
                 sp.MAX_KRYLOV_DIM
-                if method is sp.Method.AUTO
+                if method is Method.AUTO
                 else min(sp.MAX_KRYLOV_DIM, iters * sp.BLOCK_SIZE)
             )
             estimate = lanczos_array(matrix, amax, target, None, max_dim, seed, start, method)
-            if method is sp.Method.AUTO and not estimate.converged:
+            if method is Method.AUTO and not estimate.converged:
                 estimate = _dense(matrix, method, "lanczos did not converge")
         if certify:
             estimate = _certify(matrix, estimate)
@@ -449,7 +416,6 @@ def largest_singular_value_array(
 
 
 def _dense(matrix: np.ndarray, method: Method, why: str = "") -> SigmaEstimate:
-    from sncli.numerics.spectral import BoundKind, SigmaEstimate
 
     name = "dense-eigvalsh-float64" + (f" ({why})" if why else "")
     return SigmaEstimate(
