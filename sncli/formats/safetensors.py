@@ -224,6 +224,8 @@ class SafetensorsStreamReader:
 
         code, shape, buffer = self._read_bytes(file, key, index)
         dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
+        if buffer.size == 0:  # from_numpy gives an empty array stride 0, which view() refuses
+            return torch.empty(shape, dtype=dtype)
         return torch.from_numpy(buffer).view(dtype).reshape(shape)
 
     def _read_array(self, file: Path, key: str, index: int | None) -> Any:

@@ -54,7 +54,11 @@ def max_abs(matrix: np.ndarray) -> float:
     value = 0.0
     for chunk in _row_chunks(matrix):
         values = upcast(chunk) if is_bfloat16(chunk) else chunk
-        value = max(value, -float(values.min()), float(values.max()))
+        low, high = float(values.min()), float(values.max())
+        if not (math.isfinite(low) and math.isfinite(high)):  # NaN would slip through max()
+            value = math.nan
+            break
+        value = max(value, -low, high)
     if not math.isfinite(value):
         check_finite_array(matrix)
     return value
