@@ -248,7 +248,7 @@ def _stored_estimate(
 
         u = loaded.u.to(torch.float64).reshape(-1)
         v = loaded.v.to(torch.float64).reshape(-1)
-    if u.size != matrix.shape[0] or v.size != matrix.shape[1]:
+    if u.shape[0] != matrix.shape[0] or v.shape[0] != matrix.shape[1]:
         return SpectralNormReading(
             info.style, None, None, "stored u/v do not match the weight's shape"
         )
