@@ -413,9 +413,8 @@ def layer_spectrum(
     checkpoint: Checkpoint, layer: Layer, options: SpectrumOptions | None = None
 ) -> LayerSpectrum:
     """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf."""
-    return _spectrum_of(
-        layer, load_weight(checkpoint, layer.name, None), options or SpectrumOptions()
-    )
+    weight = load_weight(checkpoint, layer.name, None, arrays=checkpoint.numpy_native)
+    return _spectrum_of(layer, weight, options or SpectrumOptions())
 
 
 def _spectrum_or_skip(
@@ -431,7 +430,9 @@ def _spectrum_or_skip(
 def _load_for_task(
     checkpoints: tuple[Checkpoint, ...], layer: Layer, reader: SafetensorsStreamReader | None
 ) -> tuple[Layer, Any]:
-    return layer, load_weight(checkpoints[0], layer.name, reader)
+    checkpoint = checkpoints[0]
+    # NumPy where the format is read without torch (no torch import), torch tensors otherwise.
+    return layer, load_weight(checkpoint, layer.name, reader, arrays=checkpoint.numpy_native)
 
 
 def _layer_bytes(layer: Layer) -> int:

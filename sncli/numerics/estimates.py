@@ -1,13 +1,18 @@
-"""What a σ method reports and the constants the σ kernels share, torch or NumPy.
+"""What the σ and spectrum kernels report and the constants they share, torch or NumPy.
 
-:mod:`.spectral` (torch) and :mod:`.spectral_numpy` (NumPy) both build on these; the module
-docstring of :mod:`.spectral` explains the methods and where each constant was measured.
+:mod:`.spectral`/:mod:`.svd` (torch) and :mod:`.spectral_numpy`/:mod:`.svd_numpy` (NumPy)
+build on these; the module docstrings of :mod:`.spectral` and :mod:`.svd` explain the methods
+and where each constant was measured.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Method(str, Enum):
@@ -86,3 +91,46 @@ class SigmaEstimate:
     certified: bool = False
     upper: float | None = None
     algorithm: str = ""
+
+
+#: Below this σ_min/σ₁ the Gram matrix's rounding (≈ ε₆₄·(σ₁/σ)² relative) would exceed ~1e-6,
+#: so the layer is recomputed by gesdd.
+GRAM_RESOLUTION = 1e-5
+#: Default relative error target of each of the K largest σ (``--top-k``).
+TOP_K_TOL = 1e-8
+#: Rayleigh–Ritz (an eigh of the projected matrix, the largest cost after the products) runs
+#: again only once the Krylov space has grown by this factor (every step while it is small).
+TOP_K_CHECK_GROWTH = 1.2
+#: K at or above this fraction of min(m, n) goes dense: Lanczos would need most of the space.
+TOP_K_DENSE_FRACTION = 0.25
+#: Largest block of the top-K block Lanczos.
+TOP_K_MAX_BLOCK = 16
+#: Krylov dimension cap of the top-K run (at least this, or 8·K).
+TOP_K_MIN_DIM = 480
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Singular values of one matrix, largest first (float64, read-only), and how they came.
+
+    ``complete`` is True when these are all min(m, n) values. For a top-K run, ``errors`` holds
+    each value's estimated relative error (None when dense), ``steps`` the block steps, and
+    ``converged`` whether every value reached the tolerance.
+    """
+
+    values: np.ndarray
+    algorithm: str
+    complete: bool = True
+    errors: np.ndarray | None = None
+    steps: int | None = None
+    converged: bool | None = None
+
+
+def _readonly(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
+
+
+def _readonly(values: np.ndarray) -> np.ndarray:
+    values.flags.writeable = False
+    return values
