@@ -77,6 +77,9 @@ def upcast(array: np.ndarray, dtype: Any = None, out: np.ndarray | None = None) 
     target = np.dtype(np.float32 if dtype is None else dtype)
     if is_bfloat16(array):
         raw = array.view(np.ndarray)
+        if out is not None and out.dtype == np.float32:  # straight into the buffer, no temporary
+            np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+            return out
         wide = np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
         if out is None:
             return wide if target == np.float32 else wide.astype(target)
