@@ -113,10 +113,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["sharded"] = index_path
     folder = root / "folder"
     folder.mkdir()
-    save_file(
-        {k: single[k] for k in ("big.weight", "wide.weight")}, str(folder / "model.safetensors")
-    )
+    pair = {k: single[k] for k in ("big.weight", "wide.weight")}
+    save_file(pair, str(folder / "model.safetensors"))
     paths["folder"] = folder
+    snapshot = root / "hub" / "models--sncli-test--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(pair, str(snapshot / "model.safetensors"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    paths["hf-id"] = root / "hub"  # the cache; the command names the id
 
     paths["npy"] = root / "w.npy"
     np.save(paths["npy"], rng.standard_normal((280, 260)).astype(np.float32))
@@ -160,7 +165,10 @@ CASES = (
     [("safetensors", name) for name in COMMANDS]
     + [
         (fmt, name)
-        for fmt in ("sharded", "folder", "npy", "npz", "gguf-q8", "gguf-f16", "onnx", "keras", "h5")
+        for fmt in (
+            *("sharded", "folder", "hf-id", "npy", "npz"),
+            *("gguf-q8", "gguf-f16", "onnx", "keras", "h5"),
+        )
         for name in ("auto", "exact-certified", "spectrum")
     ]
     + [("npy", "top-k"), ("gguf-f16", "power")]
@@ -264,7 +272,11 @@ def _compare(free: dict[str, Any], reference: dict[str, Any]) -> float:
 def test_same_numbers_without_torch(
     files: dict[str, Path], fmt: str, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = [COMMANDS[command][0], str(files[fmt]), *COMMANDS[command][1:]]
+    target = str(files[fmt])
+    if fmt == "hf-id":  # the subprocess inherits HF_HUB_CACHE
+        monkeypatch.setenv("HF_HUB_CACHE", target)
+        target = "sncli-test/tiny"
+    args = [COMMANDS[command][0], target, *COMMANDS[command][1:]]
     free = _torch_free(args)
     reference = _with_torch(args, monkeypatch)
     assert free["layers"], "nothing was measured"

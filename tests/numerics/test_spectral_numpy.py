@@ -116,3 +116,12 @@ def test_near_singular_goes_to_gesdd() -> None:
     assert spectrum.algorithm.startswith("gesdd")
     np.testing.assert_allclose(spectrum.values[:6], _truth(low_rank)[:6], rtol=1e-12)
     assert np.all(spectrum.values[6:] < 1e-12 * spectrum.values[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_numpy_input_on_cuda_runs_the_torch_kernels() -> None:
+    array, tensor = _matrix((300, 150), "bfloat16", seed=4)
+    for method in (Method.AUTO, Method.EXACT):
+        on_gpu = largest_singular_value(array, method, device="cuda")
+        reference = largest_singular_value(tensor, method, device="cuda")
+        assert on_gpu == reference
