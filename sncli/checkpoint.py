@@ -167,11 +167,15 @@ class Checkpoint:
 
     @property
     def numpy_native(self) -> bool:
-        """Whether :meth:`load_array` reads this checkpoint without torch (safetensors, GGUF,
-        NumPy, Keras, ONNX), so the engines measure it on NumPy."""
+        """Whether the engines measure this checkpoint on NumPy: :meth:`load_array` reads it
+        without torch (safetensors, GGUF, NumPy, Keras, ONNX), or it is a state dict in memory
+        (``sncli.Tracker``: its tensors are shared with NumPy, so a state dict gives the numbers
+        its saved safetensors file gives). PyTorch files keep torch's kernels."""
         if self._contents is not None:
             return self._contents.load_array is not None
-        return self.format == "safetensors" and sys.byteorder == "little"
+        return self.format == "memory" or (
+            self.format == "safetensors" and sys.byteorder == "little"
+        )
 
     def load_array(self, name: str) -> Any:
         """``load(name)`` as a NumPy array (bfloat16 as :class:`sncli.arrays.BFloat16Array`).

@@ -48,6 +48,15 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   svdvals took 1.3 s instead of 3 ms under load); Gram iteration and float32 Gram + Lanczos (the
   Gram dominates).
 
+**NumPy input** (safetensors, GGUF, NumPy, Keras and ONNX files are read as NumPy, so those
+commands never import torch) runs the same methods in :mod:`.spectral_numpy` on NumPy's
+OpenBLAS/LAPACK, from the same random start blocks (:func:`sncli.arrays.torch_randn`): results
+agree to rounding (float64 ~1e-15, float32 Lanczos ≤ 1e-6 relative, the same step counts;
+tests/test_torch_free.py). OpenBLAS's thin float32 GEMMs are slower than MKL's (one thread,
+4 rows against a 1024×4096 float32 matrix: 4.8 ms against 1.0 ms), so ``auto`` computes
+1.5–1.8× longer on NumPy; a whole process still wins on small and mid-sized checkpoints, which
+no longer pay torch's ~1.5 s import (bench/README.md). On ``cuda`` NumPy input is moved to torch.
+
 Kaniel–Paige–Saad: Lanczos converges like exp(−4k√γ), γ = (λ₁−λ_{b+1})/(λ_{b+1}−λₙ) for block
 size b (Golub & Van Loan, *Matrix Computations*, 4th ed., §10.3–10.4). The error estimate for the
 top Ritz value θ₁ with residual ρ₁ is min(ρ₁, ρ₁²/gap), gap = θ₁ − θ₂ − ρ₂ (Parlett, *The Symmetric
