@@ -139,6 +139,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[name] = root / f"{name}.gguf"
         write_gguf(paths[name], state, qtype)
 
+    import gguf
+
+    paths["gguf-moe"] = root / "moe.gguf"
+    writer = gguf.GGUFWriter(str(paths["gguf-moe"]), "qwen2moe")
+    writer.add_expert_count(4)
+    writer.add_tensor("blk.0.ffn_down_exps.weight", rng.standard_normal((4, 64, 160)).astype("f4"))
+    writer.add_tensor("blk.0.ffn_gate_exps.weight", rng.standard_normal((4, 160, 64)).astype("f4"))
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(64, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -171,7 +184,7 @@ CASES = (
         )
         for name in ("auto", "exact-certified", "spectrum")
     ]
-    + [("npy", "top-k"), ("gguf-f16", "power")]
+    + [("npy", "top-k"), ("gguf-f16", "power"), ("gguf-moe", "auto"), ("gguf-moe", "spectrum")]
 )
 
 
