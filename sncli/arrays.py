@@ -36,6 +36,9 @@ def bfloat16_array_type() -> type:
         class BFloat16Array(np.ndarray):
             """bfloat16 values held as their uint16 bit patterns (see :func:`upcast`)."""
 
+            def __reduce__(self) -> tuple[Any, tuple[Any]]:  # a local class: pickle the bits
+                return bfloat16_from_bits, (np.array(self.view(np.ndarray)),)
+
         _BFLOAT16 = BFloat16Array
     return _BFLOAT16
 

@@ -79,3 +79,13 @@ def test_integers_become_float32() -> None:
     assert array.dtype == np.float32
     with pytest.raises(ValueError, match="complex"):
         as_float(np.zeros((2, 2), np.complex64))
+
+
+def test_bfloat16_arrays_pickle() -> None:
+    """Dask workers may pickle what they load (``--scheduler``)."""
+    import pickle
+
+    array = bfloat16_from_bits(np.arange(12, dtype=np.uint16)).reshape(3, 4).T
+    back = pickle.loads(pickle.dumps(array))
+    assert is_bfloat16(back) and back.shape == (4, 3)
+    assert np.array_equal(upcast(back), upcast(array))
