@@ -95,6 +95,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "wn.weight_g": _rng_tensor(rng, 32, 1, dtype=torch.float32).abs(),
         "wn.weight_v": _rng_tensor(rng, 32, 48, dtype=torch.float32),
     }
+    square = _rng_tensor(rng, 8, 8, 3, 3, dtype=torch.float32)  # in == out: u, v decide
+    single["sn.weight_orig"] = square
+    single["sn.weight_u"] = torch.from_numpy(rng.standard_normal(8)).float()
+    single["sn.weight_v"] = torch.from_numpy(rng.standard_normal(72)).float()
     legacy = torch.load(REPO / "sample_models" / "sngan_disc_legacy.pt", weights_only=True)
     single.update({k: v.contiguous() for k, v in legacy.items() if k.startswith("main.0.")})
     paths = {"safetensors": root / "single.safetensors"}
