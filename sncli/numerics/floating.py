@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from sncli.arrays import is_bfloat16, upcast
+from sncli.arrays import is_array, is_bfloat16, upcast
 from sncli.errors import NumericalError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def gamma(k: int, *, complex_arith: bool = False) -> float:
 def check_finite(matrix: torch.Tensor) -> None:
     """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds (a torch
     tensor or a NumPy array)."""
-    if type(matrix).__module__ != "torch":
+    if is_array(matrix):
         check_finite_array(matrix)
         return
     import torch
