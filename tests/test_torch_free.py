@@ -70,6 +70,7 @@ COMMANDS = {
     "dense": (*INSPECT, "--method", "dense"),
     "spectrum": ("spectrum", "--format", "json"),
     "top-k": ("spectrum", "--top-k", "3", "--format", "json"),
+    "allocation": ("spectrum", "--hill", "--snr", "--mp-fit", "--randomize", "--format", "json"),
 }
 
 
@@ -189,6 +190,7 @@ CASES = (
         for name in ("auto", "exact-certified", "spectrum")
     ]
     + [("npy", "top-k"), ("gguf-f16", "power"), ("gguf-moe", "auto"), ("gguf-moe", "spectrum")]
+    + [("gguf-f16", "allocation"), ("npz", "allocation")]
 )
 
 
