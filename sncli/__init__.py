@@ -8,7 +8,9 @@ Hugging Face id or an opened checkpoint)::
     for layer in report.layers:
         print(layer.name, layer.sigma)
 
-Importing sncli does not import torch; it is loaded when a checkpoint is opened. The engines
+Importing sncli does not import torch; inspect and spectrum on safetensors, GGUF, NumPy, Keras
+and ONNX files never load it (NumPy readers and kernels); PyTorch files and the other engines
+load it when they need it. The engines
 beyond inspect and track are imported when their name is first used (``sncli.spectra``…), so
 ``import sncli`` stays quick.
 """

@@ -6,6 +6,7 @@ workers, within a byte budget); bench/README.md has the numbers.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
+from sncli.arrays import is_array, to_float64
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import NumericalError
@@ -203,15 +205,19 @@ class _Loaded:
 def _load_layer(
     checkpoint: Checkpoint, layer: Layer, reader: SafetensorsStreamReader | None
 ) -> _Loaded:
-    weight = load_weight(checkpoint, layer.name, reader)
+    """The layer's tensors: NumPy arrays where the format is read without torch
+    (``Checkpoint.numpy_native``), else torch tensors (PyTorch files keep torch's kernels)."""
+    arrays = checkpoint.numpy_native
+    load = checkpoint.load_array if arrays else checkpoint.load
+    weight = load_weight(checkpoint, layer.name, reader, arrays=arrays)
     loaded = _Loaded(layer, weight)
     info = layer.spectral_norm
     if info is not None:
-        loaded.u = checkpoint.load(info.u_key)
+        loaded.u = load(info.u_key)
         if info.v_key is not None:
-            loaded.v = checkpoint.load(info.v_key)
+            loaded.v = load(info.v_key)
         elif info.effective_key is not None:
-            loaded.effective = load_weight(checkpoint, info.effective_key, reader)
+            loaded.effective = load_weight(checkpoint, info.effective_key, reader, arrays=arrays)
     return loaded
 
 
@@ -222,8 +228,6 @@ def _stored_estimate(
     sigma: float,
     options: MethodOptions,
 ) -> SpectralNormReading | None:
-    import torch
-
     info = layer.spectral_norm
     if info is None:
         return None
@@ -237,14 +241,20 @@ def _stored_estimate(
         return SpectralNormReading(
             info.style, estimate, eff.sigma, "legacy version-0 layout: normalized weight stored"
         )
-    u = loaded.u.to(torch.float64).reshape(-1)
-    v = loaded.v.to(torch.float64).reshape(-1)
-    if u.numel() != matrix.shape[0] or v.numel() != matrix.shape[1]:
+    if is_array(matrix):
+        u, v = to_float64(loaded.u).reshape(-1), to_float64(loaded.v).reshape(-1)
+    else:
+        import torch
+
+        u = loaded.u.to(torch.float64).reshape(-1)
+        v = loaded.v.to(torch.float64).reshape(-1)
+    if u.shape[0] != matrix.shape[0] or v.shape[0] != matrix.shape[1]:
         return SpectralNormReading(
             info.style, None, None, "stored u/v do not match the weight's shape"
         )
-    estimate = float(torch.dot(u, matvec64(matrix, v).cpu()))
-    if estimate == 0.0 or not torch.isfinite(torch.tensor(estimate)):
+    product = matvec64(matrix, v)
+    estimate = float(u @ (product if is_array(product) else product.cpu()))
+    if estimate == 0.0 or not math.isfinite(estimate):
         return SpectralNormReading(
             info.style, estimate, None, "stored estimate is zero: PyTorch would produce NaN"
         )
@@ -255,7 +265,7 @@ def _measure(loaded: _Loaded, options: MethodOptions, device: str) -> LayerSigma
     layer = loaded.layer
     matrix = as_matrix(loaded.weight, layer.reshape_dim)
     start = None
-    if options.warm_start and loaded.v is not None and loaded.v.numel() == matrix.shape[1]:
+    if options.warm_start and loaded.v is not None and math.prod(loaded.v.shape) == matrix.shape[1]:
         start = loaded.v
     estimate = largest_singular_value(
         matrix,

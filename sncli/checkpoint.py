@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sncli.arrays import from_torch
 from sncli.dtypes import SAFETENSORS_DTYPES
 from sncli.errors import CheckpointError
 from sncli.experts import ExpertSlice, StackScan, scan_stacks
@@ -163,6 +164,65 @@ class Checkpoint:
             raise CheckpointError(
                 f"cannot read tensor {quote(name)}: {describe(exc)}", info.file
             ) from exc
+
+    @property
+    def numpy_native(self) -> bool:
+        """Whether the engines measure this checkpoint on NumPy: :meth:`load_array` reads it
+        without torch (safetensors, GGUF, NumPy, Keras, ONNX), or it is a state dict in memory
+        (``sncli.Tracker``: its tensors are shared with NumPy, so a state dict gives the numbers
+        its saved safetensors file gives). PyTorch files keep torch's kernels."""
+        if self._contents is not None:
+            return self._contents.load_array is not None
+        return self.format == "memory" or (
+            self.format == "safetensors" and sys.byteorder == "little"
+        )
+
+    def load_array(self, name: str) -> Any:
+        """``load(name)`` as a NumPy array (bfloat16 as :class:`sncli.arrays.BFloat16Array`).
+
+        Safetensors, GGUF, NumPy, Keras and ONNX files are read without importing torch; other
+        formats load through torch and are converted (sharing memory where the dtype allows).
+        """
+        pair = self.derived.get(name)
+        if pair is not None:
+            return pair.compose_array(self.load_array(pair.g_key), self.load_array(pair.v_key))
+        part = self.experts.slices.get(name)
+        key = part.stack if part is not None else name
+        info = self.tensors[key]
+        if key in self.unsupported:
+            raise CheckpointError(f"tensor {quote(key)}: {self.unsupported[key]}", info.file)
+        try:
+            matrix = self._read_array(info, part)
+        except CheckpointError:
+            raise
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:
+            raise CheckpointError(
+                f"cannot read tensor {quote(key)}: {describe(exc)}", info.file
+            ) from exc
+        if matrix is None:  # no NumPy reader for this format or dtype: through torch
+            return from_torch(self.load(name))
+        return matrix.T if part is not None and part.transposed else matrix
+
+    def _read_array(self, info: TensorInfo, part: ExpertSlice | None) -> Any:
+        """The stored tensor (or ``part`` of a stack, as stored) as NumPy, or None when only
+        torch can read it."""
+        contents = self._contents
+        if contents is not None:
+            if contents.load_array is None:
+                return None
+            if part is None:
+                return contents.load_array(info.key)
+            if contents.load_slice_array is not None:
+                return contents.load_slice_array(info.key, part.index)
+            return contents.load_array(info.key)[part.index].copy()
+        if self.format == "safetensors" and sys.byteorder == "little":
+            reader = self._safetensors_reader()
+            if part is None:
+                return reader.read_array(info.file, info.key)
+            return reader.read_slice_array(info.file, info.key, part.index)
+        return None
 
     def _load_expert(self, info: TensorInfo, part: ExpertSlice) -> torch.Tensor:
         """One expert of a stack, oriented (out, in), reading only its slice where the format

@@ -61,11 +61,18 @@ def analysed_dtype(dtype: str) -> str:
 
 
 def bits_per_element(dtype: str) -> int:
-    """Bits of one element as loaded; dtypes safetensors cannot store are asked of torch."""
+    """Bits of one element as loaded; dtypes safetensors cannot store are asked of NumPy, then
+    torch."""
     dtype = analysed_dtype(dtype)
     bits = _BITS.get(dtype)
     if bits is not None:
         return bits
+    import numpy as np
+
+    try:  # complex128 and other NumPy dtypes (npy/npz files): no torch needed
+        return np.dtype(dtype).itemsize * 8
+    except TypeError:
+        pass
     import torch
 
     return getattr(torch, dtype).itemsize * 8

@@ -22,7 +22,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sncli.checkpoint import Checkpoint, TensorInfo, natural_key
 from sncli.dtypes import FLOAT_DTYPES, analysed_dtype
@@ -547,20 +547,38 @@ def _sn_reshape(
 def _sn_agreement(
     checkpoint: Checkpoint, name: str, group: SpectralNormInfo
 ) -> tuple[float, float] | None:
-    """uᵀWv/σ(W) for the dim-0 and dim-1 reshapes (float64); None when not finite."""
-    import torch
-
+    """uᵀWv/σ(W) for the dim-0 and dim-1 reshapes (float64); None when not finite. On NumPy
+    where the checkpoint is read without torch (``Checkpoint.numpy_native``)."""
     assert group.v_key is not None
-    weight = checkpoint.load(name).to(torch.float64)
-    u = checkpoint.load(group.u_key).to(torch.float64).reshape(-1)
-    v = checkpoint.load(group.v_key).to(torch.float64).reshape(-1)
-    if not all(bool(torch.isfinite(t).all()) for t in (weight, u, v)):
+    if checkpoint.numpy_native:
+        import numpy as np
+
+        from sncli.arrays import to_float64
+
+        def load(key: str) -> Any:
+            return to_float64(checkpoint.load_array(key))
+
+        def finite(value: Any) -> bool:
+            return bool(np.isfinite(value).all())
+    else:
+        import torch
+
+        def load(key: str) -> Any:
+            return checkpoint.load(key).to(torch.float64)
+
+        def finite(value: Any) -> bool:
+            return bool(torch.isfinite(value).all())
+
+    weight = load(name)
+    u = load(group.u_key).reshape(-1)
+    v = load(group.v_key).reshape(-1)
+    if not all(finite(t) for t in (weight, u, v)):
         return None
     ratios = []
     for dim in (0, 1):
         matrix = as_matrix(weight, dim)
         sigma = largest_singular_value(matrix, Method.AUTO, tol=1e-3, start=v).sigma
-        ratios.append(float(torch.dot(u, matrix @ v)) / sigma if sigma > 0 else 0.0)
+        ratios.append(float(u @ (matrix @ v)) / sigma if sigma > 0 else 0.0)
     return ratios[0], ratios[1]
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +141,19 @@ class WeightNormPair:
             return v * (g / torch.linalg.vector_norm(v))
         dims = [d for d in range(v.dim()) if d != self.dim]
         return v * (g / torch.linalg.vector_norm(v, dim=dims, keepdim=True))
+
+    def compose_array(self, g: Any, v: Any) -> Any:
+        """:meth:`compose` on NumPy arrays (no torch)."""
+        import numpy as np
+
+        from sncli.arrays import to_float64
+
+        v = to_float64(v)
+        g = to_float64(g)
+        if self.dim is None:
+            return v * (g / np.sqrt(np.sum(v * v)))
+        dims = tuple(d for d in range(v.ndim) if d != self.dim)
+        return v * (g / np.sqrt(np.sum(v * v, axis=dims, keepdims=True)))
 
 
 def weight_norm_dim(g: tuple[int, ...], v: tuple[int, ...]) -> tuple[bool, int | None]:

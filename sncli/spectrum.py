@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sncli.arguments import CheckpointSource, takes_checkpoints
+from sncli.arrays import is_array, to_float64
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import UNIT_ROUNDOFF, bits_per_element
 from sncli.errors import NumericalError, WriteError
@@ -387,17 +388,25 @@ def _rmt_metrics(
         out["num_spikes"] = None if fit is None else fit.num_spikes
         out["bulk_max"] = None if fit is None else _finite(fit.bulk_max)
     if options.randomize:
-        dense = matrix.detach().cpu().double().numpy() if hasattr(matrix, "detach") else matrix
+        if is_array(matrix):  # read without torch: the NumPy engine (bfloat16 bits upcast)
+            dense, svdvals = to_float64(matrix), _numpy_svdvals
+        else:
+            dense, svdvals = matrix.detach().cpu().double().numpy(), _engine_svdvals
         randomized = rmt.randomized_esd(
             np.asarray(dense, dtype=np.float64),
             lam,
             rmt.layer_rng(options.seed, layer.name),
-            _engine_svdvals,
+            svdvals,
         )
         out["rand_distance"] = _finite(randomized.rand_distance)
         out["num_traps"] = randomized.num_traps
         out["max_rand_eval"] = _finite(randomized.max_rand_eval)
     return out
+
+
+def _numpy_svdvals(matrix: np.ndarray) -> np.ndarray:
+    """:func:`_engine_svdvals` on the NumPy engine (no torch), for layers read as NumPy."""
+    return singular_values(matrix).values
 
 
 def _engine_svdvals(matrix: np.ndarray) -> np.ndarray:
@@ -413,9 +422,8 @@ def layer_spectrum(
     checkpoint: Checkpoint, layer: Layer, options: SpectrumOptions | None = None
 ) -> LayerSpectrum:
     """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf."""
-    return _spectrum_of(
-        layer, load_weight(checkpoint, layer.name, None), options or SpectrumOptions()
-    )
+    weight = load_weight(checkpoint, layer.name, None, arrays=checkpoint.numpy_native)
+    return _spectrum_of(layer, weight, options or SpectrumOptions())
 
 
 def _spectrum_or_skip(
@@ -431,7 +439,9 @@ def _spectrum_or_skip(
 def _load_for_task(
     checkpoints: tuple[Checkpoint, ...], layer: Layer, reader: SafetensorsStreamReader | None
 ) -> tuple[Layer, Any]:
-    return layer, load_weight(checkpoints[0], layer.name, reader)
+    checkpoint = checkpoints[0]
+    # NumPy where the format is read without torch (no torch import), torch tensors otherwise.
+    return layer, load_weight(checkpoint, layer.name, reader, arrays=checkpoint.numpy_native)
 
 
 def _layer_bytes(layer: Layer) -> int:

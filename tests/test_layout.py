@@ -1,6 +1,7 @@
 """The package layout's rules, read from the imports of every module (README "Layout").
 
-* ``numerics/`` imports only ``sncli.errors`` and itself: the maths stays testable on its own.
+* ``numerics/`` imports only ``sncli.errors``, ``sncli.arrays`` (NumPy arrays in place of torch
+  tensors) and itself: the maths stays testable on its own.
 * ``formats/`` imports no engine, renderer or CLI: a reader knows its format and nothing else.
 * only ``cli/`` imports typer; only ``render/`` and ``cli/`` import rich.
 * no module imports torch, matplotlib, onnx or dask at import time (``sncli --help`` is instant).
@@ -31,7 +32,15 @@ LAZY = (
     "safetensors",
 )
 #: What ``formats/`` may import from sncli: shared leaves, never an engine, renderer or CLI.
-FORMAT_DEPENDENCIES = ("sncli.errors", "sncli.messages", "sncli.dtypes", "sncli.formats")
+FORMAT_DEPENDENCIES = (
+    "sncli.errors",
+    "sncli.messages",
+    "sncli.dtypes",
+    "sncli.arrays",
+    "sncli.formats",
+)
+#: What ``numerics/`` may import from sncli besides itself.
+NUMERICS_DEPENDENCIES = ("sncli.errors", "sncli.arrays")
 #: What ``run/`` may import from sncli: how work runs knows checkpoints, not what is computed.
 RUN_DEPENDENCIES = (*FORMAT_DEPENDENCIES, "sncli.checkpoint", "sncli.run", "sncli._version")
 
@@ -97,8 +106,12 @@ def test_package_rules(path: Path) -> None:
     used = sncli_imports(path)
     external = {name.split(".")[0] for name, _ in imports(path)}
     if in_package(path, "numerics"):
-        bad = {m for m in used if m != "sncli.errors" and not m.startswith("sncli.numerics")}
-        assert not bad, f"numerics/ imports only errors and itself, not {sorted(bad)}"
+        bad = {
+            m for m in used if m not in NUMERICS_DEPENDENCIES and not m.startswith("sncli.numerics")
+        }
+        assert not bad, f"numerics/ imports only errors, arrays and itself, not {sorted(bad)}"
+    if module_name(path) == "sncli.arrays":
+        assert not used, f"sncli.arrays is a leaf (formats/ and numerics/ import it): {used}"
     if in_package(path, "formats"):
         bad = {m for m in used if not m.startswith(FORMAT_DEPENDENCIES)}
         assert not bad, f"formats/ imports no engine, renderer or CLI: {sorted(bad)}"

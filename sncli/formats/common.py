@@ -120,3 +120,8 @@ class FormatContents:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: ``load_slice(name, e)``: ``load(name)[e]``, reading only that slice (GGUF expert stacks).
     load_slice: Callable[[str, int], Any] | None = None
+    #: ``load_array(name)``/``load_slice_array(name, e)``: the same values as a NumPy array
+    #: (bfloat16 as :class:`sncli.arrays.BFloat16Array`), without importing torch, where the
+    #: reader is NumPy-native (GGUF, NumPy, Keras, ONNX).
+    load_array: Callable[[str], Any] | None = None
+    load_slice_array: Callable[[str, int], Any] | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sncli.arrays import bfloat16_from_bits, to_torch
 from sncli.dtypes import DEQUANTIZED
 from sncli.errors import CheckpointError
 from sncli.formats.common import (
@@ -265,12 +266,17 @@ def _unsupported_reason(tensor: GGUFTensor) -> str | None:
 
 
 def _load(path: Path, tensor: GGUFTensor, index: int | None = None) -> Any:
-    """One tensor as torch: plain types as stored, quantized ones dequantized to float32.
+    """One tensor as torch (:func:`_load_array`'s values)."""
+    return to_torch(_load_array(path, tensor, index))
+
+
+def _load_array(path: Path, tensor: GGUFTensor, index: int | None = None) -> Any:
+    """One tensor as NumPy: plain types as stored (bfloat16 as its bits, a
+    :class:`sncli.arrays.BFloat16Array`), quantized ones dequantized to float32.
 
     With ``index``, only ``tensor[index]`` (one expert of a stack) is read: the slices of the
     outermost dimension are whole rows of blocks, ``nbytes / shape[0]`` bytes each."""
     import numpy as np
-    import torch
     from gguf import quants
     from gguf.constants import GGMLQuantizationType
 
@@ -279,18 +285,24 @@ def _load(path: Path, tensor: GGUFTensor, index: int | None = None) -> Any:
         nbytes //= shape[0]
         shape, offset = shape[1:], offset + index * nbytes
     if nbytes == 0:
-        dtype = getattr(torch, _PLAIN.get(tensor.type_name, "float32"))
-        return torch.zeros(shape, dtype=dtype)
+        plain = _PLAIN.get(tensor.type_name, "float32")
+        if plain == "bfloat16":
+            return bfloat16_from_bits(np.zeros(shape, dtype=np.uint16))
+        return np.zeros(shape, dtype=np.dtype(plain))
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         raw = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=offset).copy()
     plain = _PLAIN.get(tensor.type_name)
     if plain == "bfloat16":
-        return torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16).reshape(shape)
+        return bfloat16_from_bits(raw.view(np.uint16)).reshape(shape)
     if plain is not None:
-        return torch.from_numpy(raw.view(np.dtype(plain).newbyteorder("<"))).reshape(shape)
+        return (
+            raw.view(np.dtype(plain).newbyteorder("<"))
+            .astype(np.dtype(plain), copy=False)
+            .reshape(shape)
+        )
     rows = raw.reshape(-1, raw.size // max(1, math.prod(shape[:-1])))
     values = quants.dequantize(rows, GGMLQuantizationType(tensor.type_id))
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 
 
 def read_gguf(path: Path) -> FormatContents:
@@ -323,6 +335,8 @@ def read_gguf(path: Path) -> FormatContents:
         unsupported=unsupported,
         metadata=dict(header.metadata),
         load_slice=lambda name, index: _load(path, header.tensors[name], index),
+        load_array=lambda name: _load_array(path, header.tensors[name]),
+        load_slice_array=lambda name, index: _load_array(path, header.tensors[name], index),
     )
 
 

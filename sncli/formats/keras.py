@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sncli.arrays import to_torch
 from sncli.errors import CheckpointError
 from sncli.formats.common import FormatContents, describe, quote, regular_file_size
 from sncli.messages import clean_text
@@ -228,17 +229,22 @@ def _read_tree(h5: Any, path: Path) -> tuple[dict[str, _Variable], dict[str, str
 
 
 def _load(h5: Any, variable: _Variable) -> Any:
+    """One variable as torch (:func:`_load_array`'s values)."""
+    return to_torch(_load_array(h5, variable))
+
+
+def _load_array(h5: Any, variable: _Variable) -> Any:
+    """One variable as a C-ordered NumPy array in PyTorch's layout (transposed/permuted)."""
     import numpy as np
-    import torch
 
     array = h5[variable.path][()]
     array = np.asarray(array, dtype=array.dtype.newbyteorder("="))
-    tensor = torch.from_numpy(np.array(array, order="C"))
+    array = np.array(array, order="C")
     if variable.transform == "transpose":
-        tensor = tensor.T
+        array = array.T
     elif variable.transform == "conv":
-        tensor = tensor.permute(tensor.ndim - 1, tensor.ndim - 2, *range(tensor.ndim - 2))
-    return tensor.contiguous()
+        array = array.transpose(array.ndim - 1, array.ndim - 2, *range(array.ndim - 2))
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 class _Window(io.RawIOBase):
@@ -351,6 +357,7 @@ def _read(path: Path, fmt: str) -> FormatContents:
         files=[path],
         tensors={name: (v.shape, v.dtype) for name, v in variables.items()},
         load=lambda name: _load(h5, variables[name]),
+        load_array=lambda name: _load_array(h5, variables[name]),
         notes=notes,
         unsupported=unsupported,
         close=close_all,

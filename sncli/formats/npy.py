@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sncli.arrays import to_torch
 from sncli.errors import CheckpointError
 from sncli.formats.common import FormatContents, describe, quote, regular_file_size
 
@@ -104,13 +105,12 @@ def _describe_dtype(dtype: Any) -> str:
     return f"NumPy dtype {dtype.str} has no PyTorch equivalent"
 
 
-def _as_tensor(array: Any) -> Any:
-    """A native-endian, C-ordered copy of ``array`` as a torch tensor."""
+def _as_array(array: Any) -> Any:
+    """A native-endian, C-ordered, writable copy of ``array`` (a memory map is read-only;
+    torch wants native byte order)."""
     import numpy as np
-    import torch
 
-    # A private, writable copy (a memory map is read-only; torch wants native byte order).
-    return torch.from_numpy(np.array(array, dtype=array.dtype.newbyteorder("="), order="C"))
+    return np.array(array, dtype=array.dtype.newbyteorder("="), order="C")
 
 
 def _entry(header: ArrayHeader) -> tuple[tuple[int, ...], str]:
@@ -136,14 +136,15 @@ def read_npy(path: Path) -> FormatContents:
     if _torch_dtype_name(header.dtype) is None:
         unsupported[name] = _describe_dtype(header.dtype)
 
-    def load(_key: str) -> Any:
-        return _as_tensor(_memmap(path, header, header.data_offset))
+    def load_array(_key: str) -> Any:
+        return _as_array(_memmap(path, header, header.data_offset))
 
     return FormatContents(
         format="npy",
         files=[path],
         tensors={name: _entry(header)},
-        load=load,
+        load=lambda key: to_torch(load_array(key)),
+        load_array=load_array,
         notes=[f"NumPy .npy file: one array, named '{name}' after the file"],
         unsupported=unsupported,
     )
@@ -241,12 +242,13 @@ def read_npz(path: Path) -> FormatContents:
         for name, m in members.items()
         if _torch_dtype_name(m.header.dtype) is None
     }
-    load = _npz_loader(path, members)
+    load_array = _npz_loader(path, members)
     return FormatContents(
         format="npz",
         files=[path],
         tensors={name: _entry(m.header) for name, m in members.items()},
-        load=load,
+        load=lambda key: to_torch(load_array(key)),
+        load_array=load_array,
         unsupported=unsupported,
     )
 
@@ -257,8 +259,8 @@ def _npz_loader(path: Path, members: dict[str, _Member]) -> Callable[[str], Any]
         header = member.header
         if member.data_start is not None:
             _check_crc(path, member)
-            return _as_tensor(_memmap(path, header, member.data_start))
-        return _as_tensor(_decompress(path, member))
+            return _as_array(_memmap(path, header, member.data_start))
+        return _as_array(_decompress(path, member))
 
     return load
 

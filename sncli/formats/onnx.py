@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sncli.arrays import bfloat16_from_bits, to_torch
 from sncli.errors import CheckpointError
 from sncli.formats.common import FormatContents, describe, quote, regular_file_size
 
@@ -414,13 +415,15 @@ class _Store:
             ) from exc
 
     def torch(self, name: str) -> Any:
-        import torch
+        return to_torch(self.array(name))
 
-        array = self.numpy(name)
-        tensor = torch.from_numpy(array.copy())
+    def array(self, name: str) -> Any:
+        """A private copy of the tensor as NumPy (bfloat16 as a
+        :class:`sncli.arrays.BFloat16Array`)."""
+        array = self.numpy(name).copy()
         if self.entries[name].data_type == 16:
-            tensor = tensor.view(torch.bfloat16)
-        return tensor
+            return bfloat16_from_bits(array)
+        return array
 
     def table(
         self, *, constants: bool = True
@@ -526,6 +529,7 @@ def read_onnx(path: Path) -> FormatContents:
         files=store.files,
         tensors=tensors,
         load=store.torch,
+        load_array=store.array,
         notes=notes,
         unsupported=unsupported,
         roles=roles,

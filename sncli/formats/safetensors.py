@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from sncli.arrays import bfloat16_from_bits
 from sncli.dtypes import SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS
 from sncli.errors import CheckpointError, WriteError
 from sncli.formats.common import (
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
     import torch
 
 SAFETENSORS_MAX_HEADER = 100_000_000
+#: The dtypes :meth:`SafetensorsStreamReader.read_array` returns as NumPy (not float8/4/6).
+NUMPY_DTYPES = frozenset(
+    {"bool", "uint8", "int8", "int16", "uint16", "float16", "bfloat16", "int32", "uint32"}
+    | {"float32", "int64", "uint64", "float64", "complex64"}
+)
 
 
 _MAX_DIM = 2**48
@@ -204,29 +210,63 @@ class SafetensorsStreamReader:
         """``read(file, key)[index]``, reading only that slice's bytes (an expert of a stack)."""
         return self._read(file, key, index)
 
+    def read_array(self, file: Path, key: str) -> Any:
+        """``read(file, key)`` as NumPy, without torch (bfloat16 as a
+        :class:`sncli.arrays.BFloat16Array`); None for a dtype NumPy cannot hold (float8…)."""
+        return self._read_array(file, key, None)
+
+    def read_slice_array(self, file: Path, key: str, index: int) -> Any:
+        """``read_slice`` as NumPy (None as for :meth:`read_array`)."""
+        return self._read_array(file, key, index)
+
     def _read(self, file: Path, key: str, index: int | None) -> torch.Tensor:
         import torch
 
+        code, shape, buffer = self._read_bytes(file, key, index)
+        dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
+        if buffer.size == 0:  # from_numpy gives an empty array stride 0, which view() refuses
+            return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(buffer).view(dtype).reshape(shape)
+
+    def _read_array(self, file: Path, key: str, index: int | None) -> Any:
+        import numpy as np
+
+        code, _, _ = self._header(file).tensors[key]
+        name = SAFETENSORS_DTYPES[code][1]
+        if name not in NUMPY_DTYPES:
+            return None
+        code, shape, buffer = self._read_bytes(file, key, index)
+        if name == "bfloat16":
+            return bfloat16_from_bits(buffer.view(np.uint16)).reshape(shape)
+        return buffer.view(np.dtype(name)).reshape(shape)
+
+    def _header(self, file: Path) -> SafetensorsHeader:
         header = self._headers.get(file)
         if header is None:
             header = self._headers[file] = read_safetensors_header(file)
             self._files[file] = file.open("rb", buffering=0)
+        return header
+
+    def _read_bytes(self, file: Path, key: str, index: int | None) -> tuple[str, tuple, Any]:
+        """(dtype code, shape, the bytes as a fresh NumPy uint8 array) of a tensor or slice."""
+        import numpy as np
+
+        header = self._header(file)
         code, shape, (begin, end) = header.tensors[key]
-        dtype = getattr(torch, SAFETENSORS_DTYPES[code][1])
         if index is not None:
             step = (end - begin) // shape[0]
             begin, end, shape = begin + index * step, begin + (index + 1) * step, shape[1:]
-        buffer = torch.empty(end - begin, dtype=torch.uint8)
+        buffer = np.empty(end - begin, dtype=np.uint8)
         handle = self._files[file]
         handle.seek(header.data_start + begin)
-        view = memoryview(buffer.numpy())
+        view = memoryview(buffer)
         done = 0
         while done < len(view):
             count = handle.readinto(view[done:])
             if not count:
                 raise CheckpointError(f"file ended while reading tensor {key!r}", file)
             done += count
-        return buffer.view(dtype).reshape(shape)
+        return code, shape, buffer
 
     def close(self) -> None:
         for handle in self._files.values():

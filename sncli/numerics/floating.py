@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from sncli.arrays import is_array, is_bfloat16, upcast
 from sncli.errors import NumericalError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 UNIT_ROUNDOFF = 2.0**-53
@@ -40,7 +42,11 @@ def gamma(k: int, *, complex_arith: bool = False) -> float:
 
 
 def check_finite(matrix: torch.Tensor) -> None:
-    """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds."""
+    """Raise ``NumericalError`` naming how many NaN/Inf entries the matrix holds (a torch
+    tensor or a NumPy array)."""
+    if is_array(matrix):
+        check_finite_array(matrix)
+        return
     import torch
 
     finite = torch.isfinite(matrix)
@@ -49,6 +55,31 @@ def check_finite(matrix: torch.Tensor) -> None:
     nan = int(torch.isnan(matrix).sum())
     inf = int(matrix.numel() - int(finite.sum()) - nan)
     raise NumericalError(f"non-finite values ({nan} NaN, {inf} Inf)")
+
+
+#: Elements converted at a time when a bfloat16 array is checked (as the σ kernels' chunks).
+_CHECK_CHUNK = 1 << 18
+
+
+def check_finite_array(array: np.ndarray) -> None:
+    """:func:`check_finite` for a NumPy array (bfloat16 bits checked chunk by chunk)."""
+    import numpy as np
+
+    flat = array.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.size, _CHECK_CHUNK):
+        part = flat[start : start + _CHECK_CHUNK]
+        values = upcast(part) if is_bfloat16(part) else part
+        if values.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(values)
+        if finite.all():
+            continue
+        bad_nan = int(np.isnan(values).sum())
+        nan += bad_nan
+        inf += int(values.size - int(finite.sum()) - bad_nan)
+    if nan or inf:
+        raise NumericalError(f"non-finite values ({nan} NaN, {inf} Inf)")
 
 
 def pow2_exponent(amax: float, limit: int = 0) -> int:
@@ -68,7 +99,7 @@ def scale_(tensor: torch.Tensor, exponent: int) -> torch.Tensor:
     if exponent:
         half = exponent // 2
         for part in (half, exponent - half) if abs(exponent) > 1000 else (exponent,):
-            tensor.mul_(math.ldexp(1.0, part))
+            tensor *= math.ldexp(1.0, part)  # in place, a torch tensor or a NumPy array
     return tensor
 
 

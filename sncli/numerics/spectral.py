@@ -48,6 +48,15 @@ from above. Every method reports that in ``SigmaEstimate.bound`` and ``certified
   svdvals took 1.3 s instead of 3 ms under load); Gram iteration and float32 Gram + Lanczos (the
   Gram dominates).
 
+**NumPy input** (safetensors, GGUF, NumPy, Keras and ONNX files are read as NumPy, so those
+commands never import torch) runs the same methods in :mod:`.spectral_numpy` on NumPy's
+OpenBLAS/LAPACK, from the same random start blocks (:func:`sncli.arrays.torch_randn`): results
+agree to rounding (float64 ~1e-15, float32 Lanczos ≤ 1e-6 relative, the same step counts;
+tests/test_torch_free.py). OpenBLAS's thin float32 GEMMs are slower than MKL's (one thread,
+4 rows against a 1024×4096 float32 matrix: 4.8 ms against 1.0 ms), so ``auto`` computes
+1.5–1.8× longer on NumPy; a whole process still wins on small and mid-sized checkpoints, which
+no longer pay torch's ~1.5 s import (bench/README.md). On ``cuda`` NumPy input is moved to torch.
+
 Kaniel–Paige–Saad: Lanczos converges like exp(−4k√γ), γ = (λ₁−λ_{b+1})/(λ_{b+1}−λₙ) for block
 size b (Golub & Van Loan, *Matrix Computations*, 4th ed., §10.3–10.4). The error estimate for the
 top Ritz value θ₁ with residual ρ₁ is min(ρ₁, ρ₁²/gap), gap = θ₁ − θ₂ − ρ₂ (Parlett, *The Symmetric
@@ -59,11 +68,33 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
+from sncli.arrays import is_array
 from sncli.errors import NumericalError
 from sncli.numerics.bounds import ScaledGram
+from sncli.numerics.estimates import (
+    BLOCK_SIZE,
+    CHUNK_ELEMENTS,
+    DEFAULT_POWER_ITERS,
+    DEFAULT_POWER_TOL,
+    DEFAULT_SEED,
+    DEFAULT_TOL,
+    DENSE_MAX_SIDE,
+    EXACT_BLOCK_SIZE,
+    EXACT_DENSE_MAX_SIDE,
+    EXACT_TOL,
+    FLOAT32_SAFE_EXPONENT,
+    FLOAT32_TOL_FLOOR,
+    GRAM_BLOCK,
+    GRAM_BLOCK_SIDE,
+    GRAM_MIN_RANK,
+    MAX_KRYLOV_DIM,
+    WARM_START_MIN_STEPS,
+    BoundKind,
+    Method,
+    SigmaEstimate,
+)
 from sncli.numerics.floating import check_finite, pow2_exponent, scale_
 
 if TYPE_CHECKING:
@@ -72,91 +103,18 @@ if TYPE_CHECKING:
     import torch
 
 
-class Method(str, Enum):
-    AUTO = "auto"
-    EXACT = "exact"
-    LANCZOS = "lanczos"
-    POWER = "power"
-    DENSE = "dense"
-
-
-class BoundKind(str, Enum):
-    """What a reported σ is relative to the true σ."""
-
-    EXACT = "exact"  # two-sided, within float64 rounding (see SigmaEstimate.certified)
-    LOWER = "lower"  # never above the true σ (up to float64 rounding, ~1e-13 relative)
-
-
-DEFAULT_POWER_ITERS = 1000
-DEFAULT_POWER_TOL = 1e-6
-DEFAULT_SEED = 0
-#: Default relative error target of ``auto`` and ``lanczos``.
-DEFAULT_TOL = 1e-4
-#: ``exact`` stops when the estimated relative error of λ = σ² is below this (σ: half of it).
-EXACT_TOL = 1e-12
-#: Below this σ error target float32 rounding of WᵀW products (~1e-7 relative) gets in the way,
-#: so ``auto``/``lanczos`` work in float64.
-FLOAT32_TOL_FLOOR = 1e-6
-#: Block size of float32 block Lanczos (``auto``/``lanczos``): 4 resolves a top cluster of up to
-#: 4 singular values before the loose stopping rule can be fooled (module docstring).
-BLOCK_SIZE = 4
-#: Block size of ``exact``'s float64 run: its 1e-12 residual target cannot be met by a Ritz vector
-#: that mixes cluster members, so a smaller block suffices and is cheaper per step. On the
-#: 302M-parameter benchmark checkpoint: b=2 1.47 s, b=3 1.57 s, b=4 1.87 s (same accuracy).
-EXACT_BLOCK_SIZE = 2
-#: Block steps always taken after a warm start (see ``_block_lanczos``).
-WARM_START_MIN_STEPS = 3
-#: Largest Krylov dimension before giving up (``exact``/``auto`` then go dense).
-MAX_KRYLOV_DIM = 480
-#: ``auto`` sends matrices whose smaller side is at most this to the dense method. Measured at
-#: 4096×side, one thread: dense 1.4/5.6/16/69 ms at side 64/128/256/512; float32 block Lanczos to
-#: 1e-4 1.2–3.2/1.7–6.8/2.6–19/5.6–36 ms (spiked–Gaussian spectra).
-DENSE_MAX_SIDE = 128
-#: |e| up to which 2^e is a finite float32 factor with room to spare (2^127 is the largest).
-FLOAT32_SAFE_EXPONENT = 120
-#: ``exact`` goes dense up to this side: float64 Lanczos to 1e-12 took 6.6–59 ms at side 256
-#: (dense 16 ms, and certified), 16–105 ms at 512 (dense 70 ms).
-EXACT_DENSE_MAX_SIDE = 256
-#: Chunk of W converted at a time (elements): 256K floats keep fp32/fp64 chunks in the 1–2 MB L2.
-CHUNK_ELEMENTS = 1 << 18
-#: Fewest rows (of the longer side) per rank-k update of a float64 Gram matrix, whatever its
-#: size: the chunk is then side × 512 float64 (16 MB at side 4096), the update compute-bound.
-GRAM_MIN_RANK = 512
-#: ``exact_sigma`` forms only the lower block triangle of Gram matrices from this side on, in
-#: block rows of ``GRAM_BLOCK`` (below it the saving does not pay for the smaller GEMMs).
-GRAM_BLOCK_SIDE = 1024
-GRAM_BLOCK = 512
-
-
-@dataclass(frozen=True)
-class SigmaEstimate:
-    """σ of one matrix and how far it can be trusted.
-
-    ``iterations`` counts power steps or block-Lanczos steps (each one pass over W with the
-    block). ``error_estimate`` is the estimated relative error (σ_true − σ)/σ_true from the Ritz
-    residual and gap: an estimate, not a proof. ``certified`` means the upper side is proven:
-    by a backward-stable dense method (within rounding) or by the Cholesky certificate, whose
-    proven bound is then in ``upper``. ``algorithm`` names what actually ran.
-    """
-
-    sigma: float
-    method: Method
-    bound: BoundKind
-    iterations: int | None = None
-    converged: bool | None = None
-    error_estimate: float | None = None
-    certified: bool = False
-    upper: float | None = None
-    algorithm: str = ""
-
-
 def as_matrix(weight: torch.Tensor, reshape_dim: int = 0) -> torch.Tensor:
     """Flatten a weight to the matrix PyTorch's spectral_norm normalizes.
 
     ``reshape_dim`` goes first (0 for Linear/Conv, 1 for ConvTranspose), the rest is flattened.
     The result is detached: σ needs no gradient, and an ``nn.Parameter`` would make torch warn
     (``float()`` of a tensor that requires grad) or refuse (``mv`` with ``out=``).
+    A NumPy array gives a NumPy matrix (a view where the layout allows).
     """
+    if is_array(weight):
+        from sncli.numerics.spectral_numpy import as_matrix_array
+
+        return as_matrix_array(weight, reshape_dim)
     weight = weight.detach()
     if weight.dim() < 2:
         raise ValueError(f"need at least 2 dimensions, got shape {tuple(weight.shape)}")
@@ -217,6 +175,10 @@ def _gram64(matrix: torch.Tensor, exponent: int, lower_only: bool = False) -> to
 
 def exact_sigma(matrix: torch.Tensor) -> float:
     """σ_max via float64 ``eigvalsh`` of the smaller Gram matrix (scaled to avoid overflow)."""
+    if is_array(matrix):
+        from sncli.numerics.spectral_numpy import exact_sigma_array
+
+        return exact_sigma_array(matrix)
     import torch
 
     if matrix.numel() == 0:
@@ -245,7 +207,13 @@ def _norm(vector: torch.Tensor) -> float:
 
 
 def matvec64(matrix: torch.Tensor, vector: torch.Tensor, exponent: int = 0) -> torch.Tensor:
-    """(2^e·matrix) @ vector in float64, converting W a chunk of rows at a time (no full copy)."""
+    """(2^e·matrix) @ vector in float64, converting W a chunk of rows at a time (no full copy).
+
+    NumPy in (matrix and vector), NumPy out."""
+    if is_array(matrix):
+        from sncli.numerics.spectral_numpy import matvec64_array
+
+        return matvec64_array(matrix, vector, exponent)
     import torch
 
     m, n = matrix.shape
@@ -597,7 +565,21 @@ def largest_singular_value(
     proven upper bound (costs a float64 Gram matrix and a Cholesky factorization).
     Raises ``NumericalError`` when the matrix holds NaN or Inf (no σ would be meaningful) or
     when LAPACK fails on it (the caller reports that one layer as not measurable).
+
+    A NumPy matrix (``start`` then NumPy too) is measured by the same methods on NumPy/LAPACK
+    (:mod:`.spectral_numpy`, no torch) when the device is the CPU; on a GPU it is moved to torch.
     """
+    if is_array(matrix):
+        if device in ("", "cpu"):
+            from sncli.numerics.spectral_numpy import largest_singular_value_array
+
+            return largest_singular_value_array(
+                matrix, Method(method), iters, tol, seed, start, certify
+            )
+        from sncli.arrays import to_torch
+
+        matrix = to_torch(matrix)
+        start = None if start is None else to_torch(start)
     import torch
 
     try:

@@ -25,9 +25,19 @@ the spectrum or when Lanczos does not converge.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sncli.arrays import is_array
+from sncli.numerics.estimates import (
+    GRAM_RESOLUTION,
+    TOP_K_CHECK_GROWTH,
+    TOP_K_DENSE_FRACTION,
+    TOP_K_MAX_BLOCK,
+    TOP_K_MIN_DIM,
+    TOP_K_TOL,
+    Spectrum,
+    _readonly,
+)
 from sncli.numerics.floating import pow2_exponent
 from sncli.numerics.spectral import (
     _chunk64,
@@ -40,43 +50,6 @@ from sncli.numerics.spectral import (
 if TYPE_CHECKING:
     import numpy as np
     import torch
-
-#: Below this σ_min/σ₁ the Gram matrix's rounding (≈ ε₆₄·(σ₁/σ)² relative) would exceed ~1e-6,
-#: so the layer is recomputed by gesdd.
-GRAM_RESOLUTION = 1e-5
-#: Default relative error target of each of the K largest σ (``--top-k``).
-TOP_K_TOL = 1e-8
-#: Rayleigh–Ritz (an eigh of the projected matrix, the largest cost after the products) runs
-#: again only once the Krylov space has grown by this factor (every step while it is small).
-TOP_K_CHECK_GROWTH = 1.2
-#: K at or above this fraction of min(m, n) goes dense: Lanczos would need most of the space.
-TOP_K_DENSE_FRACTION = 0.25
-#: Largest block of the top-K block Lanczos.
-TOP_K_MAX_BLOCK = 16
-#: Krylov dimension cap of the top-K run (at least this, or 8·K).
-TOP_K_MIN_DIM = 480
-
-
-@dataclass(frozen=True)
-class Spectrum:
-    """Singular values of one matrix, largest first (float64, read-only), and how they came.
-
-    ``complete`` is True when these are all min(m, n) values. For a top-K run, ``errors`` holds
-    each value's estimated relative error (None when dense), ``steps`` the block steps, and
-    ``converged`` whether every value reached the tolerance.
-    """
-
-    values: np.ndarray
-    algorithm: str
-    complete: bool = True
-    errors: np.ndarray | None = None
-    steps: int | None = None
-    converged: bool | None = None
-
-
-def _readonly(values: np.ndarray) -> np.ndarray:
-    values.flags.writeable = False
-    return values
 
 
 def _gesdd(matrix: torch.Tensor, exponent: int) -> np.ndarray:
@@ -92,8 +65,13 @@ def _gesdd(matrix: torch.Tensor, exponent: int) -> np.ndarray:
 def singular_values(matrix: torch.Tensor) -> Spectrum:
     """All min(m, n) singular values of a 2-D tensor, largest first, in float64.
 
-    Raises ``NumericalError`` when the matrix holds NaN or Inf.
+    Raises ``NumericalError`` when the matrix holds NaN or Inf. A NumPy matrix is measured on
+    NumPy (:mod:`.svd_numpy`, no torch).
     """
+    if is_array(matrix):
+        from sncli.numerics.svd_numpy import singular_values_array
+
+        return singular_values_array(matrix)
     import numpy as np
     import torch
 
@@ -126,6 +104,10 @@ def singular_values(matrix: torch.Tensor) -> Spectrum:
 
 def frobenius_norm(matrix: torch.Tensor) -> float:
     """‖W‖_F in float64, chunk by chunk (no full float64 copy), scaled against overflow."""
+    if is_array(matrix):
+        from sncli.numerics.svd_numpy import frobenius_norm_array
+
+        return frobenius_norm_array(matrix)
     import torch
 
     matrix = matrix.detach()
@@ -151,8 +133,12 @@ def top_singular_values(
 
     Each value is a Ritz value, a lower bound on its σ; ``errors`` are the estimated relative
     errors (residual/gap estimate, as :mod:`.spectral`). Dense (exact) when k ≥ ¼·min(m, n) or
-    when Lanczos does not converge within its Krylov cap.
+    when Lanczos does not converge within its Krylov cap. NumPy in: on NumPy (no torch).
     """
+    if is_array(matrix):
+        from sncli.numerics.svd_numpy import top_singular_values_array
+
+        return top_singular_values_array(matrix, k, tol=tol, seed=seed)
     import numpy as np
     import torch
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sncli.checkpoint import Checkpoint
 from sncli.errors import CheckpointError
@@ -20,9 +20,6 @@ from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.messages import ProgressCallback
 from sncli.run.dask import ClusterRun, cluster_map
 from sncli.run.local import read_ahead_map
-
-if TYPE_CHECKING:
-    import torch
 
 Item = TypeVar("Item")
 Loaded = TypeVar("Loaded")
@@ -41,24 +38,39 @@ def budget_bytes(largest_item: int, widest_matrix: int) -> int:
 
 
 def load_weight(
-    checkpoint: Checkpoint, name: str, reader: SafetensorsStreamReader | None
-) -> torch.Tensor:
+    checkpoint: Checkpoint,
+    name: str,
+    reader: SafetensorsStreamReader | None,
+    *,
+    arrays: bool = False,
+) -> Any:
     """One tensor, read without keeping mmap'd pages when the format allows it.
 
     A weight-norm layer's name is not a stored tensor: it is composed from its g and v, each
-    read the same way (as ``Checkpoint.load`` composes it).
+    read the same way (as ``Checkpoint.load`` composes it). ``arrays``: a NumPy array
+    (``Checkpoint.load_array``: no torch for safetensors, GGUF, NumPy, Keras, ONNX), else a
+    torch tensor.
     """
     pair = checkpoint.derived.get(name)
     if pair is not None:
-        return pair.compose(
-            load_weight(checkpoint, pair.g_key, reader),
-            load_weight(checkpoint, pair.v_key, reader),
+        compose = pair.compose_array if arrays else pair.compose
+        return compose(
+            load_weight(checkpoint, pair.g_key, reader, arrays=arrays),
+            load_weight(checkpoint, pair.v_key, reader, arrays=arrays),
         )
     part = checkpoint.experts.slices.get(name)
     info = checkpoint.tensors[part.stack if part is not None else name]
     if reader is None or checkpoint.format != "safetensors" or sys.byteorder != "little":
-        return checkpoint.load(name)
+        return checkpoint.load_array(name) if arrays else checkpoint.load(name)
     try:
+        if arrays:
+            if part is not None:
+                matrix = reader.read_slice_array(info.file, info.key, part.index)
+            else:
+                matrix = reader.read_array(info.file, info.key)
+            if matrix is None:  # a dtype only torch holds (float8…): converted from torch
+                return checkpoint.load_array(name)
+            return matrix.T if part is not None and part.transposed else matrix
         if part is not None:  # one expert of a stack, (out, in) as the model applies it
             matrix = reader.read_slice(info.file, info.key, part.index)
             return matrix.t() if part.transposed else matrix
@@ -71,18 +83,24 @@ def load_weight(
 
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (process-wide), restoring them afterwards."""
+    """Temporarily set the BLAS threads (process-wide) of torch and of NumPy's OpenBLAS,
+    restoring them afterwards. torch is only touched when it is already imported: a run on
+    NumPy arrays never loads it (its threads matter only once something imported it)."""
     if count is None:
         yield
         return
-    import torch
+    from sncli.run.blas import numpy_blas_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(count)
     try:
-        yield
+        with numpy_blas_threads(count):
+            yield
     finally:
-        torch.set_num_threads(before)
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 def available_cores() -> int:
