@@ -93,6 +93,10 @@ class LayerDiff:
     certified: bool = False
     algorithm: str = ""
     subspace_cosines: tuple[float, ...] | None = None
+    #: How far each of ``subspace_cosines`` can be from the exact value (ε_A + ε_B from the
+    #: Ritz residuals and gaps, Wedin's sin θ theorem; an estimate for layers above
+    #: ``subspaces.DENSE_SIDE``, whose gap rests on an estimated σ_{k+1}; 1: not resolved).
+    subspace_error: float | None = None
     #: How many of B's top-K directions have less than ``subspace_threshold`` of their length
     #: inside A's top-K subspace.
     outside_top_subspace: int | None = None
@@ -100,6 +104,9 @@ class LayerDiff:
     #: max |cos| < ``intruder_threshold`` with every singular vector of A (None: not computed,
     #: or A is zero).
     intruder_indices: tuple[int, ...] | None = None
+    #: B's top directions whose intruder decision lies within their vector's error (a singular
+    #: value too close to its neighbours to resolve): neither counted nor ruled out.
+    intruder_unresolved: tuple[int, ...] | None = None
     #: How the rows were aligned before comparing (a GGUF side: "llama.cpp Q/K permutation
     #: undone (N heads)"); empty when compared as stored.
     rows: str = ""
@@ -253,12 +260,7 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
     import torch
 
     from sncli.numerics.floating import check_finite
-    from sncli.numerics.subspaces import (
-        captured_fractions,
-        intruder_dimensions,
-        principal_cosines,
-        top_left_subspace,
-    )
+    from sncli.numerics.subspaces import compare_directions
 
     pair = loaded.pair
     layer = pair.layer_a
@@ -303,9 +305,11 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             certified=True,
             algorithm="byte-equal",
             subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
+            subspace_error=0.0 if top_k and sigma > 0 else None,
             outside_top_subspace=0 if top_k and sigma > 0 else None,
             # each of B's singular vectors is one of A's: |cos| = 1, no intruder
             intruder_indices=() if intruder_k and sigma > 0 else None,
+            intruder_unresolved=() if intruder_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
     difference = b64 - a64  # one layer pair and its difference: the memory of this task
@@ -317,19 +321,17 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
     del difference
     cosines: tuple[float, ...] | None = None
     outside: int | None = None
-    if top_k:
-        space_a = top_left_subspace(a64, top_k, seed=options.seed)
-        space_b = top_left_subspace(b64, top_k, seed=options.seed)
-        if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
-            cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
-            captured = captured_fractions(space_a.vectors, space_b.vectors)
-            outside = sum(1 for value in captured if value < directions.subspace_threshold)
-    intruders = None
-    if intruder_k:
-        found = intruder_dimensions(
-            a64, b64, intruder_k, directions.intruder_threshold, seed=options.seed
+    error: float | None = None
+    intruders = unresolved = None
+    if top_k or intruder_k:
+        found = compare_directions(
+            a64, b64, top_k, intruder_k, directions.intruder_threshold, seed=options.seed
         )
-        intruders = None if found is None else found.indices
+        cosines, error = found.cosines, found.cosine_error
+        if found.captured is not None:
+            outside = sum(1 for value in found.captured if value < directions.subspace_threshold)
+        if found.intruders is not None:
+            intruders, unresolved = found.intruders.indices, found.intruders.unresolved
     return LayerDiff(
         **common,
         bound_a=estimate_a.bound,
@@ -346,8 +348,10 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         certified=delta.certified,
         algorithm=delta.algorithm,
         subspace_cosines=cosines,
+        subspace_error=error,
         outside_top_subspace=outside,
         intruder_indices=intruders,
+        intruder_unresolved=unresolved,
     )
 
 
