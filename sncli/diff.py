@@ -29,7 +29,13 @@ from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
 from sncli.messages import ProgressCallback
-from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
+from sncli.numerics.spectral import (
+    BoundKind,
+    Method,
+    SigmaEstimate,
+    as_matrix,
+    largest_singular_value,
+)
 from sncli.run import available_cores, load_weight, measure_layers
 
 if TYPE_CHECKING:
@@ -235,6 +241,19 @@ def _byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
 
 
+def _finite(matrix: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one pass without a mask (min and max propagate NaN)."""
+    import torch
+
+    if matrix.numel() == 0:
+        return True
+    try:
+        low, high = torch.aminmax(matrix)
+    except RuntimeError:  # a dtype without min/max kernels (float8): check_finite decides
+        return False
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
     return largest_singular_value(
         matrix,
@@ -280,13 +299,16 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)
-    for side, matrix in (("A", a), ("B", b)):
+    equal = _byte_equal(loaded.a, loaded.b)
+    for side, matrix in (("A", a),) if equal else (("A", a), ("B", b)):  # equal bits: one check
+        if _finite(matrix):
+            continue
         try:
-            check_finite(matrix)
+            check_finite(matrix)  # the count of NaN and Inf for the message
         except NumericalError as exc:
             raise NumericalError(f"{exc.message} in {side}") from exc
     top_k, intruder_k = directions.top_k, directions.intruder_top_k
-    if _byte_equal(loaded.a, loaded.b):
+    if equal:
         estimate = _sigma(a, options)
         sigma = estimate.sigma
         return LayerDiff(
@@ -312,17 +334,11 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             intruder_unresolved=() if intruder_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    difference = b64 - a64  # one layer pair and its difference: the memory of this task
-    estimate_a, estimate_b = _sigma(a, options), _sigma(b, options)
-    sigma_a, sigma_b = estimate_a.sigma, estimate_b.sigma
-    delta = _sigma(difference, options)
-    frob_a = float(torch.linalg.vector_norm(a64))
-    delta_frob = float(torch.linalg.vector_norm(difference))
-    del difference
     cosines: tuple[float, ...] | None = None
     outside: int | None = None
     error: float | None = None
     intruders = unresolved = None
+    found = None
     if top_k or intruder_k:
         found = compare_directions(
             a64, b64, top_k, intruder_k, directions.intruder_threshold, seed=options.seed
@@ -332,6 +348,16 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             outside = sum(1 for value in found.captured if value < directions.subspace_threshold)
         if found.intruders is not None:
             intruders, unresolved = found.intruders.indices, found.intruders.unresolved
+    estimate_a, estimate_b = (
+        _ritz_sigma(found, side, options) or _sigma(matrix, options)
+        for side, matrix in enumerate((a, b))
+    )
+    sigma_a, sigma_b = estimate_a.sigma, estimate_b.sigma
+    difference = b64 - a64  # one layer pair and its difference: the memory of this task
+    delta = _sigma(difference, options)
+    frob_a = float(torch.linalg.vector_norm(a64))
+    delta_frob = float(torch.linalg.vector_norm(difference))
+    del difference
     return LayerDiff(
         **common,
         bound_a=estimate_a.bound,
@@ -352,6 +378,29 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         outside_top_subspace=outside,
         intruder_indices=intruders,
         intruder_unresolved=unresolved,
+    )
+
+
+def _ritz_sigma(found: Any, side: int, options: MethodOptions) -> SigmaEstimate | None:
+    """σ of side A (0) or B (1) from the subspace iteration's top Ritz value, a lower bound like
+    ``auto``'s, when its estimated error meets ``auto``'s target (without ``certify``); None:
+    run the σ method itself."""
+    from sncli.numerics.spectral import DEFAULT_TOL
+
+    if found is None or not found.estimate or options.certify:
+        return None
+    if Method(options.method) is not Method.AUTO:
+        return None
+    sigma, error = found.sigmas[side]
+    if sigma <= 0 or error > (options.tol if options.tol is not None else DEFAULT_TOL):
+        return None
+    return SigmaEstimate(
+        sigma,
+        Method(options.method),
+        BoundKind.LOWER,
+        converged=True,
+        error_estimate=error,
+        algorithm="subspace iteration (top-k subspaces), Rayleigh–Ritz float64",
     )
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 #: Smaller side up to which the top vectors come from a dense float64 SVD (cheap there).
-DENSE_SIDE = 512
+DENSE_SIDE = 256
 #: Columns beyond the k wanted: they carry the (k+1)-th Ritz pair for the gap and speed the
 #: convergence of the k-th (rate σ_{p+1}/σ_k per product with AᵀA).
 OVERSAMPLE = 8
@@ -40,7 +40,7 @@ OVERSAMPLE = 8
 DEFAULT_TOL = 1e-4
 #: Fewest and most subspace-iteration steps (each: one product with A and one with Aᵀ).
 MIN_STEPS = 3
-MAX_STEPS = 16
+MAX_STEPS = 6
 #: Each leading vector is iterated until its own sin θ estimate is below this (or it will not
 #: be within ``MAX_STEPS``): enough to decide an intruder threshold such as 0.5.
 VECTOR_TOL = 1e-3
@@ -74,6 +74,9 @@ class TopSubspace:
     steps: int = 0
     #: Every left singular vector (m×min(m, n)), kept by the dense SVD for the intruder check.
     every: np.ndarray | None = None
+    #: Estimated relative error of ``values[0]`` as σ_1 (a Ritz value: a lower bound), from
+    #: its residual and gap as ``inspect``'s block Lanczos estimates it (0 dense).
+    sigma_error: float = 0.0
 
     def error(self, k: int) -> float:
         """sin θ of the top-``k`` span (0 for an empty one)."""
@@ -326,6 +329,7 @@ def _finish(
     sin_theta = _sin_theta(values, residuals, allowance, following)
     top = float(values[0]) if rank else 1.0
     return TopSubspace(
+        sigma_error=_sigma_error(values, residuals),
         vectors=left[:, :rank],
         values=values[:rank].copy(),
         residual=float(residuals[:rank].max()) / top if rank else 0.0,
@@ -352,6 +356,20 @@ def _vector_errors(
     with np.errstate(divide="ignore", invalid="ignore"):
         error = np.where(gap > 0, (residuals + allowance) / np.where(gap > 0, gap, 1.0), 1.0)
     return np.minimum(error, 1.0)
+
+
+def _sigma_error(values: np.ndarray, residuals: np.ndarray) -> float:
+    """(σ_1 − σ̂_1)/σ_1 estimated on AᵀA: θ = σ̂², residual η = σ̂·s (AW = UΣ̂ exactly), error
+    min(η, η²/gap) with gap = θ − θ_2 − η_2, relative to 2θ (sncli.numerics.spectral's rule)."""
+    if values.size == 0 or values[0] <= 0:
+        return 0.0
+    theta = float(values[0]) ** 2
+    error = float(values[0] * residuals[0])
+    if values.size > 1:
+        gap = theta - float(values[1]) ** 2 - float(values[1] * residuals[1])
+        if gap > error:
+            error = min(error, error * error / gap)
+    return error / (2.0 * theta)
 
 
 def _progress(values: np.ndarray, residuals: np.ndarray, k: int) -> tuple[float, float]:
@@ -552,6 +570,8 @@ class Comparison:
     intruders: Intruders | None
     estimate: bool
     method: str
+    #: (σ̂_1, its estimated relative error) of A and of B: Ritz values, lower bounds of σ_1.
+    sigmas: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 0.0), (0.0, 0.0))
 
 
 def compare_directions(
@@ -579,6 +599,16 @@ def compare_directions(
     intruders = None
     if intruder_k:
         intruders = screen_intruders(a, space_a, space_b, intruder_k, intruder_threshold)
+    sigmas = tuple(
+        (float(space.values[0]) if space.values.size else 0.0, space.sigma_error)
+        for space in (space_a, space_b)
+    )
     return Comparison(
-        cosines, error, captured, intruders, space_a.estimate, f"{space_a.method}; {space_b.method}"
+        cosines,
+        error,
+        captured,
+        intruders,
+        space_a.estimate,
+        f"{space_a.method}; {space_b.method}",
+        sigmas,  # type: ignore[arg-type]
     )
