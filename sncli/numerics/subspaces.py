@@ -273,7 +273,8 @@ def _float32_steps(
             bases[index] = np.linalg.qr(back)[0]
         if finished:
             break
-    return [basis.astype(np.float64) for basis in bases], steps, floored
+    # float32 QR leaves the columns orthonormal to ~1e-8 only: Rayleigh–Ritz needs them exact
+    return [np.linalg.qr(basis.astype(np.float64))[0] for basis in bases], steps, floored
 
 
 def _iterative(
