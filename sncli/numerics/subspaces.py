@@ -109,10 +109,13 @@ def _scaled(a: np.ndarray, exponent: int, dtype: Any) -> np.ndarray:
     exact barring subnormals."""
     import numpy as np
 
+    out = np.empty(a.shape, dtype=dtype)  # multiplied in float64, rounded once on output
     if abs(exponent) < 1000:
-        return np.multiply(a, math.ldexp(1.0, -exponent), dtype=dtype)
-    half = -exponent // 2
-    return np.multiply(a * math.ldexp(1.0, half), math.ldexp(1.0, -exponent - half), dtype=dtype)
+        return np.multiply(a, math.ldexp(1.0, -exponent), out=out, casting="same_kind")
+    half = -exponent // 2  # 2^-exponent overflows: two steps, the first in float64
+    return np.multiply(
+        a * math.ldexp(1.0, half), math.ldexp(1.0, -exponent - half), out=out, casting="same_kind"
+    )
 
 
 #: Float64 matrices are scaled to max|a| in [½, 1) only beyond 2^±this: σ-sized products stay

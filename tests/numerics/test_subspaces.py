@@ -93,13 +93,23 @@ def test_rank_deficient_and_zero_matrices_are_cut_to_their_rank() -> None:
     assert principal_cosines(empty.vectors, space.vectors[:30]) == []
 
 
+@pytest.mark.parametrize("dense_side", [512, 8])
 @pytest.mark.parametrize(
-    ("scale", "dtype"), [(1e-41, torch.float32), (1e-300, torch.float64), (1e300, torch.float64)]
+    ("scale", "dtype"),
+    [
+        (1e-41, torch.float32),
+        (1e-300, torch.float64),
+        (1e300, torch.float64),
+        (1e-310, torch.float64),
+    ],
 )
-def test_extreme_scales_give_the_same_subspace(scale: float, dtype: torch.dtype) -> None:
+def test_extreme_scales_give_the_same_subspace(
+    monkeypatch: pytest.MonkeyPatch, scale: float, dtype: torch.dtype, dense_side: int
+) -> None:
     """issue 28 §2: a subnormal (or huge) layer's subspace and σ equal those of the matrix
     scaled by a power of two; the residual stays at rounding level (its σ⁴ products would
-    underflow unscaled)."""
+    underflow unscaled); dense and iterative (float32 copies scaled into range)."""
+    monkeypatch.setattr(subspaces, "DENSE_SIDE", dense_side)
     generator = torch.Generator().manual_seed(2)
     base = torch.randn(40, 30, generator=generator, dtype=torch.float64)
     matrix = (base * scale).to(dtype)
@@ -111,7 +121,11 @@ def test_extreme_scales_give_the_same_subspace(scale: float, dtype: torch.dtype)
     ratio = here.values / there.values
     expected = math.ldexp(1.0, -exponent)
     assert ratio == pytest.approx([expected] * 5, rel=1e-12)
-    assert here.residual < 1e-12
+    if dense_side > 40:
+        assert here.residual < 1e-12
+    else:  # a Gaussian's top-5 is not resolved in 3–6 steps: the same residual and sin θ
+        assert here.residual == pytest.approx(there.residual, rel=1e-6)
+        assert here.error(5) == pytest.approx(there.error(5), rel=1e-6)
 
 
 def _numpy_intruders(a: torch.Tensor, b: torch.Tensor, k: int, threshold: float) -> list[int]:
