@@ -277,7 +277,7 @@ def _caption(report: DiffReport, layers: list[LayerDiff]) -> str:
         if any((layer.subspace_error or 0.0) >= _SHOWN_ERROR for layer in layers):
             caption += (
                 "; ±: how far the cosines can be from the exact ones (Wedin's sin θ from the "
-                "Ritz residuals and gaps; an estimate above 512 rows and columns), "
+                "Ritz residuals and gaps; an estimate where the vectors were iterated), "
                 "'unresolved': the top-K subspace is not separated from the next direction"
             )
     if report.intruder_top_k:
