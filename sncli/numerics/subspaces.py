@@ -38,14 +38,16 @@ if TYPE_CHECKING:
 DENSE_SIDE = 256
 #: Columns beyond the k wanted: they carry the (k+1)-th Ritz pair for the gap and speed the
 #: convergence of the k-th (rate σ_{p+1}/σ_k per product with AᵀA).
-OVERSAMPLE = 8
+OVERSAMPLE = 6
 #: Default target of the cosine error (ε_A + ε_B): iterations stop once the estimate is below it.
 DEFAULT_TOL = 1e-4
 #: Fewest and most subspace-iteration steps (each: one product with A and one with Aᵀ). Six
 #: keep ``diff`` of the 302M-parameter benchmark pair within 3× one ``inspect``; a top-K inside
 #: a bulk of nearly equal values is not resolved by any affordable number (it is said so).
 MIN_STEPS = 3
-MAX_STEPS = 6
+MAX_STEPS = 4
+#: Steps of the standalone :func:`intruder_dimensions` (one matrix pair, no time budget).
+STANDALONE_STEPS = 30
 #: Each leading vector is iterated until its own sin θ estimate is below this (or it will not
 #: be within ``MAX_STEPS``): enough to decide an intruder threshold such as 0.5.
 VECTOR_TOL = 1e-3
@@ -123,6 +125,21 @@ def _scaled(a: np.ndarray, exponent: int, dtype: Any) -> np.ndarray:
     )
 
 
+def _single(a: np.ndarray) -> np.ndarray | None:
+    """A float32 copy of ``a`` for the iteration in one pass, when its entries lie well inside
+    float32's range (max|a| in [2⁻⁶⁰, 2⁶⁰]: σ⁴-sized products stay finite and normal; always so
+    for bfloat16/float16/float32 weights of ordinary size); else None (scale first)."""
+    import numpy as np
+
+    single = np.empty(a.shape, dtype=np.float32)
+    with np.errstate(over="ignore"):  # an entry beyond float32: inf, caught below
+        np.copyto(single, a, casting="same_kind")
+    peak = max(float(single.max()), -float(single.min())) if single.size else 0.0
+    if not math.ldexp(1.0, -60) <= peak <= math.ldexp(1.0, 60):  # also NaN, 0 and overflow
+        return None
+    return single
+
+
 #: Float64 matrices are scaled to max|a| in [½, 1) only beyond 2^±this: σ-sized products stay
 #: far from over- and underflow below it (float32 copies are always scaled).
 _FLOAT64_RANGE = 400
@@ -150,21 +167,32 @@ def _sin_theta(
 
 
 def top_left_subspace(
-    matrix: Any, k: int, *, seed: int = 0, tol: float = DEFAULT_TOL, start: Any = None
+    matrix: Any,
+    k: int,
+    *,
+    seed: int = 0,
+    tol: float = DEFAULT_TOL,
+    start: Any = None,
+    max_steps: int = MAX_STEPS,
 ) -> TopSubspace:
     """The top-``k`` left singular subspace of a 2-D array or tensor, with its sin θ.
 
     ``k`` is cut to the numerical rank (σ > σ_1·max(m, n)·2⁻⁵²); a zero matrix has an empty
     subspace (0 columns). Above ``DENSE_SIDE``: subspace iteration until the sin θ estimate
     of the top-k span is below ``tol``/2 (or stops improving); ``start``: right vectors to
-    begin from (n×c, e.g. another matrix's ``right``).
+    begin from (n×c, e.g. another matrix's ``right``); ``max_steps``: at most this many steps.
     """
-
-    return top_subspaces([matrix], k, seed=seed, tol=tol, start=start)[0]
+    return top_subspaces([matrix], k, seed=seed, tol=tol, start=start, max_steps=max_steps)[0]
 
 
 def top_subspaces(
-    matrices: list[Any], k: int, *, seed: int = 0, tol: float = DEFAULT_TOL, start: Any = None
+    matrices: list[Any],
+    k: int,
+    *,
+    seed: int = 0,
+    tol: float = DEFAULT_TOL,
+    start: Any = None,
+    max_steps: int = MAX_STEPS,
 ) -> list[TopSubspace]:
     """:func:`top_left_subspace` of several matrices of one shape, iterated together (same
     start, same steps: see :func:`_float32_steps`)."""
@@ -173,23 +201,27 @@ def top_subspaces(
     import numpy as np
 
     arrays = [as_float64(matrix) for matrix in matrices]
-    exponents = [_exponent(a) for a in arrays]
+    m, n = arrays[0].shape
+    iterated = min(m, n) > DENSE_SIDE
+    singles = [_single(a) if iterated else None for a in arrays]
+    exponents = [
+        _exponent(a) if single is None else 0 for a, single in zip(arrays, singles, strict=True)
+    ]
     shifts = [e if abs(e) > _FLOAT64_RANGE else 0 for e in exponents]
     arrays = [
         _scaled(a, shift, np.float64) if shift else a
         for a, shift in zip(arrays, shifts, strict=True)
     ]
-    m, n = arrays[0].shape
     k = max(0, min(k, m, n))
     try:
-        if min(m, n) <= DENSE_SIDE:
+        if not iterated:
             spaces = [_dense(a, k) for a in arrays]
         else:
             singles = [
-                _scaled(a, e - shift, np.float32)
-                for a, e, shift in zip(arrays, exponents, shifts, strict=True)
+                _scaled(a, e - shift, np.float32) if single is None else single
+                for a, e, shift, single in zip(arrays, exponents, shifts, singles, strict=True)
             ]
-            spaces = _iterative(arrays, singles, k, seed, tol, start)
+            spaces = _iterative(arrays, singles, k, seed, tol, start, max_steps)
     except np.linalg.LinAlgError as exc:
         raise NumericalError(
             "top singular subspace not measurable: float64 LAPACK did not converge"
@@ -240,7 +272,7 @@ def _ritz(a: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _float32_steps(
-    singles: list[np.ndarray], bases: list[np.ndarray], k: int, tol: float
+    singles: list[np.ndarray], bases: list[np.ndarray], k: int, tol: float, max_steps: int
 ) -> tuple[list[np.ndarray], int, bool]:
     """Subspace iteration on AᵀA in float32 for each matrix, in lockstep: each step's Ritz
     pairs (float32 products, float64 p×p eigenproblem) give the sin θ estimate of the top-k
@@ -254,7 +286,7 @@ def _float32_steps(
     bases = [basis.astype(np.float32) for basis in bases]
     previous = [np.full(basis.shape[1], math.inf) for basis in bases]
     floored, steps = False, 0
-    for steps in range(1, MAX_STEPS + 1):
+    for steps in range(1, max_steps + 1):
         finished = True
         for index, single in enumerate(singles):
             basis = bases[index]
@@ -274,7 +306,8 @@ def _float32_steps(
             if float(residuals[:k].max()) <= floor and residual > tol * gap:
                 floored = True
             elif residual > tol * gap and not (
-                steps >= MIN_STEPS and _settled(values, residuals, previous[index], k, tol, steps)
+                steps >= MIN_STEPS
+                and _settled(values, residuals, previous[index], k, tol, max_steps - steps)
             ):
                 finished = False
             previous[index] = residuals
@@ -286,7 +319,13 @@ def _float32_steps(
 
 
 def _iterative(
-    matrices: list[np.ndarray], singles: list[np.ndarray], k: int, seed: int, tol: float, start: Any
+    matrices: list[np.ndarray],
+    singles: list[np.ndarray],
+    k: int,
+    seed: int,
+    tol: float,
+    start: Any,
+    max_steps: int,
 ) -> list[TopSubspace]:
     """Subspace iteration with p = k + ``OVERSAMPLE`` columns from one start for every matrix:
     float32 steps in lockstep, then per matrix a float64 Rayleigh–Ritz step on its final basis
@@ -302,12 +341,16 @@ def _iterative(
         width = min(p, start.shape[1])
         basis[:, :width] = start[:, :width]
     basis = np.linalg.qr(basis)[0]
-    bases, steps, floor = _float32_steps(singles, [basis] * len(singles), max(k, 1), tol / 2)
-    return [_finish(a, b, k, tol, steps, floor) for a, b in zip(matrices, bases, strict=True)]
+    bases, steps, floor = _float32_steps(
+        singles, [basis] * len(singles), max(k, 1), tol / 2, max_steps
+    )
+    return [
+        _finish(a, b, k, tol, steps, floor, max_steps) for a, b in zip(matrices, bases, strict=True)
+    ]
 
 
 def _finish(
-    a: np.ndarray, basis: np.ndarray, k: int, tol: float, steps: int, floor: bool
+    a: np.ndarray, basis: np.ndarray, k: int, tol: float, steps: int, floor: bool, max_steps: int
 ) -> TopSubspace:
     """Float64 Rayleigh–Ritz on the final basis, its residuals and the sin θ estimates."""
     import numpy as np
@@ -322,9 +365,10 @@ def _finish(
         back = a.T @ left
         residuals = np.linalg.norm(back - right * values, axis=0)
         residual, gap = _progress(values, residuals, target)
-        if not floor or residual <= tol / 2 * gap or steps >= MAX_STEPS + 10:
+        if not floor or residual <= tol / 2 * gap or steps >= 2 * max_steps:
             break
-        if previous < math.inf and _hopeless(residual / previous, residual, tol / 2 * gap, 0):
+        goal = tol / 2 * gap
+        if previous < math.inf and _hopeless(residual / previous, residual, goal, max_steps):
             break
         previous, steps, precision = residual, steps + 1, "float32 + float64"
         basis = np.linalg.qr(back)[0]
@@ -397,10 +441,15 @@ def _progress(values: np.ndarray, residuals: np.ndarray, k: int) -> tuple[float,
 
 
 def _settled(
-    values: np.ndarray, residuals: np.ndarray, previous: np.ndarray, k: int, tol: float, steps: int
+    values: np.ndarray,
+    residuals: np.ndarray,
+    previous: np.ndarray,
+    k: int,
+    tol: float,
+    remaining: int,
 ) -> bool:
     """Whether every one of the first k Ritz vectors is resolved (residual below ``tol`` times
-    its gap to the neighbouring Ritz values) or will not be within ``MAX_STEPS`` at its rate:
+    its gap to the neighbouring Ritz values) or will not be within ``remaining`` steps at its rate:
     the spans of well-separated leading vectors keep converging while a bulk of close singular
     values below them, which no affordable number of steps resolves, stops the iteration."""
     import numpy as np
@@ -411,18 +460,18 @@ def _settled(
     for j in range(min(k, values.size)):
         goal = max(tol, VECTOR_TOL) * gaps[j]
         if residuals[j] > goal and not _hopeless(
-            residuals[j] / previous[j], float(residuals[j]), goal, steps
+            residuals[j] / previous[j], float(residuals[j]), goal, remaining
         ):
             return False
     return True
 
 
-def _hopeless(rate: float, residual: float, goal: float, steps: int) -> bool:
-    """Whether the residual, falling by ``rate`` per step, would stay above ``goal`` through
-    ``MAX_STEPS`` (or stagnates: rate above 0.9)."""
+def _hopeless(rate: float, residual: float, goal: float, remaining: int) -> bool:
+    """Whether the residual, falling by ``rate`` per step, would stay above ``goal`` through the
+    ``remaining`` steps (or stagnates: rate above 0.9)."""
     if rate > 0.9:
         return True
-    return math.log(goal / residual) / math.log(max(rate, 1e-300)) > MAX_STEPS - steps
+    return math.log(goal / residual) / math.log(max(rate, 1e-300)) > remaining
 
 
 def cosine_error(first: TopSubspace, second: TopSubspace, k: int) -> float:
@@ -484,10 +533,12 @@ def intruder_dimensions(
     """
     a = as_float64(base)
     m, n = a.shape
-    top_b = top_left_subspace(tuned, k, seed=seed)
+    top_b = top_left_subspace(tuned, k, seed=seed, max_steps=STANDALONE_STEPS)
     top_a = None
     if min(m, n) > DENSE_SIDE:
-        top_a = top_left_subspace(a, min(m, n, k + _SCREEN_EXTRA), seed=seed)
+        top_a = top_left_subspace(
+            a, min(m, n, k + _SCREEN_EXTRA), seed=seed, max_steps=STANDALONE_STEPS
+        )
     return screen_intruders(a, top_a, top_b, k, threshold)
 
 
