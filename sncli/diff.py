@@ -405,10 +405,19 @@ def _ritz_sigma(found: Any, side: int, options: MethodOptions) -> SigmaEstimate 
 
 
 def _pair_bytes(pair: Pair) -> int:
-    """Both sides as stored, plus the float64 copies and their difference."""
+    """Both sides as stored, plus the float64 copies and their difference, plus the float32
+    copies the subspace iteration works on."""
     size = math.prod(pair.layer_a.shape)
     stored = size * (bits_per_element(pair.layer_a.dtype) + bits_per_element(pair.layer_b.dtype))
-    return stored // 8 + 3 * 8 * size
+    return stored // 8 + 3 * 8 * size + 2 * 4 * size
+
+
+def _budget_width(pair: Pair) -> int:
+    """``measure_layers``' ``width`` for diff: its budget is 2 × 4 bytes × the widest width,
+    so a pair's bytes / 4 lets two of the largest pairs be in flight — both workers compute,
+    where a budget of one pair left the second idle on every large layer (the 302M benchmark:
+    one pair of 4096×1024 is 150 MB)."""
+    return _pair_bytes(pair) // 4
 
 
 def _load_pair(
@@ -592,7 +601,7 @@ def measure_pairs(
         pairs,
         measured=LayerDiff,
         nbytes=_pair_bytes,
-        width=lambda pair: pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1],
+        width=_budget_width,
         load=_load_for_task,
         compute=partial(_compare_or_skip, options=options, directions=directions),
         workers=workers,
