@@ -6,13 +6,16 @@
 B is A with a seeded rank-4 update of spectral norm 1e-2·σ(A) on every other block's weights and
 the rest byte-equal. Prints, in one run: ``sncli inspect A`` and ``sncli diff A B`` wall times
 (each a fresh process, interpreter start included) and their ratio, peak RSS of both, and the
-largest relative error of ``delta_sigma`` against float64 ``scipy.linalg.svdvals`` of B − A.
+largest relative error of ``delta_sigma`` against float64 ``scipy.linalg.svdvals`` of B − A, and
+the subspace cosines and intruder decisions against full float64 SVDs of A and B (with the
+cosine error ``diff`` states; ``--no-directions`` skips these SVDs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import struct
 import subprocess
@@ -21,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +56,52 @@ def write_perturbed(spec: synth.Spec, source: Path, path: Path) -> set[str]:
     return changed
 
 
+class Directions:
+    """Subspace cosines and intruders of ``diff`` against full float64 LAPACK SVDs of A and B:
+    the largest cosine error, whether each is within the stated ``subspace_error``, and the
+    intruder decisions (reported, unresolved) against the exact ones."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[float, float, str]] = []
+        self.intruders = {"agree": 0, "wrong": 0, "unresolved": 0}
+
+    def add(self, layer: dict, a: np.ndarray, b: np.ndarray) -> None:
+        from scipy.linalg import svd
+
+        left_a = svd(a, full_matrices=False)[0]
+        left_b = svd(b, full_matrices=False)[0]
+        k = len(layer["subspace_cosines"])
+        exact = np.linalg.svd(left_a[:, :k].T @ left_b[:, :k], compute_uv=False)
+        error = float(np.abs(np.minimum(exact, 1.0) - layer["subspace_cosines"]).max())
+        self.errors.append((error, layer["subspace_error"], layer["name"]))
+        best = np.abs(left_b[:, :10].T @ left_a).max(axis=1)
+        truth = {int(j) for j in np.nonzero(best < 0.5)[0]}
+        unresolved = set(layer["intruder_unresolved"])
+        for j in range(10):
+            if j in unresolved:
+                self.intruders["unresolved"] += 1
+            elif (j in layer["intruder_indices"]) == (j in truth):
+                self.intruders["agree"] += 1
+            else:
+                self.intruders["wrong"] += 1
+
+    def print(self) -> None:
+        error, stated, name = max(self.errors)
+        held = sum(1 for e, s, _ in self.errors if e <= s)
+        resolved = [s for _, s, _ in self.errors if s < 1]
+        print(
+            f"subspace cosines vs float64 SVD: max error {error:.1e} ({name}, stated "
+            f"{stated:.1e}); within the stated error: {held}/{len(self.errors)} layers; "
+            f"stated error < 1 on {len(resolved)} layers"
+            + (f" (largest {max(resolved):.1e})" if resolved else "")
+        )
+        counts = self.intruders
+        print(
+            f"intruder decisions (top-10 per changed layer) vs float64 SVD: {counts['agree']} "
+            f"agree, {counts['wrong']} differ, {counts['unresolved']} reported unresolved"
+        )
+
+
 def timed(command: list[str]) -> tuple[float, int, str]:
     """Wall seconds, the child's peak RSS (bytes) and its stdout."""
     began = time.perf_counter()
@@ -64,6 +114,13 @@ def timed(command: list[str]) -> tuple[float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each; the fastest counts")
+    parser.add_argument(
+        "--no-directions",
+        dest="directions",
+        action="store_false",
+        help="skip checking the subspace cosines and intruders against full float64 SVDs",
+    )
     args = parser.parse_args()
     spec = synth.Spec(d=512, blocks=8) if args.quick else synth.Spec(d=1024, blocks=24)
     with tempfile.TemporaryDirectory(prefix="sncli-diff-bench-") as folder:
@@ -71,16 +128,23 @@ def main() -> None:
         synth.write(spec, a)
         changed = write_perturbed(spec, a, b)
         sncli = [sys.executable, "-m", "sncli"]
-        inspect_s, inspect_rss, _ = timed([*sncli, "inspect", str(a), "--format", "json"])
         # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: diff runs second, so its
         # figure is max(inspect, diff); diff's own peak is reported when it is the larger one.
-        diff_s, diff_rss, out = timed([*sncli, "diff", str(a), str(b), "--format", "json"])
+        # With --repeat, the two alternate and each keeps its fastest run (a shared machine's
+        # load only ever adds time).
+        inspect_s = diff_s = math.inf
+        for _ in range(args.repeat):
+            seconds, inspect_rss, _ = timed([*sncli, "inspect", str(a), "--format", "json"])
+            inspect_s = min(inspect_s, seconds)
+            seconds, diff_rss, out = timed([*sncli, "diff", str(a), str(b), "--format", "json"])
+            diff_s = min(diff_s, seconds)
         report = json.loads(out)
         from safetensors.torch import load_file
         from scipy.linalg import svdvals
 
         ta, tb = load_file(str(a)), load_file(str(b))
         worst, where = 0.0, ""
+        directions = Directions()
         for layer in report["layers"]:
             name = layer["name"]
             if layer["unchanged"]:
@@ -90,13 +154,17 @@ def main() -> None:
             error = abs(layer["delta_sigma"] - reference) / reference
             if error > worst:
                 worst, where = error, name
+            if args.directions:
+                directions.add(layer, ta[name].double().numpy(), tb[name].double().numpy())
         unchanged = report["summary"]["unchanged"]
         print(f"checkpoint: d={spec.d} × {spec.blocks} blocks, {a.stat().st_size / 2**20:,.0f} MB")
         print(f"layers: {report['summary']['compared']} compared, {unchanged} byte-equal")
         print(f"sncli inspect A: {inspect_s:.2f} s, peak RSS {inspect_rss / 2**20:,.0f} MB")
         print(f"sncli diff A B:  {diff_s:.2f} s, peak RSS ≤ {diff_rss / 2**20:,.0f} MB")
-        print(f"diff / inspect: {diff_s / inspect_s:.1f}×")
+        print(f"diff / inspect: {diff_s / inspect_s:.2f}× (fastest of {args.repeat} each)")
         print(f"max relative error of delta_sigma vs float64 SVD: {worst:.1e} ({where})")
+        if args.directions:
+            directions.print()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,13 @@ from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
 from sncli.layers import Layer, Skipped, classify, select
 from sncli.messages import ProgressCallback
-from sncli.numerics.spectral import BoundKind, Method, as_matrix, largest_singular_value
+from sncli.numerics.spectral import (
+    BoundKind,
+    Method,
+    SigmaEstimate,
+    as_matrix,
+    largest_singular_value,
+)
 from sncli.run import available_cores, load_weight, measure_layers
 
 if TYPE_CHECKING:
@@ -93,6 +99,10 @@ class LayerDiff:
     certified: bool = False
     algorithm: str = ""
     subspace_cosines: tuple[float, ...] | None = None
+    #: How far each of ``subspace_cosines`` can be from the exact value (ε_A + ε_B from the
+    #: Ritz residuals and gaps, Wedin's sin θ theorem; an estimate for layers above
+    #: ``subspaces.DENSE_SIDE``, whose gap rests on an estimated σ_{k+1}; 1: not resolved).
+    subspace_error: float | None = None
     #: How many of B's top-K directions have less than ``subspace_threshold`` of their length
     #: inside A's top-K subspace.
     outside_top_subspace: int | None = None
@@ -100,6 +110,9 @@ class LayerDiff:
     #: max |cos| < ``intruder_threshold`` with every singular vector of A (None: not computed,
     #: or A is zero).
     intruder_indices: tuple[int, ...] | None = None
+    #: B's top directions whose intruder decision lies within their vector's error (a singular
+    #: value too close to its neighbours to resolve): neither counted nor ruled out.
+    intruder_unresolved: tuple[int, ...] | None = None
     #: How the rows were aligned before comparing (a GGUF side: "llama.cpp Q/K permutation
     #: undone (N heads)"); empty when compared as stored.
     rows: str = ""
@@ -228,6 +241,19 @@ def _byte_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
 
 
+def _finite(matrix: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one pass without a mask (min and max propagate NaN)."""
+    import torch
+
+    if matrix.numel() == 0:
+        return True
+    try:
+        low, high = torch.aminmax(matrix)
+    except RuntimeError:  # a dtype without min/max kernels (float8): check_finite decides
+        return False
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
 def _sigma(matrix: torch.Tensor, options: MethodOptions) -> Any:
     return largest_singular_value(
         matrix,
@@ -253,12 +279,7 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
     import torch
 
     from sncli.numerics.floating import check_finite
-    from sncli.numerics.subspaces import (
-        captured_fractions,
-        intruder_dimensions,
-        principal_cosines,
-        top_left_subspace,
-    )
+    from sncli.numerics.subspaces import compare_directions
 
     pair = loaded.pair
     layer = pair.layer_a
@@ -278,13 +299,16 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
     }
     a = as_matrix(loaded.a, layer.reshape_dim)
     b = as_matrix(loaded.b, pair.layer_b.reshape_dim)
-    for side, matrix in (("A", a), ("B", b)):
+    equal = _byte_equal(loaded.a, loaded.b)
+    for side, matrix in (("A", a),) if equal else (("A", a), ("B", b)):  # equal bits: one check
+        if _finite(matrix):
+            continue
         try:
-            check_finite(matrix)
+            check_finite(matrix)  # the count of NaN and Inf for the message
         except NumericalError as exc:
             raise NumericalError(f"{exc.message} in {side}") from exc
     top_k, intruder_k = directions.top_k, directions.intruder_top_k
-    if _byte_equal(loaded.a, loaded.b):
+    if equal:
         estimate = _sigma(a, options)
         sigma = estimate.sigma
         return LayerDiff(
@@ -303,33 +327,37 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             certified=True,
             algorithm="byte-equal",
             subspace_cosines=(1.0,) * min(top_k, *a.shape) if top_k and sigma > 0 else None,
+            subspace_error=0.0 if top_k and sigma > 0 else None,
             outside_top_subspace=0 if top_k and sigma > 0 else None,
             # each of B's singular vectors is one of A's: |cos| = 1, no intruder
             intruder_indices=() if intruder_k and sigma > 0 else None,
+            intruder_unresolved=() if intruder_k and sigma > 0 else None,
         )
     a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    difference = b64 - a64  # one layer pair and its difference: the memory of this task
-    estimate_a, estimate_b = _sigma(a, options), _sigma(b, options)
+    cosines: tuple[float, ...] | None = None
+    outside: int | None = None
+    error: float | None = None
+    intruders = unresolved = None
+    found = None
+    if top_k or intruder_k:
+        found = compare_directions(
+            a64, b64, top_k, intruder_k, directions.intruder_threshold, seed=options.seed
+        )
+        cosines, error = found.cosines, found.cosine_error
+        if found.captured is not None:
+            outside = sum(1 for value in found.captured if value < directions.subspace_threshold)
+        if found.intruders is not None:
+            intruders, unresolved = found.intruders.indices, found.intruders.unresolved
+    estimate_a, estimate_b = (
+        _ritz_sigma(found, side, options) or _sigma(matrix, options)
+        for side, matrix in enumerate((a, b))
+    )
     sigma_a, sigma_b = estimate_a.sigma, estimate_b.sigma
+    difference = b64 - a64  # one layer pair and its difference: the memory of this task
     delta = _sigma(difference, options)
     frob_a = float(torch.linalg.vector_norm(a64))
     delta_frob = float(torch.linalg.vector_norm(difference))
     del difference
-    cosines: tuple[float, ...] | None = None
-    outside: int | None = None
-    if top_k:
-        space_a = top_left_subspace(a64, top_k, seed=options.seed)
-        space_b = top_left_subspace(b64, top_k, seed=options.seed)
-        if space_a.vectors.shape[1] and space_b.vectors.shape[1]:  # None when a side is zero
-            cosines = tuple(principal_cosines(space_a.vectors, space_b.vectors))
-            captured = captured_fractions(space_a.vectors, space_b.vectors)
-            outside = sum(1 for value in captured if value < directions.subspace_threshold)
-    intruders = None
-    if intruder_k:
-        found = intruder_dimensions(
-            a64, b64, intruder_k, directions.intruder_threshold, seed=options.seed
-        )
-        intruders = None if found is None else found.indices
     return LayerDiff(
         **common,
         bound_a=estimate_a.bound,
@@ -346,16 +374,50 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
         certified=delta.certified,
         algorithm=delta.algorithm,
         subspace_cosines=cosines,
+        subspace_error=error,
         outside_top_subspace=outside,
         intruder_indices=intruders,
+        intruder_unresolved=unresolved,
+    )
+
+
+def _ritz_sigma(found: Any, side: int, options: MethodOptions) -> SigmaEstimate | None:
+    """σ of side A (0) or B (1) from the subspace iteration's top Ritz value, a lower bound like
+    ``auto``'s, when its estimated error meets ``auto``'s target (without ``certify``); None:
+    run the σ method itself."""
+    from sncli.numerics.spectral import DEFAULT_TOL
+
+    if found is None or not found.estimate or options.certify:
+        return None
+    if Method(options.method) is not Method.AUTO:
+        return None
+    sigma, error = found.sigmas[side]
+    if sigma <= 0 or error > (options.tol if options.tol is not None else DEFAULT_TOL):
+        return None
+    return SigmaEstimate(
+        sigma,
+        Method(options.method),
+        BoundKind.LOWER,
+        converged=True,
+        error_estimate=error,
+        algorithm="subspace iteration (top-k subspaces), Rayleigh–Ritz float64",
     )
 
 
 def _pair_bytes(pair: Pair) -> int:
-    """Both sides as stored, plus the float64 copies and their difference."""
+    """Both sides as stored, plus the float64 copies and their difference, plus the float32
+    copies the subspace iteration works on."""
     size = math.prod(pair.layer_a.shape)
     stored = size * (bits_per_element(pair.layer_a.dtype) + bits_per_element(pair.layer_b.dtype))
-    return stored // 8 + 3 * 8 * size
+    return stored // 8 + 3 * 8 * size + 2 * 4 * size
+
+
+def _budget_width(pair: Pair) -> int:
+    """``measure_layers``' ``width`` for diff: its budget is 2 × 4 bytes × the widest width,
+    so a pair's bytes / 4 lets two of the largest pairs be in flight — both workers compute,
+    where a budget of one pair left the second idle on every large layer (the 302M benchmark:
+    one pair of 4096×1024 is 150 MB)."""
+    return _pair_bytes(pair) // 4
 
 
 def _load_pair(
@@ -539,7 +601,7 @@ def measure_pairs(
         pairs,
         measured=LayerDiff,
         nbytes=_pair_bytes,
-        width=lambda pair: pair.layer_a.matrix_shape[0] * pair.layer_a.matrix_shape[1],
+        width=_budget_width,
         load=_load_for_task,
         compute=partial(_compare_or_skip, options=options, directions=directions),
         workers=workers,

@@ -31,6 +31,8 @@ CSV_FIELDS = (
     "min_subspace_cosine",
     "outside_top_subspace",
     "intruder_dimensions",
+    "subspace_error",
+    "intruder_unresolved",
 )
 
 
@@ -61,12 +63,14 @@ def layer_to_dict(layer: LayerDiff) -> dict[str, Any]:
         item["algorithm"] = layer.algorithm
     if layer.subspace_cosines is not None:
         item["subspace_cosines"] = list(layer.subspace_cosines)
+        item["subspace_error"] = layer.subspace_error
         item["outside_top_subspace"] = layer.outside_top_subspace
     if layer.rows:
         item["rows"] = layer.rows
     if layer.intruder_indices is not None:
         item["intruder_dimensions"] = len(layer.intruder_indices)
         item["intruder_indices"] = list(layer.intruder_indices)
+        item["intruder_unresolved"] = list(layer.intruder_unresolved or ())
     if layer.expert is not None:
         item["expert"], item["stack"] = layer.expert, layer.stack
     return item
@@ -216,6 +220,8 @@ def diff_to_csv(layers: list[LayerDiff]) -> str:
                 "" if not cosines else repr(min(cosines)),
                 "" if layer.outside_top_subspace is None else layer.outside_top_subspace,
                 "" if layer.intruder_dimensions is None else layer.intruder_dimensions,
+                "" if layer.subspace_error is None else repr(layer.subspace_error),
+                "" if layer.intruder_unresolved is None else len(layer.intruder_unresolved),
             ]
         )
     return buffer.getvalue()
@@ -229,14 +235,22 @@ def _direction_cells(report: DiffReport, layer: LayerDiff) -> list[str]:
     cells = []
     if report.top_k:
         cosines, outside = layer.subspace_cosines, layer.outside_top_subspace
-        cells += [
-            "--" if not cosines else f"{min(cosines):.3f}",
-            "--" if outside is None else str(outside),
-        ]
+        error = layer.subspace_error or 0.0
+        cosine = "--" if not cosines else f"{min(cosines):.3f}"
+        if cosines and error >= _SHOWN_ERROR:
+            cosine += f" ± {error:.0e}" if error < 1 else " (unresolved)"
+        cells += [cosine, "--" if outside is None else str(outside)]
     if report.intruder_top_k:
-        count = layer.intruder_dimensions
-        cells.append("--" if count is None else str(count))
+        count, unresolved = layer.intruder_dimensions, layer.intruder_unresolved
+        cell = "--" if count is None else str(count)
+        if unresolved:
+            cell += f" (+{len(unresolved)}?)"
+        cells.append(cell)
     return cells
+
+
+#: A cosine error from which the table shows it (the cosines are printed to 3 decimals).
+_SHOWN_ERROR = 5e-4
 
 
 def fmt_bounded(value: float, bound: BoundKind) -> str:
@@ -260,12 +274,23 @@ def _caption(report: DiffReport, layers: list[LayerDiff]) -> str:
             f"directions with less than {report.subspace_threshold:g} of their length inside "
             "A's top subspace"
         )
+        if any((layer.subspace_error or 0.0) >= _SHOWN_ERROR for layer in layers):
+            caption += (
+                "; ±: how far the cosines can be from the exact ones (Wedin's sin θ from the "
+                "Ritz residuals and gaps; an estimate where the vectors were iterated), "
+                "'unresolved': the top-K subspace is not separated from the next direction"
+            )
     if report.intruder_top_k:
         caption += (
             f"; intruders: B's top-{report.intruder_top_k} singular vectors whose |cos| with "
             f"every singular vector of A is below {report.intruder_threshold:g} "
             "(Shuttleworth et al. 2024)"
         )
+        if any(layer.intruder_unresolved for layer in layers):
+            caption += (
+                "; (+N?): N further directions whose vectors are not resolved well enough "
+                "to decide (a singular value too close to its neighbours)"
+            )
     return caption
 
 

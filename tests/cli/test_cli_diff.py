@@ -165,3 +165,25 @@ def test_intruder_dimensions_json_and_flags(tmp_path: Path) -> None:
     code, out, _ = invoke(*args, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rows[0]["intruder_dimensions"] == "1" and rows[0]["outside_top_subspace"] == "1"
+
+
+def test_cosine_error_and_unresolved_intruders_are_shown(tmp_path: Path) -> None:
+    """JSON and CSV carry subspace_error and the unresolved intruder directions; the table marks
+    an unresolved top-K subspace and the (+N?) undecided intruders, and its caption says why."""
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(300, 300, generator=g)
+    save_file({"w.weight": a}, str(tmp_path / "a.safetensors"))
+    save_file({"w.weight": a + 0.01 * a.roll(1, 0)}, str(tmp_path / "b.safetensors"))
+    paths = (str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+    code, out, _ = invoke("diff", *paths, "--format", "json")
+    assert code == 0
+    (layer,) = json.loads(out)["layers"]
+    assert layer["subspace_error"] == 1.0 and layer["intruder_unresolved"]
+    code, out, _ = invoke("diff", *paths, "--format", "csv")
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert row["subspace_error"] == "1.0"
+    assert int(row["intruder_unresolved"]) == len(layer["intruder_unresolved"])
+    code, out, _ = invoke("diff", *paths)
+    assert code == 0
+    assert "(unresolved)" in out and f"(+{len(layer['intruder_unresolved'])}?)" in out
+    assert "Wedin" in out
