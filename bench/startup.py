@@ -1,5 +1,6 @@
 """Start-up time of whole ``sncli`` processes: ``sncli --help``, ``sncli CMD --help`` and
-``sncli inspect``/``spectrum`` of a small checkpoint (MiniLM), against ``import torch`` alone.
+``sncli inspect``/``spectrum``/``lipschitz`` of a small checkpoint (MiniLM), against
+``import torch`` alone.
 
     python bench/startup.py                      # this checkout
     python bench/startup.py OLD_TREE NEW_TREE    # two source trees, runs interleaved
@@ -48,7 +49,11 @@ def main() -> None:
     args = parser.parse_args()
     script = shutil.which("sncli") or str(Path(sys.executable).with_name("sncli"))
     checkpoint = _minilm() if args.inspect is None else args.inspect
-    measured = [("inspect", checkpoint), ("spectrum", checkpoint, "-q")] if checkpoint else []
+    measured = (
+        [("inspect", checkpoint), ("spectrum", checkpoint, "-q"), ("lipschitz", checkpoint)]
+        if checkpoint
+        else []
+    )
     lines = [*COMMAND_LINES, *measured]
     print(f"load average {os.getloadavg()[0]:.1f}, {args.runs} runs each, median seconds")
     jobs: dict[tuple[str, str], list[str]] = {}
