@@ -64,8 +64,9 @@ def main() -> None:
     for label, code in FLOORS:  # what the libraries alone cost
         jobs[(label, "")] = [sys.executable, "-c", code]
     times: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
-    for _ in range(args.runs):  # interleaved: every job sees the same machine state
-        for (label, tree), command in jobs.items():
+    for round_ in range(args.runs):  # interleaved: every job sees the same machine state
+        order = list(jobs.items())
+        for (label, tree), command in order if round_ % 2 == 0 else order[::-1]:
             env = {**os.environ, "PYTHONPATH": tree} if tree else None
             start = time.perf_counter()
             subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)

@@ -1,5 +1,6 @@
-"""inspect and spectrum on safetensors, GGUF, NumPy, Keras and ONNX files never import torch,
-and give the numbers torch's kernels give (issue 26, "torch only where it must be").
+"""inspect and spectrum on safetensors, GGUF, NumPy, Keras and ONNX files, and lipschitz and
+report on such state dicts of linear layers, never import torch, and give the numbers torch's
+kernels give (issue 26, "torch only where it must be").
 
 Each case runs ``sncli`` in a subprocess in which torch cannot be imported (a meta-path finder
 raises ImportError for ``torch`` and ``torch.*``), and the same command in this process with
