@@ -1,5 +1,6 @@
 """Start-up time of whole ``sncli`` processes: ``sncli --help``, ``sncli CMD --help`` and
-``sncli inspect``/``spectrum`` of a small checkpoint (MiniLM), against ``import torch`` alone.
+``sncli inspect``/``spectrum``/``lipschitz`` of a small checkpoint (MiniLM), against
+``import torch`` alone.
 
     python bench/startup.py                      # this checkout
     python bench/startup.py OLD_TREE NEW_TREE    # two source trees, runs interleaved
@@ -48,7 +49,11 @@ def main() -> None:
     args = parser.parse_args()
     script = shutil.which("sncli") or str(Path(sys.executable).with_name("sncli"))
     checkpoint = _minilm() if args.inspect is None else args.inspect
-    measured = [("inspect", checkpoint), ("spectrum", checkpoint, "-q")] if checkpoint else []
+    measured = (
+        [("inspect", checkpoint), ("spectrum", checkpoint, "-q"), ("lipschitz", checkpoint)]
+        if checkpoint
+        else []
+    )
     lines = [*COMMAND_LINES, *measured]
     print(f"load average {os.getloadavg()[0]:.1f}, {args.runs} runs each, median seconds")
     jobs: dict[tuple[str, str], list[str]] = {}
@@ -59,8 +64,9 @@ def main() -> None:
     for label, code in FLOORS:  # what the libraries alone cost
         jobs[(label, "")] = [sys.executable, "-c", code]
     times: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
-    for _ in range(args.runs):  # interleaved: every job sees the same machine state
-        for (label, tree), command in jobs.items():
+    for round_ in range(args.runs):  # interleaved: every job sees the same machine state
+        order = list(jobs.items())
+        for (label, tree), command in order if round_ % 2 == 0 else order[::-1]:
             env = {**os.environ, "PYTHONPATH": tree} if tree else None
             start = time.perf_counter()
             subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)

@@ -4,6 +4,7 @@ SVD's, and the displayed reshape σ costs only the side shown."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,11 @@ def report_for(path: Path, **options: object):  # type: ignore[no-untyped-def]
 @pytest.mark.usefixtures("single_torch_thread")
 @pytest.mark.parametrize("make", [resnet_state, vgg_state], ids=["resnet18", "vgg11"])
 def test_pipeline_factors_do_not_depend_on_workers_or_reader(make, tmp_path: Path) -> None:
-    """Workers × single-threaded torch and the readinto reader change nothing: the same factors,
-    in the same (natural key) order, as one worker and as torch.load of the same tensors."""
+    """Workers × single-threaded BLAS and the readinto reader change nothing: the same factors,
+    in the same (natural key) order, as one worker; torch.load of the same tensors gives them
+    too, its linear σ on torch's kernels where the safetensors file runs NumPy's (float64 dense
+    σ on two BLAS libraries: 1e-13 relative, measured ≤ 5e-16; conv factors run on torch for
+    both, bit for bit)."""
     state = make()
     save_file(state, tmp_path / "model.safetensors")
     torch.save(state, tmp_path / "model.pt")
@@ -90,7 +94,12 @@ def test_pipeline_factors_do_not_depend_on_workers_or_reader(make, tmp_path: Pat
     assert [f.name for f in one.factors] == [f.name for f in many.factors]
     assert [f.name for f in one.factors] == [f.name for f in pickled.factors]
     for a, b, c in zip(one.factors, many.factors, pickled.factors, strict=True):
-        assert a == b == c
+        assert a == b
+        if a.kind == "linear":
+            for field in ("sigma", "sigma_lower", "sigma_upper"):
+                assert getattr(a, field) == pytest.approx(getattr(c, field), rel=1e-13)
+            c = replace(c, sigma=a.sigma, sigma_lower=a.sigma_lower, sigma_upper=a.sigma_upper)
+        assert a == c
     weights = {n for n, t in state.items() if n.endswith("weight") and t.dim() >= 2}
     assert {f.name for f in one.factors if f.kind != "batchnorm"} == weights
     for factor in one.factors:

@@ -1,5 +1,6 @@
-"""inspect and spectrum on safetensors, GGUF, NumPy, Keras and ONNX files never import torch,
-and give the numbers torch's kernels give (issue 26, "torch only where it must be").
+"""inspect and spectrum on safetensors, GGUF, NumPy, Keras and ONNX files, and lipschitz and
+report on such state dicts of linear layers, never import torch, and give the numbers torch's
+kernels give (issue 26, "torch only where it must be").
 
 Each case runs ``sncli`` in a subprocess in which torch cannot be imported (a meta-path finder
 raises ImportError for ``torch`` and ``torch.*``), and the same command in this process with
@@ -41,7 +42,7 @@ from typer.testing import CliRunner
 
 from sncli.checkpoint import Checkpoint
 from sncli.cli import app
-from sncli.numerics import spectral_numpy, svd_numpy
+from sncli.numerics import bounds_numpy, spectral_numpy, svd_numpy
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "formats" / "data"
@@ -194,13 +195,15 @@ CASES = (
 )
 
 
-def _torch_free(args: list[str]) -> dict[str, Any]:
+def _torch_free(
+    args: list[str], *, script: str = NO_TORCH, output_json: bool = True
+) -> dict[str, Any]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -208,7 +211,7 @@ def _torch_free(args: list[str]) -> dict[str, Any]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout) if output_json else {}
 
 
 def _with_torch(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -221,6 +224,7 @@ def _with_torch(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, A
         (spectral_numpy, "largest_singular_value_array"),
         (svd_numpy, "singular_values_array"),
         (svd_numpy, "top_singular_values_array"),
+        (bounds_numpy, "sigma_interval_array"),
     ):
         monkeypatch.setattr(module, name, numpy_kernel)
     result = CliRunner().invoke(app, args)
@@ -320,3 +324,150 @@ def test_the_blocker_blocks() -> None:
     )
     assert done.returncode != 0
     assert "torch" in done.stderr
+
+
+# --- lipschitz and report on dense (linear-only) state dicts --------------------------------
+#
+# The product bound's factors on NumPy (dense float64 σ, the certified interval of
+# sncli.numerics.bounds_numpy, ECLipsE-Fast's float64 proof, BatchNorm and PReLU read as arrays)
+# against torch's kernels, with the same tolerances as above: dense and certified values to
+# 1e-11 relative (measured ≤ 2e-14, on the log10 shares), report's inspect σ (auto: from the
+# spectra) and spectra as for inspect and spectrum. A conv layer needs torch (the operator
+# norm), so these files hold none; Keras's conv is measured with ``--conv reshape`` (a matrix
+# σ, no operator norm).
+
+LIPSCHITZ = {
+    "default": ("lipschitz", "--format", "json"),
+    "certified": ("lipschitz", "--certified", "--format", "json"),
+    "mlp": ("lipschitz", "--assume", "sequential", "--mlp", "--format", "json"),
+    "reshape": ("lipschitz", "--conv", "reshape", "--certified", "--format", "json"),
+}
+
+
+@pytest.fixture(scope="session")
+def dense_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A chain of linear layers in every dtype (bf16, fp16, float32, float64) with a
+    spectral-norm layer (stored u, v) and a weight-norm pair, in safetensors (single and
+    sharded) and npz; a BatchNorm + PReLU net in safetensors; the GGUF LLaMA (linear only)."""
+    root = tmp_path_factory.mktemp("torch_free_dense")
+    rng = np.random.default_rng(2026)
+    chain = {
+        "0.weight": _rng_tensor(rng, 40, 24, dtype=torch.float64),
+        "0.bias": _rng_tensor(rng, 40, dtype=torch.float32),
+        "2.weight": _rng_tensor(rng, 300, 40, dtype=torch.bfloat16),
+        "4.weight": _rng_tensor(rng, 260, 300, dtype=torch.float32),
+        "6.weight_orig": _rng_tensor(rng, 60, 260, dtype=torch.float32),
+        "6.weight_u": torch.from_numpy(rng.standard_normal(60)).float(),
+        "6.weight_v": torch.from_numpy(rng.standard_normal(260)).float(),
+        "8.weight_g": _rng_tensor(rng, 30, 1, dtype=torch.float32).abs(),
+        "8.weight_v": _rng_tensor(rng, 30, 60, dtype=torch.float16),
+        "10.weight": _rng_tensor(rng, 10, 30, dtype=torch.float16),
+    }
+    paths = {"chain": root / "chain.safetensors"}
+    save_file(chain, str(paths["chain"]))
+    shards = root / "sharded"
+    shards.mkdir()
+    names = sorted(chain)
+    weight_map = {}
+    for index, part in enumerate((names[::2], names[1::2])):
+        file = f"model-0000{index + 1}-of-00002.safetensors"
+        save_file({k: chain[k] for k in part}, str(shards / file))
+        weight_map.update(dict.fromkeys(part, file))
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    paths["chain-sharded"] = shards / "model.safetensors.index.json"
+    paths["chain-npz"] = root / "chain.npz"
+    np.savez(paths["chain-npz"], **{k: v.float().numpy() for k, v in chain.items()})
+    net = {
+        "0.weight": _rng_tensor(rng, 32, 16, dtype=torch.float32),
+        "1.weight": _rng_tensor(rng, 32, dtype=torch.float32),
+        "1.bias": _rng_tensor(rng, 32, dtype=torch.float32),
+        "1.running_mean": _rng_tensor(rng, 32, dtype=torch.float32),
+        "1.running_var": _rng_tensor(rng, 32, dtype=torch.float32).abs() + 0.1,
+        "1.num_batches_tracked": torch.tensor(7),
+        "2.prelu.weight": _rng_tensor(rng, 32, dtype=torch.float32),
+        "3.weight": _rng_tensor(rng, 8, 32, dtype=torch.bfloat16),
+    }
+    paths["bn-prelu"] = root / "bn_prelu.safetensors"
+    save_file(net, str(paths["bn-prelu"]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gguf_llama import llama_state_dict, write_gguf
+
+    paths["gguf"] = root / "llama.gguf"
+    write_gguf(paths["gguf"], llama_state_dict(), "F16")
+    paths["keras"] = DATA / "keras_small.keras"
+    paths["mlp-sample"] = REPO / "sample_models" / "mlp.safetensors"
+    return paths
+
+
+LIPSCHITZ_CASES = (
+    [(fmt, name) for fmt in ("chain", "chain-sharded", "chain-npz") for name in LIPSCHITZ]
+    + [(fmt, name) for fmt in ("bn-prelu", "gguf", "mlp-sample") for name in LIPSCHITZ]
+    + [("keras", "reshape")]
+)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "command"), LIPSCHITZ_CASES, ids=[f"{f}-{c}" for f, c in LIPSCHITZ_CASES]
+)
+def test_lipschitz_same_numbers_without_torch(
+    dense_files: dict[str, Path], fmt: str, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [LIPSCHITZ[command][0], str(dense_files[fmt]), *LIPSCHITZ[command][1:]]
+    free = _torch_free(args)
+    reference = _with_torch(args, monkeypatch)
+    assert free["layers"], "nothing was bounded"
+    _compare(free, reference)
+    if command == "mlp" and fmt.startswith("chain"):  # ECLipsE-Fast ran, on NumPy
+        assert free["mlp"]["method"] == "eclipse-fast", free["mlp"]
+    if fmt == "bn-prelu":
+        assert {f["kind"] for f in free["layers"]} == {"linear", "batchnorm", "prelu"}
+
+
+#: ``sncli.report.build_report`` in a process where torch cannot be imported; prints the JSON of
+#: its σ, spectra and Lipschitz parts (the renderers the commands' ``--format json`` use).
+REPORT_PARTS = """
+from sncli.render.common import write_json
+from sncli.render.inspect import inspect_to_dict
+from sncli.render.lipschitz import lipschitz_to_dict
+from sncli.render.spectrum import spectrum_to_dict
+from sncli.report import build_report
+
+
+def report_parts(path):
+    report = build_report(path)
+    assert report.lipschitz is not None, report.lipschitz_error
+    assert report.spectrum is not None, report.spectrum_error
+    return {
+        "inspect": inspect_to_dict(report.inspect, report.inspect.layers),
+        "spectrum": spectrum_to_dict(report.spectrum, report.spectrum.layers),
+        "lipschitz": lipschitz_to_dict(report.lipschitz),
+    }
+"""
+NO_TORCH_REPORT = (
+    NO_TORCH.split("sys.argv = ")[0] + REPORT_PARTS + "\nwrite_json(report_parts(sys.argv[1]))\n"
+)
+
+
+@pytest.mark.parametrize("fmt", ["chain", "chain-npz", "bn-prelu", "gguf"])
+def test_report_same_numbers_without_torch(
+    dense_files: dict[str, Path],
+    fmt: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sncli report`` writes its HTML with torch unimportable, and the report's σ, spectra
+    and Lipschitz factors (the library's) equal the torch path's."""
+    page = tmp_path / "report.html"
+    _torch_free(["report", str(dense_files[fmt]), "-o", str(page)], output_json=False)
+    text = page.read_text(encoding="utf-8")
+    assert "<svg" in text and "Lipschitz" in text
+    free = _torch_free([str(dense_files[fmt])], script=NO_TORCH_REPORT)
+    monkeypatch.setattr(Checkpoint, "numpy_native", property(lambda _: False))
+    namespace: dict[str, Any] = {}
+    exec(REPORT_PARTS, namespace)  # the same function, in this process on torch
+    reference = json.loads(json.dumps(namespace["report_parts"](str(dense_files[fmt]))))
+    for part in ("inspect", "spectrum", "lipschitz"):
+        _compare(free[part], reference[part])
+    assert {f["name"] for f in free["lipschitz"]["layers"]} == {
+        f["name"] for f in reference["lipschitz"]["layers"]
+    }

@@ -41,7 +41,6 @@ from sncli.layers import (
     LayerKind,
     Skipped,
     classify,
-    effective_weight,
     matches,
     select,
 )
@@ -55,9 +54,15 @@ from sncli.lipschitz.caveats import (
     product_statement,
     selection_caveats,
 )
+from sncli.lipschitz.weights import (
+    batchnorm_lipschitz,
+    chain_matrix,
+    is_plain,
+    layer_weight,
+    prelu_lipschitz,
+)
 from sncli.messages import ProgressCallback
 from sncli.numerics.bounds import sigma_interval
-from sncli.numerics.conv import conv_operator_norm, torus_bound_cost
 from sncli.numerics.floating import DENSE_ROUNDING, check_finite
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
@@ -68,12 +73,10 @@ from sncli.numerics.spectral import (
     as_matrix,
     largest_singular_value,
 )
-from sncli.run import available_cores, budget_bytes, load_weight, map_layers, torch_threads
+from sncli.run import available_cores, budget_bytes, map_layers, torch_threads
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    import torch
 
 
 class ConvPolicy(str, Enum):
@@ -106,7 +109,7 @@ class LipschitzOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     transposed: tuple[str, ...] = ()
-    #: factors computed concurrently, each with single-threaded torch (None: one per core)
+    #: factors computed concurrently, each with single-threaded BLAS (None: one per core)
     workers: int | None = None
     #: The user asserts the model is a plain sequential chain (``--assume sequential``); without
     #: it the product of a state dict is conditional and never certified.
@@ -330,7 +333,7 @@ def _batchnorm_groups(checkpoint: Checkpoint) -> dict[str, tuple[str, str, str]]
     return groups
 
 
-def _matrix_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> Factor:
+def _matrix_factor(layer: Layer, weight: Any, options: LipschitzOptions) -> Factor:
     matrix = as_matrix(weight, layer.reshape_dim)
     check_finite(matrix)
     if options.certified:
@@ -381,7 +384,10 @@ def _factor_of(layer: Layer, estimate: SigmaEstimate) -> Factor:
     )
 
 
-def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> Factor:
+def _conv_factor(layer: Layer, weight: Any, options: LipschitzOptions) -> Factor:
+    """A conv layer's factor. The operator norm runs on torch (a NumPy weight is converted, so
+    the factor is the one a PyTorch file of the same tensors gives); ``--conv reshape`` does
+    not need torch."""
     check_finite(weight)
     if options.conv is ConvPolicy.RESHAPE:
         factor = _matrix_factor(layer, weight, options)
@@ -391,6 +397,11 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
             source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
+    from sncli.arrays import is_array, to_torch
+    from sncli.numerics.conv import conv_operator_norm
+
+    if is_array(weight):  # the operator norm (and the σ shown beside it) on torch, as for .pt
+        weight = to_torch(weight)
     circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
         norm = conv_operator_norm(
@@ -425,7 +436,7 @@ def _conv_factor(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) 
     )
 
 
-def _reshape_sigma(layer: Layer, weight: torch.Tensor, options: LipschitzOptions) -> float:
+def _reshape_sigma(layer: Layer, weight: Any, options: LipschitzOptions) -> float:
     """The displayed σ of the reshaped kernel (the side spectral_norm uses), by ``auto``.
 
     Only displayed, never a factor: ``auto`` is dense float64 up to a smaller side of 128 and a
@@ -437,15 +448,7 @@ def _reshape_sigma(layer: Layer, weight: torch.Tensor, options: LipschitzOptions
 
 
 def _batchnorm_factor(checkpoint: Checkpoint, prefix: str, keys: tuple[str, str, str]) -> Factor:
-    import torch
-
-    gamma = checkpoint.load(keys[0]).to(torch.float64)
-    var = checkpoint.load(keys[1]).to(torch.float64)
-    check_finite(gamma)
-    check_finite(var)
-    if bool((var < 0).any()):
-        raise NumericalError(f"{prefix}: negative running_var")
-    lipschitz = float((gamma.abs() / torch.sqrt(var + BATCHNORM_EPS)).max())
+    lipschitz = batchnorm_lipschitz(checkpoint, prefix, keys)
     upper = lipschitz * (1 + DENSE_ROUNDING)
     return Factor(
         keys[0],
@@ -465,7 +468,7 @@ class _Task:
 
     name: str
     layer: Layer | None
-    weight: torch.Tensor | None = None
+    weight: Any = None  # a NumPy array or a torch tensor (sncli.lipschitz.weights)
     estimate: float | None = None
     factor: Factor | None = None
     bad: str | None = None
@@ -489,6 +492,8 @@ def _task_cost(layer: Layer | None, options: LipschitzOptions) -> float:
     if layer is None:
         return 0.0
     if layer.kind.is_conv and options.conv is not ConvPolicy.RESHAPE:
+        from sncli.numerics.conv import torus_bound_cost
+
         with contextlib.suppress(ValueError):  # a bad grid is reported when computed
             return torus_bound_cost(layer.shape, grid=options.grid)
         return 0.0
@@ -523,21 +528,7 @@ def _fill_task(
         task.factor = _batchnorm_factor(checkpoint, task.name, bn)
         return
     assert layer is not None
-    if _is_plain(checkpoint, layer):  # inspect's readinto path: no mmap'd pages left resident
-        task.weight = load_weight(checkpoint, layer.name, reader)
-    else:
-        task.weight, task.estimate = effective_weight(checkpoint, layer)
-
-
-def _is_plain(checkpoint: Checkpoint, layer: Layer) -> bool:
-    """The layer's weight is a stored tensor as it is (no parametrization, nothing derived)."""
-    return (
-        layer.spectral_norm is None
-        and layer.weight_norm is None
-        and layer.name in checkpoint.tensors
-        and layer.name not in checkpoint.unsupported
-        and layer.name not in checkpoint.derived
-    )
+    task.weight, task.estimate = layer_weight(checkpoint, layer, reader)
 
 
 def _known_factors(
@@ -569,7 +560,7 @@ def _known_factors(
         if not layer.kind.is_conv
         and layer.name in known_sigmas
         and math.isfinite(known_sigmas[layer.name])
-        and _is_plain(checkpoint, layer)
+        and is_plain(checkpoint, layer)
     }
 
 
@@ -692,10 +683,7 @@ def _chain_bound(
     if others:
         return None, "it bounds chains of linear layers only, and this one has " + ", ".join(others)
     by_name = {layer.name: layer for layer in layers}
-    weights = []
-    for factor in factors:
-        weight, _ = effective_weight(checkpoint, by_name[factor.name])
-        weights.append(as_matrix(weight, 0).double().numpy())
+    weights = [chain_matrix(checkpoint, by_name[factor.name]) for factor in factors]
     try:
         result = eclipse_fast_certificate(weights, *MLP_SLOPES)
     except ValueError as exc:
@@ -705,11 +693,7 @@ def _chain_bound(
 
 def _prelu_factor(checkpoint: Checkpoint, key: str) -> Factor:
     """PReLU(x) = max(x, 0) + a·min(x, 0) per channel: Lipschitz max(1, max|a|), exact."""
-    import torch
-
-    slopes = checkpoint.load(key).to(torch.float64)
-    check_finite(slopes)
-    value = max(1.0, float(slopes.abs().max())) if slopes.numel() else 1.0
+    value = prelu_lipschitz(checkpoint, key)
     return Factor(
         key,
         checkpoint.short_name(key),

@@ -24,10 +24,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sncli.numerics.bounds_numpy import bidiagonal as _bidiagonal
+from sncli.numerics.bounds_numpy import bidiagonal_sigma as _bidiagonal_sigma
+from sncli.numerics.estimates import SigmaInterval
 from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 _SMALLEST_SUBNORMAL = 2.0**-1074
@@ -36,21 +38,6 @@ DEFAULT_LANCZOS_ITERATIONS = 128
 DEFAULT_LANCZOS_TOL = 1e-13
 CERTIFICATE_DELTAS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
 FALLBACK_GRAM_ITERATIONS = 8
-
-
-@dataclass(frozen=True)
-class SigmaInterval:
-    """A certified enclosure lower ≤ σ_max ≤ upper and the methods that proved each side."""
-
-    lower: float
-    upper: float
-    lower_method: str
-    upper_method: str
-
-    @property
-    def relative_width(self) -> float:
-        """(upper − lower)/upper, 0 for the zero matrix."""
-        return 0.0 if self.upper == 0.0 else (self.upper - self.lower) / self.upper
 
 
 @dataclass(frozen=True)
@@ -403,23 +390,6 @@ def _lanczos_scaled(w: torch.Tensor, iterations: int, seed: int, tol: float) -> 
     return certified_ratio(w, x), len(alphas)
 
 
-def _bidiagonal(alphas: list[float], betas: list[float]) -> np.ndarray:
-    """The k×k or k×(k+1) upper bidiagonal with ``alphas`` on the diagonal, ``betas`` above."""
-    import numpy as np
-
-    k = len(alphas)
-    b = np.zeros((k, k + (len(betas) == k)))
-    b[np.arange(k), np.arange(k)] = alphas
-    b[np.arange(len(betas)), np.arange(1, len(betas) + 1)] = betas
-    return b
-
-
-def _bidiagonal_sigma(alphas: list[float], betas: list[float]) -> float:
-    import numpy as np
-
-    return float(np.linalg.svd(_bidiagonal(alphas, betas), compute_uv=False)[0])
-
-
 def _bidiagonal_top(alphas: list[float], betas: list[float]) -> tuple[float, torch.Tensor]:
     """Top singular value and right singular vector of :func:`_bidiagonal`.
 
@@ -464,7 +434,21 @@ def sigma_interval(matrix: torch.Tensor, *, seed: int = 0) -> SigmaInterval:
     the δ below what the rounding allowance c/μ ≈ (n² + mn)u can possibly prove (one Gram matrix,
     one Cholesky per try), falling back to Gram iteration if all fail.
     Cost: O(mn·k) for Lanczos plus one n²m syrk and n³/3 per Cholesky, n = small side.
+    A NumPy matrix runs the same steps on NumPy (:func:`.bounds_numpy.sigma_interval_array`).
     """
+    from sncli.arrays import is_array
+
+    if is_array(matrix):
+        from sncli.numerics.bounds_numpy import sigma_interval_array
+
+        return sigma_interval_array(
+            matrix,
+            seed=seed,
+            iterations=DEFAULT_LANCZOS_ITERATIONS,
+            tol=DEFAULT_LANCZOS_TOL,
+            deltas=CERTIFICATE_DELTAS,
+            fallback_iterations=FALLBACK_GRAM_ITERATIONS,
+        )
     import torch
 
     prepared = _prepare(matrix)

@@ -240,14 +240,13 @@ def _final_certified(y: np.ndarray, gram: np.ndarray, gram_error: float, c: floa
 
 
 def _product_bound(mats: list[np.ndarray], slope: float) -> float:
-    """max(|α|, |β|)^(l−1)·∏σ(W_i) with certified σ upper bounds (always valid)."""
-    import torch
-
+    """max(|α|, |β|)^(l−1)·∏σ(W_i) with certified σ upper bounds (always valid; on NumPy,
+    no torch: the same interval as on torch)."""
     from sncli.numerics.bounds import sigma_interval
 
     bound = 1.0
     for i, w in enumerate(mats):
-        bound = _mul_up(bound, sigma_interval(torch.from_numpy(w)).upper)
+        bound = _mul_up(bound, sigma_interval(w).upper)
         if i:
             bound = _mul_up(bound, slope)
     return bound

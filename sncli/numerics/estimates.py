@@ -134,3 +134,18 @@ def _readonly(values: np.ndarray) -> np.ndarray:
 def _readonly(values: np.ndarray) -> np.ndarray:
     values.flags.writeable = False
     return values
+
+
+@dataclass(frozen=True)
+class SigmaInterval:
+    """A certified enclosure lower ≤ σ_max ≤ upper and the methods that proved each side."""
+
+    lower: float
+    upper: float
+    lower_method: str
+    upper_method: str
+
+    @property
+    def relative_width(self) -> float:
+        """(upper − lower)/upper, 0 for the zero matrix."""
+        return 0.0 if self.upper == 0.0 else (self.upper - self.lower) / self.upper
