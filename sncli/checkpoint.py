@@ -46,6 +46,13 @@ if TYPE_CHECKING:
     from sncli.formats.peft import Adapter
 
 
+#: Above this many parameters a checkpoint is measured with torch's kernels when torch is
+#: installed, even where it is read without torch: one-thread MKL's thin float32 products run
+#: ~4.8× OpenBLAS's (bench/README.md, "Without torch"), and on a 302M bf16 checkpoint the
+#: NumPy path's slower `auto` (3.7–5.8 s against 2.1–2.7 s) already ate the ~2 s that not
+#: importing torch saves.
+NUMPY_KERNELS_MAX_PARAMETERS = 300_000_000
+
 #: The key of ``Checkpoint._handles`` holding the safetensors stream reader.
 _STREAM = Path("\0stream")
 
@@ -117,6 +124,7 @@ class Checkpoint:
     adapter: Adapter | None = None
     #: Mixture-of-experts stacks (``sncli.experts``): ``load("KEY[e]")`` reads expert e alone.
     experts: StackScan = field(default_factory=StackScan)
+    _large: bool | None = field(default=None, repr=False)
 
     @property
     def conv_layout_known(self) -> bool:
@@ -170,12 +178,26 @@ class Checkpoint:
         """Whether the engines measure this checkpoint on NumPy: :meth:`load_array` reads it
         without torch (safetensors, GGUF, NumPy, Keras, ONNX), or it is a state dict in memory
         (``sncli.Tracker``: its tensors are shared with NumPy, so a state dict gives the numbers
-        its saved safetensors file gives). PyTorch files keep torch's kernels."""
+        its saved safetensors file gives). PyTorch files keep torch's kernels, and so do files
+        over :data:`NUMPY_KERNELS_MAX_BYTES` when torch is installed: there torch's MKL products
+        save more than importing torch costs."""
         if self._contents is not None:
-            return self._contents.load_array is not None
-        return self.format == "memory" or (
-            self.format == "safetensors" and sys.byteorder == "little"
-        )
+            native = self._contents.load_array is not None
+        else:
+            native = self.format == "memory" or (
+                self.format == "safetensors" and sys.byteorder == "little"
+            )
+        return native and (self.format == "memory" or not self._large_with_torch())
+
+    def _large_with_torch(self) -> bool:
+        if self._large is None:
+            from importlib.util import find_spec
+
+            parameters = sum(info.numel for info in self.tensors.values())
+            self._large = (
+                parameters > NUMPY_KERNELS_MAX_PARAMETERS and find_spec("torch") is not None
+            )
+        return self._large
 
     def load_array(self, name: str) -> Any:
         """``load(name)`` as a NumPy array (bfloat16 as :class:`sncli.arrays.BFloat16Array`).

@@ -216,7 +216,13 @@ def _torch_free(
 
 def _with_torch(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(Checkpoint, "numpy_native", property(lambda _: False))
+    _forbid_numpy_kernels(monkeypatch)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
+
+def _forbid_numpy_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     def numpy_kernel(*_: object, **__: object) -> None:
         raise AssertionError("the reference run must use torch's kernels")
 
@@ -227,9 +233,6 @@ def _with_torch(args: list[str], monkeypatch: pytest.MonkeyPatch) -> dict[str, A
         (bounds_numpy, "sigma_interval_array"),
     ):
         monkeypatch.setattr(module, name, numpy_kernel)
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def _leaves(node: Any, record: dict[str, Any], key: str = "") -> Iterator[tuple[str, Any, dict]]:
@@ -304,6 +307,40 @@ def test_same_numbers_without_torch(
     reference = _with_torch(args, monkeypatch)
     assert free["layers"], "nothing was measured"
     _compare(free, reference)
+
+
+def test_large_checkpoints_take_torch_kernels(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above NUMPY_KERNELS_MAX_PARAMETERS (and with torch installed) the NumPy-read formats are
+    measured with torch's kernels — the same numbers within this file's tolerances; without
+    torch they stay on NumPy; a state dict in memory always does."""
+    import importlib.util
+
+    import sncli.checkpoint as checkpoint_module
+    from sncli.checkpoint import open_checkpoint
+
+    path = files["safetensors"]
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.numpy_native
+    monkeypatch.setattr(checkpoint_module, "NUMPY_KERNELS_MAX_PARAMETERS", 10)
+    with open_checkpoint(path) as ckpt:
+        assert not ckpt.numpy_native
+    args = ["inspect", str(path), "--format", "json"]
+    numpy_run = _torch_free(args)  # a fresh process: the real threshold, NumPy kernels
+    with monkeypatch.context() as patch:
+        _forbid_numpy_kernels(patch)
+        result = CliRunner().invoke(app, args)  # this process: the lowered threshold, torch
+    assert result.exit_code == 0, result.output
+    _compare(json.loads(result.stdout), numpy_run)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch" else real_find_spec(name, *a),
+    )
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.numpy_native
 
 
 def test_the_blocker_blocks() -> None:
