@@ -34,24 +34,11 @@ def _down(value: float) -> float:
 def scaled_gram(matrix: np.ndarray) -> tuple[np.ndarray, int, int, float] | None:
     """(G = WᵀW of the smaller side of 2^(−e)·W, e, inner dimension, upper bound on ‖·‖_F²);
     None for the zero matrix. Raises ``NumericalError`` on NaN/Inf."""
-    import numpy as np
-
-    w = upcast(matrix, np.float64)
-    check_finite_array(w)
-    if w.size == 0:
+    prepared = _prepare(matrix)
+    if prepared is None:
         return None
-    peak = float(np.abs(w).max())
-    if peak == 0.0:
-        return None
-    exponent = math.frexp(peak)[1]
-    first = -exponent // 2
-    w *= 2.0**first
-    w *= 2.0 ** (-exponent - first)
-    if w.shape[0] < w.shape[1]:
-        w = w.T
-    w = np.ascontiguousarray(w)
-    fro = float(np.linalg.norm(w)) ** 2 / (1.0 - gamma(w.size + 3)) * SLACK
-    return w.T @ w, exponent, w.shape[0], fro
+    w, exponent = prepared
+    return w.T @ w, exponent, w.shape[0], _frobenius_sq_upper(w)
 
 
 def certify_gram(gram: np.ndarray, mu: float, inner: int, frobenius_sq_upper: float) -> bool:
@@ -145,7 +132,8 @@ def _prepare(matrix: np.ndarray) -> tuple[np.ndarray, int] | None:
         return None
     exponent = math.frexp(peak)[1]
     first = -exponent // 2
-    w = w * 2.0**first * 2.0 ** (-exponent - first)
+    w *= 2.0**first  # upcast gave a fresh array: scaled in place
+    w *= 2.0 ** (-exponent - first)
     if w.shape[0] < w.shape[1]:
         w = w.T
     return np.ascontiguousarray(w), exponent
