@@ -47,11 +47,25 @@ if TYPE_CHECKING:
 
 
 #: Above this many parameters a checkpoint is measured with torch's kernels when torch is
-#: installed, even where it is read without torch: one-thread MKL's thin float32 products run
-#: ~4.8× OpenBLAS's (bench/README.md, "Without torch"), and on a 302M bf16 checkpoint the
-#: NumPy path's slower `auto` (3.7–5.8 s against 2.1–2.7 s) already ate the ~2 s that not
-#: importing torch saves.
+#: installed and the CPU is Intel's, even where it is read without torch: there one-thread MKL's
+#: thin float32 products ran ~4.8× OpenBLAS's and, on a 302M bf16 checkpoint, the NumPy path's
+#: slower `auto` ate the ~1.2 s that not importing torch saves (bench/README.md, "Without
+#: torch"). On AMD EPYC MKL is the slow one (4×1024-column products 6× OpenBLAS's, float64 Gram
+#: 2×; 302M `inspect` 3.7 s with torch's kernels, 1.75 s with NumPy's), so there NumPy stays.
 NUMPY_KERNELS_MAX_PARAMETERS = 300_000_000
+
+
+def _intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (MKL's fast case); False where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return False
+
 
 #: The key of ``Checkpoint._handles`` holding the safetensors stream reader.
 _STREAM = Path("\0stream")
@@ -179,8 +193,8 @@ class Checkpoint:
         without torch (safetensors, GGUF, NumPy, Keras, ONNX), or it is a state dict in memory
         (``sncli.Tracker``: its tensors are shared with NumPy, so a state dict gives the numbers
         its saved safetensors file gives). PyTorch files keep torch's kernels, and so do files
-        over :data:`NUMPY_KERNELS_MAX_BYTES` when torch is installed: there torch's MKL products
-        save more than importing torch costs."""
+        over :data:`NUMPY_KERNELS_MAX_PARAMETERS` on Intel CPUs when torch is installed: there
+        torch's MKL products save more than importing torch costs."""
         if self._contents is not None:
             native = self._contents.load_array is not None
         else:
@@ -195,7 +209,9 @@ class Checkpoint:
 
             parameters = sum(info.numel for info in self.tensors.values())
             self._large = (
-                parameters > NUMPY_KERNELS_MAX_PARAMETERS and find_spec("torch") is not None
+                parameters > NUMPY_KERNELS_MAX_PARAMETERS
+                and _intel_cpu()
+                and find_spec("torch") is not None
             )
         return self._large
 

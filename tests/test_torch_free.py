@@ -312,9 +312,10 @@ def test_same_numbers_without_torch(
 def test_large_checkpoints_take_torch_kernels(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above NUMPY_KERNELS_MAX_PARAMETERS (and with torch installed) the NumPy-read formats are
-    measured with torch's kernels — the same numbers within this file's tolerances; without
-    torch they stay on NumPy; a state dict in memory always does."""
+    """Above NUMPY_KERNELS_MAX_PARAMETERS (with torch installed, on Intel) the NumPy-read
+    formats are measured with torch's kernels — the same numbers within this file's
+    tolerances; without torch, or on other CPUs, they stay on NumPy; a state dict in memory
+    always does."""
     import importlib.util
 
     import sncli.checkpoint as checkpoint_module
@@ -324,6 +325,10 @@ def test_large_checkpoints_take_torch_kernels(
     with open_checkpoint(path) as ckpt:
         assert ckpt.numpy_native
     monkeypatch.setattr(checkpoint_module, "NUMPY_KERNELS_MAX_PARAMETERS", 10)
+    monkeypatch.setattr(checkpoint_module, "_intel_cpu", lambda: False)
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.numpy_native  # AMD and others: OpenBLAS outruns MKL there
+    monkeypatch.setattr(checkpoint_module, "_intel_cpu", lambda: True)
     with open_checkpoint(path) as ckpt:
         assert not ckpt.numpy_native
     args = ["inspect", str(path), "--format", "json"]
