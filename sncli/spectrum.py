@@ -8,11 +8,20 @@ single-threaded workers within a byte budget), so memory is bounded by the large
 the file. Each worker computes the full spectrum in float64 (:func:`sncli.numerics.svd.
 singular_values`) or, with ``top_k``, the K largest values by block Lanczos, then the metrics of
 :mod:`sncli.numerics.esd`.
+
+**On a GPU** (``device="cuda"``/``"cuda:N"``) each matrix is moved to the device as a torch
+tensor in its stored dtype (bf16 moves half the bytes of float32) and the same torch kernels run
+there, still in float64 (float64 Gram + ``eigvalsh``, cuSOLVER): the values have the float64
+accuracy of the CPU's (σ₁ to rounding, σᵢ to about ε₆₄·(σ₁/σᵢ)² relative). One layer is on the
+device at a time (a lock), so device memory holds one matrix and its Gram; loading and the
+metrics (NumPy, on the CPU) stay parallel across the workers. Without CUDA it computes on the
+CPU, with the note ``inspect`` gives.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
@@ -30,7 +39,7 @@ from sncli.formats.safetensors import SafetensorsStreamReader
 from sncli.layers import Layer, LayerKind, Skipped, refuse_if_none_measured, select_or_refuse
 from sncli.messages import ProgressCallback
 from sncli.numerics.esd import MIN_EVALS, partial_metrics, spectrum_metrics
-from sncli.numerics.spectral import DEFAULT_SEED, as_matrix
+from sncli.numerics.spectral import DEFAULT_SEED, as_matrix, resolve_device
 from sncli.numerics.svd import (
     TOP_K_TOL,
     frobenius_norm,
@@ -38,10 +47,14 @@ from sncli.numerics.svd import (
     top_singular_values,
 )
 from sncli.run import available_cores, load_weight, measure_layers
+from sncli.run.dask import refuse_device_with_scheduler
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas
+    import torch
+
+    from sncli.numerics.estimates import Spectrum
 
 __all__ = [
     "EXTRA_METRICS",
@@ -214,7 +227,8 @@ class SpectrumReport:
     """Spectra of a checkpoint's selected layers, and everything skipped with a reason.
 
     ``top_k`` is None for full spectra; ``seconds`` is the wall time of the analysis (opening
-    excluded); ``workers`` the layers computed at once.
+    excluded); ``workers`` the layers computed at once; ``device`` where the singular values
+    were computed ("cpu", or the GPU's torch name such as "cuda:0").
     """
 
     checkpoint: str
@@ -227,6 +241,7 @@ class SpectrumReport:
     seconds: float | None = None
     #: The ``EXTRA_METRICS`` the output carries (from ``SpectrumOptions``), in that order.
     extras: tuple[str, ...] = ()
+    device: str = "cpu"
 
     @property
     def largest(self) -> LayerSpectrum | None:
@@ -281,7 +296,9 @@ class SpectrumOptions:
     spectrum);
     ``mp_fit``: WeightWatcher's fitted MP bulk; ``randomize``: its randomized-ESD metrics, each
     layer's permutations drawn from ``seed`` and the layer's name (reproducible). ``seed`` also
-    starts ``top_k``'s Lanczos.
+    starts ``top_k``'s Lanczos. ``device``: cpu, cuda or cuda:N, where the singular values are
+    computed (float64 there too; CPU with a note when the GPU is unavailable). The metrics and
+    the randomized ESD are computed on the CPU from the values.
     """
 
     top_k: int | None = None
@@ -293,6 +310,7 @@ class SpectrumOptions:
     mp_fit: bool = False
     randomize: bool = False
     snr: bool = False
+    device: str = "cpu"
 
     @property
     def extras(self) -> tuple[str, ...]:
@@ -335,12 +353,57 @@ def _finite(value: float | int | None) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-def _spectrum_of(layer: Layer, weight: Any, options: SpectrumOptions) -> LayerSpectrum:
+#: One layer at a time on the GPU (module docstring): its memory holds one matrix and its Gram.
+_DEVICE_LOCK = threading.Lock()
+
+
+def _compute_device(requested: str) -> tuple[str | None, str | None]:
+    """(the torch device the values are computed on, None for the CPU engines; the note when
+    the requested GPU is unavailable). Imports torch only for a GPU request."""
+    if requested in ("", "cpu"):
+        return None, None
+    device, note = resolve_device(requested)
+    return (None if device == "cpu" else device), note
+
+
+def _to_device(matrix: Any, device: str) -> torch.Tensor:
+    """The matrix as a torch tensor on ``device`` in its stored dtype (upcast there, chunk by
+    chunk, by the kernels)."""
+    if is_array(matrix):
+        from sncli.arrays import to_torch
+
+        matrix = to_torch(matrix)
+    return matrix.to(device)
+
+
+def _full_spectrum(matrix: Any, device: str | None) -> Spectrum:
+    if device is None:
+        return singular_values(matrix)
+    with _DEVICE_LOCK:
+        return singular_values(_to_device(matrix, device))
+
+
+def _top_spectrum(
+    matrix: Any, options: SpectrumOptions, device: str | None
+) -> tuple[Spectrum, float]:
+    """The K largest values and ‖W‖_F."""
+    top = partial(top_singular_values, k=options.top_k, tol=options.tol, seed=options.seed)
+    if device is None:
+        return top(matrix), frobenius_norm(matrix)
+    with _DEVICE_LOCK:
+        moved = _to_device(matrix, device)
+        return top(moved), frobenius_norm(moved)
+
+
+def _spectrum_of(
+    layer: Layer, weight: Any, options: SpectrumOptions, device: str | None = None
+) -> LayerSpectrum:
+    """``device``: the torch device to compute the values on, None for the CPU engines."""
     matrix = as_matrix(weight, layer.reshape_dim)
     side = min(layer.matrix_shape)
     info = _describe(layer)
     if options.top_k is None or options.top_k >= side:
-        spectrum = singular_values(matrix)
+        spectrum = _full_spectrum(matrix, device)
         metrics = spectrum_metrics(spectrum.values, layer.matrix_shape, info["eps"])
         values = {f.name: _finite(getattr(metrics, f.name)) for f in fields(metrics)}
         values.pop("small_n_fit")
@@ -354,9 +417,9 @@ def _spectrum_of(layer: Layer, weight: Any, options: SpectrumOptions) -> LayerSp
             small_n_fit=metrics.small_n_fit,
             **values,
         )
-    spectrum = top_singular_values(matrix, options.top_k, tol=options.tol, seed=options.seed)
-    partial = partial_metrics(spectrum.values, frobenius_norm(matrix), layer.matrix_shape)
-    values = {f.name: _finite(getattr(partial, f.name)) for f in fields(partial)}
+    spectrum, frobenius = _top_spectrum(matrix, options, device)
+    known = partial_metrics(spectrum.values, frobenius, layer.matrix_shape)
+    values = {f.name: _finite(getattr(known, f.name)) for f in fields(known)}
     return LayerSpectrum(
         **info,
         algorithm=spectrum.algorithm,
@@ -422,16 +485,17 @@ def layer_spectrum(
     checkpoint: Checkpoint, layer: Layer, options: SpectrumOptions | None = None
 ) -> LayerSpectrum:
     """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf."""
+    options = options or SpectrumOptions()
     weight = load_weight(checkpoint, layer.name, None, arrays=checkpoint.numpy_native)
-    return _spectrum_of(layer, weight, options or SpectrumOptions())
+    return _spectrum_of(layer, weight, options, _compute_device(options.device)[0])
 
 
 def _spectrum_or_skip(
-    loaded: tuple[Layer, Any], options: SpectrumOptions
+    loaded: tuple[Layer, Any], options: SpectrumOptions, device: str | None = None
 ) -> LayerSpectrum | Skipped:
     layer, weight = loaded
     try:
-        return _spectrum_of(layer, weight, options)
+        return _spectrum_of(layer, weight, options, device)
     except NumericalError as exc:
         return Skipped(layer.name, exc.message)
 
@@ -477,6 +541,9 @@ def spectra(
     selected, classification = select_or_refuse(checkpoint, include, exclude, transposed, kinds)
     skipped = list(classification.skipped)
     began = time.perf_counter()
+    device, device_note = _compute_device(options.device)
+    refuse_device_with_scheduler(options.scheduler, options.device)
+    # On a GPU too: the workers load and compute metrics in parallel, the device runs one layer.
     workers = options.workers or max(1, min(available_cores(), len(selected)))
 
     # One thread per worker: LAPACK/BLAS threads beside parallel workers oversubscribe the cores
@@ -488,7 +555,7 @@ def spectra(
         nbytes=_layer_bytes,
         width=lambda layer: layer.matrix_shape[0] * layer.matrix_shape[1],
         load=_load_for_task,
-        compute=partial(_spectrum_or_skip, options=options),
+        compute=partial(_spectrum_or_skip, options=options, device=device),
         workers=workers,
         label=lambda layer: layer.short_name,
         progress=progress,
@@ -497,7 +564,7 @@ def spectra(
     )
     refuse_if_none_measured(len(results), failed, checkpoint.path)
     skipped = sorted(skipped + failed, key=lambda s: natural_key(s.name))
-    notes = list(checkpoint.notes) + run_notes
+    notes = list(checkpoint.notes) + ([device_note] if device_note else []) + run_notes
     few = [layer.short_name for layer in results if layer.complete and layer.count < MIN_EVALS]
     if few:
         notes.append(
@@ -515,6 +582,7 @@ def spectra(
         workers=workers,
         seconds=time.perf_counter() - began,
         extras=options.extras,
+        device=device or "cpu",
     )
 
 

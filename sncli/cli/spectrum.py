@@ -32,6 +32,7 @@ from sncli.spectrum import (
     "  sncli spectrum model.safetensors --top-k 32 --save-spectra spectra.npz\n\n"
     "  sncli spectrum model.safetensors --hill --group block --export alpha.npy\n\n"
     "  sncli spectrum model.safetensors --mp-fit --randomize --seed 1 --format csv\n\n"
+    "  sncli spectrum model.safetensors --device cuda --hill --format json\n\n"
     "Exit codes: 0 ok, 1 error, 2 usage, 4 no layer matched."
 )
 @handle_errors
@@ -99,6 +100,16 @@ def spectrum(
             help="Layers computed at once, each single-threaded (default: one per core).",
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="cpu, cuda or cuda:N: where the singular values are computed (float64 Gram + "
+            "eigvalsh there too; metrics on the CPU). Falls back to the CPU with a note when no "
+            "GPU is available.",
+            callback=opt.device_name,
+        ),
+    ] = "cpu",
     key: opt.KeyOpt = None,
     base: opt.BaseOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
@@ -172,6 +183,7 @@ def spectrum(
                         snr=snr,
                         mp_fit=mp_fit,
                         randomize=randomize,
+                        device=device,
                     ),
                     **chosen,
                     progress=progress,

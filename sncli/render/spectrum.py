@@ -69,13 +69,18 @@ def spectrum_layer_to_dict(layer: LayerSpectrum, extras: tuple[str, ...] = ()) -
 
 def spectrum_to_dict(report: SpectrumReport, layers: list[LayerSpectrum]) -> dict[str, Any]:
     """``layers`` are those shown (``--top``/``--sort`` cut and order them); ``summary`` covers
-    every analysed layer."""
+    every analysed layer. ``device`` is present only when a GPU computed the values (a CPU
+    run's output is unchanged)."""
     largest = report.largest
-    data = {
+    data: dict[str, Any] = {
         "checkpoint": report.checkpoint,
         "format": report.format,
         "mode": "full" if report.top_k is None else "top_k",
         "top_k": report.top_k,
+    }
+    if report.device != "cpu":
+        data["device"] = report.device
+    data |= {
         "layers": [spectrum_layer_to_dict(layer, report.extras) for layer in layers],
         "skipped": [{"name": s.name, "reason": s.reason} for s in report.skipped],
         "summary": {
@@ -275,11 +280,12 @@ def _print_extra_caption(extras: tuple[str, ...], console: Console) -> None:
 
 
 def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console: Console) -> None:
+    where = "" if report.device == "cpu" else f", on {report.device}"
     if report.top_k is None:
         console.print(
-            "Full spectra in float64 (Gram matrix + LAPACK eigvalsh; gesdd for near-singular "
-            "layers). κ = σ_max/σ_min; num. rank counts σ > σ_max·max(m,n)·ε of the stored "
-            "dtype; α, KS D: WeightWatcher's power-law fit of the eigenvalues λ = σ² "
+            f"Full spectra in float64{where} (Gram matrix + LAPACK eigvalsh; gesdd for "
+            "near-singular layers). κ = σ_max/σ_min; num. rank counts σ > σ_max·max(m,n)·ε "
+            "of the stored dtype; α, KS D: WeightWatcher's power-law fit of the eigenvalues λ = σ² "
             "(alpha_weighted, log_alpha_norm, entropy in JSON/CSV); MP spikes: λ above the "
             "Marchenko–Pastur edge of a random matrix with the same shape and ‖W‖_F.",
             style="dim",
@@ -304,7 +310,8 @@ def _print_captions(report: SpectrumReport, layers: list[LayerSpectrum], console
             )
     else:
         console.print(
-            f"Top {report.top_k} singular values by float64 block Lanczos (≥: each a lower bound, "
+            f"Top {report.top_k} singular values by float64 block Lanczos{where} (≥: each a lower "
+            "bound, "
             "est. error = largest estimated relative error); the metrics that need the whole "
             "spectrum (σ_min, ranks, α, entropy…) are omitted. MP spikes ≥ K: all K values are "
             "above the Marchenko–Pastur edge.",
