@@ -5,6 +5,12 @@ Dtypes are named as torch names them without the ``torch.`` prefix (``"bfloat16"
 
 from __future__ import annotations
 
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 #: safetensors dtype code -> (bits per element, torch dtype name).
 SAFETENSORS_DTYPES: dict[str, tuple[int, str]] = {
     "BOOL": (8, "bool"),
@@ -76,3 +82,61 @@ def bits_per_element(dtype: str) -> int:
     import torch
 
     return getattr(torch, dtype).itemsize * 8
+
+
+#: float8 formats decoded without torch (:func:`float8_table`): (exponent bits, mantissa bits,
+#: exponent bias, special values). "fn": no infinities, NaN where every exponent and mantissa
+#: bit is set (S.1111.111); "ieee": exponent all ones is ±inf (mantissa 0) or NaN; "fnuz": no
+#: infinities and no −0, the single NaN is 0x80. Definitions: OCP 8-bit Floating Point
+#: Specification (OFP8) rev. 1.0 (e4m3fn, e5m2); Graphcore/AMD's FNUZ variants (bias one more).
+#: "e8m0": OCP Microscaling (MX) v1.0's scale, 2^(e−127), NaN at 0xFF, no sign, no zero.
+FLOAT8_FORMATS: dict[str, tuple[int, int, int, str]] = {
+    "float8_e4m3fn": (4, 3, 7, "fn"),
+    "float8_e5m2": (5, 2, 15, "ieee"),
+    "float8_e4m3fnuz": (4, 3, 8, "fnuz"),
+    "float8_e5m2fnuz": (5, 2, 16, "fnuz"),
+    "float8_e8m0fnu": (8, 0, 127, "e8m0"),
+}
+
+
+@cache
+def float8_table(name: str) -> np.ndarray:
+    """The float32 value of each of the 256 codes of the float8 dtype ``name`` (every float8
+    value is exact in float32), built from the format's definition (``FLOAT8_FORMATS``).
+    Checked against torch's conversion for all 256 codes in tests/test_torch_free_dtypes.py."""
+    import numpy as np
+
+    exponent_bits, mantissa_bits, bias, special = FLOAT8_FORMATS[name]
+    codes = np.arange(256, dtype=np.int64)
+    if special == "e8m0":
+        table = np.ldexp(np.float64(1.0), codes - bias)
+        table[255] = np.nan
+        return _readonly_float32(table)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    fraction = mantissa / float(1 << mantissa_bits)
+    normal = np.ldexp(1.0 + fraction, exponent - bias)
+    subnormal = np.ldexp(fraction, 1 - bias)
+    table = sign * np.where(exponent == 0, subnormal, normal)
+    top = exponent == (1 << exponent_bits) - 1
+    if special == "fn":
+        table[(codes & 0x7F) == 0x7F] = np.nan
+    elif special == "ieee":
+        table[top & (mantissa == 0)] = sign[top & (mantissa == 0)] * np.inf
+        table[top & (mantissa != 0)] = np.nan
+    else:  # fnuz: 0x80 ("−0") is the only NaN
+        table[0x80] = np.nan
+    return _readonly_float32(table)
+
+
+def _readonly_float32(table: np.ndarray) -> np.ndarray:
+    out = table.astype("float32")
+    out.flags.writeable = False
+    return out
+
+
+def decode_float8(codes: np.ndarray, name: str) -> np.ndarray:
+    """float8 ``codes`` (uint8, any shape) of dtype ``name`` as float32, by table lookup: what
+    ``tensor.to(torch.float32)`` gives, without torch."""
+    return float8_table(name)[codes]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sncli.arrays import bfloat16_from_bits
-from sncli.dtypes import SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS
+from sncli.dtypes import FLOAT8_FORMATS, SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS, decode_float8
 from sncli.errors import CheckpointError, WriteError
 from sncli.formats.common import (
     copy_range,
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     import torch
 
 SAFETENSORS_MAX_HEADER = 100_000_000
-#: The dtypes :meth:`SafetensorsStreamReader.read_array` returns as NumPy (not float8/4/6).
+#: The dtypes :meth:`SafetensorsStreamReader.read_array` returns as NumPy as stored; float8
+#: (``FLOAT8_FORMATS``) it returns decoded to float32 (exact) by table lookup; float4/float6
+#: not (None: torch's path, and sncli analyses neither).
 NUMPY_DTYPES = frozenset(
     {"bool", "uint8", "int8", "int16", "uint16", "float16", "bfloat16", "int32", "uint32"}
     | {"float32", "int64", "uint64", "float64", "complex64"}
@@ -212,7 +214,8 @@ class SafetensorsStreamReader:
 
     def read_array(self, file: Path, key: str) -> Any:
         """``read(file, key)`` as NumPy, without torch (bfloat16 as a
-        :class:`sncli.arrays.BFloat16Array`); None for a dtype NumPy cannot hold (float8…)."""
+        :class:`sncli.arrays.BFloat16Array`, float8 decoded to float32); None for a dtype
+        NumPy cannot hold (float4, float6)."""
         return self._read_array(file, key, None)
 
     def read_slice_array(self, file: Path, key: str, index: int) -> Any:
@@ -233,9 +236,11 @@ class SafetensorsStreamReader:
 
         code, _, _ = self._header(file).tensors[key]
         name = SAFETENSORS_DTYPES[code][1]
-        if name not in NUMPY_DTYPES:
+        if name not in NUMPY_DTYPES and name not in FLOAT8_FORMATS:
             return None
         code, shape, buffer = self._read_bytes(file, key, index)
+        if name in FLOAT8_FORMATS:
+            return decode_float8(buffer, name).reshape(shape)
         if name == "bfloat16":
             return bfloat16_from_bits(buffer.view(np.uint16)).reshape(shape)
         return buffer.view(np.dtype(name)).reshape(shape)

@@ -113,6 +113,8 @@ def frobenius_norm(matrix: torch.Tensor) -> float:
     matrix = matrix.detach()
     if matrix.numel() == 0:
         return 0.0
+    if matrix.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        matrix = matrix.to(torch.float32)  # float8: exact in float32 (aminmax refuses float8)
     amax = _max_abs(matrix)
     if amax == 0.0:
         return 0.0
