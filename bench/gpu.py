@@ -1,7 +1,7 @@
 """``sncli spectrum`` on the CPU and on a GPU in one run (issue 26, item 5): wall times, their
 ratio and the largest relative difference of the singular values.
 
-    python bench/gpu.py             # a GPU box: ~2 min on an H100 with 16 cores
+    python bench/gpu.py             # a GPU box (estimated 2–4 min with 16 cores; not yet run)
     python bench/gpu.py --quick     # tiny sizes: checks the script (CPU only without CUDA)
 
 Checkpoints (bench/synth.py, bf16, seeded, written to ``--dir`` and removed afterwards):
@@ -14,11 +14,12 @@ Checkpoints (bench/synth.py, bf16, seeded, written to ``--dir`` and removed afte
   slice once the workers are saturated (the CPU run of 2 blocks leaves 2 of 16 cores idle, so
   that scaling is, if anything, slightly pessimistic for the CPU).
 
-Both runs are ``sncli.spectrum.spectra`` with the default options (full float64 spectra, one
-worker per core; on the GPU the workers load and compute metrics while the device computes one
-layer at a time). CUDA's start-up (context, cuBLAS/cuSOLVER handles) is timed apart, before the
-GPU run. Without CUDA it prints "no CUDA" and exits 0 (``--quick`` still runs the CPU side and
-the fallback, to check the script).
+Then each kernel shape alone: one CPU thread against the GPU, the GPU's Gram and eigvalsh
+apart (where the GPU's time goes). Both checkpoint runs are ``sncli.spectrum.spectra`` with the
+default options (full float64 spectra, one worker per core; on the GPU the workers load and
+compute metrics while the device computes one layer at a time). CUDA's start-up (context,
+cuBLAS/cuSOLVER handles) is timed apart, before the GPU run. Without CUDA it prints "no CUDA"
+and exits 0 (``--quick`` still runs the CPU side and the fallback, to check the script).
 """
 
 from __future__ import annotations
@@ -84,6 +85,58 @@ def cuda_start() -> float:
     return time.perf_counter() - began
 
 
+#: Kernel shapes timed alone: the 302M's three, LLaMA-7B's three (q/k/v/o, gate/up, down).
+KERNEL_SHAPES = [(1024, 1024), (3072, 1024), (4096, 1024), (4096, 4096), (11008, 4096)]
+QUICK_KERNEL_SHAPES = [(96, 64), (256, 128)]
+
+
+def kernel_times(shapes: list[tuple[int, int]], has_cuda: bool) -> list[tuple]:
+    """Per shape (bf16 Gaussian): one-thread CPU seconds of the full-spectrum kernel on NumPy
+    (as one worker runs it on a safetensors file; the checkpoint runs above use torch's MKL
+    kernels instead on Intel CPUs above 300M parameters) and the GPU's, best of 3 after a
+    warm-up (host→device copy of the bf16 matrix included), with the GPU's Gram and eigvalsh
+    apart."""
+    import numpy as np
+    import torch
+
+    from sncli.arrays import from_torch
+    from sncli.numerics.spectral import _gram64
+    from sncli.numerics.svd import singular_values
+    from sncli.run import torch_threads
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for m, n in shapes:
+        host = (torch.randn(m, n, generator=generator) / n**0.5).to(torch.bfloat16)
+        array = from_torch(host)
+        with torch_threads(1):
+            began = time.perf_counter()
+            cpu = singular_values(array).values
+            cpu_s = time.perf_counter() - began
+        gpu_s = gram_s = eig_s = float("nan")
+        diff = float("nan")
+        if has_cuda:
+            runs, grams, eigs = [], [], []
+            for _ in range(4):
+                torch.cuda.synchronize()
+                began = time.perf_counter()
+                gpu = singular_values(host.to("cuda")).values
+                runs.append(time.perf_counter() - began)
+                moved = host.to("cuda")
+                torch.cuda.synchronize()
+                began = time.perf_counter()
+                gram = _gram64(moved, 0, lower_only=True)
+                torch.cuda.synchronize()
+                grams.append(time.perf_counter() - began)
+                torch.linalg.eigvalsh(gram, UPLO="L")
+                torch.cuda.synchronize()
+                eigs.append(time.perf_counter() - began - grams[-1])
+            gpu_s, gram_s, eig_s = min(runs[1:]), min(grams[1:]), min(eigs[1:])
+            diff = float(np.max(np.abs(gpu - cpu) / cpu))
+        rows.append((m, n, cpu_s, gpu_s, gram_s, eig_s, diff))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the script)")
@@ -140,8 +193,16 @@ def main() -> int:
                 )
             )
             path.unlink()
+        kernels = kernel_times(QUICK_KERNEL_SHAPES if args.quick else KERNEL_SHAPES, has_cuda)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(
+        "one matrix, full spectrum (s): CPU one thread · GPU (copy + Gram + eigvalsh) · "
+        "GPU Gram · GPU eigvalsh · max rel. diff σ_i"
+    )
+    for m, n, cpu_s, gpu_s, gram_s, eig_s, diff in kernels:
+        print(f"  {m:>5}×{n:<5}{cpu_s:>9.3f}{gpu_s:>9.3f}{gram_s:>9.3f}{eig_s:>9.3f}{diff:>10.1e}")
     print()
     print(
         f"{'checkpoint':<28}{'layers':>7}{'workers':>8}{'cpu s':>9}{'gpu s':>9}"
