@@ -352,6 +352,27 @@ def numerics_fingerprint() -> bytes:
     }
     lines = [f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}"]
     lines += [f"{name}: {float(value).hex()}" for name, value in values.items()]
+    # NumPy's OpenBLAS picks its kernels by CPU (DYNAMIC_ARCH): the NumPy kernels of
+    # safetensors/GGUF/ONNX files round differently on AMD EPYC and Intel Xeon while torch's
+    # MKL results above agree, so the fingerprint holds NumPy's own results too.
+    import numpy as np
+    import scipy.linalg
+
+    from sncli.run.blas import numpy_blas_threads
+
+    with numpy_blas_threads(1):
+        x = a.numpy()
+        x_gram = x.T @ x
+        numpy_values = {
+            "numpy gemm float64": (x @ x.T).sum(),
+            "numpy gemm float32": (x.astype(np.float32) @ x.astype(np.float32).T).sum(),
+            "numpy eigvalsh": np.linalg.eigvalsh(x_gram)[-1],
+            "numpy svd": np.linalg.svd(x, compute_uv=False)[0],
+            "scipy eigh": np.abs(scipy.linalg.eigh(x_gram)[1][:, -1]).sum(),
+            "numpy gemv float32": (x.astype(np.float32) @ x[0].astype(np.float32)).sum(),
+        }
+    lines.append(f"numpy {np.__version__}, scipy {scipy.__version__}")
+    lines += [f"{name}: {float(value).hex()}" for name, value in numpy_values.items()]
     return ("\n".join(lines) + "\n").encode()
 
 
