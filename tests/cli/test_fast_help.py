@@ -276,3 +276,18 @@ def test_wrap_is_richs() -> None:
                 text,
                 width,
             )
+
+
+def test_closed_pipe_ends_quietly_with_status_1() -> None:
+    """``sncli --help | head -1``: as rich does (Console.on_broken_pipe), no traceback, exit 1."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAST, "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(COLUMNS="80"),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the child writes: its write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=600) == 1
+    assert stderr == "LOADED \n"  # the fast path, and nothing else on stderr
