@@ -1,13 +1,13 @@
 """``sncli --help``, ``-h``, bare ``sncli`` and ``sncli --version`` without typer, click or rich.
 
-Importing typer + click + rich costs more than the whole 0.15 s budget of issue #26 (0.15-0.17 s
-alone on a quiet machine), so for exactly these argument lists ``sncli.cli.main`` writes what
-typer would have written, rendered here from ``commands.py``'s tables. The layout mirrors what
-typer 0.x's ``rich_utils.rich_format_help`` asks rich to draw: the usage in a bold ``Padding``, the
-group's help (first paragraph plain, the rest dim), then an "Options" and a "Commands" panel of
-borderless tables. Line breaks follow rich's ``_wrap.divide_line``, column widths rich's
-``Table._calculate_column_widths`` for these two tables, and on a terminal every styled run is
-its own ``ESC[..m…ESC[0m`` as rich's ``Console._render_buffer`` writes it.
+Importing typer + click + rich takes the whole 0.15 s budget of issue #26 (0.15-0.17 s with the
+interpreter's start, on a quiet machine), so for exactly these argument lists ``sncli.cli.main``
+writes what typer would have written, rendered here from ``commands.py``'s tables. The layout
+mirrors what typer 0.x's ``rich_utils.rich_format_help`` asks rich to draw: the usage in a bold
+``Padding``, the group's help (first paragraph plain, the rest dim), then an "Options" and a
+"Commands" panel of borderless tables. Line breaks follow rich's ``_wrap.divide_line``, column
+widths rich's ``Table._calculate_column_widths`` for these two tables, and on a terminal every
+styled run is its own ``ESC[..m…ESC[0m`` as rich's ``Console._render_buffer`` writes it.
 
 ``plan`` returns None, and typer renders, wherever its output could differ from this rendering:
 an environment variable that rich, typer or click read (colour forcing, ``NO_COLOR``,
@@ -25,7 +25,8 @@ import sys
 from sncli.cli.commands import COMMANDS, HELP, VERSION_HELP
 
 #: Widths (terminal columns) rendered here; tests/cli/test_fast_help.py compares each with typer.
-#: Below 40 the usage line and the tables fold in ways not modelled here (typer renders).
+#: Below 34 rich narrows more than the options' help column (not modelled: ``_options_table``
+#: declines); 40 leaves a margin. Above 500, typer renders.
 MIN_WIDTH = 40
 MAX_WIDTH = 500
 
@@ -58,6 +59,8 @@ UNSAFE_ENV_PREFIXES = ("_TYPER", "TYPER_")
 # "bold cyan", "switch" "bold green", STYLE_COMMANDS_TABLE_FIRST_COLUMN "bold cyan". Named
 # colours are standard colours: the same codes in rich's standard, 256 and truecolor systems.
 BOLD, USAGE_STYLE, DIM, OPTION_STYLE, SWITCH_STYLE = "1", "1;33", "2", "1;36", "1;32"
+
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 Segment = tuple[str, str]  # (text, SGR parameters; "" unstyled)
 Line = list[Segment]
@@ -247,6 +250,12 @@ def render_lines(width: int) -> list[Line] | None:
         return None
     if any(line != line.strip() for line in HELP.split("\n")) or not all([first, *rest]):
         return None  # typer's cleandoc and strip would change it
+    for long, short, _ in OPTIONS:  # highlighted as "--name" and "-x" are (_options_table)
+        name = long[2:] if long.startswith("--") else ""
+        if long and not (name.isascii() and name.isalnum()):
+            return None
+        if short and not (len(short) == 2 and short[0] == "-" and short[1] in _ALNUM):
+            return None
     lines: list[Line] = []
     # usage: Padding(highlighted usage, 1) printed bold; "Usage: " in the theme's yellow
     blank_bold: Line = [(" " * width, BOLD)]
@@ -263,9 +272,10 @@ def render_lines(width: int) -> list[Line] | None:
     lines.append(blank_bold)
     # the group's help: Padding(Align(first paragraph, "", rest in dim), (0, 1, 1, 1))
     body: list[tuple[str, str]] = [(line, "") for line in _wrap(first, width - 2)]
-    body.append(("", ""))
-    for paragraph_line in "\n\n".join(rest).split("\n") if rest else []:
-        body += [(line, DIM) for line in _wrap(paragraph_line, width - 2)]
+    if rest:  # typer: an empty Text, then the other paragraphs as one dim Text
+        body.append(("", ""))
+        for paragraph_line in "\n\n".join(rest).split("\n"):
+            body += [(line, DIM) for line in _wrap(paragraph_line, width - 2)]
     for text, style in body:
         line = [(" ", "")]
         if text:

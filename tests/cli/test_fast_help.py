@@ -44,6 +44,7 @@ def typer_help(width, terminal):
             assert exc.code in (0, None)
     return out.getvalue()
 
+exec(sys.argv[2])  # the help texts as a test edits them
 cases = json.loads(sys.argv[1])
 bad = []
 for width, terminal in cases:
@@ -87,9 +88,11 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def sweep(cases: list[tuple[int, bool]], **env: str) -> list[list[object]]:
+def sweep(cases: list[tuple[int, bool]], edit: str = "", **env: str) -> list[list[object]]:
+    """The (width, terminal) cases where fast_help's rendering is not typer's, after running
+    ``edit`` (Python) in the sweeping process."""
     result = subprocess.run(
-        [sys.executable, "-c", SWEEP, json.dumps(cases)],
+        [sys.executable, "-c", SWEEP, json.dumps(cases), edit],
         capture_output=True,
         text=True,
         env=clean_env(**env),
@@ -121,6 +124,31 @@ def test_terminal_widths_are_typers(env: dict[str, str]) -> None:
     widths = [*range(fast_help.MIN_WIDTH, 251, step), *range(251, fast_help.MAX_WIDTH + 1, 7)]
     bad = sweep([(width, True) for width in widths], **env)
     assert not bad, f"{len(bad)} widths differ, first {bad[0][0]}:\n{bad[0][2]!r}\n{bad[0][3]!r}"
+
+
+#: Help texts edited the way later changes might: one paragraph, three with a line break,
+#: a longer command help and a new command name longer than the others.
+EDITS = {
+    "one paragraph": "fast_help.HELP = app.info.help = 'Spectral analysis: σ of every layer.'",
+    "three paragraphs": (
+        "fast_help.HELP = app.info.help = 'First: σ.\\n\\nSecond line one\\nline two, '"
+        "'a-b.\\n\\nThird, with weights_only=True and a rather long word: '"
+        "'supercalifragilisticexpialidocious_and_more_of_it_to_fold.'"
+    ),
+    "commands": (
+        "from sncli.cli.commands import COMMANDS\n"
+        "COMMANDS['inspect'] = ('sncli.cli.inspect', 'Short.')\n"
+        "COMMANDS['a-much-longer-name'] = ('sncli.cli.inspect', 'Σ ∏ ← · α, and ' * 9)"
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=list(EDITS))
+def test_edited_help_texts_are_typers(edit: str) -> None:
+    """The renderer follows the tables, not this help: edited texts still give typer's bytes."""
+    cases = [(width, terminal) for width in range(40, 131, 3) for terminal in (False, True)]
+    bad = sweep(cases, EDITS[edit])
+    assert not bad, f"{len(bad)} cases differ, first {bad[0][:2]}:\n{bad[0][2]}\n{bad[0][3]}"
 
 
 def test_terminal_rendering_is_styled() -> None:
