@@ -105,14 +105,18 @@ def _single_cell_text(text: str) -> bool:
     character, "<...>", "Usage: ")."""
     if any(mark in text for mark in ("[", "\\", "<", "Usage: ")):
         return False
-    for index, char in enumerate(text):
-        if not _narrow(char):
+    if not all(" " <= char <= "~" or _narrow(char) for char in set(text)):
+        return False
+    index = text.find("-")
+    while index >= 0:  # r"(^|\W)-\w+": typer's switch/option style
+        if index == 0 or not (text[index - 1].isalnum() or text[index - 1] == "_"):
             return False
-        word_before = index > 0 and (text[index - 1].isalnum() or text[index - 1] == "_")
-        if char == "-" and not word_before:  # r"(^|\W)-\w+": typer's switch/option style
+        index = text.find("-", index + 1)
+    index = text.find(":")
+    while index >= 0:
+        if ":" in text[index + 1 :].split(" ", 1)[0]:  # a possible :emoji: code
             return False
-        if char == ":" and ":" in text[index + 1 :].split(" ", 1)[0]:  # a possible :emoji:
-            return False
+        index = text.find(":", index + 1)
     return True
 
 
