@@ -185,11 +185,17 @@ def eager_app() -> typer.Typer:
     return eager
 
 
-def test_top_level_help_from_the_table_is_the_eager_help() -> None:
-    """In a fresh process the commands are listed from ``COMMANDS`` (nothing imported): the
-    same bytes as the group built from every imported command."""
+def test_top_level_help_from_the_table_is_the_eager_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a fresh process the help is written from ``COMMANDS`` (``fast_help``, nothing
+    imported): the same bytes as the group built from every imported command. Both without
+    what forces colour or a width (run_sncli's environment; typer read it when imported)."""
+    from typer import rich_utils
+
+    monkeypatch.setattr(rich_utils, "FORCE_TERMINAL", None)
+    monkeypatch.setattr(rich_utils, "MAX_WIDTH", None)
     _, lazy = run_sncli("--help")
-    eager = CliRunner().invoke(eager_app(), ["--help"], env={"COLUMNS": "100"})
+    unset: dict[str, str | None] = {name: None for name in fast_help.UNSAFE_ENV}
+    eager = CliRunner().invoke(eager_app(), ["--help"], env={**unset, "COLUMNS": "100"})
     assert eager.exit_code == 0
     assert lazy == eager.output
 
