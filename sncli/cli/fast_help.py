@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from sncli.cli.commands import COMMANDS, HELP, VERSION_HELP
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: Widths (terminal columns) rendered here; tests/cli/test_fast_help.py compares each with typer.
 #: Below 34 rich narrows more than the options' help column (not modelled: ``_options_table``
@@ -309,7 +313,7 @@ def render(width: int, terminal: bool) -> str | None:
     return "".join(out)
 
 
-def console_width(environ: os._Environ[str] | dict[str, str]) -> int | None:
+def console_width(environ: Mapping[str, str]) -> int | None:
     """The width rich's ``Console`` takes: COLUMNS when all digits, else the first of stdin,
     stdout, stderr that is a terminal, else 80 (None: COLUMNS of non-ASCII digits)."""
     columns = environ.get("COLUMNS")
@@ -337,7 +341,7 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
-def plan(args: list[str], environ: os._Environ[str] | dict[str, str]) -> tuple[str, int] | None:
+def plan(args: list[str], environ: Mapping[str, str]) -> tuple[str, int] | None:
     """What to write on stdout and the exit code for ``sncli ARGS``, or None when typer must
     run: ``--help``/``-h`` (help, then click's empty line; 0), no argument (help; click's
     no_args_is_help exit 2), ``--version`` (0)."""
