@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from sncli._version import __version__
-from sncli.cli.commands import COMMANDS
+from sncli.cli.commands import COMMANDS, HELP, VERSION_HELP
 
 
 def _hide_flag_types() -> None:
@@ -79,14 +79,7 @@ def load_command(name: str, rich_markup_mode: Any = None) -> click.Command:
 app = typer.Typer(
     name="sncli",
     cls=LazyGroup,  # each command's module is imported when the command runs
-    help=(
-        "Spectral analysis of saved neural-network checkpoints: the largest singular value σ of "
-        "every layer, the product Lipschitz bound, and spectral normalization of the weights.\n\n"
-        "Reads safetensors (single, sharded with an index json, or a folder), PyTorch state "
-        "dicts (.pt/.pth/.bin/.ckpt, always with weights_only=True), ONNX graphs, GGUF, NumPy "
-        ".npy/.npz, TorchScript and Keras weights, and Hugging Face model ids from the local "
-        "cache. Commands: inspect, spectrum, lipschitz, diff, track, normalize, report, recover."
-    ),
+    help=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -104,7 +97,7 @@ def _version(value: bool) -> None:
 def main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option("--version", callback=_version, is_eager=True, help=VERSION_HELP),
     ] = False,
 ) -> None:
     """Spectral analysis of checkpoints."""

@@ -1,5 +1,7 @@
 """The commands of ``sncli`` and where each lives: a command's module is imported only when that
 command runs (or shows its own ``--help``), so ``sncli --help`` loads no engine (``app.LazyGroup``).
+``HELP``, ``VERSION_HELP`` and ``COMMANDS`` are also all that ``fast_help`` needs to draw the
+top-level help without importing typer.
 
 ``COMMANDS`` names every command, in the order ``sncli --help`` lists them, with its module and
 the first paragraph of its docstring (what the top-level help shows; tests/cli/test_startup.py
@@ -7,6 +9,18 @@ checks it against the command itself).
 """
 
 from __future__ import annotations
+
+#: The group's help (``sncli --help``): first paragraph, then the rest, which typer shows dim.
+HELP = (
+    "Spectral analysis of saved neural-network checkpoints: the largest singular value σ of "
+    "every layer, the product Lipschitz bound, and spectral normalization of the weights.\n\n"
+    "Reads safetensors (single, sharded with an index json, or a folder), PyTorch state "
+    "dicts (.pt/.pth/.bin/.ckpt, always with weights_only=True), ONNX graphs, GGUF, NumPy "
+    ".npy/.npz, TorchScript and Keras weights, and Hugging Face model ids from the local "
+    "cache. Commands: inspect, spectrum, lipschitz, diff, track, normalize, report, recover."
+)
+#: The help of the top-level ``--version`` option.
+VERSION_HELP = "Print the version."
 
 #: name → (module, first paragraph of the command's docstring)
 COMMANDS: dict[str, tuple[str, str]] = {
