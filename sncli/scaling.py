@@ -113,9 +113,15 @@ def cast_float64(values: np.ndarray, dtype: str) -> np.ndarray:
         with np.errstate(over="ignore"):
             return single.astype(np.float16)
     bits = single.view(np.uint32)
-    rounded = bits + (((bits >> 16) & 1) + 0x7FFF).astype(np.uint32)
-    result = (rounded >> 16).astype(np.uint16)
-    result[np.isnan(single)] = 0x7FC0
+    rounded = bits >> 16  # in place from here: one uint32 temporary
+    rounded &= 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    result = rounded.astype(np.uint16)
+    nan = np.isnan(single)
+    if nan.any():
+        result[nan] = 0x7FC0
     return bfloat16_from_bits(result)
 
 
