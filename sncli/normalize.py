@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sncli._version import __version__
 from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
@@ -74,9 +74,6 @@ from sncli.parametrizations import SpectralNormStyle, baked_name
 from sncli.scaling import cast_float64, scaled_stack, scaled_weight, stack_plans, top_vectors
 from sncli.scaling import diagonal_norm as _diagonal_norm
 from sncli.transaction import Transaction, writer_lock
-
-if TYPE_CHECKING:
-    import torch
 
 
 class NormalizeMode(str, Enum):
@@ -234,9 +231,7 @@ def on_numpy(checkpoint: Checkpoint) -> bool:
     )
 
 
-def _baked_weight(
-    checkpoint: Checkpoint, layer: Layer, arrays: bool
-) -> tuple[torch.Tensor, float | None]:
+def _baked_weight(checkpoint: Checkpoint, layer: Layer, arrays: bool) -> tuple[Any, float | None]:
     """W/σ̂ in the raw weight's stored dtype, as ``--bake`` writes it (NumPy with ``arrays``)."""
     if arrays:
         from sncli.lipschitz.weights import effective_weight_array
@@ -384,7 +379,7 @@ def _decide(
     checkpoint: Checkpoint,
     kind: str,
     shape: tuple[int, ...],
-    weight: torch.Tensor,
+    weight: Any,
     sigma: float,
     options: NormalizeOptions,
     **extra: Any,
