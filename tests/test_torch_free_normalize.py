@@ -10,7 +10,7 @@ kernels and casts forbidden): the torch path, as main runs it. Compared:
   header and offsets, the sharded index);
 * every JSON value: strings, booleans, integers (shaves) exactly; floats (σ before and after,
   scale factors) to 1e-12 relative. σ comes from NumPy's LAPACK instead of torch's, which agree
-  to a few ulps (measured ≤ 8e-16 relative); the factors and casts are the same IEEE operations
+  to a few ulps (measured ≤ 1e-15 relative); the factors and casts are the same IEEE operations
   (:func:`sncli.scaling.cast_float64`), so the stored values agree unless a σ's last bit moves
   a product across a rounding boundary of the stored dtype (~2⁻⁴⁴ per bf16 element);
 * the table, character for character (σ printed to 4–6 digits).
@@ -71,9 +71,10 @@ def _tensor(rng: np.random.Generator, *shape: int, dtype: torch.dtype) -> torch.
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """(a) a bf16 safetensors file (with an fp16 layer, a conv, biases, metadata, a
-    spectral-norm layer, a BatchNorm); (b) an fp32 sharded folder with an index, one shard
-    holding no layer; (c) a GGUF file from gguf's GGUFWriter (F32, F16, BF16, a norm, a
-    quantized tensor) and a mixture-of-experts GGUF stack."""
+    spectral-norm layer, a BatchNorm), also as a Hugging Face id in a hub cache; (b) an fp32
+    sharded folder with an index, one shard holding no layer; (c) a GGUF file from gguf's
+    GGUFWriter (F32, F16, BF16, a norm, a quantized tensor) and a mixture-of-experts GGUF
+    stack."""
     root = tmp_path_factory.mktemp("normalize_inputs")
     rng = np.random.default_rng(2026)
     bf16 = torch.bfloat16
@@ -94,6 +95,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     paths = {"bf16": root / "model.safetensors"}
     save_file(single, str(paths["bf16"]), metadata={"format": "pt", "note": "kept"})
+    snapshot = root / "hub" / "models--sncli-test--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    shutil.copy(paths["bf16"], snapshot / "model.safetensors")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    paths["hf-id"] = root / "hub"  # the cache; the command names the id
 
     shards = root / "sharded"
     shards.mkdir()
@@ -152,6 +159,7 @@ CASES = (
     ("bf16", "bf16", ()),
     ("bf16-clip-norms", "bf16", ("--mode", "clip", "--target", "9", "--norms")),
     ("bf16-bake", "bf16", ("--bake",)),
+    ("hf-id", "hf-id", ()),
     ("sharded", "sharded", ()),
     ("sharded-exclude", "sharded", ("--exclude", "l2", "--target", "0.5")),
     ("gguf", "gguf", ("--exclude", "attn_k", "--norms")),
@@ -194,7 +202,9 @@ def _tree(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` by relative name (a file: itself, as ``.``), with its bytes."""
     if path.is_file():
         return {".": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))}
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def _compare_json(free: Any, reference: Any, where: str = "") -> None:
@@ -229,11 +239,15 @@ def test_same_files_and_numbers_without_torch(
 ) -> None:
     path = inputs[source]
     before = _tree(path)
+    target, shape = str(path), path
+    if source == "hf-id":  # the subprocess inherits HF_HUB_CACHE
+        monkeypatch.setenv("HF_HUB_CACHE", str(path))
+        target, shape = "sncli-test/tiny", inputs["bf16"]
     results = {}
     for fmt in ("json", "table"):
-        free_out = _outputs(tmp_path, path, f"free-{fmt}")
-        ref_out = _outputs(tmp_path, path, f"main-{fmt}")  # "free"'s length: tables wrap alike
-        args = ["normalize", str(path), *extra, "--format", fmt, "-q"]
+        free_out = _outputs(tmp_path, shape, f"free-{fmt}")
+        ref_out = _outputs(tmp_path, shape, f"main-{fmt}")  # "free"'s length: tables wrap alike
+        args = ["normalize", target, *extra, "--format", fmt, "-q"]
         done = _run_torch_free([*args, "-o", str(free_out)])
         assert done.returncode == 0, done.stderr
         reference = _run_torch([*args, "-o", str(ref_out)], monkeypatch)
