@@ -6,6 +6,11 @@ order and safetensors ``__metadata__`` are kept (plus one ``sncli`` provenance e
 weights are cast back to their stored dtype and measured again with float64 LAPACK; rounding to
 bf16/fp16 can push σ above the target, so such weights are shaved by a few ulps until σ ≤ target.
 The written files are re-opened and verified before they replace anything.
+
+Safetensors and GGUF files are read, measured, scaled and written as NumPy arrays, without
+importing torch (:func:`on_numpy`); PyTorch files keep torch. Both give the same files: the
+scaling arithmetic and the casts are torch's (``sncli.scaling``), and only σ comes from another
+LAPACK (NumPy's), to ~1e-15 relative. The per-format writes are in ``sncli.normalize_files``.
 """
 
 from __future__ import annotations
@@ -14,17 +19,17 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sncli._version import __version__
 from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
-from sncli.checkpoint import Checkpoint, natural_key, open_checkpoint
-from sncli.dtypes import bits_per_element
+from sncli.arrays import dtype_name, is_array, to_float64
+from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import (
     CheckpointError,
     NoLayersMatchedError,
@@ -32,10 +37,9 @@ from sncli.errors import (
     SncliError,
     WriteError,
 )
-from sncli.formats.common import copy_range, shown_names
-from sncli.formats.safetensors import write_edited_safetensors
-from sncli.formats.sharded import resolve_directory, write_index
-from sncli.formats.torch_file import write_edited_torch
+from sncli.formats.common import shown_names
+from sncli.formats.safetensors import NUMPY_DTYPES
+from sncli.formats.sharded import resolve_directory
 from sncli.hub import is_cache_blob
 from sncli.layers import (
     Layer,
@@ -48,23 +52,28 @@ from sncli.layers import (
     select,
 )
 from sncli.messages import ProgressCallback, clean_text
-from sncli.numerics.floating import DENSE_ROUNDING
+from sncli.normalize_files import (
+    Edits,
+    LazyTensors,
+    copy_file,
+    data_bytes,
+    verify_file,
+    write_gguf,
+    write_index_file,
+    write_safetensors,
+    write_torch,
+)
 from sncli.numerics.spectral import (
     DEFAULT_POWER_ITERS,
     DEFAULT_SEED,
     Method,
     as_matrix,
     largest_singular_value,
-    top_singular_vectors,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
+from sncli.scaling import cast_float64, scaled_stack, scaled_weight, stack_plans, top_vectors
 from sncli.scaling import diagonal_norm as _diagonal_norm
-from sncli.scaling import measure as _measure
-from sncli.scaling import scaled_stack, scaled_weight, stack_plans
-from sncli.transaction import StagedFile, Transaction, writer_lock
-
-if TYPE_CHECKING:
-    import torch
+from sncli.transaction import Transaction, writer_lock
 
 
 class NormalizeMode(str, Enum):
@@ -210,8 +219,25 @@ class NormalizeResult:
         return to_frame(self.layers, checkpoint=self.plan.checkpoint, outputs=self.outputs)
 
 
-def _baked_weight(checkpoint: Checkpoint, layer: Layer) -> tuple[torch.Tensor, float | None]:
-    """W/σ̂ in the raw weight's stored dtype, as ``--bake`` writes it."""
+def on_numpy(checkpoint: Checkpoint) -> bool:
+    """Whether normalize reads, scales and writes ``checkpoint`` as NumPy arrays (no torch):
+    where the engines measure it on NumPy (``Checkpoint.numpy_native``: safetensors, GGUF,
+    NumPy, Keras, ONNX; not a state dict in memory) and NumPy holds every dtype it stores
+    (float8 safetensors tensors load through torch)."""
+    if checkpoint.format == "memory" or not checkpoint.numpy_native:
+        return False
+    return checkpoint.format != "safetensors" or all(
+        info.dtype in NUMPY_DTYPES for info in checkpoint.tensors.values()
+    )
+
+
+def _baked_weight(checkpoint: Checkpoint, layer: Layer, arrays: bool) -> tuple[Any, float | None]:
+    """W/σ̂ in the raw weight's stored dtype, as ``--bake`` writes it (NumPy with ``arrays``)."""
+    if arrays:
+        from sncli.lipschitz.weights import effective_weight_array
+
+        array, estimate = effective_weight_array(checkpoint, layer)
+        return cast_float64(to_float64(array), layer.dtype), estimate
     import torch
 
     weight, estimate = effective_weight(checkpoint, layer)
@@ -262,15 +288,16 @@ def plan_normalization(
         why = f": {_unselected_reason(stacks[0])}" if stacks else ""
         raise NoLayersMatchedError(f"nothing to normalize: no layer matched{why}", checkpoint.path)
 
+    arrays = on_numpy(checkpoint)
     plans: list[LayerPlan] = []
     for index, layer in enumerate(layers):
         if progress is not None:
             progress(index, total, layer.short_name)
-        plans.append(_plan_layer(checkpoint, layer, options))
+        plans.append(_plan_layer(checkpoint, layer, options, arrays))
     for offset, name in enumerate(norm_scales):
         if progress is not None:
             progress(len(layers) + offset, total, name)
-        plans.append(_plan_norm_scale(checkpoint, name, options))
+        plans.append(_plan_norm_scale(checkpoint, name, options, arrays))
     if progress is not None:
         progress(total, total, "")
     plans.sort(key=lambda p: natural_key(p.name))
@@ -308,24 +335,25 @@ def _unselected_reason(layer: Layer) -> str:
     return "not selected"
 
 
-def _plan_norm_scale(checkpoint: Checkpoint, name: str, options: NormalizeOptions) -> LayerPlan:
+def _plan_norm_scale(
+    checkpoint: Checkpoint, name: str, options: NormalizeOptions, arrays: bool
+) -> LayerPlan:
     """A 1-D norm scale γ as a diagonal map. BatchNorm (running_var next to γ) in eval mode is
     γ/√(running_var + ε), so its factor max|γ|/√(running_var + ε) is brought to the target by
     scaling γ alone; other norms (LayerNorm, RMSNorm, GroupNorm) have max|γ| brought to it."""
-    import torch
-
-    gamma = checkpoint.load(name)
+    load = checkpoint.load_array if arrays else checkpoint.load
+    gamma = load(name)
     var_key = batchnorm_running_var(name, checkpoint.tensors)
     if var_key is None:
-        sigma = float(gamma.to(torch.float64).abs().max()) if gamma.numel() else 0.0
+        sigma = _diagonal_norm(gamma, None)
         return _decide(name, checkpoint, "norm", tuple(gamma.shape), gamma, sigma, options)
-    var = checkpoint.load(var_key).to(torch.float64)
+    var = load(var_key)
     base = {"name": name, "short_name": checkpoint.short_name(name), "kind": "batchnorm"}
-    if var.shape != gamma.shape or not bool(torch.isfinite(var).all()) or bool((var < 0).any()):
+    if var.shape != gamma.shape or not _finite(var) or bool((_float64(var) < 0).any()):
         return LayerPlan(
             **base,
             shape=tuple(gamma.shape),
-            dtype=str(gamma.dtype).removeprefix("torch."),
+            dtype=_dtype(gamma),
             reshape_dim=0,
             sigma_before=None,
             scale=1.0,
@@ -333,7 +361,7 @@ def _plan_norm_scale(checkpoint: Checkpoint, name: str, options: NormalizeOption
             reason=f"{var_key} is negative, non-finite or of another shape",
             output_name=name,
         )
-    sigma = _diagonal_norm(gamma, var) if gamma.numel() else 0.0
+    sigma = _diagonal_norm(gamma, var)
     return _decide(
         name,
         checkpoint,
@@ -351,24 +379,22 @@ def _decide(
     checkpoint: Checkpoint,
     kind: str,
     shape: tuple[int, ...],
-    weight: torch.Tensor,
+    weight: Any,
     sigma: float,
     options: NormalizeOptions,
     **extra: Any,
 ) -> LayerPlan:
-    import torch
-
     base = {
         "name": name,
         "short_name": checkpoint.short_name(name),
         "kind": kind,
         "shape": shape,
-        "dtype": str(weight.dtype).removeprefix("torch."),
+        "dtype": _dtype(weight),
         "reshape_dim": extra.pop("reshape_dim", 0),
         "output_name": extra.pop("output_name", name),
     }
     base.update(extra)
-    if not bool(torch.isfinite(weight).all()):
+    if not _finite(weight):
         return LayerPlan(
             **base, sigma_before=None, scale=1.0, action=Action.SKIP, reason="non-finite values"
         )
@@ -398,7 +424,9 @@ def _skipped_plan(layer: Layer, reason: str) -> LayerPlan:
     )
 
 
-def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions) -> LayerPlan:
+def _plan_layer(
+    checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions, arrays: bool
+) -> LayerPlan:
     if layer.weight_norm is not None:
         return _skipped_plan(
             layer, "weight-norm layer (W = g·v/‖v‖ is stored in parts): not supported yet"
@@ -413,11 +441,11 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
         extra["u_key"], extra["v_key"] = info.u_key, info.v_key
     try:
         if info is not None and options.bake:
-            weight, estimate = _baked_weight(checkpoint, layer)
+            weight, estimate = _baked_weight(checkpoint, layer, arrays)
             extra["output_name"] = baked_name(layer.name)
             extra["sigma_stored_estimate"] = estimate
         else:
-            weight = checkpoint.load(layer.name)
+            weight = checkpoint.load_array(layer.name) if arrays else checkpoint.load(layer.name)
     except NumericalError as exc:
         return _skipped_plan(layer, exc.message)
     matrix = as_matrix(weight, layer.reshape_dim)
@@ -433,45 +461,73 @@ def _plan_layer(checkpoint: Checkpoint, layer: Layer, options: NormalizeOptions)
 
 
 def _new_tensors(
-    checkpoint: Checkpoint, plan: LayerPlan, options: NormalizeOptions, layer: Layer | None
-) -> tuple[dict[str, torch.Tensor], list[LayerOutcome]]:
-    """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too).
+    checkpoint: Checkpoint,
+    plan: LayerPlan,
+    options: NormalizeOptions,
+    layer: Layer | None,
+    arrays: bool,
+) -> tuple[dict[str, Any], list[LayerOutcome]]:
+    """Replacement tensors for one scaled layer, keyed by input key (u, v refreshed too); NumPy
+    arrays with ``arrays`` (:func:`on_numpy`), else torch tensors.
 
     ``layer`` is given for spectral-norm layers being baked: their effective weight is written.
     A plan with ``experts`` writes their stack, each expert scaled by its own factor.
     """
     if plan.experts:
-        return scaled_stack(checkpoint, plan, options.target, LayerOutcome)
-    if layer is not None:
-        weight, _ = _baked_weight(checkpoint, layer)
-    else:
-        weight = checkpoint.load(plan.name)
-    running_var = checkpoint.load(plan.running_var) if plan.running_var else None
+        return scaled_stack(checkpoint, plan, options.target, LayerOutcome, arrays)
+    load = checkpoint.load_array if arrays else checkpoint.load
+    weight = load(plan.name) if layer is None else _baked_weight(checkpoint, layer, arrays)[0]
+    running_var = load(plan.running_var) if plan.running_var else None
     new, sigma_after, shaves = scaled_weight(weight, plan, options.target, running_var)
     tensors = {plan.name: new}
     if plan.spectral_norm is not None and not options.bake and plan.u_key:
-        u_old = checkpoint.load(plan.u_key)
-        u, v = top_singular_vectors(as_matrix(new, plan.reshape_dim))
-        tensors[plan.u_key] = u.to(u_old.dtype).reshape(u_old.shape)
-        if plan.v_key:
-            v_old = checkpoint.load(plan.v_key)
-            tensors[plan.v_key] = v.to(v_old.dtype).reshape(v_old.shape)
+        u, v = top_vectors(as_matrix(new, plan.reshape_dim))
+        for key, vector in ((plan.u_key, u), (plan.v_key, v)):
+            if key:
+                old = load(key)
+                tensors[key] = _cast_like(vector, old).reshape(old.shape)
     outcome = LayerOutcome(
         plan.name, plan.output_name, plan.dtype, plan.sigma_before, sigma_after, plan.scale, shaves
     )
     return tensors, [outcome]
 
 
-@dataclass
-class _Edits:
-    """What changes in the output: replaced tensors, renamed keys, dropped keys."""
-
-    replaced: set[str]
-    renames: dict[str, str]
-    dropped: set[str]
+def _dtype(value: Any) -> str:
+    """A tensor's or array's dtype as sncli names it (torch's names)."""
+    return dtype_name(value) if is_array(value) else str(value.dtype).removeprefix("torch.")
 
 
-def _edits(plan: NormalizePlan) -> _Edits:
+def _float64(value: Any) -> Any:
+    if is_array(value):
+        return to_float64(value)
+    import torch
+
+    return value.to(torch.float64)
+
+
+def _finite(value: Any) -> bool:
+    """Whether every element is finite (bfloat16 bits upcast first)."""
+    if is_array(value):
+        from sncli.numerics.floating import check_finite_array
+
+        try:
+            check_finite_array(value)  # chunk by chunk: no float64 copy of the weight
+        except NumericalError:
+            return False
+        return True
+    import torch
+
+    return bool(torch.isfinite(value).all())
+
+
+def _cast_like(vector: Any, old: Any) -> Any:
+    """A float64 singular vector in the stored dtype of the vector it replaces."""
+    if is_array(vector):
+        return cast_float64(vector, dtype_name(old))
+    return vector.to(old.dtype)
+
+
+def _edits(plan: NormalizePlan) -> Edits:
     replaced: set[str] = set()
     renames: dict[str, str] = {}
     dropped: set[str] = set()
@@ -482,7 +538,7 @@ def _edits(plan: NormalizePlan) -> _Edits:
             dropped.update(layer.companions)
         elif layer.spectral_norm is not None:
             replaced.update(k for k in (layer.u_key, layer.v_key) if k)
-    return _Edits(replaced, renames, dropped)
+    return Edits(replaced, renames, dropped)
 
 
 def _provenance(plan: NormalizePlan) -> str:
@@ -668,226 +724,57 @@ def _write_all(
     data_sizes: dict[Path, int] = {}
     total_changed = len(plan.changed)
     done = 0
+    arrays = on_numpy(checkpoint)
     command = " ".join(["sncli", *sys.argv[1:]]) if sys.argv else "sncli"
     with Transaction(anchor, command=clean_text(command, 500)) as tx:
         for source in checkpoint.files:
             target = mapping[source]
             layers = by_file.get(source, [])
             touched = bool(layers) or source in touched_files
-            data_sizes[source] = _data_bytes(checkpoint, source, edits.dropped)
+            data_sizes[source] = data_bytes(checkpoint, source, edits.dropped)
             if not touched:
                 if source.resolve() != target.resolve():
-                    _copy_file(tx, source, target)
+                    copy_file(tx, source, target)
                 continue
             file_outcomes: list[LayerOutcome] = []
 
             def compute(
                 layer: LayerPlan, file_outcomes: list[LayerOutcome] = file_outcomes
-            ) -> dict[str, torch.Tensor]:
+            ) -> dict[str, Any]:
                 nonlocal done
                 if progress is not None:
                     progress(done, total_changed, layer.short_name)
                 tensors, outcomes = _new_tensors(
-                    checkpoint, layer, plan.options, baked.get(layer.name)
+                    checkpoint, layer, plan.options, baked.get(layer.name), arrays
                 )
                 file_outcomes.extend(outcomes)
                 done += 1
                 return tensors
 
             if checkpoint.format == "safetensors":
-                lazy = _LazyTensors(layers, compute, plan)
-                staged = _write_safetensors(tx, source, target, lazy, edits, plan)
+                lazy = LazyTensors(layers, compute, plan.options.bake)
+                staged = write_safetensors(tx, source, target, lazy, edits, _provenance(plan))
             elif checkpoint.format == "gguf":
-                new_gguf: dict[str, torch.Tensor] = {}
+                new_gguf: dict[str, Any] = {}
                 for layer in layers:
                     new_gguf.update(compute(layer))
-                staged = _write_gguf(tx, source, target, new_gguf)
+                staged = write_gguf(tx, source, target, new_gguf)
                 del new_gguf
             else:
-                new: dict[str, torch.Tensor] = {}
+                new: dict[str, Any] = {}
                 for layer in layers:
                     new.update(compute(layer))
-                staged = _write_torch(tx, checkpoint, source, target, new, edits, warnings)
+                staged = write_torch(tx, checkpoint, source, target, new, edits, warnings)
                 del new
             outcomes.extend(file_outcomes)
-            _verify_file(checkpoint, staged.temp, source, edits, file_outcomes, layer_plans, plan)
+            verify_file(
+                checkpoint, staged.temp, source, edits, file_outcomes, layer_plans, plan, arrays
+            )
         if checkpoint.index_path is not None:
             index_target = mapping[checkpoint.index_path]
-            _write_index(tx, checkpoint, index_target, edits, sum(data_sizes.values()))
+            write_index_file(tx, checkpoint, index_target, edits, sum(data_sizes.values()))
         tx.commit()
         outputs = sorted({s.target for s in tx.staged}, key=lambda p: natural_key(str(p)))
     if progress is not None:
         progress(total_changed, total_changed, "")
     return NormalizeResult(plan, outputs, outcomes, warnings, verified=True)
-
-
-class _LazyTensors(Mapping[str, "torch.Tensor"]):
-    """The replacement tensors of one safetensors file, computed when the writer reaches them
-    (one layer at a time: memory of one layer, not of the file) and then forgotten."""
-
-    def __init__(
-        self,
-        layers: list[LayerPlan],
-        compute: Callable[[LayerPlan], dict[str, torch.Tensor]],
-        plan: NormalizePlan,
-    ) -> None:
-        self._compute = compute
-        self._owner: dict[str, LayerPlan] = {}
-        for layer in layers:
-            self._owner[layer.name] = layer
-            if layer.spectral_norm is not None and not plan.options.bake:
-                for key in (layer.u_key, layer.v_key):
-                    if key:
-                        self._owner[key] = layer
-        self._ready: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._ready:
-            self._ready.update(self._compute(self._owner[name]))
-        return self._ready.pop(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._owner
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._owner)
-
-    def __len__(self) -> int:
-        return len(self._owner)
-
-
-def _write_safetensors(
-    tx: Transaction,
-    source: Path,
-    target: Path,
-    new: Mapping[str, torch.Tensor],
-    edits: _Edits,
-    plan: NormalizePlan,
-) -> StagedFile:
-    extra = {"sncli": _provenance(plan)} if len(new) or edits.dropped else {}
-    with tx.stage(target) as (handle, staged):
-        write_edited_safetensors(
-            source,
-            handle,
-            new,
-            renames=edits.renames,
-            dropped=edits.dropped,
-            metadata=extra,
-            same_layout=True,  # scaling keeps dtypes and shapes
-        )
-    return staged
-
-
-def _write_gguf(
-    tx: Transaction, source: Path, target: Path, new: dict[str, torch.Tensor]
-) -> StagedFile:
-    """A byte-for-byte copy with the scaled tensors' data replaced (same types and offsets)."""
-    from sncli.formats.gguf import gguf_write_refusal, write_edited_gguf
-
-    why = gguf_write_refusal(source, list(new))
-    if why is not None:
-        raise CheckpointError(f"cannot write a normalized copy: {why}; nothing written", source)
-    with tx.stage(target) as (handle, staged):
-        write_edited_gguf(source, handle, new)
-    return staged
-
-
-def _write_torch(
-    tx: Transaction,
-    checkpoint: Checkpoint,
-    source: Path,
-    target: Path,
-    new: dict[str, torch.Tensor],
-    edits: _Edits,
-    warnings: list[str],
-) -> StagedFile:
-    container = checkpoint.container(source)
-    key = checkpoint.wrapper_key
-    if key is not None and any(
-        k in container for k in ("optimizer_states", "optimizer", "optimizer_state_dict")
-    ):
-        warnings.append(
-            f"{clean_text(os.fsdecode(target), 300)}: optimizer state was kept but no longer "
-            "matches the rescaled weights"
-        )
-    with tx.stage(target) as (handle, staged):
-        write_edited_torch(
-            source,
-            handle,
-            container,
-            new,
-            key=key,
-            aliases=checkpoint.aliases,
-            renames=edits.renames,
-            dropped=edits.dropped,
-        )
-    return staged
-
-
-def _copy_file(tx: Transaction, source: Path, target: Path) -> StagedFile:
-    stage = tx.stage(target)
-    with stage as (handle, staged), source.open("rb") as original:
-        copy_range(original, 0, source.stat().st_size, handle)
-    return staged
-
-
-def _write_index(
-    tx: Transaction, checkpoint: Checkpoint, target: Path, edits: _Edits, total: int
-) -> StagedFile:
-    """The index json with renamed/dropped keys and ``total_size`` recomputed."""
-    assert checkpoint.index_path is not None
-    with tx.stage(target) as (handle, staged):
-        write_index(
-            checkpoint.index_path,
-            handle,
-            renames=edits.renames,
-            dropped=edits.dropped,
-            total_size=total,
-        )
-    return staged
-
-
-def _data_bytes(checkpoint: Checkpoint, source: Path, dropped: set[str]) -> int:
-    """Tensor bytes a written file holds (HF's ``total_size``): scaling keeps dtypes and shapes."""
-    total_bits = 0
-    for name, info in checkpoint.tensors.items():
-        if info.file != source or name in dropped or name in checkpoint.aliases:
-            continue
-        total_bits += info.numel * bits_per_element(info.dtype)
-    return total_bits // 8
-
-
-def _verify_file(
-    checkpoint: Checkpoint,
-    written: Path,
-    source: Path,
-    edits: _Edits,
-    outcomes: list[LayerOutcome],
-    layer_plans: dict[str, LayerPlan],
-    plan: NormalizePlan,
-) -> None:
-    """Re-open a written file: same keys (after renames), shapes, dtypes; σ ≤ target."""
-    expected = {
-        edits.renames.get(name, name): (info.shape, info.dtype)
-        for name, info in checkpoint.tensors.items()
-        if info.file == source and name not in edits.dropped
-    }
-    with open_checkpoint(written, key=checkpoint.wrapper_key) as reopened:
-        found = {name: (info.shape, info.dtype) for name, info in reopened.tensors.items()}
-        if found != expected:
-            missing = sorted(set(expected) - set(found))[:3]
-            raise WriteError(f"verification failed: tensors differ from the input ({missing})")
-        limit = plan.options.target * (1 + DENSE_ROUNDING)
-        for outcome in outcomes:
-            if (
-                outcome.output_name not in found
-                and outcome.output_name not in reopened.experts.slices
-            ):
-                continue
-            layer = layer_plans[outcome.name]
-            running_var = reopened.load(layer.running_var) if layer.running_var else None
-            sigma = _measure(reopened.load(outcome.output_name), layer.reshape_dim, running_var)
-            if not sigma <= limit:
-                raise WriteError(
-                    f"verification failed: {outcome.output_name} has σ {sigma} > {limit}"
-                )

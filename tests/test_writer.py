@@ -194,3 +194,18 @@ def test_header_bytes_are_aligned_and_match_safetensors(tmp_path: Path) -> None:
     path = tmp_path / "h.safetensors"
     path.write_bytes(header + tensor.numpy().tobytes())
     assert torch.equal(load_file(str(path))["t"], tensor)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_tensor_bytes_of_arrays_match_torch(dtype: torch.dtype) -> None:
+    """normalize writes NumPy arrays (bfloat16 as its bits) without torch: their bytes are the
+    torch tensor's, in C order also for a transposed (non-contiguous) view and an empty one."""
+    from sncli.arrays import from_torch
+    from sncli.formats.safetensors import tensor_bytes
+
+    generator = torch.Generator().manual_seed(3)
+    tensor = torch.randn(6, 10, generator=generator).to(dtype)
+    for case in (tensor, tensor.T, tensor[:, ::3], tensor[:0]):
+        array = from_torch(case)
+        assert tensor_bytes(array) == tensor_bytes(case)
+        assert len(tensor_bytes(array)) == case.numel() * case.element_size()

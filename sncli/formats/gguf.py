@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sncli.arrays import bfloat16_from_bits, to_torch
+from sncli.arrays import bfloat16_from_bits, dtype_name, is_array, to_torch
 from sncli.dtypes import DEQUANTIZED
 from sncli.errors import CheckpointError
 from sncli.formats.common import (
@@ -366,22 +366,22 @@ def gguf_write_refusal(path: Path, names: list[str]) -> str | None:
 def write_edited_gguf(source: Path, handle: BinaryIO, new: dict[str, Any]) -> None:
     """Copy ``source`` to ``handle`` with the data of the F32/F16/BF16 tensors in ``new``
     replaced. Shapes and types are unchanged, so header, metadata and every offset are kept
-    byte for byte."""
-    import torch
-
+    byte for byte. ``new`` holds torch tensors or NumPy arrays (bfloat16 as
+    :class:`sncli.arrays.BFloat16Array`: no torch)."""
     header = read_gguf_header(source)
     patches = []
     for name, tensor in new.items():
         info = header.tensors[name]
         expected = _PLAIN.get(info.type_name)
-        dtype = str(tensor.dtype).removeprefix("torch.")
+        array = is_array(tensor)
+        dtype = dtype_name(tensor) if array else str(tensor.dtype).removeprefix("torch.")
         if info.type_name not in WRITABLE_TYPES or dtype != expected or tensor.shape != info.shape:
             raise CheckpointError(
                 f"cannot write tensor {quote(name)} as {info.type_name} {info.shape} "
                 f"(got {dtype} {tuple(tensor.shape)})",
                 source,
             )
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        data = _raw_bytes(tensor, array)
         if len(data) != info.nbytes:
             raise CheckpointError(f"tensor {quote(name)}: size changed on writing", source)
         patches.append((info.offset, data))
@@ -391,3 +391,14 @@ def write_edited_gguf(source: Path, handle: BinaryIO, new: dict[str, Any]) -> No
         handle.seek(offset)
         handle.write(data)
     handle.seek(0, 2)
+
+
+def _raw_bytes(tensor: Any, array: bool) -> bytes:
+    """A tensor's or array's data in C order, as stored (little-endian machines: GGUF's order)."""
+    if array:
+        import numpy as np
+
+        return np.ascontiguousarray(tensor.view(np.ndarray)).tobytes()
+    import torch
+
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

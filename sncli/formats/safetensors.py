@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from sncli.arrays import bfloat16_from_bits
+from sncli.arrays import bfloat16_from_bits, is_array
 from sncli.dtypes import FLOAT8_FORMATS, SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS, decode_float8
 from sncli.errors import CheckpointError, WriteError
 from sncli.formats.common import (
@@ -303,10 +303,16 @@ def safetensors_header_bytes(
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    import torch
-
+    """The raw little-endian bytes of a torch tensor or a NumPy array in C order (a bfloat16
+    :class:`sncli.arrays.BFloat16Array` as its bits): no torch for an array."""
     if sys.byteorder != "little":
         raise WriteError("writing safetensors needs a little-endian machine")
+    if is_array(tensor):
+        import numpy as np
+
+        return np.ascontiguousarray(tensor.view(np.ndarray)).tobytes()
+    import torch
+
     flat = tensor.detach().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().tobytes()
 
