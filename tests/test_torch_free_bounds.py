@@ -228,4 +228,3 @@ def test_lipschitz_upper_bounds_without_torch(
         assert word in _methods(free), word
     assert _compare(free, reference) >= 3
     assert free["bound"] > 0
-
