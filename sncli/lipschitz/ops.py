@@ -137,11 +137,13 @@ def chain_bound(
     if product is None:  # the caller may pass the product of its certified factors
         product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
     from sncli.numerics.lipsdp import LIPSDP_SECONDS, lipsdp_neuron_certificate
+    from sncli.run.blas import numpy_blas_threads
 
-    try:
-        found = lipsdp_neuron_certificate(
-            list(weights), alpha, beta, seconds=LIPSDP_SECONDS if seconds is None else seconds
-        )
+    try:  # one BLAS thread: the matrices are small, and threads fighting for cores cost 10×
+        with numpy_blas_threads(1):
+            found = lipsdp_neuron_certificate(
+                list(weights), alpha, beta, seconds=LIPSDP_SECONDS if seconds is None else seconds
+            )
     except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
         return product, "product of σ (ECLipsE-Fast refused this chain)"
     value = float(found.bound)

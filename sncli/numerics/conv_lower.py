@@ -14,12 +14,13 @@ import math
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
+from sncli.numerics.conv_symbols import _effective_size, _per_dim, _spatial, _taps, as_kernel
 from sncli.numerics.floating import SLACK, check_finite, gamma
 
 if TYPE_CHECKING:
     import numpy as np
 
-IntOrTuple = int | tuple[int, ...]
+    from sncli.numerics.conv_symbols import IntOrTuple
 
 LOWER_BOUND_ITERATIONS = 8
 _LOWER_BOUND_PIXELS = 1024
@@ -53,8 +54,6 @@ def zero_padding_lower_bound(
     is evaluated in float64 with a rounding margin. Returns None when the input is too small for
     any of these arguments.
     """
-    from sncli.numerics.conv import _effective_size, _per_dim, _spatial, as_kernel
-
     w = as_kernel(kernel)
     dims = _spatial(w)
     size = _per_dim(input_size, dims, "input_size")
@@ -148,7 +147,6 @@ def _plane_wave(
     import numpy as np
 
     from sncli.arrays import torch_randn
-    from sncli.numerics.conv import _taps
     from sncli.numerics.hermitian_numpy import lanczos_top
 
     channels = w.shape[0] if transposed else w.shape[1]

@@ -88,12 +88,9 @@ def lipsdp_neuron_certificate(
         return eclipse_fast_certificate(weights, alpha, beta)
     exponents = [math.frexp(float(np.abs(w).max()))[1] for w in mats]
     scaled = [np.ldexp(w, -e) for w, e in zip(mats, exponents, strict=True)]
-    from sncli.run.blas import numpy_blas_threads
-
-    try:  # one thread: these matrices are small, and threads fighting for cores cost 10×
-        with numpy_blas_threads(1):
-            multipliers, estimate, closed_form = _descend(scaled, seconds, steps)
-            root = _certify(scaled, multipliers) if estimate < closed_form else None
+    try:  # the caller sets BLAS threads (sncli.lipschitz.ops.chain_bound: one)
+        multipliers, estimate, closed_form = _descend(scaled, seconds, steps)
+        root = _certify(scaled, multipliers) if estimate < closed_form else None
     except (ArithmeticError, np.linalg.LinAlgError):
         root = None
     if root is None:
