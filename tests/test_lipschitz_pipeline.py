@@ -83,8 +83,8 @@ def test_pipeline_factors_do_not_depend_on_workers_or_reader(make, tmp_path: Pat
     """Workers × single-threaded BLAS and the readinto reader change nothing: the same factors,
     in the same (natural key) order, as one worker; torch.load of the same tensors gives them
     too, its linear σ on torch's kernels where the safetensors file runs NumPy's (float64 dense
-    σ on two BLAS libraries: 1e-13 relative, measured ≤ 5e-16; conv factors run on torch for
-    both, bit for bit)."""
+    σ on two BLAS libraries: 1e-13 relative, measured ≤ 5e-16; a conv's operator norm runs on
+    NumPy for both, bit for bit, the reshaped kernel's displayed σ on each reader's kernels)."""
     state = make()
     save_file(state, tmp_path / "model.safetensors")
     torch.save(state, tmp_path / "model.pt")
@@ -99,6 +99,9 @@ def test_pipeline_factors_do_not_depend_on_workers_or_reader(make, tmp_path: Pat
             for field in ("sigma", "sigma_lower", "sigma_upper"):
                 assert getattr(a, field) == pytest.approx(getattr(c, field), rel=1e-13)
             c = replace(c, sigma=a.sigma, sigma_lower=a.sigma_lower, sigma_upper=a.sigma_upper)
+        elif a.reshape_sigma is not None:
+            assert a.reshape_sigma == pytest.approx(c.reshape_sigma, rel=1e-13)
+            c = replace(c, reshape_sigma=a.reshape_sigma)
         assert a == c
     weights = {n for n, t in state.items() if n.endswith("weight") and t.dim() >= 2}
     assert {f.name for f in one.factors if f.kind != "batchnorm"} == weights
@@ -124,14 +127,21 @@ def test_displayed_reshape_sigma_costs_only_the_side_shown(tmp_path: Path, monke
         {"layer4.0.conv1.weight": big, "layer1.0.conv1.weight": small},
         tmp_path / "m.safetensors",
     )
+    from sncli.numerics import spectral_numpy
+
     dense_sides: list[tuple[int, ...]] = []
-    original = spectral_module.exact_sigma
 
-    def counting(matrix: torch.Tensor) -> float:
-        dense_sides.append(tuple(matrix.shape))
-        return original(matrix)
+    # the weights are NumPy arrays (safetensors, read without torch): spectral_numpy's dense
+    # σ is the one that runs; torch's is counted too, to show it does not
+    def counting(original):  # type: ignore[no-untyped-def]
+        def call(matrix):  # type: ignore[no-untyped-def]
+            dense_sides.append(tuple(matrix.shape))
+            return original(matrix)
 
-    monkeypatch.setattr(spectral_module, "exact_sigma", counting)
+        return call
+
+    for module, name in ((spectral_module, "exact_sigma"), (spectral_numpy, "exact_sigma_array")):
+        monkeypatch.setattr(module, name, counting(getattr(module, name)))
     report = report_for(tmp_path / "m.safetensors", workers=1, grid=8)
     monkeypatch.undo()
     assert dense_sides == [(24, 144)]  # only the small layer's shown reshape, densely
@@ -140,8 +150,8 @@ def test_displayed_reshape_sigma_costs_only_the_side_shown(tmp_path: Path, monke
     assert shown["layer4.0.conv1.weight"] <= exact_big * (1 + 1e-12)
     assert shown["layer4.0.conv1.weight"] == pytest.approx(exact_big, rel=1e-4)
     assert shown["layer1.0.conv1.weight"] == pytest.approx(svd_sigma(small), rel=1e-12)
-    assert shown["layer1.0.conv1.weight"] == spectral_module.exact_sigma(
-        small.double().reshape(24, -1)
+    assert shown["layer1.0.conv1.weight"] == spectral_numpy.exact_sigma_array(
+        small.double().reshape(24, -1).numpy()
     )
 
 

@@ -101,18 +101,17 @@ _NORMS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization")
 
 
 def _sigma_upper(matrix: np.ndarray) -> tuple[float, float, str]:
-    """(certified upper, lower, method) of σ_max of a float64 matrix."""
-    import torch
+    """(certified upper, lower, method) of σ_max of a float64 matrix (NumPy: the interval of
+    :func:`sncli.numerics.bounds.sigma_interval`, which runs :mod:`.bounds_numpy` on arrays)."""
+    import numpy as np
 
     from sncli.numerics.bounds import sigma_interval
 
-    w = torch.from_numpy(matrix.astype("float64", copy=False))
-    if w.numel() == 0:
+    w = matrix.astype("float64", copy=False)
+    if w.size == 0:
         return 0.0, 0.0, "empty"
     if min(w.shape) <= 256:
-        import numpy as np
-
-        sigma = float(np.linalg.norm(matrix, 2)) if matrix.size else 0.0
+        sigma = float(np.linalg.norm(w, 2))
         return sigma * (1 + DENSE_ROUNDING), sigma * (1 - DENSE_ROUNDING), "dense float64 SVD"
     interval = sigma_interval(w)
     return interval.upper, interval.lower, interval.upper_method
@@ -138,11 +137,13 @@ def chain_bound(
     if product is None:  # the caller may pass the product of its certified factors
         product = math.prod(_sigma_upper(w)[0] for w in weights) * slope ** (len(weights) - 1)
     from sncli.numerics.lipsdp import LIPSDP_SECONDS, lipsdp_neuron_certificate
+    from sncli.run.blas import numpy_blas_threads
 
-    try:
-        found = lipsdp_neuron_certificate(
-            list(weights), alpha, beta, seconds=LIPSDP_SECONDS if seconds is None else seconds
-        )
+    try:  # one BLAS thread: the matrices are small, and threads fighting for cores cost 10×
+        with numpy_blas_threads(1):
+            found = lipsdp_neuron_certificate(
+                list(weights), alpha, beta, seconds=LIPSDP_SECONDS if seconds is None else seconds
+            )
     except (ValueError, ArithmeticError, SncliError):  # outside its conditions: the product
         return product, "product of σ (ECLipsE-Fast refused this chain)"
     value = float(found.bound)
@@ -380,7 +381,6 @@ def _bn_scale(ctx: _Context, bn: OnnxNode) -> Any:
 
 def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | None]:
     import numpy as np
-    import torch
 
     from sncli.numerics.conv import conv_operator_norm
 
@@ -400,12 +400,11 @@ def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | 
     dilations = tuple(_attr(node, "dilations", [1] * dims))
     shape = _static(ctx.shape(var))
     size = shape[2:] if shape is not None and len(shape) == dims + 2 else None
-    torch_kernel = torch.from_numpy(np.ascontiguousarray(kernel))
     torus = None if transposed else _circular_embedding(node, kernel, size, strides, ctx.grid)
     try:
         if torus is not None:
             norm = conv_operator_norm(
-                torch_kernel,
+                kernel,
                 padding="circular",
                 input_size=torus,
                 stride=strides,
@@ -414,7 +413,7 @@ def _conv(ctx: _Context, node: OnnxNode, var: str) -> tuple[float, str, float | 
             )
         else:
             norm = conv_operator_norm(
-                torch_kernel,
+                kernel,
                 padding="zeros",
                 input_size=size,
                 stride=strides,

@@ -385,9 +385,9 @@ def _factor_of(layer: Layer, estimate: SigmaEstimate) -> Factor:
 
 
 def _conv_factor(layer: Layer, weight: Any, options: LipschitzOptions) -> Factor:
-    """A conv layer's factor. The operator norm runs on torch (a NumPy weight is converted, so
-    the factor is the one a PyTorch file of the same tensors gives); ``--conv reshape`` does
-    not need torch."""
+    """A conv layer's factor. The operator norm runs on NumPy (:mod:`sncli.numerics.conv`; a
+    torch weight is read as a float64 array), so every format gives the same factor without
+    torch."""
     check_finite(weight)
     if options.conv is ConvPolicy.RESHAPE:
         factor = _matrix_factor(layer, weight, options)
@@ -397,11 +397,8 @@ def _conv_factor(layer: Layer, weight: Any, options: LipschitzOptions) -> Factor
             source="reshaped kernel σ (not an operator-norm bound)",
             reshape_sigma=factor.sigma,
         )
-    from sncli.arrays import is_array, to_torch
     from sncli.numerics.conv import conv_operator_norm
 
-    if is_array(weight):  # the operator norm (and the σ shown beside it) on torch, as for .pt
-        weight = to_torch(weight)
     circular = options.padding is Padding.CIRCULAR and options.input_size is not None
     try:
         norm = conv_operator_norm(

@@ -3,8 +3,8 @@
 Where the checkpoint is read without torch (``Checkpoint.numpy_native``: safetensors, GGUF,
 NumPy, Keras, ONNX) weights come as NumPy arrays and the σ kernels run on NumPy
 (:mod:`sncli.numerics.spectral_numpy`, :mod:`sncli.numerics.bounds_numpy`); PyTorch files keep
-torch tensors and torch's kernels. Convolutions keep torch either way: the operator norm
-(:mod:`sncli.numerics.conv`) is imported, with torch, only when a conv factor is computed.
+torch tensors and torch's kernels. A convolution's operator norm (:mod:`sncli.numerics.conv`)
+runs on NumPy for every format (a torch weight is read as a float64 array).
 
 BatchNorm and PReLU factors are read as NumPy for every format: max|γ|/√(var + ε) and
 max(1, max|a|) are a few correctly rounded float64 operations, so NumPy gives torch's numbers

@@ -14,32 +14,56 @@ symbol is used as is. ``groups`` is not recorded in a state dict: a grouped weig
 groups=1 stacks the groups' row blocks, which can only raise σ (by at most √groups), so every
 upper bound here stays valid. Reflect and replicate padding are refused: they can exceed τ*.
 
-Per-frequency σ is *certified* from the smaller Gram matrix G(ω) = K̂ᴴK̂ by one batched
-Cholesky per block (:func:`sncli.numerics.bounds.certify_hermitian_batch`, in single precision
+Everything runs on NumPy/SciPy (no torch; a torch kernel is read as a float64 array). Per-frequency
+σ is *certified* from the smaller Gram matrix G(ω) = K̂ᴴK̂ by one Cholesky per block
+(:func:`sncli.numerics.hermitian_numpy.certify_hermitian_batch`, in single precision
 first where that proves enough) against the running maximum; only blocks that beat it get an
 eigenvalue estimate. G(ω) is summed from tap-difference Grams built once (:class:`_DifferenceGrams`,
 2|H|·n² per block instead of K̂ᴴK̂'s n²·rows), or, when few blocks are needed, as K̂ᴴK̂ of the
 symbol evaluated by an explicit DFT (real matmuls). Both have a simple rounding bound, which is
-part of every certificate. At 512 channels a block costs ≈28 ms on one core (the Cholesky),
-against ≈150–300 ms with eigvalsh and ≈900 ms with a complex SVD (measured).
+part of every certificate. At 512 channels a block costs ≈12 ms on one core (LAPACK zpotrf,
+OpenBLAS), against ≈150–300 ms with eigvalsh and ≈900 ms with a complex SVD (measured).
+
+Rounding facts relied on beyond IEEE arithmetic: NumPy's cos/sin within 4 ulp
+(:mod:`.conv_symbols`, where the taps, symbols and difference Grams are built); pocketfft's
+float64 FFT (numpy.fft) meets the a-priori bound of :data:`FFT_ERROR_CONSTANT`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import product
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sncli.numerics.bounds import certified_ratio, certify_hermitian_batch, lanczos_lower_bound
-from sncli.numerics.floating import SLACK, UNIT_ROUNDOFF, check_finite, gamma, scale_pow2
+from sncli.numerics.conv_lower import zero_padding_lower_bound
+from sncli.numerics.conv_symbols import (
+    IntOrTuple,
+    _DifferenceGrams,
+    _differences,
+    _frequencies,
+    _frobenius_estimates,
+    _merged,
+    _per_dim,
+    _polyphase,
+    _spatial,
+    _symbol_error,
+    _symbols,
+    _Taps,
+    _taps,
+    as_kernel,
+)
+from sncli.numerics.floating import SLACK, gamma
+from sncli.numerics.hermitian_numpy import (
+    certified_ratio,
+    certify_hermitian_batch,
+    lanczos_top,
+    subspace_estimates,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import torch
-
-IntOrTuple = int | tuple[int, ...]
+    import numpy as np
 
 DEFAULT_GRID: int | None = None
 #: Grid factors auto_grid aims at, tightest first (what N = 64 / 32 / 16 gave 3×3 kernels
@@ -47,7 +71,6 @@ DEFAULT_GRID: int | None = None
 AUTO_TARGETS = (1.0048, 1.0197, 1.0835)
 AUTO_GRID_BUDGET = 4e9
 CERT_DELTA = 1e-9
-LOWER_BOUND_ITERATIONS = 8
 _DENSE_EIG_MAX = 48
 _DENSE_REFINE_MAX = 512
 #: Channel counts where a single-precision Cholesky is tried first (2× faster, measured).
@@ -57,7 +80,6 @@ _CHUNK_ELEMENTS = 1 << 22
 #: Largest difference-Gram stack ((2|H|+1)·2n² float64) built per conv: 3×3 at 512 channels is
 #: 105 MB; 3×3×3 at 512 (524 MB) takes the direct path instead.
 _DIFFERENCE_BYTES = 256 * 2**20
-_LOWER_BOUND_PIXELS = 1024
 PADDING_MODES = ("zeros", "circular")
 
 
@@ -78,19 +100,6 @@ class ConvNorm:
 
 
 @dataclass(frozen=True)
-class _Taps:
-    """A kernel as scaled tap matrices and integer tap positions (dilation applied)."""
-
-    values: torch.Tensor  # (out, in, T) float64, max|entry| ∈ [½, 1)
-    positions: torch.Tensor  # (T, d) int64
-    exponent: int
-
-    @property
-    def taps(self) -> int:
-        return self.values.shape[2]
-
-
-@dataclass(frozen=True)
 class _GridMax:
     """Certified max over a frequency grid of σ_max of the computed-then-corrected symbol."""
 
@@ -100,274 +109,17 @@ class _GridMax:
     blocks: int
 
 
-def _spatial(kernel: torch.Tensor) -> int:
-    if kernel.dim() < 3 or kernel.dim() > 5:
-        raise ValueError(
-            f"expected a Conv1d/2d/3d kernel (out, in, *k), got shape {tuple(kernel.shape)}"
-        )
-    if kernel.is_complex():
-        raise ValueError("complex convolution kernels are not supported")
-    return kernel.dim() - 2
-
-
-def _per_dim(value: IntOrTuple, dims: int, name: str) -> tuple[int, ...]:
-    values = (value,) * dims if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != dims:
-        raise ValueError(f"{name} needs {dims} entries for this kernel, got {value!r}")
-    if any(v < 1 for v in values):
-        raise ValueError(f"{name} must be ≥ 1, got {value!r}")
-    return values
-
-
-def _effective_size(kernel: torch.Tensor, dilation: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(d * (k - 1) + 1 for k, d in zip(kernel.shape[2:], dilation, strict=True))
-
-
-def _taps(kernel: torch.Tensor, dilation: tuple[int, ...]) -> _Taps | None:
-    """Scaled tap matrices; None for an all-zero kernel."""
-    import torch
-
-    check_finite(kernel)
-    scaled = scale_pow2(kernel.to(torch.float64))
-    if scaled is None:
-        return None
-    values, exponent = scaled
-    out_ch, in_ch = values.shape[:2]
-    sizes = values.shape[2:]
-    grids = torch.meshgrid(*[torch.arange(k) for k in sizes], indexing="ij")
-    positions = torch.stack([g.reshape(-1) for g in grids], dim=1)
-    positions = positions * torch.tensor(dilation, dtype=torch.int64)
-    return _Taps(values.reshape(out_ch, in_ch, -1).contiguous(), positions, exponent)
-
-
-def _polyphase(taps: _Taps, stride: tuple[int, ...]) -> _Taps:
-    """The stride-s conv as a stride-1 conv on the s-phase components of the input.
-
-    y[i] = Σ_a K_a x[s·i + a]: writing a = s·q + r, x[s(i+q) + r] = x_r[i+q], so the tap at a moves
-    to position q and to the input channel block of phase r (exact for circular padding, s | n).
-    """
-    import torch
-
-    if all(s == 1 for s in stride):
-        return taps
-    s = torch.tensor(stride, dtype=torch.int64)
-    residues = taps.positions % s
-    phase = torch.zeros(taps.taps, dtype=torch.int64)
-    for j, sj in enumerate(stride):
-        phase = phase * sj + residues[:, j]
-    phases = math.prod(stride)
-    out_ch, in_ch, count = taps.values.shape
-    values = torch.zeros(out_ch, phases, in_ch, count, dtype=torch.float64)
-    values[:, phase, :, torch.arange(count)] = taps.values.permute(2, 0, 1)
-    return _Taps(values.reshape(out_ch, phases * in_ch, count), taps.positions // s, taps.exponent)
-
-
-def _frequencies(grid: tuple[int, ...]) -> torch.Tensor:
-    """Grid frequency indices, one of each ±ω pair (K̂(−ω) = conj K̂(ω) for a real kernel)."""
-    import torch
-
-    half = max(range(len(grid)), key=lambda j: grid[j])
-    ranges = [torch.arange(m // 2 + 1 if j == half else m) for j, m in enumerate(grid)]
-    mesh = torch.meshgrid(*ranges, indexing="ij")
-    return torch.stack([g.reshape(-1) for g in mesh], dim=1)
-
-
-def _phases(taps: _Taps, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
-    """θ_{f,t} = ω_f·position_t mod 2π as (F, T), reduced exactly in integers: θ = 2π·r/L."""
-    return _angles(taps.positions, grid, freqs)
-
-
-def _angles(positions: torch.Tensor, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
-    """ω_f·p mod 2π for integer offsets p (T, d), any sign, as (F, T): θ = 2π·r/L with the
-    integer r reduced exactly, so θ has absolute error ≤ 6πu and cos/sin are within 32u."""
-    import torch
-
-    period = math.prod(grid)
-    grid_t = torch.tensor(grid, dtype=torch.int64)
-    weight = torch.tensor([period // m for m in grid], dtype=torch.int64)
-    phase = (freqs[:, None, :] * positions[None, :, :]) % grid_t
-    index = (phase * weight).sum(dim=-1) % period
-    return index.to(torch.float64) / period * (2.0 * math.pi)
-
-
-def _symbols(
-    taps: _Taps, grid: tuple[int, ...], freqs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """K̂ at the given grid frequencies, (F, out, in) complex128, by an explicit DFT, and an
-    upper bound on each ‖K̂_computed(ω)‖_F².
-
-    Each phase factor is within 32u of e^{−iθ} (θ has absolute error ≤ 6πu); see
-    :func:`_symbol_error` for what that costs.
-    """
-    import torch
-
-    theta = _phases(taps, grid, freqs)
-    out_ch, in_ch, count = taps.values.shape
-    flat = taps.values.reshape(out_ch * in_ch, count).T
-    real = torch.cos(theta) @ flat
-    imag = -(torch.sin(theta) @ flat)
-    fro = (real * real).sum(dim=1) + (imag * imag).sum(dim=1)
-    fro = fro / (1.0 - gamma(2 * out_ch * in_ch + 2)) * SLACK
-    return torch.complex(real, imag).reshape(-1, out_ch, in_ch), fro
-
-
-def _frobenius_estimates(taps: _Taps, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
-    """‖K̂(ω)‖_F² = pᴴCp with p the phase vector and C the T×T tap Gram: cheap, for ordering."""
-    import torch
-
-    out_ch, in_ch, count = taps.values.shape
-    flat = taps.values.reshape(out_ch * in_ch, count)
-    tap_gram = (flat.T @ flat).to(torch.complex128)
-    p = torch.exp(-1j * _phases(taps, grid, freqs))
-    return ((p.conj() @ tap_gram) * p).sum(dim=1).real
-
-
-def _symbol_error(taps: _Taps) -> float:
-    """Bound on ‖K̂_computed(ω) − K̂(ω)‖₂ at every ω (scaled units).
-
-    Each entry is Σ_t K_t·φ_t with |φ̂_t − φ_t| ≤ 32u, summed with error γ_T (Higham Lemma 3.5),
-    per real component; so |error| ≤ √2(γ_T + 33u)·Σ_t|K_t| entrywise, and in Frobenius norm
-    ≤ √2(γ_T + 33u)·√T·‖K‖_F by Cauchy–Schwarz.
-    """
-    import torch
-
-    count = taps.taps
-    fro = float(torch.linalg.vector_norm(taps.values)) * (1.0 + gamma(taps.values.numel() + 2))
-    return math.sqrt(2.0) * (gamma(count) + 33 * UNIT_ROUNDOFF) * math.sqrt(count) * fro * SLACK
-
-
-@dataclass(frozen=True)
-class _DifferenceGrams:
-    """G(ω) = K̂(ω)ᴴK̂(ω) = Σ_d D_d e^{i d·ω} with D_d = Σ_{a−b=d} K_aᵀK_b (taps at a, b).
-
-    Since D_{−d} = D_dᵀ, G(ω) = D_0 + Σ_{d∈H} [S_d cos(d·ω) + i A_d sin(d·ω)] over one half H of
-    the nonzero differences, S_d = D_d + D_dᵀ, A_d = D_d − D_dᵀ (``stack``). Forming G then
-    costs 2|H|·n² instead of the n²·rows of K̂ᴴK̂: D is built once, T(T+1)/2 products n×rows×n.
-    ``error`` bounds ‖Ĝ(ω) − G(ω)‖₂ for the *exact* symbol at every ω (see :func:`_differences`).
-    """
-
-    offsets: torch.Tensor  # (H, d) int64
-    stack: torch.Tensor  # (2H+1, 2n²): D_0, then S_d in the real slots, A_d in the imaginary
-    size: int
-    error: float
-
-    def grams(
-        self, grid: tuple[int, ...], freqs: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Ĝ at the frequencies (F, n, n) complex128: one real product [1, cos θ, sin θ]·stack
-        written straight into the interleaved real view of ``out`` (reused: fresh pages cost
-        more than the product)."""
-        import torch
-
-        n = self.size
-        theta = _angles(self.offsets, grid, freqs)
-        ones = torch.ones(freqs.shape[0], 1, dtype=torch.float64)
-        coefficients = torch.cat([ones, torch.cos(theta), torch.sin(theta)], dim=1)
-        if out is None:
-            out = torch.empty(freqs.shape[0], n, n, dtype=torch.complex128)
-        out = out[: freqs.shape[0]]
-        torch.mm(coefficients, self.stack, out=torch.view_as_real(out).view(-1, 2 * n * n))
-        return out
-
-
-def _merged(taps: _Taps) -> _Taps:
-    """Taps at the same position summed (after the polyphase split they sit in disjoint
-    channel blocks, so the sums are exact), and oriented (rows, n) with n the smaller side."""
-    import torch
-
-    values = taps.values
-    if values.shape[0] < values.shape[1]:
-        values = values.transpose(0, 1)  # K̂ᵀ has the singular values of K̂
-    unique, inverse = torch.unique(taps.positions, dim=0, return_inverse=True)
-    if unique.shape[0] < taps.taps:
-        merged = torch.zeros(*values.shape[:2], unique.shape[0], dtype=torch.float64)
-        merged.index_add_(2, inverse, values)
-        values = merged
-    return _Taps(values.contiguous(), unique, taps.exponent)
-
-
-def _canonical(offset: tuple[int, ...]) -> bool:
-    """One of each ±d pair: the first nonzero coordinate is positive."""
-    for value in offset:
-        if value:
-            return value > 0
-    return False
-
-
-def _differences(taps: _Taps) -> _DifferenceGrams:
-    """D_0, S_d, A_d of the (merged) taps in float64, with the rounding bound.
-
-    Error, per entry (Higham Lemma 3.5, any summation order): each D̂_d is a sum of ≤ T products
-    of length ``rows``, so |D̂_d − D_d| ≤ γ_{T(rows+1)} Σ|K_a|ᵀ|K_b|, and over all d (both signs,
-    |e^{idω}| = 1) ‖ΣΔD_d e^{idω}‖_F ≤ γ_{T(rows+1)}·(Σ_a‖K_a‖_F)². Forming Ĝ from D̂: S, A and
-    the half of D_0 + D_0ᵀ cost u each, cos/sin are within 32u, the length-(2|H|+1) sums
-    (zeros included) γ_{2|H|+1}; so each of the real and imaginary parts is off by
-    ≤ (γ_{2|H|+1} + 40u)·(‖D̂_0‖_F + 2Σ_H‖D̂_d‖_F)·(1 + 34u) in Frobenius norm. Cholesky reads
-    Ĝ's lower triangle only, and the entrywise bounds are symmetric, so they hold for the
-    Hermitian matrix it sees.
-    """
-    import torch
-
-    values = taps.values.permute(2, 0, 1)  # (T, rows, n)
-    count, rows, n = values.shape
-    positions = [tuple(int(v) for v in p) for p in taps.positions]
-    half = sorted(
-        {
-            tuple(a - b for a, b in zip(pa, pb, strict=True))
-            for pa in positions
-            for pb in positions
-            if _canonical(tuple(a - b for a, b in zip(pa, pb, strict=True)))
-        }
-    )
-    index = {d: i for i, d in enumerate(half)}
-    base = torch.zeros(n, n, dtype=torch.float64)
-    diffs = torch.zeros(len(half), n, n, dtype=torch.float64)
-    wide = values.permute(1, 0, 2).reshape(rows, count * n)
-    for a in range(count):
-        products = values[a].T @ wide[:, a * n :]  # K_aᵀ [K_a … K_{T−1}]
-        for b in range(a, count):
-            block = products[:, (b - a) * n : (b - a + 1) * n]
-            d = tuple(x - y for x, y in zip(positions[a], positions[b], strict=True))
-            if b == a:
-                base += block
-            elif _canonical(d):
-                diffs[index[d]] += block
-            else:
-                diffs[index[tuple(-x for x in d)]] += block.T
-    base = (base + base.T) * 0.5
-    norms = torch.linalg.vector_norm(values.reshape(count, -1), dim=1)
-    tap_sum = float(norms.sum()) * (1.0 + gamma(rows * n + count + 2))
-    grow = 1.0 + gamma(n * n + 2)
-    formed = float(torch.linalg.vector_norm(base)) * grow + 2 * grow * float(
-        torch.linalg.vector_norm(diffs.reshape(len(half), n * n), dim=1).sum()
-    ) * (1.0 + gamma(len(half) + 1))
-    error = gamma(count * (rows + 1)) * tap_sum * tap_sum + 2.0 * (
-        gamma(2 * len(half) + 1) + 40 * UNIT_ROUNDOFF
-    ) * formed * (1.0 + 34 * UNIT_ROUNDOFF)
-    offsets = torch.tensor(half, dtype=torch.int64).reshape(len(half), taps.positions.shape[1])
-    stack = torch.zeros(2 * len(half) + 1, n * n, 2, dtype=torch.float64)
-    stack[0, :, 0] = base.reshape(-1)
-    stack[1 : len(half) + 1, :, 0] = (diffs + diffs.mT).reshape(len(half), n * n)
-    stack[len(half) + 1 :, :, 1] = (diffs - diffs.mT).reshape(len(half), n * n)
-    return _DifferenceGrams(
-        offsets=offsets,
-        stack=stack.reshape(2 * len(half) + 1, 2 * n * n),
-        size=n,
-        error=error * SLACK * SLACK,
-    )
-
-
 def _use_differences(taps: _Taps, blocks: int) -> bool:
     """Difference Grams when building them once (T(T+1)/2 products n×rows×n) plus 2(2|H|+1)·n²
     per block beats K̂ᴴK̂ per block (4·n²·rows real multiply-adds, plus 2·T·n·rows for the
     symbol): for 3×3 kernels from ~12 frequency blocks up."""
-    import torch
+    import numpy as np
 
     rows, n, count = taps.values.shape
     offsets = (taps.positions[:, None, :] - taps.positions[None, :, :]).reshape(
         -1, taps.positions.shape[1]
     )
-    half = (torch.unique(offsets, dim=0).shape[0] - 1) // 2
+    half = (np.unique(offsets, axis=0).shape[0] - 1) // 2
     if (2 * half + 1) * 2 * n * n * 8 > _DIFFERENCE_BYTES:
         return False  # the stack would not fit the memory a worker may hold (3×3×3 at 512)
     once = count * (count + 1) / 2 * n * n * rows
@@ -376,72 +128,24 @@ def _use_differences(taps: _Taps, blocks: int) -> bool:
     return once + blocks * per_block_diff < blocks * per_block_direct
 
 
-def _lanczos_top(gram: torch.Tensor, steps: int, seed: int = 0) -> tuple[float, torch.Tensor]:
-    """Top Ritz pair of a Hermitian PSD matrix by Lanczos with full reorthogonalization."""
-    import numpy as np
-    import torch
-    from scipy.linalg import eigh_tridiagonal
-
-    n = gram.shape[0]
-    steps = max(1, min(steps, n))
-    generator = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, generator=generator, dtype=torch.float64).to(gram.dtype)
-    q = q / torch.linalg.vector_norm(q)
-    basis = torch.zeros(steps, n, dtype=gram.dtype)
-    alphas: list[float] = []
-    betas: list[float] = []
-    for j in range(steps):
-        basis[j] = q
-        w = gram @ q
-        alphas.append(float(torch.vdot(q, w).real))
-        for _ in range(2):
-            w = w - basis[: j + 1].T @ (basis[: j + 1].conj() @ w)
-        beta = float(torch.linalg.vector_norm(w))
-        if j + 1 == steps or beta <= 1e-14 * max(abs(alphas[0]), 1e-300):
-            break
-        betas.append(beta)
-        q = w / beta
-    k = len(alphas)
-    values, vectors = eigh_tridiagonal(
-        np.asarray(alphas), np.asarray(betas[: k - 1]), select="i", select_range=(k - 1, k - 1)
-    )
-    y = torch.from_numpy(vectors[:, 0].copy()).to(gram.dtype)
-    return float(values[0]), basis[:k].T @ y
-
-
-def _refine_top(grams: torch.Tensor, steps: int) -> tuple[float, int]:
+def _refine_top(grams: np.ndarray, steps: int) -> tuple[float, int]:
     """(an estimate ≤ the largest λ_max among the batch, which block): every block's λ_max by
     eigvalsh when small, else a short batched subspace iteration picks the likely largest and
     only that one is refined — by eigvalsh up to 512 (as fast as 96 Lanczos steps there, and
     exact), by Lanczos beyond; the others are then re-certified against it."""
-    import torch
+    import numpy as np
 
     if grams.shape[-1] <= _DENSE_EIG_MAX:
-        values = torch.linalg.eigvalsh(grams)[..., -1]
-        top = int(torch.argmax(values))
+        values = np.linalg.eigvalsh(grams)[..., -1]
+        top = int(np.argmax(values))
         return float(values[top]), top
-    estimates = _subspace_estimates(grams)
-    top = int(torch.argmax(estimates))
+    estimates = subspace_estimates(grams)
+    top = int(np.argmax(estimates))
     if grams.shape[-1] <= _DENSE_REFINE_MAX:
-        refined = float(torch.linalg.eigvalsh(grams[top])[-1])
+        refined = float(np.linalg.eigvalsh(grams[top])[-1])
     else:
-        refined = _lanczos_top(grams[top], steps)[0]
+        refined = lanczos_top(grams[top], steps)[0]
     return max(float(estimates[top]), refined), top
-
-
-def _subspace_estimates(grams: torch.Tensor, width: int = 4, iterations: int = 6) -> torch.Tensor:
-    """Rayleigh–Ritz values (≤ λ_max of each computed Gram) after a few steps of batched
-    subspace iteration from a seeded start: cheap, only to pick the block to refine."""
-    import torch
-
-    batch, n, _ = grams.shape
-    generator = torch.Generator().manual_seed(0)
-    start = torch.randn(n, min(width, n), generator=generator, dtype=torch.float64)
-    basis = start.to(grams.dtype).expand(batch, -1, -1)
-    for _ in range(iterations):
-        basis = torch.linalg.qr(grams @ basis).Q
-    ritz = basis.mH @ (grams @ basis)
-    return torch.linalg.eigvalsh(ritz)[..., -1]
 
 
 def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool = True) -> _GridMax:
@@ -458,10 +162,10 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
     up proved ≤ the returned bound. The lower bound (a Lanczos vector at the best block: 0.6 s
     at 512 channels) only when ``lower``: the torus bound has no use for it.
     """
-    import torch
+    import numpy as np
 
     freqs = _frequencies(grid)
-    freqs = freqs[torch.argsort(_frobenius_estimates(taps, grid, freqs), descending=True)]
+    freqs = freqs[np.argsort(-_frobenius_estimates(taps, grid, freqs), kind="stable")]
     taps = _merged(taps)
     inner, small = taps.values.shape[:2]
     differences = _differences(taps) if _use_differences(taps, freqs.shape[0]) else None
@@ -469,9 +173,9 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
     buffer = None
     if differences is not None:
         chunk = min(chunk, freqs.shape[0])
-        buffer = torch.empty(chunk, small, small, dtype=torch.complex128)
+        buffer = np.empty((chunk, small, small), dtype=np.complex128)
 
-    def form(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def form(selected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _block_grams(taps, differences, grid, selected, buffer)
 
     best, certified = 0.0, 0.0
@@ -484,8 +188,8 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
         trivial = trace <= threshold
         if bool(trivial.any()):
             certified = max(certified, float(trace[trivial].max()))
-            keep = torch.nonzero(~trivial).flatten()
-            if keep.numel() == 0:
+            keep = np.nonzero(~trivial)[0]
+            if keep.size == 0:
                 continue
             block_freqs, trace, error = block_freqs[keep], trace[keep], error[keep]
             grams = form(block_freqs)[0] if buffer is not None else grams[keep]
@@ -496,12 +200,12 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
         # The buffer still holds the whole chunk's Grams, in order, until a certificate
         # overwrites it (refinement and the single-precision pass only read it).
         fresh = buffer is not None
-        pending = torch.arange(block_freqs.shape[0])
+        pending = np.arange(block_freqs.shape[0])
         stalls, step_delta = 0, delta
         for _ in range(block_freqs.shape[0] + 8):
             mu = _threshold(best, step_delta)
-            ok = torch.zeros(pending.numel(), dtype=torch.bool)
-            whole = pending.numel() == block_freqs.shape[0]
+            ok = np.zeros(pending.size, dtype=bool)
+            whole = pending.size == block_freqs.shape[0]
             if single and whole:
                 current = _select(form, grams, block_freqs, pending, fresh, buffer is not None)
                 ok = certify_hermitian_batch(
@@ -509,12 +213,12 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
                 )
                 # Single precision proves less (margin ~n·u·tr): used on a chunk's first pass
                 # only, and dropped once it certifies under half of a chunk.
-                single = 2 * int(ok.sum()) >= pending.numel()
-            rest = torch.nonzero(~ok).flatten()
-            if rest.numel() > 0:
+                single = 2 * int(ok.sum()) >= pending.size
+            rest = np.nonzero(~ok)[0]
+            if rest.size > 0:
                 # The reused buffer is overwritten by the certificate and formed again later.
                 chosen = pending[rest]
-                reuse = fresh and whole and rest.numel() == pending.numel()
+                reuse = fresh and whole and rest.size == pending.size
                 current = _select(form, grams, block_freqs, chosen, reuse, buffer is not None)
                 fresh = False
                 ok[rest] = certify_hermitian_batch(
@@ -523,7 +227,7 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
             if bool(ok.any()):
                 certified = max(certified, mu)
             pending = pending[~ok]
-            if pending.numel() == 0:
+            if pending.size == 0:
                 break
             if stalls < 2:
                 fresh = False
@@ -537,7 +241,7 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
                 step_delta *= 100.0
             else:
                 break
-        if pending.numel() > 0:
+        if pending.size > 0:
             certified = max(certified, float(trace[pending].max()))
     # The difference Grams bound the exact symbol's Gram; K̂ᴴK̂ that of the computed symbol.
     error = 0.0 if differences is not None else _symbol_error(taps)
@@ -555,13 +259,13 @@ def _grid_max(taps: _Taps, grid: tuple[int, ...], delta: float, *, lower: bool =
 
 
 def _select(
-    form: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    grams: torch.Tensor,
-    freqs: torch.Tensor,
-    selection: torch.Tensor,
+    form: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    grams: np.ndarray,
+    freqs: np.ndarray,
+    selection: np.ndarray,
     reuse: bool,
     buffered: bool,
-) -> torch.Tensor:
+) -> np.ndarray:
     """The Grams of freqs[selection]: ``grams`` itself when ``reuse`` (the buffer still holds the
     whole chunk), else formed again into the reused buffer, or gathered from ``grams``."""
     if reuse:
@@ -573,42 +277,42 @@ def _block_grams(
     taps: _Taps,
     differences: _DifferenceGrams | None,
     grid: tuple[int, ...],
-    freqs: torch.Tensor,
-    out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    freqs: np.ndarray,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Computed Grams at the frequencies, an upper bound on each λ_max (a trace or ‖K̂‖_F²), and
     a bound on each Gram's rounding error, for :func:`certify_hermitian_batch`.
 
     With differences the bounds are about the exact G(ω): λ_max(G) ≤ tr G ≤ tr Ĝ + √n·ε. Else
     they are about the computed symbol K̂_c: ‖Ĝ − K̂_cᴴK̂_c‖₂ ≤ γ_rows‖K̂_c‖_F² (complex).
     """
-    import torch
+    import numpy as np
 
     inner, small = taps.values.shape[:2]
     if differences is not None:
         grams = differences.grams(grid, freqs, out)
-        diag = grams.diagonal(dim1=-2, dim2=-1).real
-        trace = diag.sum(dim=-1) + gamma(small) * diag.abs().sum(dim=-1)
+        diag = np.diagonal(grams, axis1=-2, axis2=-1).real
+        trace = diag.sum(axis=-1) + gamma(small) * np.abs(diag).sum(axis=-1)
         trace = (trace + math.sqrt(small) * differences.error) * SLACK
-        error = torch.full((freqs.shape[0],), differences.error, dtype=torch.float64)
+        error = np.full(freqs.shape[0], differences.error)
         return grams, trace, error
     sym, fro = _symbols(taps, grid, freqs)
-    grams = sym.mH @ sym
+    grams = sym.conj().swapaxes(-1, -2) @ sym
     error = gamma(inner, complex_arith=True) * fro + inner * small * 2.0**-1074
     return grams, fro, error
 
 
 def _block_lower_bound(taps: _Taps, grid: tuple[int, ...], freq: tuple[int, ...]) -> float:
     """‖K̂v‖/‖v‖ for the top eigenvector of the Gram at one frequency, rounding included."""
-    import torch
+    import numpy as np
 
-    sym, _ = _symbols(taps, grid, torch.tensor([freq], dtype=torch.int64))
-    sym = sym[0] if sym.shape[2] <= sym.shape[1] else sym[0].mH
-    gram = sym.mH @ sym
+    sym, _ = _symbols(taps, grid, np.asarray([freq], dtype=np.int64))
+    sym = sym[0] if sym.shape[2] <= sym.shape[1] else sym[0].conj().T
+    gram = sym.conj().T @ sym
     if gram.shape[0] <= _DENSE_EIG_MAX:
-        vector = torch.linalg.eigh(gram).eigenvectors[:, -1]
+        vector = np.linalg.eigh(gram)[1][:, -1]
     else:
-        vector = _lanczos_top(gram, _REFINE_STEPS)[1]
+        vector = lanczos_top(gram, _REFINE_STEPS)[1]
     return certified_ratio(sym, vector)
 
 
@@ -749,7 +453,7 @@ def _block_count(sizes: tuple[int, ...]) -> int:
 
 
 def torus_norm_upper_bound(
-    kernel: torch.Tensor, grid: int | None = DEFAULT_GRID, dilation: IntOrTuple = 1
+    kernel: Any, grid: int | None = DEFAULT_GRID, dilation: IntOrTuple = 1
 ) -> float:
     """A certified upper bound on τ* = sup_ω σ_max(K̂(ω)).
 
@@ -761,6 +465,7 @@ def torus_norm_upper_bound(
     Cholesky of the smaller channel count: for 512×512×3×3 on one core about 2.5 s at N=12 and
     4 s at N=16.
     """
+    kernel = as_kernel(kernel)
     dims = _spatial(kernel)
     dil = _per_dim(dilation, dims, "dilation")
     taps = _taps(kernel, dil)
@@ -774,7 +479,7 @@ def torus_norm_upper_bound(
 
 
 def circular_operator_norm(
-    kernel: torch.Tensor,
+    kernel: Any,
     input_size: IntOrTuple,
     stride: IntOrTuple = 1,
     dilation: IntOrTuple = 1,
@@ -790,6 +495,7 @@ def circular_operator_norm(
     The value returned is a certified upper bound within ~1e-9 (relative) of the norm; raises
     ValueError when a stride does not divide the input size.
     """
+    kernel = as_kernel(kernel)
     dims = _spatial(kernel)
     size = _per_dim(input_size, dims, "input_size")
     strides = _per_dim(stride, dims, "stride")
@@ -798,7 +504,7 @@ def circular_operator_norm(
 
 
 def _circular_taps(
-    kernel: torch.Tensor, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
+    kernel: Any, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
 ) -> tuple[_Taps, tuple[int, ...]] | None:
     """The circular strided conv as a stride-1 conv on its phases, and the grid it runs on
     (n/s per axis); None for an all-zero kernel. A stride must divide the input size."""
@@ -815,7 +521,7 @@ def _circular_taps(
 
 
 def _circular(
-    kernel: torch.Tensor, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
+    kernel: Any, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
 ) -> tuple[float, float]:
     """(certified lower, certified upper) for the circular norm; they agree to ~1e-9."""
     phased = _circular_taps(kernel, size, strides, dil)
@@ -840,7 +546,7 @@ _ROWS_CHUNK = 1 << 22
 
 
 def _circular_rows(
-    kernel: torch.Tensor, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
+    kernel: Any, size: tuple[int, ...], strides: tuple[int, ...], dil: tuple[int, ...]
 ) -> tuple[float, float]:
     """(certified lower, certified upper) of the circular norm of a grouped conv whose groups
     each have one output channel (depthwise convs): the operator is block-diagonal over the
@@ -848,7 +554,7 @@ def _circular_rows(
     grid and the groups — batched FFTs instead of one eigenvalue search per group. A row norm's
     rounding is at most the FFT's error bound (:data:`FFT_ERROR_CONSTANT`) times the group's
     ‖k‖_F, which is added (upper) and subtracted (lower)."""
-    import torch
+    import numpy as np
 
     phased = _circular_taps(kernel, size, strides, dil)
     if phased is None:
@@ -856,20 +562,21 @@ def _circular_rows(
     poly, grid = phased
     groups, columns, _ = poly.values.shape
     cells = math.prod(grid)
-    flat = torch.zeros(poly.positions.shape[0], dtype=torch.int64)
+    flat = np.zeros(poly.positions.shape[0], dtype=np.int64)
     for axis, n in enumerate(grid):  # wrap taps beyond the grid (aliasing), row-major index
         flat = flat * n + poly.positions[:, axis] % n
     top = 0.0
-    frobenius = float(poly.values.square().sum(dim=(1, 2)).sqrt().max())
+    frobenius = float(np.sqrt(np.square(poly.values).sum(axis=(1, 2))).max())
     step = max(1, _ROWS_CHUNK // max(1, columns * cells))
     for first in range(0, groups, step):
         part = poly.values[first : first + step]
-        field = torch.zeros(part.shape[0], columns, cells, dtype=torch.float64)
-        field.index_add_(2, flat, part)
-        spectrum = torch.fft.fftn(
-            field.reshape(*field.shape[:2], *grid), dim=tuple(range(2, 2 + len(grid)))
+        field = np.zeros((part.shape[0], columns, cells))
+        for t, cell in enumerate(flat):  # taps that alias onto one cell are summed
+            field[:, :, cell] += part[:, :, t]
+        spectrum = np.fft.fftn(
+            field.reshape(*field.shape[:2], *grid), axes=tuple(range(2, 2 + len(grid)))
         )
-        power = (spectrum.real.square() + spectrum.imag.square()).sum(dim=1)
+        power = (np.square(spectrum.real) + np.square(spectrum.imag)).sum(axis=1)
         top = max(top, float(power.max()))
     norm = math.sqrt(top)
     fft_error = FFT_ERROR_CONSTANT * (math.log2(cells) + 2) * 2.0**-53 * math.sqrt(cells)
@@ -880,7 +587,7 @@ def _circular_rows(
 
 
 def conv_operator_norm(
-    kernel: torch.Tensor,
+    kernel: Any,
     *,
     padding: str = "zeros",
     input_size: IntOrTuple | None = None,
@@ -908,7 +615,8 @@ def conv_operator_norm(
     row blocks can only raise σ, by ≤ √groups), but ``lower`` and the exact circular value then
     hold only for groups=1.
     """
-    if groups < 1 or kernel.dim() < 1 or kernel.shape[0] % groups:
+    kernel = as_kernel(kernel)
+    if groups < 1 or kernel.ndim < 1 or kernel.shape[0] % groups:
         raise ValueError(f"groups={groups} does not divide the weight's first dimension")
     if groups > 1 and groups == kernel.shape[0] and padding == "circular" and input_size:
         dims = _spatial(kernel)
@@ -928,6 +636,8 @@ def conv_operator_norm(
             ),
         )
     if groups > 1:
+        import numpy as np
+
         parts = [
             conv_operator_norm(
                 part,
@@ -938,7 +648,7 @@ def conv_operator_norm(
                 transposed=transposed,
                 grid=grid,
             )
-            for part in kernel.chunk(groups, dim=0)
+            for part in np.split(kernel, groups, axis=0)
         ]
         lowers = [p.lower for p in parts if p.lower is not None]
         top = max(parts, key=lambda p: p.value)
@@ -1017,172 +727,3 @@ def conv_operator_norm(
 
 def _fmt(values: tuple[int, ...]) -> str:
     return "×".join(str(v) for v in values)
-
-
-def zero_padding_lower_bound(
-    kernel: torch.Tensor,
-    input_size: IntOrTuple,
-    *,
-    stride: IntOrTuple = 1,
-    dilation: IntOrTuple = 1,
-    transposed: bool = False,
-    iterations: int = LOWER_BOUND_ITERATIONS,
-    start_frequency: tuple[float, ...] | None = None,
-) -> float | None:
-    """A proved lower bound on the zero-padded conv's norm at ``input_size``, for every padding.
-
-    Convolution: for a test image x supported on [k_eff−1, n−k_eff] per axis, every output of the
-    full convolution of x lies inside the layer's output for any padding p ≥ 0, and T_p x is that
-    full convolution sampled at the positions ≡ −p (mod s). Shifting x by t < s moves the
-    sampling phase, so leaving s−1 pixels of room, any phase r is reached for every p: the bound
-    is max_r ‖full(x)[r::s]‖/‖x‖. An output pixel whose window lies inside the input
-    (n ≥ k_eff + s − 1) gives R_out; for stride 1 an interior input pixel (n ≥ 2k_eff − 1) gives
-    R_in.
-    ConvTranspose (assuming padding ≤ dilation·(k−1), PyTorch's usual range): x supported on
-    [c, n−1−c], c = ⌈(k_eff−1)/s⌉, loses nothing to the crop, so ‖conv_transpose(x)‖/‖x‖ without
-    padding bounds it; one interior pixel gives σ(weight.reshape(in, -1)).
-    x starts as a plane wave at ``start_frequency`` (the symbol's argmax; random if None), is
-    refined by a few float32 power iterations on a window of ≤ 1024 pixels, and the final ratio
-    is evaluated in float64 with a rounding margin. Returns None when the input is too small for
-    any of these arguments.
-    """
-    import torch
-
-    dims = _spatial(kernel)
-    size = _per_dim(input_size, dims, "input_size")
-    strides = _per_dim(stride, dims, "stride")
-    dil = _per_dim(dilation, dims, "dilation")
-    check_finite(kernel)
-    k_eff = _effective_size(kernel, dil)
-    w = kernel.to(torch.float64)
-    candidates: list[float] = []
-    if transposed:
-        margin = tuple(-(-(k - 1) // s) for k, s in zip(k_eff, strides, strict=True))
-        room = tuple(n - 2 * c for n, c in zip(size, margin, strict=True))
-        if all(r >= 1 for r in room):
-            candidates.append(lanczos_lower_bound(w.reshape(w.shape[0], -1)))
-    else:
-        if all(n >= k + s - 1 for n, k, s in zip(size, k_eff, strides, strict=True)):
-            candidates.append(lanczos_lower_bound(w.reshape(w.shape[0], -1)))
-        if all(s == 1 for s in strides) and all(
-            n >= 2 * k - 1 for n, k in zip(size, k_eff, strict=True)
-        ):
-            candidates.append(lanczos_lower_bound(w.transpose(0, 1).reshape(w.shape[1], -1)))
-        margin = tuple(k - 1 for k in k_eff)
-        room = tuple(
-            n - 2 * (k - 1) - (s - 1) for n, k, s in zip(size, k_eff, strides, strict=True)
-        )
-    if all(r >= 1 for r in room):
-        candidates.append(
-            _power_lower_bound(
-                w, room, margin, strides, dil, transposed, iterations, start_frequency
-            )
-        )
-    return max(candidates) if candidates else None
-
-
-def _power_lower_bound(
-    w: torch.Tensor,
-    room: tuple[int, ...],
-    margin: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    transposed: bool,
-    iterations: int,
-    start_frequency: tuple[float, ...] | None,
-) -> float:
-    import torch
-
-    budget = max(1, round(_LOWER_BOUND_PIXELS ** (1.0 / len(room))))
-    window = tuple(min(r, budget) for r in room)
-    x = _plane_wave(w, window, dilation, start_frequency, transposed)
-    w32 = w.to(torch.float32)
-    x = x.to(torch.float32)
-    for _ in range(iterations):
-        x = x.detach().requires_grad_(True)
-        y = _apply(w32, x, margin, stride, dilation, transposed)[0]
-        (grad,) = torch.autograd.grad(0.5 * (y * y).sum(), x)
-        norm = torch.linalg.vector_norm(grad)
-        if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
-            break
-        x = grad / norm
-    x = x.detach().to(torch.float64)
-    with torch.no_grad():
-        outputs = _apply(w, x, margin, stride, dilation, transposed)
-    return max(_certified_output_ratio(w, x, y, transposed) for y in outputs)
-
-
-def _plane_wave(
-    w: torch.Tensor,
-    window: tuple[int, ...],
-    dilation: tuple[int, ...],
-    frequency: tuple[float, ...] | None,
-    transposed: bool,
-) -> torch.Tensor:
-    """Re(v·e^{−iω·q}), v the top singular vector of K̂(ω) on the operator's input side."""
-    import torch
-
-    channels = w.shape[0] if transposed else w.shape[1]
-    taps = _taps(w, dilation)
-    if frequency is None or taps is None:
-        generator = torch.Generator().manual_seed(0)
-        return torch.randn(1, channels, *window, generator=generator, dtype=torch.float64)
-    phase = taps.positions.to(torch.float64) @ torch.tensor(frequency, dtype=torch.float64)
-    sym = (taps.values * torch.exp(-1j * phase)).sum(dim=-1)
-    side = sym if transposed else sym.mH
-    vec = _lanczos_top(side @ side.mH, _REFINE_STEPS)[1]
-    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in window], indexing="ij")
-    angle = sum(g * f for g, f in zip(grids, frequency, strict=True))
-    wave = vec.reshape(channels, *([1] * len(window))) * torch.exp(-1j * angle)
-    return wave.real.unsqueeze(0).contiguous()
-
-
-def _apply(
-    w: torch.Tensor,
-    x: torch.Tensor,
-    margin: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    transposed: bool,
-) -> list[torch.Tensor]:
-    """The operator on a test image: its full output, split by stride phase for a convolution."""
-    import torch.nn.functional as F
-
-    dims = x.dim() - 2
-    if transposed:
-        conv_t = getattr(F, f"conv_transpose{dims}d")
-        return [conv_t(x, w, stride=stride, dilation=dilation)]
-    pad: list[int] = []
-    for m in reversed(margin):
-        pad += [m, m]
-    full = getattr(F, f"conv{dims}d")(F.pad(x, pad), w, dilation=dilation)
-    outputs = []
-    for phase in product(*[range(s) for s in stride]):
-        index = (
-            slice(None),
-            slice(None),
-            *[slice(p, None, s) for p, s in zip(phase, stride, strict=True)],
-        )
-        outputs.append(full[index])
-    return outputs
-
-
-def _certified_output_ratio(
-    w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, transposed: bool
-) -> float:
-    """Lower bound on ‖T x‖/‖x‖ given y = fl(T x) restricted to some outputs.
-
-    Each output is an inner product of ≤ c·T terms (c input channels, T taps), so
-    ‖fl(Tx) − Tx‖ ≤ γ_{cT}‖|K|*|x|‖ ≤ γ_{cT}·√T‖K‖_F‖x‖ (Higham Lemma 3.5; ‖|K|*·‖ ≤ Σ_a‖K_a‖₂).
-    """
-    import torch
-
-    count = math.prod(w.shape[2:])
-    channels = w.shape[0] if transposed else w.shape[1]
-    fro = float(torch.linalg.vector_norm(w)) * (1.0 + gamma(w.numel() + 2))
-    norm_x = float(torch.linalg.vector_norm(x)) * (1.0 + gamma(x.numel() + 2)) * SLACK
-    norm_y = float(torch.linalg.vector_norm(y)) * (1.0 - gamma(y.numel() + 2))
-    if norm_x == 0.0:
-        return 0.0
-    error = gamma(channels * count + 2) * math.sqrt(count) * fro * norm_x
-    return max(0.0, math.nextafter((norm_y - error) / norm_x / SLACK, 0.0))

@@ -13,9 +13,10 @@ fixed T the best Y_i make every Schur complement zero,
     Y_i = T_i − m²T_iW_iY_{i−1}⁻¹W_iᵀT_i   (needs Y_i ≻ 0),   c(T) = λ_max(W_lY_{l−1}⁻¹W_lᵀ),
 
 the block elimination of LipSDP-Neuron's tridiagonal LMI, so min_T c(T) is LipSDP-Neuron's value
-on the chain. Here c is minimized by Adam on log t (torch, float64, exact Cholesky at every
-iterate, so every iterate is a valid LipSDP point), starting from ECLipsE-Fast's multipliers
-(t_i = λ_i·1, where c(T) is ECLipsE-Fast's closed form), for a bounded time. The best T found
+on the chain. Here c is minimized by Adam on log t (NumPy, float64, exact Cholesky at every
+iterate, so every iterate is a valid LipSDP point; the gradient analytic, :func:`_gradient`),
+starting from ECLipsE-Fast's multipliers (t_i = λ_i·1, where c(T) is ECLipsE-Fast's closed
+form), for a bounded time. The best T found
 is then *proven* as :mod:`.eclipse` proves its own: Y_i shifted down by τT_i, every B_i and
 c·Y_{l−1} − W_lᵀW_l shown positive definite by a float64 Cholesky factorization with a rounding
 allowance (Higham Thm 10.3), c rounded up. The result is never looser than ECLipsE-Fast: when
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sncli.numerics.eclipse import (
@@ -86,17 +88,11 @@ def lipsdp_neuron_certificate(
         return eclipse_fast_certificate(weights, alpha, beta)
     exponents = [math.frexp(float(np.abs(w).max()))[1] for w in mats]
     scaled = [np.ldexp(w, -e) for w, e in zip(mats, exponents, strict=True)]
-    import torch
-
-    threads = torch.get_num_threads()
-    try:  # one thread: these matrices are small, and threads fighting for cores cost 10×
-        torch.set_num_threads(1)
+    try:  # the caller sets BLAS threads (sncli.lipschitz.ops.chain_bound: one)
         multipliers, estimate, closed_form = _descend(scaled, seconds, steps)
         root = _certify(scaled, multipliers) if estimate < closed_form else None
-    except (ArithmeticError, np.linalg.LinAlgError, RuntimeError):
+    except (ArithmeticError, np.linalg.LinAlgError):
         root = None
-    finally:
-        torch.set_num_threads(threads)
     if root is None:
         return eclipse_fast_certificate(weights, alpha, beta)
     m_abs = _up(abs(alpha + beta) / 2.0)
@@ -126,21 +122,74 @@ def lipsdp_neuron_bound(
     return lipsdp_neuron_certificate(weights, alpha, beta, seconds=seconds).bound
 
 
-def _objective(ws: list, logs: list) -> object:
-    """c(T) for the scaled chain with m = 1 (torch, float64); None when some Y_i ⊁ 0."""
-    import torch
+@dataclass(frozen=True)
+class _Forward:
+    """c(T) and what its gradient needs: the whitened G_i = L_{i−1}⁻¹W_iᵀ (G_1 = W_1ᵀ), the
+    Cholesky factors L_i of Y_i, M_i = G_iᵀG_i, and the top eigenvector u of G_lᵀG_l."""
 
+    value: float
+    whitened: list[np.ndarray]
+    factors: list[np.ndarray]
+    grams: list[np.ndarray]
+    top: np.ndarray
+
+
+def _objective(mats: list[np.ndarray], logs: list[np.ndarray]) -> _Forward | None:
+    """c(T) for the scaled chain with m = 1 (float64); None when some Y_i ⊁ 0 (the Cholesky
+    factorization fails)."""
+    import numpy as np
+    import scipy.linalg
+
+    whitened, factors, grams = [], [], []
     factor = None
-    for w, log_t in zip(ws[:-1], logs, strict=False):
-        t = torch.exp(log_t)
-        g = w.T if factor is None else torch.linalg.solve_triangular(factor, w.T, upper=False)
+    for w, log_t in zip(mats[:-1], logs, strict=False):
+        t = np.exp(log_t)
+        g = _whitened(factor, w)
         m_hat = g.T @ g
-        y = torch.diag(t) - t[:, None] * m_hat * t[None, :]
-        factor, info = torch.linalg.cholesky_ex((y + y.T) / 2)
-        if int(info) != 0:
+        y = np.diag(t) - t[:, None] * m_hat * t[None, :]
+        try:
+            factor = scipy.linalg.cholesky((y + y.T) / 2, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
             return None
-    g = torch.linalg.solve_triangular(factor, ws[-1].T, upper=False)
-    return torch.linalg.eigvalsh(g.T @ g)[-1]
+        whitened.append(g)
+        grams.append(m_hat)
+        factors.append(factor)
+    g = _whitened(factor, mats[-1])
+    whitened.append(g)
+    values, vectors = np.linalg.eigh(g.T @ g)
+    return _Forward(float(values[-1]), whitened, factors, grams, vectors[:, -1])
+
+
+def _gradient(forward: _Forward, logs: list[np.ndarray]) -> list[np.ndarray]:
+    """∂ log c / ∂ log t_i, analytically (reverse mode through the chain).
+
+    With Y_{i−1} = L_{i−1}L_{i−1}ᵀ and P_i = Y_{i−1}⁻¹W_iᵀ = L_{i−1}⁻ᵀG_i: c = λ_max(W_lY_{l−1}⁻¹
+    W_lᵀ) has ∂c = uᵀ∂(W_lY⁻¹W_lᵀ)u = −zᵀ∂Y_{l−1}z, z = P_lu, so Ȳ_{l−1} = −zzᵀ (u the top
+    eigenvector; the derivative of a simple eigenvalue). Through Y_i = diag(t_i) −
+    (t_it_iᵀ)∘M_i, M_i = W_iY_{i−1}⁻¹W_iᵀ, for a symmetric Ȳ_i: t̄_i = diag(Ȳ_i) −
+    2(Ȳ_i∘M_i)t_i, M̄_i = −(t_it_iᵀ)∘Ȳ_i and Ȳ_{i−1} = −P_iM̄_iP_iᵀ (∂Y⁻¹ = −Y⁻¹∂YY⁻¹). The
+    same derivative as autograd through the Cholesky factors, triangular solves and eigvalsh
+    (tests/numerics/test_lipsdp.py checks it against torch to 1e-8 and finite differences).
+    """
+    import numpy as np
+    import scipy.linalg
+
+    def back(index: int, g: np.ndarray) -> np.ndarray:  # P = L_{index}⁻ᵀ G
+        return scipy.linalg.solve_triangular(
+            forward.factors[index], g, lower=True, trans="T", check_finite=False
+        )
+
+    z = back(-1, forward.whitened[-1] @ forward.top)
+    y_bar = -np.outer(z, z)
+    grads: list[np.ndarray] = [np.empty(0)] * len(logs)
+    for i in range(len(logs) - 1, -1, -1):
+        t = np.exp(logs[i])
+        t_bar = np.diagonal(y_bar) - 2.0 * ((y_bar * forward.grams[i]) @ t)
+        grads[i] = t * t_bar / forward.value
+        if i:
+            p = back(i - 1, forward.whitened[i])
+            y_bar = p @ ((t[:, None] * y_bar * t[None, :]) @ p.T)
+    return grads
 
 
 def _descend(
@@ -151,25 +200,22 @@ def _descend(
     import time
 
     import numpy as np
-    import torch
 
-    ws = [torch.from_numpy(w) for w in mats]
     logs = []
     factor = None
     for w in mats[:-1]:  # ECLipsE-Fast's λ_i (m = 1): t_i = λ_i·1 gives its closed form
         g = _whitened(factor, w)
         m_hat = g.T @ g
         lam = 1.0 / (2.0 * _top_eigenvalue(m_hat))
-        logs.append(torch.full((w.shape[0],), math.log(lam), dtype=torch.float64))
+        logs.append(np.full(w.shape[0], math.log(lam)))
         y = lam * np.eye(w.shape[0]) - (lam * lam) * m_hat
         factor = np.linalg.cholesky((y + y.T) / 2.0)
-    params = [p.clone().requires_grad_(True) for p in logs]
-    with torch.no_grad():
-        first = _objective(ws, params)
+    params = [p.copy() for p in logs]
+    first = _objective(mats, params)
     if first is None:
         raise ArithmeticError("ECLipsE-Fast's multipliers are not feasible in float64")
-    best_value, best = float(first), [p.detach().clone() for p in params]
-    deadline = time.monotonic() + seconds  # the steps' time (torch's first call is not counted)
+    best_value, best = first.value, [p.copy() for p in params]
+    deadline = time.monotonic() + seconds
     rate = 0.05
     adam = _Adam(params)
     checkpoint = best_value
@@ -180,47 +226,47 @@ def _descend(
             if best_value > checkpoint * (1 - 1e-5):
                 break
             checkpoint = best_value
-        value = _objective(ws, params)
-        if value is None or not bool(torch.isfinite(value)):
-            with torch.no_grad():  # infeasible: back to the best point, smaller steps
-                for p, b in zip(params, best, strict=True):
-                    p.copy_(b)
-            rate /= 2
+        forward = _objective(mats, params)
+        if forward is None or not math.isfinite(forward.value):
+            for p, b in zip(params, best, strict=True):  # infeasible: back to the best point
+                p[...] = b
+            rate /= 2  # and smaller steps
             if rate < 1e-5:
                 break
             adam = _Adam(params)
             continue
-        current = float(value.detach())
-        if current < best_value:
-            best_value, best = current, [p.detach().clone() for p in params]
-        grads = torch.autograd.grad(torch.log(value), params)
-        adam.step(grads, rate)
-    return [np.exp(b.numpy()) for b in best], math.sqrt(best_value), math.sqrt(float(first))
+        if forward.value < best_value:
+            best_value, best = forward.value, [p.copy() for p in params]
+        adam.step(_gradient(forward, params), rate)
+    return [np.exp(b) for b in best], math.sqrt(best_value), math.sqrt(first.value)
 
 
 class _Adam:
-    """Adam (Kingma & Ba 2015) on a list of tensors, in place (written out: torch.optim's first
-    step imports machinery that costs seconds)."""
+    """Adam (Kingma & Ba 2015) on a list of float64 arrays, in place: torch.optim.Adam's
+    update, operation for operation."""
 
-    def __init__(self, params: list) -> None:
-        import torch
+    def __init__(self, params: list[np.ndarray]) -> None:
+        import numpy as np
 
         self.params = params
-        self.m = [torch.zeros_like(p) for p in params]
-        self.v = [torch.zeros_like(p) for p in params]
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
         self.t = 0
 
-    def step(self, grads: tuple, rate: float, b1: float = 0.9, b2: float = 0.999) -> None:
-        import torch
+    def step(
+        self, grads: list[np.ndarray], rate: float, b1: float = 0.9, b2: float = 0.999
+    ) -> None:
+        import numpy as np
 
         self.t += 1
-        with torch.no_grad():
-            for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = m / (1 - b1**self.t)
-                v_hat = v / (1 - b2**self.t)
-                p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            m_hat = m / (1 - b1**self.t)
+            v_hat = v / (1 - b2**self.t)
+            p -= rate * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 def _block_certified(

@@ -480,11 +480,14 @@ def test_one_output_channel_per_group_against_the_dense_operator(
     assert fast.upper == pytest.approx(per_group_path, rel=EXACT_TOL)
 
 
-def _reference_grams(taps, grid: tuple[int, ...], freqs: torch.Tensor) -> torch.Tensor:
-    """K̂ᴴK̂ of the taps' exact symbol Σ_t K_t e^{−i p_t·ω} (complex exp per tap, float64)."""
+def _reference_grams(taps, grid: tuple[int, ...], freqs) -> torch.Tensor:
+    """K̂ᴴK̂ of the taps' exact symbol Σ_t K_t e^{−i p_t·ω} (complex exp per tap, float64, on
+    torch: a second implementation beside conv.py's NumPy)."""
+    freqs, positions = torch.from_numpy(freqs), torch.from_numpy(taps.positions)
     omega = 2 * math.pi * freqs.to(torch.float64) / torch.tensor(grid, dtype=torch.float64)
-    phases = torch.exp(-1j * (omega @ taps.positions.T.to(torch.float64)))  # (F, T)
-    symbols = torch.einsum("ft,rnt->frn", phases, taps.values.to(torch.complex128))
+    phases = torch.exp(-1j * (omega @ positions.T.to(torch.float64)))  # (F, T)
+    values = torch.from_numpy(taps.values).to(torch.complex128)
+    symbols = torch.einsum("ft,rnt->frn", phases, values)
     return symbols.mH @ symbols
 
 
@@ -515,7 +518,7 @@ def test_difference_grams_match_the_symbol_grams_within_their_bound(
     assert taps.values.shape[0] >= taps.values.shape[1]
     differences = conv._differences(taps)
     freqs = conv._frequencies(grid)
-    fast = differences.grams(grid, freqs)
+    fast = torch.from_numpy(differences.grams(grid, freqs))
     reference = _reference_grams(taps, grid, freqs)
     gap = torch.linalg.matrix_norm(fast - reference, ord=2)
     size = torch.linalg.matrix_norm(reference, ord=2)
