@@ -10,6 +10,8 @@ torch's divisor (``count_include_pad``, windows clipped by ``ceil_mode``).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,25 +27,38 @@ def pad(x: Any, begin: Sequence[int], end: Sequence[int], value: float = 0.0) ->
 
     if not any(begin) and not any(end):
         return x
-    widths = [(0, 0), (0, 0), *zip(begin, end, strict=True)]
-    return np.pad(x, widths, constant_values=value)
+    shape = [n + b + e for n, b, e in zip(x.shape[2:], begin, end, strict=True)]
+    out = np.full((*x.shape[:2], *shape), value) if value else np.zeros((*x.shape[:2], *shape))
+    out[crop_index(begin, x.shape[2:])] = x  # np.pad's own bookkeeping costs more on small maps
+    return out
+
+
+def crop_index(begin: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:
+    """The index of the spatial window at ``begin`` of extent ``size``."""
+    return (slice(None), slice(None), *(slice(b, b + s) for b, s in zip(begin, size, strict=True)))
 
 
 def crop(x: Any, begin: Sequence[int], size: Sequence[int]) -> Any:
     """The spatial window of ``x`` at ``begin`` of extent ``size`` (the adjoint of :func:`pad`)."""
-
-    index = (slice(None), slice(None), *(slice(b, b + s) for b, s in zip(begin, size, strict=True)))
-    return x[index]
+    return x[crop_index(begin, size)]
 
 
 def _taps(
     size: Sequence[int], strides: Sequence[int], dilations: Sequence[int], out: Sequence[int]
 ) -> list[tuple[int, tuple[slice, ...]]]:
     """Per kernel tap (row-major): its index and the strided slice of the input it reads."""
-    import numpy as np
+    return _taps_cached(tuple(size), tuple(strides), tuple(dilations), tuple(out))
 
+
+@functools.lru_cache(maxsize=256)
+def _taps_cached(
+    size: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    out: tuple[int, ...],
+) -> list[tuple[int, tuple[slice, ...]]]:
     taps = []
-    for j, offset in enumerate(np.ndindex(*size)):
+    for j, offset in enumerate(itertools.product(*(range(k) for k in size))):
         index = tuple(
             slice(o * d, o * d + s * (n - 1) + 1, s)
             for o, d, s, n in zip(offset, dilations, strides, out, strict=True)
@@ -78,18 +93,18 @@ def windows(
 ) -> Any:
     """View (N, C, *out, *kernel) of the padded input's windows (no copy)."""
 
-    dims = len(kernel)
-    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilations, strict=True)]
-    from numpy.lib.stride_tricks import sliding_window_view
+    from numpy.lib.stride_tricks import as_strided
 
-    view = sliding_window_view(xp, span, axis=tuple(range(2, 2 + dims)))
-    index = (
-        slice(None),
-        slice(None),
-        *(slice(0, s * (n - 1) + 1, s) for s, n in zip(strides, out, strict=True)),
-        *(slice(None, None, d) for d in dilations),
+    # sliding_window_view's view, strided and dilated, built directly (its checks cost more than
+    # a small layer's product)
+    step = xp.strides[2:]
+    shape = (*xp.shape[:2], *out, *kernel)
+    strides = (
+        *xp.strides[:2],
+        *(t * s for t, s in zip(step, strides, strict=True)),
+        *(t * d for t, d in zip(step, dilations, strict=True)),
     )
-    return view[index]
+    return as_strided(xp, shape, strides, writeable=False)
 
 
 def conv_valid(
