@@ -22,8 +22,10 @@ from typing import Any
 from sncli.formats.onnx import OnnxGraph, OnnxNode
 
 #: A node's rule at the recorded point: (output, JVP from the inputs' tangents (None where an
-#: input does not depend on the graph's inputs), VJP giving the inputs' cotangents).
-Rule = tuple[Any, Callable[[list[Any]], Any], Callable[[Any], list[Any]]]
+#: input does not depend on the graph's inputs), VJP giving the inputs' cotangents[, curvature]).
+#: The optional curvature(tangents, ȳ) is the VJP's own derivative along the tangents at a fixed
+#: cotangent ȳ, d/dε J(x + εẋ)ᵀȳ (absent: 0, as for linear and piecewise-linear ops).
+Rule = tuple[Any, ...]
 
 #: SELU's constants (ONNX's defaults, torch's values).
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -62,16 +64,20 @@ def _linear(y: Any, forward: Callable[[Any], Any], adjoint: Callable[[Any], Any]
     return y, lambda t: forward(t[0]), lambda u: [adjoint(u)]
 
 
-def _diagonal(y: Any, slope: Any) -> Rule:
-    """A rule for an elementwise map with derivative ``slope`` (first input)."""
-    return y, lambda t: t[0] * slope, lambda u: [u * slope]
+def _diagonal(y: Any, slope: Any, bend: Any = None) -> Rule:
+    """A rule for an elementwise map of the first input with derivative ``slope`` and second
+    derivative ``bend`` (None: 0)."""
+    if bend is None:
+        return y, lambda t: t[0] * slope, lambda u: [u * slope]
+    return y, lambda t: t[0] * slope, lambda u: [u * slope], lambda t, u: [t[0] * bend * u]
 
 
-def _softplus(x: Any, beta: float = 1.0) -> tuple[Any, Any]:
-    """(log(1 + e^{βx})/β, its derivative σ(βx)), without overflow."""
+def _softplus(x: Any, beta: float = 1.0) -> tuple[Any, Any, Any]:
+    """(log(1 + e^{βx})/β, its derivative σ(βx), its second derivative), without overflow."""
     import numpy as np
 
-    return np.logaddexp(0.0, beta * x) / beta, _sigmoid(beta * x)
+    s = _sigmoid(beta * x)
+    return np.logaddexp(0.0, beta * x) / beta, s, beta * s * (1.0 - s)
 
 
 def _sigmoid(x: Any) -> Any:
@@ -86,54 +92,68 @@ def _erf(x: Any) -> Any:
     return erf(x)
 
 
-def _unary(node: OnnxNode, x: Any, relu_beta: float | None) -> tuple[Any, Any] | None:
-    """(f(x), f'(x)) for the elementwise activations, None for another op."""
+def _unary(node: OnnxNode, x: Any, relu_beta: float | None) -> tuple[Any, Any, Any] | None:
+    """(f(x), f'(x), f''(x) or None where it is 0 a.e.) for the elementwise activations, None
+    for another op."""
     import numpy as np
 
     op = node.op_type
     if op == "Relu":
         if relu_beta is not None:
             return _softplus(x, relu_beta)
-        return np.maximum(x, 0.0), (x > 0).astype(np.float64)
+        return np.maximum(x, 0.0), (x > 0).astype(np.float64), None
     if op == "LeakyRelu":
         alpha = float(_a(node, "alpha", 0.01))
-        return np.where(x > 0, x, alpha * x), np.where(x > 0, 1.0, alpha)
+        return np.where(x > 0, x, alpha * x), np.where(x > 0, 1.0, alpha), None
     if op == "Sigmoid":
         s = _sigmoid(x)
-        return s, s * (1.0 - s)
+        return s, s * (1.0 - s), s * (1.0 - s) * (1.0 - 2.0 * s)
     if op == "Tanh":
         t = np.tanh(x)
-        return t, 1.0 - t * t
+        return t, 1.0 - t * t, -2.0 * t * (1.0 - t * t)
     if op in ("Elu", "Selu"):
         alpha = float(_a(node, "alpha", 1.0 if op == "Elu" else SELU_ALPHA))
         gamma = float(_a(node, "gamma", SELU_GAMMA)) if op == "Selu" else 1.0
         e = np.expm1(np.minimum(x, 0.0))
-        return gamma * np.where(x > 0, x, alpha * e), gamma * np.where(x > 0, 1.0, alpha * (e + 1))
+        bend = gamma * np.where(x > 0, 0.0, alpha * (e + 1))
+        return (
+            gamma * np.where(x > 0, x, alpha * e),
+            gamma * np.where(x > 0, 1.0, alpha * (e + 1)),
+            bend,
+        )
     if op == "Softplus":
         return _softplus(x)
     if op == "Gelu":
         if _a(node, "approximate", "none") == "tanh":
-            c = math.sqrt(2.0 / math.pi)
-            t = np.tanh(c * (x + 0.044715 * x**3))
-            slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-            return 0.5 * x * (1 + t), slope
+            c, k = math.sqrt(2.0 / math.pi), 0.044715
+            t = np.tanh(c * (x + k * x**3))
+            inner = c * (1 + 3 * k * x * x)  # d/dx of c(x + kx³)
+            sech2 = 1 - t * t
+            slope = 0.5 * (1 + t) + 0.5 * x * sech2 * inner
+            bend = sech2 * inner + 0.5 * x * sech2 * (6 * c * k * x - 2 * t * inner * inner)
+            return 0.5 * x * (1 + t), slope, bend
         cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
-        return x * cdf, cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        return x * cdf, cdf + x * pdf, pdf * (2.0 - x * x)
     if op == "Erf":
-        return _erf(x), 2.0 / math.sqrt(math.pi) * np.exp(-x * x)
+        slope = 2.0 / math.sqrt(math.pi) * np.exp(-x * x)
+        return _erf(x), slope, -2.0 * x * slope
     if op == "HardSwish":
         y = x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
-        return y, np.where(x < -3.0, 0.0, np.where(x <= 3.0, (2.0 * x + 3.0) / 6.0, 1.0))
+        inside = (x >= -3.0) & (x <= 3.0)
+        slope = np.where(x < -3.0, 0.0, np.where(x <= 3.0, (2.0 * x + 3.0) / 6.0, 1.0))
+        return y, slope, np.where(inside, 1.0 / 3.0, 0.0)
     if op == "HardSigmoid":
         z = float(_a(node, "alpha", 0.2)) * x + float(_a(node, "beta", 0.5))
         inside = (z >= 0) & (z <= 1)
-        return np.clip(z, 0.0, 1.0), np.where(inside, float(_a(node, "alpha", 0.2)), 0.0)
+        return np.clip(z, 0.0, 1.0), np.where(inside, float(_a(node, "alpha", 0.2)), 0.0), None
     if op == "Mish":
-        sp, s = _softplus(x)
+        sp, s, ds = _softplus(x)
         t = np.tanh(sp)
-        return x * t, t + x * (1.0 - t * t) * s
+        sech2 = 1.0 - t * t
+        return x * t, t + x * sech2 * s, sech2 * (2.0 * s + x * ds - 2.0 * x * t * s * s)
     if op == "Abs":
-        return np.abs(x), np.sign(x)
+        return np.abs(x), np.sign(x), None
     return None
 
 
@@ -209,17 +229,27 @@ def _softmax(node: OnnxNode, x: Any, log: bool) -> Rule:
     lse = np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     y = shifted - lse
     p = np.exp(y)
+
+    def both(t: Any) -> Any:  # softmax's Jacobian diag(p) − ppᵀ is symmetric
+        return p * (t - (p * t).sum(axis=axis, keepdims=True))
+
     if log:
         return (
             y,
             lambda t: t[0] - (p * t[0]).sum(axis=axis, keepdims=True),
             lambda u: [u - p * u.sum(axis=axis, keepdims=True)],
+            lambda t, u: [-both(t[0]) * u.sum(axis=axis, keepdims=True)],
         )
 
-    def both(t: Any) -> Any:  # the Jacobian diag(p) − ppᵀ is symmetric
-        return p * (t - (p * t).sum(axis=axis, keepdims=True))
+    def bend(t: list[Any], u: Any) -> list[Any]:
+        """d/dε of p ⊙ (ȳ − ⟨p, ȳ⟩) along ṗ = both(ẋ)."""
+        dp = both(t[0])
+        return [
+            dp * (u - (p * u).sum(axis=axis, keepdims=True))
+            - p * (dp * u).sum(axis=axis, keepdims=True)
+        ]
 
-    return p, lambda t: both(t[0]), lambda u: [both(u)]
+    return p, lambda t: both(t[0]), lambda u: [both(u)], bend
 
 
 def _gemm(node: OnnxNode, args: list[Any], live: list[bool]) -> Rule:
@@ -256,7 +286,17 @@ def _gemm(node: OnnxNode, args: list[Any], live: list[bool]) -> Rule:
             dc = _unbroadcast(beta * u, c.shape)
         return [da, db, dc]
 
-    return y, jvp, vjp
+    if not (live[0] and live[1]):
+        return y, jvp, vjp
+
+    def bend(
+        t: list[Any], u: Any
+    ) -> list[Any]:  # bilinear: each operand's VJP at the other's tangent
+        da = _gemm(node, [a, t[1]], [True, True])[2](u)[0] if t[1] is not None else None
+        db = _gemm(node, [t[0], b], [True, True])[2](u)[1] if t[0] is not None else None
+        return [da, db, None]
+
+    return y, jvp, vjp, bend
 
 
 def _matmul(args: list[Any], live: list[bool]) -> Rule:
@@ -293,7 +333,17 @@ def _matmul(args: list[Any], live: list[bool]) -> Rule:
         db = _unbroadcast(a2.swapaxes(-1, -2) @ u2, b2.shape).reshape(b.shape) if live[1] else None
         return [da, db]
 
-    return y, jvp, vjp
+    if not (live[0] and live[1]):
+        return y, jvp, vjp
+
+    def bend(
+        t: list[Any], u: Any
+    ) -> list[Any]:  # bilinear: each operand's VJP at the other's tangent
+        da = _matmul([a, t[1]], [True, True])[2](u)[0] if t[1] is not None else None
+        db = _matmul([t[0], b], [True, True])[2](u)[1] if t[0] is not None else None
+        return [da, db]
+
+    return y, jvp, vjp, bend
 
 
 def _binary(op: str, a: Any, b: Any) -> Rule:
@@ -328,7 +378,24 @@ def _binary(op: str, a: Any, b: Any) -> Rule:
     def vjp(u: Any) -> list[Any]:
         return [_unbroadcast(u * da, np.shape(a)), _unbroadcast(u * db, np.shape(b))]
 
-    return y, jvp, vjp
+    if op not in ("Mul", "Div"):  # Add, Sub: linear; Max, Min: piecewise linear
+        return y, jvp, vjp
+
+    def bend(t: list[Any], u: Any) -> list[Any]:
+        """d/dε of the VJP: Mul's (uḃ, uȧ); Div's (−uḃ/b², −uȧ/b² + 2uaḃ/b³)."""
+        ta = 0.0 if t[0] is None else t[0]
+        tb = 0.0 if t[1] is None else t[1]
+        if op == "Mul":
+            ga, gb = u * tb, u * ta
+        else:
+            ga = -u * tb / (b * b)
+            gb = -u * ta / (b * b) + 2.0 * u * a * tb / (b * b * b)
+        return [
+            _unbroadcast(np.broadcast_to(ga, y.shape), np.shape(a)),
+            _unbroadcast(np.broadcast_to(gb, y.shape), np.shape(b)),
+        ]
+
+    return y, jvp, vjp, bend
 
 
 def _where(args: list[Any]) -> Rule:
@@ -498,9 +565,9 @@ def _apply(node: OnnxNode, args: list[Any], live: list[bool], relu_beta: float |
         return _linear(x, lambda t: t, lambda u: u)
     if op == "Neg":
         return _linear(-x, lambda t: -t, lambda u: -u)
-    pair = _unary(node, x, relu_beta) if x is not None else None
-    if pair is not None:
-        return _diagonal(*pair)
+    triple = _unary(node, x, relu_beta) if x is not None else None
+    if triple is not None:
+        return _diagonal(*triple)
     first_only = {
         "Softmax": lambda: _softmax(node, x, False),
         "LogSoftmax": lambda: _softmax(node, x, True),
@@ -548,6 +615,7 @@ class _Step:
     output: str
     jvp: Callable[[list[Any]], Any]
     vjp: Callable[[Any], list[Any]]
+    bend: Callable[[list[Any], Any], list[Any]] | None = None
 
 
 class Tape:
@@ -562,10 +630,8 @@ class Tape:
         self.value = np.concatenate([np.reshape(values[v.name], -1) for v in graph.outputs])
         self.value = self.value.astype(np.float64)
 
-    def jvp(self, tangents: dict[str, Any]) -> Any:
-        """J·v for tangents per input name (absent: zero), as the flat concatenated outputs."""
-        import numpy as np
-
+    def _tangents(self, tangents: dict[str, Any]) -> dict[str, Any]:
+        """Every live value's tangent for the inputs' ``tangents``."""
         known = dict(tangents)
         for step in self.steps:
             known[step.output] = step.jvp(
@@ -574,6 +640,11 @@ class Tape:
                     for n, live in zip(step.inputs, step.live, strict=True)
                 ]
             )
+        return known
+
+    def _flat(self, known: dict[str, Any]) -> Any:
+        import numpy as np
+
         return np.concatenate(
             [
                 np.reshape(known[n], -1) if n in known else np.zeros(math.prod(s))
@@ -581,24 +652,67 @@ class Tape:
             ]
         )
 
-    def vjp(self, cotangent: Any) -> dict[str, Any]:
-        """Jᵀ·u for u over the flat concatenated outputs: the cotangent per input name (inputs
-        the outputs do not depend on are absent)."""
+    def _seed(self, cotangent: Any) -> dict[str, Any]:
         known: dict[str, Any] = {}
         offset = 0
         for name, shape in self.outputs:
             size = math.prod(shape)
             part = cotangent[offset : offset + size].reshape(shape)
-            known[name] = known[name] + part if name in known else part
+            _add(known, name, part)
             offset += size
+        return known
+
+    def jvp(self, tangents: dict[str, Any]) -> Any:
+        """J·v for tangents per input name (absent: zero), as the flat concatenated outputs."""
+        return self._flat(self._tangents(tangents))
+
+    def vjp(self, cotangent: Any) -> dict[str, Any]:
+        """Jᵀ·u for u over the flat concatenated outputs: the cotangent per input name (inputs
+        the outputs do not depend on are absent)."""
+        known = self._seed(cotangent)
         for step in reversed(self.steps):
-            if step.output not in known:
-                continue
-            grads = step.vjp(known.pop(step.output))
-            for name, live, g in zip(step.inputs, step.live, grads, strict=False):
-                if live and g is not None:
-                    known[name] = known[name] + g if name in known else g
+            if step.output in known:
+                _spread(known, step, step.vjp(known.pop(step.output)))
         return {n: known[n] for n in self.inputs if n in known}
+
+    def jvp_and_bend(
+        self, tangents: dict[str, Any], unit: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
+        """(J·v, d/dε J(x + εv)ᵀu at ε = 0) with u = J·v/‖J·v‖ (``unit``) or J·v: forward over
+        reverse mode, exact where the ops are twice differentiable (the a.e. derivative of a
+        piecewise-linear op, whose own curvature is 0). Since second derivatives commute, the
+        second is ∇ₓ⟨u, J(x)v⟩, which is ∇ₓ‖J(x)v‖ for u fixed at J(x)v/‖J(x)v‖."""
+        import numpy as np
+
+        known = self._tangents(tangents)
+        jv = self._flat(known)
+        size = float(np.linalg.norm(jv))
+        u = jv / size if unit and size > 0 else jv
+        bar, dot = self._seed(u), {}
+        for step in reversed(self.steps):
+            if step.output in dot:
+                _spread(dot, step, step.vjp(dot.pop(step.output)))
+            if step.output in bar:
+                ybar = bar.pop(step.output)
+                _spread(bar, step, step.vjp(ybar))
+                if step.bend is not None:
+                    ins = [
+                        known.get(n) if live else None
+                        for n, live in zip(step.inputs, step.live, strict=True)
+                    ]
+                    _spread(dot, step, step.bend(ins, ybar))
+        return jv, {n: dot[n] for n in self.inputs if n in dot}
+
+
+def _add(known: dict[str, Any], name: str, value: Any) -> None:
+    known[name] = known[name] + value if name in known else value
+
+
+def _spread(known: dict[str, Any], step: _Step, grads: list[Any]) -> None:
+    """Add a step's input cotangents (None: nothing) to ``known``."""
+    for name, live, g in zip(step.inputs, step.live, grads, strict=False):
+        if live and g is not None:
+            _add(known, name, g)
 
 
 class NumpyGraph:
@@ -642,12 +756,13 @@ class NumpyGraph:
                 None if not n else env[n] if n in env else self._constant(n) for n in node.inputs
             ]
             flags = [bool(n) and n in live for n in node.inputs]
-            y, jvp, vjp = _apply(node, args, flags, relu_beta)
+            y, jvp, vjp, *bend = _apply(node, args, flags, relu_beta)
             out = node.outputs[0]
             env[out] = y
             if any(flags):
                 live.add(out)
-                steps.append(_Step(tuple(node.inputs), tuple(flags), out, jvp, vjp))
+                step = _Step(tuple(node.inputs), tuple(flags), out, jvp, vjp, *bend)
+                steps.append(step)
         for value in self.graph.outputs:
             if value.name not in env:
                 env[value.name] = self._constant(value.name)
@@ -671,9 +786,16 @@ class FlatTape:
 
     def vjp(self, u: Any) -> Any:
         """Jᵀ·u as a flat input vector."""
+        return self._flat(self.tape.vjp(u))
+
+    def jvp_and_bend(self, v: Any, unit: bool = True) -> tuple[Any, Any]:
+        """(J·v, ∇ₓ⟨u, J(x)v⟩) with u = J·v/‖J·v‖ (``unit``) or J·v (:meth:`Tape.jvp_and_bend`)."""
+        jv, grads = self.tape.jvp_and_bend(_split(v, self.floats, self.shapes), unit)
+        return jv, self._flat(grads)
+
+    def _flat(self, grads: dict[str, Any]) -> Any:
         import numpy as np
 
-        grads = self.tape.vjp(u)
         return np.concatenate(
             [
                 np.reshape(grads[n], -1) if n in grads else np.zeros(math.prod(s))

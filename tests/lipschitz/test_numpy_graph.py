@@ -47,10 +47,11 @@ def check(
     seed: int = 0,
     relu_beta: float | None = None,
 ) -> None:
-    """The rule's value, JVP and VJP at ``args`` against ``reference`` (torch, over the live
-    args in order) and torch.func.jvp/vjp."""
+    """The rule's value, JVP, VJP and the VJP's derivative along the tangents (its curvature
+    term; 0 where the rule has none) at ``args`` against ``reference`` (torch, over the live
+    args in order) and torch.func.jvp/vjp (jvp of vjp for the last)."""
     rng = np.random.default_rng(seed)
-    y, jvp, vjp = _apply(node, args, live, relu_beta)
+    y, jvp, vjp, *bend = _apply(node, args, live, relu_beta)
     primals = tuple(torch.as_tensor(a) for a, flag in zip(args, live, strict=True) if flag)
 
     def ref(*xs: Any) -> Any:
@@ -74,6 +75,19 @@ def check(
     mine = [g for g, flag in zip(vjp(u), live, strict=False) if flag]
     for a, b in zip(mine, theirs, strict=True):
         _close(a, b.numpy())
+
+    def pulled(*xs: Any) -> Any:
+        return torch.func.vjp(ref, *xs)[1](torch.as_tensor(u))
+
+    moved = tuple(torch.as_tensor(t) for t in tangents if t is not None)
+    _, curvature = torch.func.jvp(pulled, primals, moved)
+    ours = bend[0](tangents, u) if bend else [None] * len(args)
+    ours = [g for g, flag in zip(ours, live, strict=False) if flag]
+    for a, b in zip(ours, curvature, strict=True):
+        if a is None:  # a linear or piecewise-linear rule: torch's curvature is 0 too
+            assert float(torch.linalg.vector_norm(b)) == 0.0
+        else:
+            _close(a, b.numpy())
 
 
 def _conv_cases(count: int) -> list[tuple[Any, ...]]:
@@ -467,3 +481,11 @@ def test_exported_models(tmp_path: Path, name: str) -> None:
     _close(tape.value, g(xt).detach().numpy())
     _close(jv, torch.func.jvp(g, (xt,), (torch.as_tensor(v),))[1].detach().numpy())
     _close(ju, torch.func.vjp(g, xt)[1](torch.as_tensor(u))[0].detach().numpy())
+    # the ascent's gradient ∇ₓ‖J(x)v‖, against torch.func.grad through a jvp
+    along, grad = tape.jvp_and_bend(v)
+    _close(along, jv)
+    vt = torch.as_tensor(v)
+    theirs = torch.func.grad(lambda z: torch.linalg.vector_norm(torch.func.jvp(g, (z,), (vt,))[1]))(
+        xt
+    )
+    _close(grad, theirs.detach().numpy())
