@@ -7,7 +7,8 @@ from the best, ascent on ‖J(x)v‖ with ReLU smoothed (softplus, β annealed u
 ‖J(x)v‖ is what is recorded), then the difference quotient ‖f(x + hv) − f(x)‖/h of the float64
 rebuild at a few steps h, less an allowance for the outputs' rounding (``ROUNDING``). Only a
 guide: :mod:`.lower` re-checks the winning pair against the model under onnxruntime before it
-reports. Random numbers: NumPy's ``default_rng(seed)`` (the torch search drew torch's).
+reports. Random numbers: torch's for the seed (:class:`sncli.arrays.TorchGenerator`), so the
+starts are those of the torch search this replaced.
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ def _starts(x0: Any, base: float, effort: int, rng: Any) -> list[Any]:
     if effort <= 0:
         return starts
     for scale in (0.3, 1.0, 3.0, 0.1, 10.0)[: 2 + effort]:
-        starts.append(scale * base * rng.standard_normal(n))
-        starts.append(scale * rng.random(n))
+        starts.append(scale * base * rng.randn(n))
+        starts.append(scale * rng.rand(n))
     for _ in range(effort - 1):
-        starts.append(base * rng.standard_normal(n))
-        starts.append(rng.random(n))
+        starts.append(base * rng.randn(n))
+        starts.append(rng.rand(n))
     return starts
 
 
@@ -125,7 +126,9 @@ def ascend(f: Function, start: Any, *, seed: int, effort: int, deadline: float) 
     in float64 (``f.tape(z, beta)`` with ReLU replaced by softplus(β) when ``beta``)."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    from sncli.arrays import TorchGenerator
+
+    rng = TorchGenerator(seed)
     x0 = np.asarray(start, dtype=np.float64).reshape(-1)
     n = x0.size
     base = max(1.0, _norm(x0) / math.sqrt(n))
@@ -133,7 +136,7 @@ def ascend(f: Function, start: Any, *, seed: int, effort: int, deadline: float) 
     for x in _starts(x0, base, effort, rng):
         if time.monotonic() > deadline and scored:
             break
-        v = rng.standard_normal(n)
+        v = rng.randn(n)
         v, value = _power(f, x, v / _norm(v), 3 if effort else 8)
         if math.isfinite(value):
             scored.append((value, x, v))

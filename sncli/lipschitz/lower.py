@@ -287,13 +287,14 @@ class _Probe:
 
     def power(self, order: Sequence[OnnxNode], constants: dict[str, Any], iterations: int) -> float:
         """The onnxruntime ratio along the top right singular vector of J(x), found by power
-        iteration on J(x)ᵀJ(x) with the float64 rebuild (random start: NumPy's, seeded)."""
+        iteration on J(x)ᵀJ(x) with the float64 rebuild (random start: torch's for the seed)."""
         import numpy as np
 
+        from sncli.arrays import TorchGenerator
         from sncli.lipschitz.ascent import _power
 
         f = self._flat(order, dict(constants))
-        v = np.random.default_rng(self.seed).standard_normal(self.total)
+        v = TorchGenerator(self.seed).randn(self.total)
         direction, _ = _power(f, self.x, v / np.linalg.norm(v), iterations)
         return self.ratio(direction)
 
