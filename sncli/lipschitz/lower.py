@@ -82,7 +82,9 @@ def lower_bound_or_why(
             f"the search would need about {planned / 2**30:.1f} GiB for the inputs' "
             f"{inputs:,} values (over half of the memory available)"
         )
-    rebuild_fits = 8 * 3 * max(_graph_values(graph), inputs) <= allowed
+    # the NumPy rebuild's tape holds each value, its derivative (or mask) and, in the ascent's
+    # forward-over-reverse pass, its tangent: 3 float64 copies, and a cotangent in flight
+    rebuild_fits = 8 * 4 * max(_graph_values(graph), inputs) <= allowed
     try:
         found = lower_bound_search(
             graph,
