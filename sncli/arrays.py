@@ -155,6 +155,60 @@ def torch_randn(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return out.reshape(shape)
 
 
+class TorchGenerator:
+    """``torch.Generator().manual_seed(seed)`` for a sequence of float64 ``randn``/``rand`` calls
+    on one generator: the numbers torch draws, in the order it draws them (the search of
+    :mod:`sncli.lipschitz.ascent` draws its starts this way without torch).
+
+    The engine is :func:`torch_randn`'s (MT19937 seeded as NumPy's ``RandomState``, two 32-bit
+    words per float64 uniform, blocks of 16 by Box–Muller); below 16 values torch draws pairs and
+    caches r·sin θ in the generator, so a cached normal carries over to the next ``randn``
+    (tests/test_arrays_generator.py compares sequences of calls with torch's).
+    """
+
+    def __init__(self, seed: int) -> None:
+        import numpy as np
+
+        self._state = np.random.RandomState(seed & 0xFFFFFFFF)
+        self._cached: float | None = None
+
+    def _uniforms(self, count: int) -> np.ndarray:
+        import numpy as np
+
+        words = self._state.randint(0, 1 << 32, size=2 * count, dtype=np.uint64)
+        high, low = words[0::2], words[1::2]
+        return ((high & 0x1FFFFF) << np.uint64(32) | low).astype(np.float64) * 2.0**-53
+
+    def rand(self, size: int) -> np.ndarray:
+        """``torch.rand(size, generator=g, dtype=torch.float64)``: uniform in [0, 1)."""
+        return self._uniforms(size)
+
+    def randn(self, size: int) -> np.ndarray:
+        """``torch.randn(size, generator=g, dtype=torch.float64)``."""
+        import numpy as np
+
+        if size >= 16:
+            data = self._uniforms(size)
+            whole = size - size % 16
+            _box_muller_16(data[:whole].reshape(-1, 16))
+            if size % 16:
+                tail = self._uniforms(16)
+                _box_muller_16(tail.reshape(1, 16))
+                data[size - 16 :] = tail
+            return data
+        out = np.empty(size, dtype=np.float64)
+        for i in range(size):
+            if self._cached is not None:
+                out[i], self._cached = self._cached, None
+                continue
+            u1, u2 = self._uniforms(2)
+            radius = math.sqrt(-2.0 * math.log1p(-u2))
+            theta = 2.0 * math.pi * u1
+            out[i] = radius * math.cos(theta)
+            self._cached = radius * math.sin(theta)
+        return out
+
+
 def _box_muller_16(blocks: np.ndarray) -> None:
     """torch's ``normal_fill_16`` on each row of 16 uniforms, in place."""
     import numpy as np

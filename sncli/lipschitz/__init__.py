@@ -3,8 +3,8 @@
 A state dict gets the product of its layers' factors (:mod:`.product`), conditional on an
 architecture the file does not record (:mod:`.caveats` says which); an ONNX model gets the bound
 over its real graph (:mod:`.graph`, with the per-op rules in :mod:`.ops`, the report types in
-:mod:`.graph_results`, the lower-bound search in :mod:`.lower` and the graph rebuilt in torch in
-:mod:`.torch_graph`). The names below are the package's public ones.
+:mod:`.graph_results`, the lower-bound search in :mod:`.lower` and the graph rebuilt in float64
+NumPy in :mod:`.numpy_graph`). The names below are the package's public ones.
 """
 
 from __future__ import annotations

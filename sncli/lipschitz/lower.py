@@ -70,8 +70,9 @@ def lower_bound_or_why(
     """:func:`lower_bound_search` that never fails: (lower bound, None) or (None, why not).
 
     The memory the search plans (the input vector and its few copies, the finite-difference
-    basis, the torch graph's activations) is checked against the available memory first; the
-    search stops at ``seconds`` with the best ratio found; an onnxruntime error is one line.
+    basis, the NumPy rebuild's activations and tape) is checked against the available memory
+    first; the search stops at ``seconds`` with the best ratio found; an onnxruntime error is
+    one line.
     """
     inputs = sum(math.prod(v.shape or ()) for v in graph.inputs)
     allowed = _available_memory() * LOWER_MEMORY_SHARE
@@ -81,14 +82,16 @@ def lower_bound_or_why(
             f"the search would need about {planned / 2**30:.1f} GiB for the inputs' "
             f"{inputs:,} values (over half of the memory available)"
         )
-    torch_fits = 8 * 3 * max(_graph_values(graph), inputs) <= allowed
+    # the NumPy rebuild's tape holds each value, its derivative (or mask) and, in the ascent's
+    # forward-over-reverse pass, its tangent: 3 float64 copies, and a cotangent in flight
+    rebuild_fits = 8 * 4 * max(_graph_values(graph), inputs) <= allowed
     try:
         found = lower_bound_search(
             graph,
             seed=seed,
             budget=budget,
-            order=order if torch_fits else None,
-            constants=constants if torch_fits else None,
+            order=order if rebuild_fits else None,
+            constants=constants if rebuild_fits else None,
             seconds=seconds,
             effort=effort,
             ascent_seconds=ascent_seconds,
@@ -115,13 +118,13 @@ def lower_bound_search(
 ) -> LowerBound | None:
     """The largest ‖f(x) − f(y)‖/‖x − y‖ found by a short seeded search.
 
-    With the graph rebuilt in torch (:mod:`sncli.lipschitz.torch_graph`, when every op is known
-    there): a Jacobian power iteration at a seeded Gaussian x, then the multi-start, multi-scale
-    ascent of :mod:`sncli.lipschitz.ascent` (``effort`` sets its starts and steps); its best pair
-    is evaluated in float64 by the rebuild and reported only if the rebuild agrees with the model
-    under onnxruntime at both points (float32 tolerance), so the float64 quotient is the
-    model's. Otherwise (and for graphs the rebuild lacks) the finite-difference Jacobian under
-    onnxruntime (whole, up to 1024 inputs; else sampled on random subspaces), whose ratios are
+    With the graph rebuilt in float64 NumPy (:mod:`sncli.lipschitz.numpy_graph`, when every op
+    is known there): a Jacobian power iteration at a seeded Gaussian x, then the multi-start,
+    multi-scale ascent of :mod:`sncli.lipschitz.ascent` (``effort`` sets its starts and steps);
+    its best pair is evaluated in float64 by the rebuild and reported only if the rebuild agrees
+    with the model under onnxruntime at both points (float32 tolerance), so the float64 quotient
+    is the model's. Otherwise (and for graphs the rebuild lacks) the finite-difference Jacobian
+    under onnxruntime (whole, up to 1024 inputs; else sampled on random subspaces), whose ratios are
     two real float32 evaluations of the model. None when every ratio was 0; ``_NoProbe`` (with
     the reason) when the model cannot be run. Stops after ``seconds`` with the best found; the
     ascent's starts and steps stop after ``ascent_seconds`` (its final quotient is still taken).
@@ -133,18 +136,18 @@ def lower_bound_search(
             found = probe.ascent(order, constants, max(0, effort), ascent_seconds)
         except _NoProbe:
             raise
-        except Exception:  # an op the torch evaluator lacks, AD fails: onnxruntime alone
+        except Exception:  # an op the NumPy rebuild lacks, or it fails: onnxruntime alone
             found = None
         if found is not None and found[0] > 0.0:
             best, point = found[0], found[1]
             method = (
-                "multi-start ascent (torch)" if effort > 0 else "Jacobian power iteration (torch)"
+                "multi-start ascent (NumPy)" if effort > 0 else "Jacobian power iteration (NumPy)"
             ) + ", float64 quotient checked with onnxruntime"
         else:
             try:
                 iterations = max(2, min(16, budget // 8)) if probe.total <= 20_000 else 6
                 best = probe.power(order, constants, iterations)
-                method = "Jacobian power iteration (torch) verified"
+                method = "Jacobian power iteration (NumPy) verified"
             except _NoProbe:
                 raise
             except Exception:  # as above: the finite differences below
@@ -285,46 +288,23 @@ class _Probe:
         return best
 
     def power(self, order: Sequence[OnnxNode], constants: dict[str, Any], iterations: int) -> float:
-        import torch
+        """The onnxruntime ratio along the top right singular vector of J(x), found by power
+        iteration on J(x)ᵀJ(x) with the float64 rebuild (random start: torch's for the seed)."""
+        import numpy as np
 
-        from sncli.lipschitz.torch_graph import power_direction, torch_function
+        from sncli.arrays import TorchGenerator
+        from sncli.lipschitz.ascent import _power
 
-        dtype = torch.float64 if self.total <= 20_000 else torch.float32
-        f = torch_function(self.graph, order, dict(constants), dtype)
-        names = [v.name for v in self.graph.inputs]
-        fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}
+        f = self._flat(order, dict(constants))
+        v = TorchGenerator(self.seed).randn(self.total)
+        direction, _ = _power(f, self.x, v / np.linalg.norm(v), iterations)
+        return self.ratio(direction)
 
-        def split(z: Any) -> list[Any]:
-            parts, offset = {}, 0
-            for name, size in zip(self.floats, self.sizes, strict=True):
-                parts[name] = z[offset : offset + size].reshape(self.feeds[name].shape)
-                offset += size
-            return [parts.get(n, fixed.get(n)) for n in names]
+    def _flat(self, order: Sequence[OnnxNode], constants: dict[str, Any]) -> Any:
+        """The graph rebuilt in float64 NumPy as a function of the flat float input."""
+        from sncli.lipschitz.numpy_graph import FlatGraph
 
-        x = torch.as_tensor(self.x, dtype=dtype)
-        direction, _ = power_direction(f, x, split, iterations, self.seed)
-        return self.ratio(direction.to(torch.float64).numpy())
-
-    def _flat(
-        self, order: Sequence[OnnxNode], constants: dict[str, Any], beta: float | None
-    ) -> Any:
-        """The graph rebuilt in torch (float64) as a function of the flat float input."""
-        import torch
-
-        from sncli.lipschitz.torch_graph import torch_function
-
-        f = torch_function(self.graph, order, constants, torch.float64, beta)
-        names = [v.name for v in self.graph.inputs]
-        fixed = {n: torch.as_tensor(v) for n, v in self.feeds.items() if n not in self.floats}
-
-        def g(z: Any) -> Any:
-            parts, offset = {}, 0
-            for name, size in zip(self.floats, self.sizes, strict=True):
-                parts[name] = z[offset : offset + size].reshape(self.feeds[name].shape)
-                offset += size
-            return f([parts.get(n, fixed.get(n)) for n in names])
-
-        return g
+        return FlatGraph(self.graph, order, constants, self.feeds, self.floats)
 
     def ascent(
         self,
@@ -335,16 +315,15 @@ class _Probe:
     ) -> tuple[float, LowerPoint] | None:
         """The ascent's best float64 quotient, if the rebuild agrees with onnxruntime there."""
         import numpy as np
-        import torch
 
         from sncli.lipschitz.ascent import ascend
 
-        shared = dict(constants)
+        exact = self._flat(order, dict(constants))
         deadline = self.deadline
         if seconds is not None:
             deadline = min(deadline, time.monotonic() + seconds)
         pair = ascend(
-            lambda beta: self._flat(order, shared, beta),
+            exact,
             self.x,
             seed=self.seed,
             effort=effort,
@@ -354,10 +333,7 @@ class _Probe:
             self.stopped = True
         if pair is None:
             return None
-        exact = self._flat(order, shared, None)
-        with torch.no_grad():
-            fx = exact(torch.as_tensor(pair.x)).numpy()
-            fy = exact(torch.as_tensor(pair.y)).numpy()
+        fx, fy = exact(pair.x), exact(pair.y)
         rx, ry = self.run(pair.x, check_time=False), self.run(pair.y, check_time=False)
         for mine, theirs in ((fx, rx), (fy, ry)):  # float32 evaluation vs the float64 rebuild
             if np.linalg.norm(mine - theirs) > 1e-4 * np.linalg.norm(theirs) + 1e-6 * math.sqrt(

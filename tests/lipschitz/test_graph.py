@@ -543,7 +543,8 @@ def test_large_input_conv_uses_the_torus_bound(tmp_path: Path) -> None:
 
 
 def test_lower_bound_power_iteration_matches_full_jacobian(tmp_path: Path) -> None:
-    """The torch power iteration and the finite-difference Jacobian find the same ‖J(x)‖."""
+    """The power iteration on the NumPy rebuild and the finite-difference Jacobian find the same
+    ‖J(x)‖."""
     from sncli.formats.onnx import read_onnx_graph
     from sncli.lipschitz.graph import _pass_one, _topological
     from sncli.lipschitz.lower import _Probe
