@@ -1,10 +1,11 @@
 """Issue 6: hostile and broken input never runs code, crashes, hangs or over-allocates.
 
-Every case of ``tests/hostile_corpus.py`` goes through the real CLI in a subprocess: one error
-line naming the file, the documented exit code, no traceback, a few seconds at most, nothing
-written. Malicious pickles must never run (their marker file never appears), with or without
-``--skip-objects``. Numerically hostile weights are reported honestly, a fuzzer hammers the
-safetensors header path, and memory stays bounded under an address-space limit.
+Every case of ``tests/hostile_corpus.py`` goes through the real CLI in its own process (forked
+from a server that imported sncli and torch once: ForkServer): one error line naming the file,
+the documented exit code, no traceback, a few seconds at most, nothing written. Malicious
+pickles must never run (their marker file never appears), with or without ``--skip-objects``.
+Numerically hostile weights are reported honestly, a fuzzer hammers the safetensors header
+path, and memory stays bounded under an address-space limit.
 """
 
 from __future__ import annotations
