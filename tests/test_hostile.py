@@ -1,10 +1,11 @@
 """Issue 6: hostile and broken input never runs code, crashes, hangs or over-allocates.
 
-Every case of ``tests/hostile_corpus.py`` goes through the real CLI in a subprocess: one error
-line naming the file, the documented exit code, no traceback, a few seconds at most, nothing
-written. Malicious pickles must never run (their marker file never appears), with or without
-``--skip-objects``. Numerically hostile weights are reported honestly, a fuzzer hammers the
-safetensors header path, and memory stays bounded under an address-space limit.
+Every case of ``tests/hostile_corpus.py`` goes through the real CLI in its own process (forked
+from a server that imported sncli and torch once: ForkServer): one error line naming the file,
+the documented exit code, no traceback, a few seconds at most, nothing written. Malicious
+pickles must never run (their marker file never appears), with or without ``--skip-objects``.
+Numerically hostile weights are reported honestly, a fuzzer hammers the safetensors header
+path, and memory stays bounded under an address-space limit.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import queue
 import resource
 import stat
 import struct
@@ -149,6 +151,101 @@ def snapshot(folder: Path) -> dict[str, Any]:
     return result
 
 
+#: A server that imports sncli and its readers' libraries once, then forks one child per request
+#: (a JSON line: argv, cwd, files for stdout and stderr); the child runs ``sncli.cli.main`` as
+#: ``python -m sncli`` does (SystemExit's code; a traceback and 1 for any other exception). The
+#: server answers the child's pid, then its exit code and CPU time (os.wait4) once it ends.
+_FORK_SERVER = r"""
+import atexit, json, os, sys, time, traceback
+for name in ("numpy", "torch", "safetensors.torch", "onnx", "h5py", "gguf"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+from sncli.cli import main
+
+def child(request):
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, key in ((1, "out"), (2, "err")):
+            os.dup2(os.open(request[key], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        sys.argv = ["sncli", *request["argv"]]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if not isinstance(exc.code, int) and exc.code is not None:
+                print(exc.code, file=sys.stderr)
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+for line in sys.stdin:
+    request = json.loads(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(request)
+    print(pid, flush=True)
+    _, status, usage = os.wait4(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    print(json.dumps([code, usage.ru_utime + usage.ru_stime]), flush=True)
+"""
+
+
+class ForkServer:
+    """``sncli inspect`` in a fresh process per case without paying Python's and torch's
+    start-up each time (~2 s of CPU per .pt case; the corpus has 110 cases): see _FORK_SERVER."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _FORK_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_env(),
+            text=True,
+        )
+        self.count = 0
+
+    def run(self, target: Path, *args: str, cwd: Path, timeout: float = HANG_S) -> Run:
+        """Like :func:`run_cli` (without its memory options): one forked child per call."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.count += 1
+        out, err = (self.folder / f"{self.count}.{key}" for key in ("out", "err"))
+        request = {"argv": ["inspect", str(target), *args], "cwd": str(cwd)}
+        start = time.monotonic()
+        self.process.stdin.write(json.dumps(request | {"out": str(out), "err": str(err)}) + "\n")
+        self.process.stdin.flush()
+        pid = int(self.process.stdout.readline())
+        timer = threading.Timer(timeout, os.kill, (pid, 9))
+        timer.start()
+        code, cpu = json.loads(self.process.stdout.readline())
+        timed_out = not timer.is_alive()
+        timer.cancel()
+        if timed_out:
+            pytest.fail(f"sncli inspect {target} did not finish within {timeout} s")
+        read = lambda path: path.read_bytes().decode(errors="replace")  # noqa: E731
+        return Run(code, read(out), read(err), time.monotonic() - start, cpu)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
 CASE_NAMES = list(hostile_corpus.REGISTRY.writers)
 
 
@@ -156,20 +253,31 @@ CASE_NAMES = list(hostile_corpus.REGISTRY.writers)
 def corpus(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, tuple[Case, Run | None, dict, dict]]:
-    """Write the corpus and run the CLI on every case, two at a time."""
+    """Write the corpus and run the CLI on every case, two at a time (two fork servers)."""
     root = tmp_path_factory.mktemp("hostile")
     cases = hostile_corpus.write_corpus(root)
+    servers: queue.Queue[ForkServer] = queue.Queue()
+    for _ in range(2):
+        servers.put(ForkServer(tmp_path_factory.mktemp("hostile-output")))
 
     def one(item: Case) -> tuple[Case, Run | None, dict, dict]:
         folder = root / item.name
         before = snapshot(folder)
         if item.skip_reason:
             return item, None, before, before
-        result = run_cli(item.target, *item.args, cwd=folder)
+        server = servers.get()
+        try:
+            result = server.run(item.target, *item.args, cwd=folder)
+        finally:
+            servers.put(server)
         return item, result, before, snapshot(folder)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(one, cases))
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = list(pool.map(one, cases))
+    finally:
+        while not servers.empty():
+            servers.get().close()
     return {item.name: (item, result, before, after) for item, result, before, after in outcomes}
 
 
