@@ -83,6 +83,27 @@ def test_sniff_garbage_is_refused(tmp_path: Path) -> None:
     assert "TFLite" in info.value.message and "Hugging Face model ids" in info.value.message
 
 
+def test_zip_claiming_a_newer_zip_version_is_refused_in_one_line(tmp_path: Path) -> None:
+    """zipfile raises NotImplementedError for a member whose central record claims a version
+    above 6.3 (found by the hostile fuzz test): a damaged-archive CheckpointError, for a torch
+    file (sniffing and reading) and a TorchScript archive alike."""
+    from sncli.checkpoint import open_checkpoint
+
+    plain, script = tmp_path / "plain.pt", tmp_path / "script.pt"
+    torch.save({"w": torch.ones(2, 2)}, plain)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), script)
+    for path in (plain, script):
+        data = bytearray(path.read_bytes())
+        start = data.find(b"PK\x01\x02")
+        assert start >= 0
+        data[start + 6 : start + 8] = struct.pack("<H", 64)  # "needs zip version 6.4"
+        path.write_bytes(bytes(data))
+        refused = pytest.raises(CheckpointError, match=r"zip file version 6\.4")
+        with refused as caught, open_checkpoint(path):
+            pass
+        assert str(caught.value).startswith(f"{path}: ")
+
+
 def test_sniff_empty_and_directory_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
