@@ -463,4 +463,6 @@ def test_device_cuda_on_a_gpu(pairs: dict[str, tuple[Path, Path]]) -> None:
         for field in ("sigma_a", "sigma_b", "delta_sigma"):
             assert math.isclose(getattr(x, field), getattr(y, field), rel_tol=1e-5), (x.name, field)
         assert math.isclose(x.delta_frobenius, y.delta_frobenius, rel_tol=1e-10)
-        assert x.subspace_cosines == y.subspace_cosines
+        # the same NumPy code on the same float64 numbers (weight norm: composed by torch there)
+        cosines = zip(x.subspace_cosines or (), y.subspace_cosines or (), strict=True)
+        assert all(math.isclose(p, q, abs_tol=1e-12) for p, q in cosines)
