@@ -103,6 +103,7 @@ def _state(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         "wn.weight_v": _normal(rng, 32, 48, dtype=torch.float32),
         "retyped.weight": _normal(rng, 20, 30, dtype=torch.float32),
         "gone.weight": _normal(rng, 12, 10, dtype=torch.float32),
+        "bad.weight": _normal(rng, 16, 24, dtype=torch.bfloat16),
     }
 
 
@@ -115,6 +116,7 @@ def _tuned(rng: np.random.Generator, base: dict[str, torch.Tensor]) -> dict[str,
             tuned[name] = _moved(rng, tensor, 0.02 * (index + 1))
     tuned["retyped.weight"] = tuned["retyped.weight"].to(torch.float16)  # compared, listed
     del tuned["gone.weight"]
+    tuned["bad.weight"][3, 5], tuned["bad.weight"][7, 1] = math.nan, -math.inf  # not compared
     tuned["new.weight"] = _normal(rng, 12, 10, dtype=torch.float32)
     return tuned
 
@@ -373,14 +375,18 @@ def test_diff_without_torch_matches_torch(
 
 def test_cases_take_every_route(pairs: dict[str, tuple[Path, Path]]) -> None:
     """The safetensors pair holds a byte-equal layer, moved ones, a retyped one, tensors on one
-    side only, and both the dense and the iterated subspaces; the GGUF pair undoes llama.cpp's
-    row permutation (so the comparison above covers those branches)."""
+    side only, a bf16 layer with NaN and Inf in B, and both the dense and the iterated
+    subspaces; the GGUF pair undoes llama.cpp's row permutation (so the comparison above covers
+    those branches)."""
     a, b = pairs["safetensors"]
     report = _torch_free([*DIFF, str(a), str(b)])
     layers = {layer["name"]: layer for layer in report["layers"]}
     assert layers["same.weight"]["unchanged"] and not layers["big.weight"]["unchanged"]
     assert layers["retyped.weight"]["dtype_b"] == "float16"
     assert report["only_in_a"] == ["gone.weight"] and report["only_in_b"] == ["new.weight"]
+    assert report["unmeasured"] == [
+        {"name": "bad.weight", "reason": "non-finite values (1 NaN, 1 Inf) in B"}
+    ]
     assert "wn.weight" in layers and layers["wide.weight"]["dtype_a"] == "bfloat16"
     quantized = _torch_free([*DIFF, *map(str, pairs["quantized"])])
     assert any("permutation undone" in layer.get("rows", "") for layer in quantized["layers"])
