@@ -472,3 +472,13 @@ def test_device_cuda_on_a_gpu(pairs: dict[str, tuple[Path, Path]]) -> None:
         # the same NumPy code on the same float64 numbers (weight norm: composed by torch there)
         cosines = zip(x.subspace_cosines or (), y.subspace_cosines or (), strict=True)
         assert all(math.isclose(p, q, abs_tol=1e-12) for p, q in cosines)
+
+
+def test_subspaces_read_bfloat16_bits_as_values() -> None:
+    """``subspaces.as_float64`` of a bf16 array (its uint16 bits) gives the values, as torch's
+    upcast does, not the bit patterns as integers."""
+    from sncli.arrays import from_torch
+    from sncli.numerics.subspaces import as_float64
+
+    weight = torch.tensor([[1.5, -2.0], [0.1, 3e38]], dtype=torch.bfloat16)
+    assert np.array_equal(as_float64(from_torch(weight)), weight.double().numpy())
