@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sncli.dtypes import DEQUANTIZED
 from sncli.gguf_names import Unmatched
@@ -141,3 +141,20 @@ def pair_quantized(
         list(classified_source.skipped),
         [f"GGUF: {note}" for note in mapping.notes],
     )
+
+
+def closer_layout_array(source: Any, quantized: Any, heads: int) -> tuple[Any, bool]:
+    """:func:`sncli.gguf_names.closer_layout` for NumPy arrays (no torch): the GGUF array
+    un-permuted when that is nearer the source in Frobenius norm (float64 differences)."""
+    import numpy as np
+
+    from sncli.arrays import to_float64
+    from sncli.gguf_names import unpermute_rows
+
+    if quantized.shape[0] % (2 * heads):
+        return quantized, False
+    undone = unpermute_rows(quantized, heads)
+    w = to_float64(source)
+    plain = float(np.linalg.norm((to_float64(quantized) - w).reshape(-1)))
+    unpermuted = float(np.linalg.norm((to_float64(undone) - w).reshape(-1)))
+    return (undone, True) if unpermuted <= plain else (quantized, False)

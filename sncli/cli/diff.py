@@ -142,9 +142,23 @@ def diff(
             callback=opt.threshold,
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="cpu, cuda or cuda:N: where σ(A), σ(B) and ‖B−A‖₂ are computed (the top "
+            "subspaces stay on the CPU; falls back to the CPU with a note when no GPU is "
+            "available).",
+            callback=opt.device_name,
+        ),
+    ] = "cpu",
     workers: Annotated[
         int | None,
-        typer.Option("--workers", min=1, help="Layer pairs compared at once (default: cores)."),
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Layer pairs compared at once (default: cores; 1 on a GPU).",
+        ),
     ] = None,
     key: opt.KeyOpt = None,
     skip_objects: opt.SkipObjectsOpt = False,
@@ -170,6 +184,7 @@ def diff(
                 method=method,
                 tol=tol,
                 seed=seed,
+                device=device,
                 workers=workers,
                 certify=certified,
                 scheduler=scheduler,
@@ -180,6 +195,8 @@ def diff(
             intruder_threshold=intruder_threshold,
             progress=progress,
         )
+    if report.device_note:
+        sink.note(report.device_note)
     layers = _ordered(report.layers, by_change, top)
     emit(
         output_format,

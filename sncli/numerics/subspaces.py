@@ -96,10 +96,14 @@ class TopSubspace:
 
 
 def as_float64(matrix: Any) -> np.ndarray:
-    """``matrix`` as a NumPy float64 array (a NumPy array or a torch tensor; half types are
-    upcast by torch first, NumPy has no bfloat16). May share memory with ``matrix``."""
+    """``matrix`` as a NumPy float64 array (a NumPy array, bfloat16 bits included, or a torch
+    tensor on any device). May share memory with ``matrix``."""
     import numpy as np
 
+    from sncli.arrays import is_bfloat16, to_float64
+
+    if is_bfloat16(matrix):  # uint16 bits: np.asarray would read them as integers
+        return to_float64(matrix)
     if isinstance(matrix, np.ndarray):
         return np.asarray(matrix, dtype=np.float64)
     import torch  # only reached with a torch tensor, so torch is already loaded
