@@ -154,6 +154,44 @@ def test_lstm_is_not_certified_and_named(tmp_path: Path) -> None:
     assert "node rnn0 (LSTM)" in report.statement() and "recurrent" in report.statement()
 
 
+def test_unbounded_graph_spends_no_chain_or_segment_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dense chain that feeds a product of two variable tensors: no output can have a bound,
+    so the chain is not bounded (no LipSDP budget spent) and a note says so; a graph whose
+    output has a bound still bounds its chains."""
+    import sncli.lipschitz.graph as graph_module
+
+    rng = np.random.default_rng(3)
+    chain = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2"], ["z"], transB=1),
+    ]
+    inits = [("w1", rng.standard_normal((6, 4))), ("w2", rng.standard_normal((5, 6)))]
+    calls: list[int] = []
+    real_chain_bound = graph_module.chain_bound
+    monkeypatch.setattr(
+        graph_module,
+        "chain_bound",
+        lambda *a, **k: calls.append(1) or real_chain_bound(*a, **k),
+    )
+    unbounded = save(
+        tmp_path / "unbounded.onnx",
+        [*chain, helper.make_node("Mul", ["z", "z"], ["y"])],
+        [("x", [1, 4])],
+        [("y", [1, 5])],
+        inits,
+    )
+    report = bound_of(unbounded)
+    assert report.bound is None and not report.chains and not calls
+    assert any("no dense chain or conv segment was bounded" in n for n in report.notes)
+    bounded = save(tmp_path / "bounded.onnx", chain, [("x", [1, 4])], [("z", [1, 5])], inits)
+    report = bound_of(bounded)
+    assert report.bound is not None and report.chains and calls
+    assert not any("no dense chain" in n for n in report.notes)
+
+
 # --------------------------------------------------------------------- other rules
 
 
