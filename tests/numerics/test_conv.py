@@ -445,11 +445,11 @@ def test_groups_take_the_max_over_blocks() -> None:
 @pytest.mark.parametrize(
     ("groups", "per_group", "kernel", "size", "stride", "dilation"),
     [
-        (16, 1, (3, 3), (12, 20), (1, 1), (1, 1)),  # depthwise 3×3
+        (16, 1, (3, 3), (6, 10), (1, 1), (1, 1)),  # depthwise 3×3 (960 unknowns: SVD < 1 s)
         (8, 1, (5, 5), (12, 16), (2, 2), (1, 1)),  # depthwise 5×5, stride 2 (MobileNet/PP-OCR)
         (6, 2, (3, 3), (10, 10), (2, 1), (2, 1)),  # two input channels per group
         (5, 1, (3,), (30,), (3,), (2,)),  # 1-D, dilation 2, kernel wider than the stride
-        (4, 3, (3, 3, 3), (6, 6, 6), (1, 1, 1), (1, 1, 1)),  # 3-D
+        (4, 3, (3, 3, 3), (4, 4, 5), (1, 1, 1), (1, 1, 1)),  # 3-D
     ],
 )
 def test_one_output_channel_per_group_against_the_dense_operator(
