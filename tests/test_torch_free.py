@@ -43,24 +43,13 @@ from typer.testing import CliRunner
 from sncli.checkpoint import Checkpoint
 from sncli.cli import app
 from sncli.numerics import bounds_numpy, spectral_numpy, svd_numpy
+from tests import no_torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "formats" / "data"
 
 #: Runs ``python -m sncli ARGS`` with torch unimportable.
-NO_TORCH = """
-import runpy, sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is unimportable in this test (tests/test_torch_free.py)")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-sys.argv = ["sncli", *sys.argv[1:]]
-runpy.run_module("sncli", run_name="__main__", alter_sys=True)
-"""
+NO_TORCH = no_torch.NO_TORCH
 
 INSPECT = ("inspect", "--format", "json")
 COMMANDS = {
@@ -198,18 +187,7 @@ CASES = (
 def _torch_free(
     args: list[str], *, script: str = NO_TORCH, output_json: bool = True
 ) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
+    done = no_torch.run_without_torch(args, script=script)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout) if output_json else {}
 
@@ -485,9 +463,7 @@ def report_parts(path):
         "lipschitz": lipschitz_to_dict(report.lipschitz),
     }
 """
-NO_TORCH_REPORT = (
-    NO_TORCH.split("sys.argv = ")[0] + REPORT_PARTS + "\nwrite_json(report_parts(sys.argv[1]))\n"
-)
+NO_TORCH_REPORT = no_torch.BLOCK_TORCH + REPORT_PARTS + "\nwrite_json(report_parts(sys.argv[1]))\n"
 
 
 @pytest.mark.parametrize("fmt", ["chain", "chain-npz", "bn-prelu", "gguf"])

@@ -22,9 +22,6 @@ within 1.7e-15 (σ of the reshaped kernels and the linear layer by torch's LAPAC
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,20 +34,15 @@ from typer.testing import CliRunner
 
 from sncli.checkpoint import Checkpoint
 from sncli.cli import app
+from tests.no_torch import BLOCK_TORCH, RUN_SNCLI, run_without_torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: tests/test_torch_free.py's NO_TORCH runner, with conv_program's clock replaced by
-#: :class:`_Ticks`'s counter.
-NO_TORCH = """
-import runpy, sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is unimportable here (tests/test_torch_free_bounds.py)")
-        return None
-
+#: tests/no_torch.py's runner, with conv_program's clock replaced by a counter (each reading
+#: 0.25 s later), so the segment search's budget is counted in steps, not seconds.
+NO_TORCH = (
+    BLOCK_TORCH
+    + """
 class Ticks:
     def __init__(self):
         self.now = 0.0
@@ -59,13 +51,12 @@ class Ticks:
         self.now += 0.25
         return self.now
 
-sys.meta_path.insert(0, NoTorch())
 from sncli.numerics import conv_program
 
 conv_program.time = Ticks()
-sys.argv = ["sncli", *sys.argv[1:]]
-runpy.run_module("sncli", run_name="__main__", alter_sys=True)
 """
+    + RUN_SNCLI
+)
 
 UPPER_TOL = 1e-9
 LOWER_TOL = 1e-6
@@ -151,18 +142,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _torch_free(args: list[str]) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
+    done = run_without_torch(args, script=NO_TORCH)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

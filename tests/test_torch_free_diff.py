@@ -33,8 +33,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -50,24 +48,13 @@ from typer.testing import CliRunner
 from sncli.checkpoint import Checkpoint
 from sncli.cli import app
 from sncli.numerics import bounds_numpy, spectral_numpy, svd_numpy
+from tests import no_torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "formats" / "data"
 
-#: Runs ``python -m sncli ARGS`` with torch unimportable (tests/test_torch_free.py's runner).
-NO_TORCH = """
-import runpy, sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is unimportable in this test (tests/test_torch_free_diff.py)")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-sys.argv = ["sncli", *sys.argv[1:]]
-runpy.run_module("sncli", run_name="__main__", alter_sys=True)
-"""
+#: Runs ``python -m sncli ARGS`` with torch unimportable.
+NO_TORCH = no_torch.NO_TORCH
 
 DIFF = ("diff", "--format", "json")
 
@@ -237,19 +224,7 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pat
 
 
 def _torch_free(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    environment = {
-        **os.environ,
-        **(env or {}),
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=REPO,
-        check=False,
-    )
+    done = no_torch.run_without_torch(args, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

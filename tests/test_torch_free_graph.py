@@ -12,9 +12,6 @@ that splits a product differently between processes).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +22,12 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from tests.no_torch import BLOCK_TORCH, NO_TORCH, run_without_torch  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: torch unimportable: a meta-path finder raising ImportError for ``torch`` and ``torch.*``.
-BLOCK = """
-import sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is unimportable in this test (tests/test_torch_free_graph.py)")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-"""
+BLOCK = BLOCK_TORCH
 
 #: The lower-bound search alone (the upper bound's factors are not computed): its JSON.
 LOWER = (
@@ -60,14 +49,7 @@ print(json.dumps({"value": found.value, "text": found.method, "why": why,
 )
 
 #: ``python -m sncli ARGS`` with torch unimportable.
-COMMAND = (
-    BLOCK
-    + """
-import runpy
-sys.argv = ["sncli", *sys.argv[1:]]
-runpy.run_module("sncli", run_name="__main__", alter_sys=True)
-"""
-)
+COMMAND = NO_TORCH
 
 
 def _init(name: str, value: Any) -> Any:
@@ -144,18 +126,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(script: str, args: list[str]) -> str:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
+    done = run_without_torch(args, script=script)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +39,10 @@ from sncli.checkpoint import Checkpoint
 from sncli.cli import app
 from sncli.numerics import spectral_numpy
 from sncli.scaling import cast_float64
+from tests.no_torch import run_without_torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Runs ``python -m sncli ARGS`` with torch unimportable (as tests/test_torch_free.py).
-NO_TORCH = """
-import runpy, sys
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is unimportable in this test")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-sys.argv = ["sncli", *sys.argv[1:]]
-runpy.run_module("sncli", run_name="__main__", alter_sys=True)
-"""
 
 #: Relative gap allowed between a float of the torch-free run and the torch path's (docstring).
 FLOAT_REL = 1e-12
@@ -168,18 +153,7 @@ CASES = (
 
 
 def _run_torch_free(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
+    return run_without_torch(args)
 
 
 def _run_torch(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
