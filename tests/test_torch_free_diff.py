@@ -47,8 +47,8 @@ from typer.testing import CliRunner
 
 from sncli.checkpoint import Checkpoint
 from sncli.cli import app
-from sncli.numerics import bounds_numpy, spectral_numpy, svd_numpy
 from tests import no_torch
+from tests.test_torch_free import _forbid_numpy_kernels
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "formats" / "data"
@@ -227,19 +227,6 @@ def _torch_free(args: list[str], env: dict[str, str] | None = None) -> dict[str,
     done = no_torch.run_without_torch(args, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def _forbid_numpy_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    def numpy_kernel(*_: object, **__: object) -> None:
-        raise AssertionError("the reference run must use torch's kernels")
-
-    for module, name in (
-        (spectral_numpy, "largest_singular_value_array"),
-        (svd_numpy, "singular_values_array"),
-        (svd_numpy, "top_singular_values_array"),
-        (bounds_numpy, "sigma_interval_array"),
-    ):
-        monkeypatch.setattr(module, name, numpy_kernel)
 
 
 def _invoke(args: list[str]) -> tuple[dict[str, Any], str]:
