@@ -484,10 +484,16 @@ def _engine_svdvals(matrix: np.ndarray) -> np.ndarray:
 def layer_spectrum(
     checkpoint: Checkpoint, layer: Layer, options: SpectrumOptions | None = None
 ) -> LayerSpectrum:
-    """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf."""
+    """Load one layer's weight and compute its spectrum. Raises ``NumericalError`` on NaN/Inf;
+    a requested GPU that is not available is a ``RuntimeWarning`` (computed on the CPU)."""
     options = options or SpectrumOptions()
     weight = load_weight(checkpoint, layer.name, None, arrays=checkpoint.numpy_native)
-    return _spectrum_of(layer, weight, options, _compute_device(options.device)[0])
+    device, note = _compute_device(options.device)
+    if note:
+        import warnings
+
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    return _spectrum_of(layer, weight, options, device)
 
 
 def _spectrum_or_skip(

@@ -265,3 +265,24 @@ def test_gpu_bench_quick(tmp_path: Path) -> None:
     else:  # pragma: no cover - needs a GPU
         assert "max rel. diff" in done.stdout
     assert not list(tmp_path.iterdir())  # the synthetic files are removed
+
+
+def test_layer_spectrum_warns_when_the_gpu_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-layer API says (a RuntimeWarning) that a requested GPU was not there."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sncli.checkpoint import open_checkpoint
+    from sncli.layers import classify
+    from sncli.spectrum import SpectrumOptions, layer_spectrum
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "one.safetensors"
+    save_file({"fc.weight": torch.randn(8, 4, dtype=torch.float64)}, path)
+    with open_checkpoint(path) as ckpt:
+        layer = next(layer for layer in classify(ckpt).layers if layer.name == "fc.weight")
+        with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+            spectrum = layer_spectrum(ckpt, layer, SpectrumOptions(device="cuda"))
+    assert spectrum.sigma_max > 0

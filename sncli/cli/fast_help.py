@@ -13,8 +13,9 @@ styled run is its own ``ESC[..m…ESC[0m`` as rich's ``Console._render_buffer`` 
 an environment variable that rich, typer or click read (colour forcing, ``NO_COLOR``,
 ``TERMINAL_WIDTH``, completion, ...), a width outside ``MIN_WIDTH..MAX_WIDTH``, a non-UTF-8 stdout
 (rich draws ASCII boxes), Windows, Jupyter/IDLE, or a help text with markup, highlights or
-characters that are not one cell wide. tests/cli/test_fast_help.py checks byte equality with
-typer at every width in that range, plain and on a terminal.
+characters that are not one cell wide, or typer and rich releases other than the ones this
+rendering was checked against (``RENDERED_WITH``). tests/cli/test_fast_help.py checks byte
+equality with typer at every width in that range, plain and on a terminal.
 """
 
 from __future__ import annotations
@@ -341,6 +342,27 @@ def _is_terminal(stream: object) -> bool:
         return False
 
 
+#: The typer and rich releases this rendering was checked against (tests/cli/test_fast_help.py):
+#: with others installed, typer renders (``renderers_match``).
+RENDERED_WITH = (("typer", "0.29.3"), ("rich", "15.0.0"))
+
+
+def renderers_match() -> bool:
+    """Whether the installed typer and rich are :data:`RENDERED_WITH`'s releases, by their
+    ``.dist-info`` folders beside the packages (found without importing them: ~1 ms)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    for name, version in RENDERED_WITH:
+        spec = find_spec(name)
+        if spec is None or spec.origin is None:
+            return False
+        site = Path(spec.origin).parent.parent
+        if not (site / f"{name}-{version}.dist-info").is_dir():
+            return False
+    return True
+
+
 def plan(args: list[str], environ: Mapping[str, str]) -> tuple[str, int] | None:
     """What to write on stdout and the exit code for ``sncli ARGS``, or None when typer must
     run: ``--help``/``-h`` (help, then click's empty line; 0), no argument (help; click's
@@ -355,6 +377,8 @@ def plan(args: list[str], environ: Mapping[str, str]) -> tuple[str, int] | None:
         from sncli._version import __version__
 
         return f"sncli {__version__}\n", 0
+    if not renderers_match():  # another typer or rich may draw the help differently
+        return None
     stdout = sys.stdout
     encoding = (getattr(stdout, "encoding", "utf-8") or "utf-8").lower()
     if not encoding.startswith("utf"):  # rich would draw ASCII boxes

@@ -24,6 +24,12 @@ import pytest
 
 from sncli.cli import fast_help
 
+if not fast_help.renderers_match():  # then sncli never takes the fast path (test_startup.py)
+    pytest.skip(
+        f"fast_help is checked against {fast_help.RENDERED_WITH}; other releases are installed",
+        allow_module_level=True,
+    )
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: In-process sweep: for each (width, terminal) the fast rendering and typer's, as JSON.

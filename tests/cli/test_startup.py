@@ -88,6 +88,25 @@ def heavy(modules: set[str]) -> set[str]:
     return {name for name in modules if name.split(".")[0] in HEAVY}
 
 
+#: The fast path renders only for the typer/rich releases it was checked against.
+RENDERERS = pytest.mark.skipif(
+    not fast_help.renderers_match(),
+    reason=f"fast_help is checked against {fast_help.RENDERED_WITH}; typer renders for others",
+)
+
+
+def test_other_typer_or_rich_releases_are_left_to_typer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a typer or rich release the rendering was not checked against, typer renders."""
+    matched = fast_help.renderers_match()
+    help_plan = fast_help.plan(["--help"], {"COLUMNS": "80"})
+    assert (help_plan is not None) == matched
+    monkeypatch.setattr(fast_help, "RENDERED_WITH", (("typer", "0.0.1"), ("rich", "15.0.0")))
+    assert not fast_help.renderers_match()
+    assert fast_help.plan(["--help"], {"COLUMNS": "80"}) is None
+    assert fast_help.plan(["--version"], {}) is not None  # no rendering involved
+
+
+@RENDERERS
 @pytest.mark.parametrize("args", [["--help"], ["-h"], []], ids=["--help", "-h", "(none)"])
 def test_top_level_help_imports_no_typer(args: list[str]) -> None:
     """``fast_help`` writes the top-level help: not even typer, click or rich is imported."""

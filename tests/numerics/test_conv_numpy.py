@@ -193,3 +193,14 @@ def test_hermitian_certificate_agrees_with_torch(single: bool, complex_arith: bo
     )
     if not single:
         assert (again == ours).all()
+
+
+def test_hermitian_certificate_refuses_a_matrix_holding_nan() -> None:
+    """LAPACK's potrf can succeed on a matrix with NaN below the diagonal; such a matrix proves
+    nothing, so it is refused (the same finite matrix is certified)."""
+    base = np.diag([1.0, 2.0, 3.0])
+    base[1, 0] = base[0, 1] = 0.1
+    poisoned = base.copy()
+    poisoned[2, 0] = poisoned[0, 2] = np.nan
+    ok = certify_hermitian_batch(np.stack([base, poisoned]), 10.0, np.zeros(2), complex_arith=False)
+    assert ok.tolist() == [True, False]
