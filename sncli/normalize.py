@@ -71,6 +71,7 @@ from sncli.numerics.spectral import (
     largest_singular_value,
 )
 from sncli.parametrizations import SpectralNormStyle, baked_name
+from sncli.run.blas import numpy_blas_threads
 from sncli.scaling import cast_float64, scaled_stack, scaled_weight, stack_plans, top_vectors
 from sncli.scaling import diagonal_norm as _diagonal_norm
 from sncli.transaction import Transaction, writer_lock
@@ -290,14 +291,17 @@ def plan_normalization(
 
     arrays = on_numpy(checkpoint)
     plans: list[LayerPlan] = []
-    for index, layer in enumerate(layers):
-        if progress is not None:
-            progress(index, total, layer.short_name)
-        plans.append(_plan_layer(checkpoint, layer, options, arrays))
-    for offset, name in enumerate(norm_scales):
-        if progress is not None:
-            progress(len(layers) + offset, total, name)
-        plans.append(_plan_norm_scale(checkpoint, name, options, arrays))
+    # One BLAS thread, as inspect's workers: OpenBLAS's sums split over threads round
+    # differently, and a plan (and the files it writes) must not depend on the core count.
+    with numpy_blas_threads(1):
+        for index, layer in enumerate(layers):
+            if progress is not None:
+                progress(index, total, layer.short_name)
+            plans.append(_plan_layer(checkpoint, layer, options, arrays))
+        for offset, name in enumerate(norm_scales):
+            if progress is not None:
+                progress(len(layers) + offset, total, name)
+            plans.append(_plan_norm_scale(checkpoint, name, options, arrays))
     if progress is not None:
         progress(total, total, "")
     plans.sort(key=lambda p: natural_key(p.name))
@@ -695,7 +699,7 @@ def normalize_checkpoint(
         else:
             raise WriteError("output folder does not exist", parent)
     anchor = mapping[checkpoint.index_path or checkpoint.files[0]]
-    with writer_lock(anchor, wait=wait, on_wait=on_wait):
+    with writer_lock(anchor, wait=wait, on_wait=on_wait), numpy_blas_threads(1):
         return _write_all(checkpoint, plan, mapping, anchor, progress)
 
 
