@@ -113,6 +113,15 @@ def to_float64(array: np.ndarray) -> np.ndarray:
     return upcast(array, np.float64)
 
 
+def float64_copy(value: Any) -> Any:
+    """A float64 copy of a NumPy array (:func:`to_float64`) or of a torch tensor (as torch)."""
+    if is_array(value):
+        return to_float64(value)
+    import torch
+
+    return value.to(torch.float64)
+
+
 def torch_randn(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """``torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=float64)``.
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sncli.analysis import MethodOptions
 from sncli.arguments import CheckpointSource, takes_checkpoints
-from sncli.arrays import dtype_name, is_array, is_bfloat16, to_float64
+from sncli.arrays import dtype_name, float64_copy, is_array, is_bfloat16
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.dtypes import bits_per_element
 from sncli.errors import BoundExceededError, NoLayersMatchedError, NumericalError
@@ -291,15 +291,6 @@ def _finite(matrix: Any) -> bool:
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
-def _float64(matrix: Any) -> Any:
-    """A float64 copy (bfloat16 bits upcast exactly), NumPy or torch as ``matrix`` is."""
-    if is_array(matrix):
-        return to_float64(matrix)
-    import torch
-
-    return matrix.to(torch.float64)
-
-
 def _frobenius(matrix: Any) -> float:
     if is_array(matrix):
         import numpy as np
@@ -389,7 +380,7 @@ def _compare(loaded: _LoadedPair, options: MethodOptions, directions: Directions
             intruder_indices=() if intruder_k and sigma > 0 else None,
             intruder_unresolved=() if intruder_k and sigma > 0 else None,
         )
-    a64, b64 = _float64(a), _float64(b)
+    a64, b64 = float64_copy(a), float64_copy(b)
     cosines: tuple[float, ...] | None = None
     outside: int | None = None
     error: float | None = None

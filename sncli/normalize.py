@@ -28,7 +28,7 @@ from typing import Any
 
 from sncli._version import __version__
 from sncli.arguments import CheckpointSource, coerce_fields, takes_checkpoints
-from sncli.arrays import dtype_name, is_array, to_float64
+from sncli.arrays import dtype_name, float64_copy, is_array, to_float64
 from sncli.checkpoint import Checkpoint, natural_key
 from sncli.errors import (
     CheckpointError,
@@ -353,7 +353,7 @@ def _plan_norm_scale(
         return _decide(name, checkpoint, "norm", tuple(gamma.shape), gamma, sigma, options)
     var = load(var_key)
     base = {"name": name, "short_name": checkpoint.short_name(name), "kind": "batchnorm"}
-    if var.shape != gamma.shape or not _finite(var) or bool((_float64(var) < 0).any()):
+    if var.shape != gamma.shape or not _finite(var) or bool((float64_copy(var) < 0).any()):
         return LayerPlan(
             **base,
             shape=tuple(gamma.shape),
@@ -499,14 +499,6 @@ def _new_tensors(
 def _dtype(value: Any) -> str:
     """A tensor's or array's dtype as sncli names it (torch's names)."""
     return dtype_name(value) if is_array(value) else str(value.dtype).removeprefix("torch.")
-
-
-def _float64(value: Any) -> Any:
-    if is_array(value):
-        return to_float64(value)
-    import torch
-
-    return value.to(torch.float64)
 
 
 def _finite(value: Any) -> bool:
